@@ -1,0 +1,3 @@
+"""HHMR: holistic hand mesh recovery (backend package)."""
+
+__version__ = "0.1.0"

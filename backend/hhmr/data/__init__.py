@@ -1,0 +1,1 @@
+"""Synthetic training data: the anatomical pose prior."""
