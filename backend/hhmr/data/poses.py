@@ -130,7 +130,7 @@ class PosePrior:
         angles = angles + torch.randn(n, 15, 3, generator=generator) * self.noise_sd * \
             self.noise_scale
         names = [
-            self.gestures[int(a)].name + (f"+{self.gestures[int(b)].name}" if m else "")
+            self.gestures[int(a)].name + (f"+{self.gestures[int(b)].name}" if m and a != b else "")
             for a, b, m in zip(first, second, blend, strict=True)
         ]
         return self.limits.clamp(angles), names

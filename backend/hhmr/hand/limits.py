@@ -58,7 +58,7 @@ def _rotate_about(v: torch.Tensor, axis: torch.Tensor, deg: float) -> torch.Tens
 
 
 def anatomical_frames(rest_joints: torch.Tensor, rest_tips: torch.Tensor) -> torch.Tensor:
-    """Frames [16, 3, 3] (columns flexion, abduction, twist) from rest joints [16, 3] and tips [5, 3].
+    """Frames [16, 3, 3] (columns: flexion, abduction, twist axes) from rest joints and tips.
 
     The wrist's frame is the identity. Works for any right hand whose fingers are roughly
     straight at rest, whatever its global orientation.

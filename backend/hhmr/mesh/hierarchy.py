@@ -61,7 +61,7 @@ class MeshHierarchy:
         if not scaled:
             idx = torch.cat([idx, torch.arange(n).repeat(2, 1)], 1)
             val = torch.cat([val, torch.ones(n)])
-        return torch.sparse_coo_tensor(idx, val, (n, n)).coalesce()
+        return torch.sparse_coo_tensor(idx, val, (n, n), check_invariants=True).coalesce()
 
     def save(self, path: Path) -> None:
         arrays: dict[str, np.ndarray] = {"key": np.array(self.key),
