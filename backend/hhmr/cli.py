@@ -38,14 +38,20 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     from hhmr.hand import load_hand_model
+    from hhmr.mesh.hierarchy import load_hierarchy, round_trip_errors_mm
+    from hhmr.paths import cache_dir
 
     model = load_hand_model(args.model, mano_path=args.mano_path)
+    cache = getattr(model, "hierarchy_path", None) or cache_dir() / f"{model.name}_hierarchy.npz"
+    hierarchy = load_hierarchy(model.v_template.numpy(), model.faces.numpy(), cache)
     info = {
         "model": model.name,
         "vertices": model.num_vertices,
         "faces": int(model.faces.shape[0]),
         "keypoints": list(model.keypoint_names),
         "shape_names": list(model.shape_names),
+        "hierarchy_sizes": hierarchy.sizes,
+        "hierarchy_round_trip_mm": round_trip_errors_mm(hierarchy, model.v_template),
     }
     print(json.dumps(info, indent=2))
     return 0

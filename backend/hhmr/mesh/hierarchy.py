@@ -150,3 +150,14 @@ def load_hierarchy(
     except OSError:
         pass  # a read-only install still works, only slower to start
     return hierarchy
+
+
+def round_trip_errors_mm(hierarchy: MeshHierarchy, vertices: torch.Tensor) -> list[float]:
+    """Mean distance (mm) between each level's vertices and their down-then-up copy."""
+    errors, x = [], vertices.float()
+    for level in range(hierarchy.num_levels - 1):
+        coarse = torch.sparse.mm(hierarchy.down_op(level), x)
+        back = torch.sparse.mm(hierarchy.up_op(level), coarse)
+        errors.append(round(float((back - x).norm(dim=1).mean()) * 1000, 3))
+        x = coarse
+    return errors
