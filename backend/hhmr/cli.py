@@ -36,6 +36,20 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from hhmr.training.train import load_config, train
+
+    config = load_config(args.config)
+    resume = Path(args.resume) if args.resume else None
+    if resume is None and (Path(args.out) / "checkpoint.pt").exists() and not args.fresh:
+        resume = Path(args.out) / "checkpoint.pt"
+        print(f"resuming from {resume}")
+    result = train(config, Path(args.out), resume=resume, device=args.device,
+                   max_steps=args.max_steps, max_minutes=args.max_minutes)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from hhmr.hand import load_hand_model
     from hhmr.mesh.hierarchy import load_hierarchy, round_trip_errors_mm
@@ -75,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("train", help="train the diffusion prior on synthetic hands")
+    p.add_argument("--config", default=str(Path(__file__).parent / "configs" / "prior.toml"))
+    p.add_argument("--out", default="runs/prior", help="checkpoints go here")
+    p.add_argument("--resume", default=None, help="checkpoint to resume from")
+    p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--max-minutes", type=float, default=None)
+    p.set_defaults(func=_train)
 
     p = sub.add_parser("info", help="describe a hand model")
     p.add_argument("--model", default="open", choices=["open", "mano"])

@@ -1,0 +1,49 @@
+"""DDIM sampling (Song et al. 2021) for an x0-predicting model; knows nothing of models."""
+
+from __future__ import annotations
+
+import torch
+
+from hhmr.diffusion.schedule import CosineSchedule
+
+
+class DDIMSampler:
+    """`set_timesteps(n)` then, for each t in `timesteps`, `step(x0_pred, t, x_t)`."""
+
+    def __init__(self, schedule: CosineSchedule, eta: float = 0.0) -> None:
+        self.schedule = schedule
+        self.eta = eta
+        self.timesteps = torch.empty(0, dtype=torch.long)
+
+    def set_timesteps(self, num_steps: int) -> torch.Tensor:
+        """Evenly spaced timesteps from T-1 down to 0 (num_steps >= 1)."""
+        if not 1 <= num_steps <= self.schedule.num_train_steps:
+            raise ValueError(f"steps must be in [1, {self.schedule.num_train_steps}]")
+        t = torch.linspace(self.schedule.num_train_steps - 1, 0, num_steps).round().long()
+        self.timesteps = t
+        return t
+
+    def previous(self, t: int) -> int:
+        """The timestep after t in the current sequence (-1 after the last)."""
+        idx = (self.timesteps == t).nonzero()
+        if len(idx) == 0:
+            raise ValueError(f"timestep {t} is not in the current sequence")
+        i = int(idx[0, 0])
+        return int(self.timesteps[i + 1]) if i + 1 < len(self.timesteps) else -1
+
+    def step(self, x0_pred: torch.Tensor, t: int, x_t: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """x_{t_prev} from x_t and the model's x_0 prediction."""
+        prev = self.previous(t)
+        ab_t = float(self.schedule.alpha_bar(torch.tensor(t)))
+        ab_prev = float(self.schedule.alpha_bar(torch.tensor(prev)))
+        if prev < 0:
+            return x0_pred
+        eps = (x_t - ab_t ** 0.5 * x0_pred) / max(1 - ab_t, 1e-12) ** 0.5
+        sigma = self.eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)) ** 0.5
+        direction = max(1 - ab_prev - sigma ** 2, 0.0) ** 0.5 * eps
+        x_prev = ab_prev ** 0.5 * x0_pred + direction
+        if sigma > 0:
+            noise = torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype).to(x_t.device)
+            x_prev = x_prev + sigma * noise
+        return x_prev

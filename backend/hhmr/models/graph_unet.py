@@ -1,0 +1,158 @@
+"""GraphUNet: a U-shaped graph network over the mesh hierarchy that predicts x0.
+
+Per level: Chebyshev graph-convolution residual blocks conditioned on the timestep, and at the
+coarser levels self-attention among vertices and cross-attention to the condition tokens;
+downsampling and upsampling through the hierarchy's fixed operators, with skip connections.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from hhmr.mesh.hierarchy import MeshHierarchy
+from hhmr.models.conditions import ConditionEncoder, Conditions
+from hhmr.models.graph_ops import ChebConv, Resample
+
+
+@dataclass
+class GraphUNetConfig:
+    channels: tuple[int, ...] = (48, 96, 128, 128)  # per hierarchy level
+    attention_levels: tuple[int, ...] = (1, 2, 3)
+    token_dim: int = 128
+    heads: int = 4
+    cheb_k: int = 3
+    time_dim: int = 128
+    num_patches: int = 16
+    image_dim: int = 256
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GraphUNetConfig:
+        d = dict(d)
+        for k in ("channels", "attention_levels"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], -1)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c: int, edges, n: int, time_dim: int, k: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(c)
+        self.conv1 = ChebConv(c, c, edges, n, k)
+        self.film = nn.Linear(time_dim, 2 * c)
+        self.norm2 = nn.LayerNorm(c)
+        self.conv2 = ChebConv(c, c, edges, n, k)
+        nn.init.zeros_(self.conv2.linear.weight)
+        nn.init.zeros_(self.conv2.linear.bias)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(nn.functional.silu(self.norm1(x)))
+        scale, shift = self.film(temb)[:, None].chunk(2, -1)
+        h = self.norm2(h) * (1 + scale) + shift
+        return x + self.conv2(nn.functional.silu(h))
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention over vertices, cross-attention to condition tokens, feed-forward."""
+
+    def __init__(self, c: int, token_dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm_self = nn.LayerNorm(c)
+        self.self_attn = nn.MultiheadAttention(c, heads, batch_first=True)
+        self.norm_cross = nn.LayerNorm(c)
+        self.cross_attn = nn.MultiheadAttention(c, heads, kdim=token_dim, vdim=token_dim,
+                                                batch_first=True)
+        self.norm_ff = nn.LayerNorm(c)
+        self.ff = nn.Sequential(nn.Linear(c, 2 * c), nn.SiLU(), nn.Linear(2 * c, c))
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.norm_self(x)
+        x = x + self.self_attn(h, h, h, need_weights=False)[0]
+        h = self.norm_cross(x)
+        x = x + self.cross_attn(h, tokens, tokens, need_weights=False)[0]
+        return x + self.ff(self.norm_ff(x))
+
+
+class Level(nn.Module):
+    def __init__(self, c: int, edges, n: int, cfg: GraphUNetConfig, attention: bool) -> None:
+        super().__init__()
+        self.res = ResBlock(c, edges, n, cfg.time_dim, cfg.cheb_k)
+        self.attn = AttentionBlock(c, cfg.token_dim, cfg.heads) if attention else None
+
+    def forward(self, x, temb, tokens):
+        x = self.res(x, temb)
+        return self.attn(x, tokens) if self.attn is not None else x
+
+
+class GraphUNet(nn.Module):
+    """x0 = GraphUNet(x_t [B, V, 3], t [B], Conditions) in model units."""
+
+    def __init__(self, hierarchy: MeshHierarchy, cfg: GraphUNetConfig | None = None) -> None:
+        super().__init__()
+        cfg = cfg or GraphUNetConfig()
+        if len(cfg.channels) != hierarchy.num_levels:
+            raise ValueError(f"{len(cfg.channels)} channel sizes for "
+                             f"{hierarchy.num_levels} hierarchy levels")
+        self.cfg = cfg
+        self.num_vertices = hierarchy.sizes[0]
+        ch, sizes = cfg.channels, hierarchy.sizes
+        self.conditions = ConditionEncoder(cfg.token_dim, cfg.num_patches, cfg.image_dim)
+        self.time = nn.Sequential(nn.Linear(cfg.time_dim, cfg.time_dim), nn.SiLU(),
+                                  nn.Linear(cfg.time_dim, cfg.time_dim))
+        self.inp = nn.Linear(3, ch[0])
+        self.vertex_embedding = nn.ParameterList(
+            [nn.Parameter(torch.randn(n, c) * 0.02) for n, c in zip(sizes, ch, strict=True)])
+        levels = range(hierarchy.num_levels)
+        attn = set(cfg.attention_levels)
+        self.down_blocks = nn.ModuleList(
+            [Level(ch[i], hierarchy.edges[i], sizes[i], cfg, i in attn) for i in levels])
+        self.downsample = nn.ModuleList([Resample(d) for d in hierarchy.down])
+        self.down_proj = nn.ModuleList(
+            [nn.Linear(ch[i], ch[i + 1]) for i in range(hierarchy.num_levels - 1)])
+        self.mid = Level(ch[-1], hierarchy.edges[-1], sizes[-1], cfg, True)
+        self.upsample = nn.ModuleList([Resample(u) for u in hierarchy.up])
+        self.up_proj = nn.ModuleList(
+            [nn.Linear(ch[i + 1], ch[i]) for i in range(hierarchy.num_levels - 1)])
+        self.merge = nn.ModuleList(
+            [nn.Linear(2 * ch[i], ch[i]) for i in range(hierarchy.num_levels - 1)])
+        self.up_blocks = nn.ModuleList(
+            [Level(ch[i], hierarchy.edges[i], sizes[i], cfg, i in attn)
+             for i in range(hierarchy.num_levels - 1)])
+        self.out_norm = nn.LayerNorm(ch[0])
+        self.out = nn.Linear(ch[0], 3)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditions | None = None
+                ) -> torch.Tensor:
+        b = x_t.shape[0]
+        if x_t.shape[1:] != (self.num_vertices, 3):
+            raise ValueError(f"x_t must be [B, {self.num_vertices}, 3]")
+        tokens = self.conditions(cond or Conditions(), b)
+        temb = self.time(timestep_embedding(t.reshape(-1).expand(b), self.cfg.time_dim))
+        h = self.inp(x_t) + self.vertex_embedding[0]
+        skips = []
+        for i, block in enumerate(self.down_blocks):
+            h = block(h, temb, tokens)
+            if i < len(self.downsample):
+                skips.append(h)
+                h = self.down_proj[i](self.downsample[i](h)) + self.vertex_embedding[i + 1]
+        h = self.mid(h, temb, tokens)
+        for i in reversed(range(len(self.upsample))):
+            h = self.up_proj[i](self.upsample[i](h))
+            h = self.merge[i](torch.cat([h, skips[i]], -1))
+            h = self.up_blocks[i](h, temb, tokens)
+        return self.out(nn.functional.silu(self.out_norm(h)))

@@ -1,0 +1,1 @@
+"""Training the diffusion prior on synthetic hands streamed from the pose prior."""

@@ -1,0 +1,135 @@
+"""`hhmr train`: fit the GraphUNet x0-denoiser on synthetic hands, with checkpoints and resume."""
+
+from __future__ import annotations
+
+import math
+import time
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from hhmr.data.poses import PosePrior
+from hhmr.diffusion.schedule import CosineSchedule
+from hhmr.hand import load_hand_model
+from hhmr.mesh.hierarchy import load_hierarchy
+from hhmr.models import GraphUNet, GraphUNetConfig
+from hhmr.models.conditions import DropoutConfig, drop_conditions
+from hhmr.training.data import SCALE, synthetic_batch
+from hhmr.training.losses import MeshLosses
+
+EVAL_SEED_OFFSET = 1_000_000  # training draws use seeds below this, evaluation above
+
+
+def load_config(path: str | Path) -> dict:
+    with open(path, "rb") as f:
+        return tomllib.load(f)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but CUDA is not available")
+    return torch.device(name)
+
+
+def build_model(config: dict, hand=None) -> tuple[GraphUNet, object]:
+    hand = hand or load_hand_model()
+    hierarchy = load_hierarchy(hand.v_template.numpy(), hand.faces.numpy(),
+                               hand.hierarchy_path)
+    known = {f.name for f in fields(GraphUNetConfig)}
+    cfg = GraphUNetConfig.from_dict({k: v for k, v in config["model"].items() if k in known})
+    return GraphUNet(hierarchy, cfg), hand
+
+
+def lr_at(step: int, cfg: dict) -> float:
+    warm = cfg.get("warmup_steps", 0)
+    if step < warm:
+        return cfg["lr"] * (step + 1) / warm
+    progress = min(1.0, (step - warm) / max(1, cfg["max_steps"] - warm))
+    return cfg["lr"] * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train(config: dict, out_dir: Path, resume: Path | None = None, device: str = "auto",
+          max_steps: int | None = None, max_minutes: float | None = None,
+          progress: bool = True) -> dict:
+    """Train; writes out_dir/checkpoint.pt periodically and out_dir/final.pt at the end."""
+    tcfg = dict(config["train"])
+    if max_steps is not None:
+        tcfg["max_steps"] = max_steps
+    if max_minutes is not None:
+        tcfg["max_minutes"] = max_minutes
+    dev = pick_device(device)
+    torch.manual_seed(tcfg["seed"])
+    net, hand = build_model(config)
+    net.to(dev)
+    hand_cpu = hand
+    prior = PosePrior(hand_cpu)
+    schedule = CosineSchedule()
+    losses = MeshLosses(hand.keypoint_regressor.to(dev) , hand.faces.to(dev), config["loss"])
+    dropout = DropoutConfig(**config.get("dropout", {}))
+    opt = torch.optim.AdamW(net.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+    use_amp = dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    step, elapsed, history = 0, 0.0, []
+    if resume is not None and Path(resume).exists():
+        ckpt = torch.load(resume, map_location=dev, weights_only=False)
+        net.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step, elapsed, history = ckpt["step"], ckpt["elapsed_s"], ckpt.get("history", [])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter() - elapsed
+    bar = tqdm(total=tcfg["max_steps"], initial=step, disable=not progress, unit="step",
+               desc="train")
+    running = None
+
+    def save(path: Path) -> None:
+        torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                    "elapsed_s": time.perf_counter() - start, "config": config,
+                    "history": history, "hand": hand.name,
+                    "num_vertices": hand.num_vertices}, path)
+
+    while step < tcfg["max_steps"]:
+        if (time.perf_counter() - start) / 60 > tcfg["max_minutes"]:
+            break
+        gen = torch.Generator().manual_seed(tcfg["seed"] * 100_000 + step)
+        batch = synthetic_batch(hand_cpu, prior, tcfg["batch_size"], gen)
+        cond = drop_conditions(batch.conditions, dropout, gen)
+        x0 = (batch.vertices / SCALE).to(dev)
+        cond = type(cond)(**{k: None if v is None else v.to(dev)
+                             for k, v in cond.__dict__.items()})
+        t = schedule.sample_timesteps(x0.shape[0], gen).to(dev)
+        noise = torch.randn(x0.shape, generator=gen).to(dev)
+        x_t = schedule.add_noise(x0, noise, t)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, tcfg)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+            pred = net(x_t, t, cond)
+        terms = losses(pred.float(), x0)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(terms["total"]).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), tcfg["grad_clip"])
+        scaler.step(opt)
+        scaler.update()
+        step += 1
+        vals = {k: float(v) for k, v in terms.items()}
+        running = vals if running is None else {k: 0.98 * running[k] + 0.02 * vals[k]
+                                                for k in vals}
+        bar.update(1)
+        bar.set_postfix(loss=f"{running['total']:.4f}", v_mm=f"{running['vertex'] * 100:.2f}")
+        if step % tcfg["checkpoint_every"] == 0 or step == tcfg["max_steps"]:
+            history.append({"step": step, "minutes": (time.perf_counter() - start) / 60,
+                            **{k: round(v, 5) for k, v in running.items()}})
+            save(out_dir / "checkpoint.pt")
+    bar.close()
+    save(out_dir / "checkpoint.pt")
+    final = {"model": {k: v.cpu() for k, v in net.state_dict().items()}, "config": config,
+             "step": step, "minutes": (time.perf_counter() - start) / 60,
+             "history": history, "hand": hand.name, "num_vertices": hand.num_vertices,
+             "device": str(dev)}
+    torch.save(final, out_dir / "final.pt")
+    return {"steps": step, "minutes": final["minutes"], "last": history[-1] if history else {}}
