@@ -104,6 +104,9 @@ def solve_weak_perspective(joints_xy: torch.Tensor, keypoints: torch.Tensor,
     return s, t
 
 
+MIN_DEPTH = 0.05  # metres
+
+
 class ProjectionOperator:
     """P = M Pi J: confidence-weighted projection of the regressed joints (2D keypoints).
 
@@ -128,6 +131,8 @@ class ProjectionOperator:
         if self.K is not None:
             K = _expand(self.K, b)
             t = solve_translation(joints, kp, conf, K)
+            # a wild early prediction may solve to behind the camera: keep it in front
+            t = torch.cat([t[:, :2], t[:, 2:].clamp_min(MIN_DEPTH)], 1)
             return project(joints + t[:, None], K), t
         s, t2 = solve_weak_perspective(joints[..., :2], kp, conf)
         return s[:, None, None] * joints[..., :2] + t2[:, None], (s, t2)

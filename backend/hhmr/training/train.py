@@ -55,7 +55,7 @@ def lr_at(step: int, cfg: dict) -> float:
 
 def train(config: dict, out_dir: Path, resume: Path | None = None, device: str = "auto",
           max_steps: int | None = None, max_minutes: float | None = None,
-          progress: bool = True) -> dict:
+          progress: bool = True, command: str = "") -> dict:
     """Train; writes out_dir/checkpoint.pt periodically and out_dir/final.pt at the end."""
     tcfg = dict(config["train"])
     if max_steps is not None:
@@ -69,7 +69,7 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
     hand_cpu = hand
     prior = PosePrior(hand_cpu)
     schedule = CosineSchedule()
-    losses = MeshLosses(hand.keypoint_regressor.to(dev) , hand.faces.to(dev), config["loss"])
+    losses = MeshLosses(hand.keypoint_regressor.to(dev), hand.faces.to(dev), config["loss"])
     dropout = DropoutConfig(**config.get("dropout", {}))
     opt = torch.optim.AdamW(net.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
     use_amp = dev.type == "cuda"
@@ -84,7 +84,7 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
     start = time.perf_counter() - elapsed
     bar = tqdm(total=tcfg["max_steps"], initial=step, disable=not progress, unit="step",
                desc="train")
-    running = None
+    running, interval = None, []
 
     def save(path: Path) -> None:
         torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
@@ -119,17 +119,20 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
         vals = {k: float(v) for k, v in terms.items()}
         running = vals if running is None else {k: 0.98 * running[k] + 0.02 * vals[k]
                                                 for k in vals}
+        interval.append(vals)
         bar.update(1)
         bar.set_postfix(loss=f"{running['total']:.4f}", v_mm=f"{running['vertex'] * 100:.2f}")
         if step % tcfg["checkpoint_every"] == 0 or step == tcfg["max_steps"]:
+            mean = {k: sum(v[k] for v in interval) / len(interval) for k in interval[0]}
             history.append({"step": step, "minutes": (time.perf_counter() - start) / 60,
-                            **{k: round(v, 5) for k, v in running.items()}})
+                            **{k: round(v, 5) for k, v in mean.items()}})
+            interval = []
             save(out_dir / "checkpoint.pt")
     bar.close()
     save(out_dir / "checkpoint.pt")
     final = {"model": {k: v.cpu() for k, v in net.state_dict().items()}, "config": config,
              "step": step, "minutes": (time.perf_counter() - start) / 60,
              "history": history, "hand": hand.name, "num_vertices": hand.num_vertices,
-             "device": str(dev)}
+             "device": str(dev), "command": command}
     torch.save(final, out_dir / "final.pt")
     return {"steps": step, "minutes": final["minutes"], "last": history[-1] if history else {}}

@@ -1,0 +1,64 @@
+"""`hhmr bench`: latency and memory of each task on the current device."""
+
+from __future__ import annotations
+
+import platform
+import resource
+import statistics
+import time
+
+import torch
+
+from hhmr.data.poses import PosePrior
+from hhmr.pipeline import HandDiffusionPipeline
+from hhmr.training.data import synthetic_batch
+
+
+def _peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def run_bench(ns=(1, 8, 16), steps: int = 10, repeats: int = 5, device: str = "auto",
+              weights: str | None = None) -> dict:
+    from hhmr.training.train import pick_device
+
+    dev = pick_device(device)
+    pipe = HandDiffusionPipeline.from_pretrained(weights, device=str(dev))
+    data = synthetic_batch(pipe.hand.cpu(), PosePrior(pipe.hand.cpu()), 1,
+                           torch.Generator().manual_seed(123), 0.0, 0.0)
+    keep = torch.ones(pipe.hand.num_vertices, dtype=torch.bool)
+    keep[pipe.hand.weights.cpu()[:, 4:7].sum(1) > 0.5] = False  # regenerate the index finger
+    tasks = {
+        "generate": lambda n, s: pipe.generate(n, steps=steps),
+        "inpaint": lambda n, s: pipe.inpaint(data.vertices[0], keep, n=n, steps=steps,
+                                             guidance_scale=s),
+        "refit3d": lambda n, s: pipe.refit3d(data.joints[0], n=n, steps=steps,
+                                             guidance_scale=s),
+        "fit2d": lambda n, s: pipe.fit2d(data.keypoints2d[0], None, data.K[0], n=n,
+                                         steps=steps, guidance_scale=s),
+    }
+    rows = []
+    for task, fn in tasks.items():
+        for guided in ((False,) if task == "generate" else (False, True)):
+            for n in ns:
+                scale = None if guided else 0.0
+                fn(n, scale)  # warm-up
+                if dev.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(dev)
+                times = []
+                for _ in range(repeats):
+                    if dev.type == "cuda":
+                        torch.cuda.synchronize(dev)
+                    t0 = time.perf_counter()
+                    fn(n, scale)
+                    if dev.type == "cuda":
+                        torch.cuda.synchronize(dev)
+                    times.append((time.perf_counter() - t0) * 1000)
+                rows.append({"task": task, "n": n, "steps": steps, "guidance": guided,
+                             "median_ms": round(statistics.median(times), 1),
+                             "peak_mb": round(_peak_mb(dev), 1)})
+    return {"device": str(dev), "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(), "repeats": repeats, "results": rows,
+            "peak_memory": "process peak RSS on CPU; peak allocated on CUDA"}

@@ -1,0 +1,196 @@
+"""Held-out synthetic evaluation of the diffusion tasks, with baselines in the same run."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from hhmr import metrics
+from hhmr.baselines import PosePCA, fit_lbs
+from hhmr.data.poses import PosePrior
+from hhmr.pipeline import HandDiffusionPipeline
+from hhmr.training.data import synthetic_batch
+from hhmr.training.train import EVAL_SEED_OFFSET
+
+PALM = [0, 1, 5, 9, 13, 17]  # wrist, thumb CMC and the four MCPs
+
+
+def held_out(pipe: HandDiffusionPipeline, num: int, seed: int):
+    """Synthetic hands from seeds disjoint from training (>= 1e6)."""
+    gen = torch.Generator().manual_seed(EVAL_SEED_OFFSET + seed)
+    return synthetic_batch(pipe.hand.cpu(), PosePrior(pipe.hand.cpu()), num, gen,
+                           noise2d_px=0.0, noise3d_m=0.0)
+
+
+def canonical(pipe: HandDiffusionPipeline, verts: torch.Tensor) -> torch.Tensor:
+    """Rigidly align each mesh's palm keypoints to the template's (orientation removed)."""
+    reg = pipe.regressor.cpu()
+    tmpl = (reg @ pipe.hand.v_template.cpu())[PALM]
+    kp = (reg @ verts)[:, PALM]
+    mu_k, mu_t = kp.mean(1, keepdim=True), tmpl.mean(0)
+    u, _, vt = torch.linalg.svd((kp - mu_k).transpose(1, 2) @ (tmpl - mu_t))
+    d = torch.sign(torch.linalg.det(u @ vt))
+    fix = torch.ones(len(verts), 3)
+    fix[:, 2] = d
+    rot = u @ (fix[..., None] * vt)
+    return (verts - mu_k) @ rot + mu_t
+
+
+def _stats(vals: dict[str, list[float]]) -> dict[str, float]:
+    return {k: float(np.mean(v)) for k, v in vals.items()}
+
+
+def _si(verts: torch.Tensor, faces) -> list[float]:
+    return metrics.self_intersection_pct(verts, faces).tolist()
+
+
+def eval_generate(pipe, num, seed, steps, progress):
+    faces = pipe.hand.faces.cpu()
+    gen = torch.Generator().manual_seed(EVAL_SEED_OFFSET + seed)
+    hand = pipe.hand.cpu()
+    ours = canonical(pipe, pipe.generate(num, steps=steps, seed=EVAL_SEED_OFFSET + seed)
+                     .vertices)
+    s = PosePrior(hand, random_orient=False).sample(num, generator=gen)
+    with torch.no_grad():
+        prior = hand(None, s.hand_pose, s.betas).vertices
+        pca = hand(None, PosePCA(hand).sample(num, gen), s.betas).vertices
+    out = {}
+    for name, v in tqdm([("diffusion", ours), ("pose_prior", prior), ("pca", pca)],
+                        desc="generate", disable=not progress):
+        v = v - (pipe.regressor.cpu() @ v)[:, :1]
+        out[name] = {"apd_mm": float(metrics.apd(v[None])), "si_pct": float(
+            np.mean(_si(v, faces)))}
+    return out
+
+
+def finger_region(pipe, finger: int) -> torch.Tensor:
+    w = pipe.hand.weights.cpu()
+    return w[:, 1 + 3 * finger: 4 + 3 * finger].sum(1) > 0.5
+
+
+def eval_inpaint(pipe, num, seed, steps, n, progress):
+    data = held_out(pipe, num, seed)
+    faces = pipe.hand.faces.cpu()
+    rng = np.random.default_rng(seed)
+    res = {m: {"kept_err_mm": [], "apd_mm": [], "si_pct": []}
+           for m in ("guidance", "guidance+replace")}
+    for i in tqdm(range(num), desc="inpaint", disable=not progress):
+        free = finger_region(pipe, int(rng.integers(5)))
+        keep = ~free
+        for method, replace in (("guidance", False), ("guidance+replace", True)):
+            h = pipe.inpaint(data.vertices[i], keep, n=max(n, 2), steps=steps,
+                             seed=EVAL_SEED_OFFSET + seed + i, replace=replace)
+            kept = (h.vertices[:, keep] - data.vertices[i][keep]).norm(dim=-1).mean()
+            res[method]["kept_err_mm"].append(float(kept) * 1000)
+            res[method]["apd_mm"].append(float(metrics.apd(h.vertices[None][:, :, free])))
+            res[method]["si_pct"].append(float(np.mean(_si(h.vertices, faces))))
+    return {k: _stats(v) for k, v in res.items()}
+
+
+def _errors(pred_v, pred_j, gt_v, gt_j) -> dict[str, float]:
+    return {"pa_mpvpe_mm": float(metrics.pa_mpvpe(pred_v, gt_v).min()),
+            "pa_mpjpe_mm": float(metrics.pa_mpjpe(pred_j, gt_j).min())}
+
+
+def eval_refit3d(pipe, num, seed, steps, n, progress, guidance_scale=None):
+    data = held_out(pipe, num, seed)
+    rng = np.random.default_rng(seed)
+    hand = pipe.hand.cpu()
+    res: dict[str, dict[str, list[float]]] = {}
+    pca = PosePCA(hand)
+    for variant in ("full", "partial"):
+        masks = torch.ones(num, 21)
+        if variant == "partial":
+            for i in range(num):
+                f = int(rng.integers(5))
+                masks[i, 1 + 4 * f: 5 + 4 * f] = 0
+        for i in tqdm(range(num), desc=f"refit3d {variant}", disable=not progress):
+            gt_v, gt_j = data.vertices[i:i + 1], data.joints[i:i + 1]
+            for method, s in (("no_guidance", 0.0), ("guidance", guidance_scale)):
+                h = pipe.refit3d(data.joints[i], masks[i], n=n, steps=steps, guidance_scale=s,
+                                 seed=EVAL_SEED_OFFSET + seed + i)
+                e = _errors(h.vertices, h.joints, gt_v.expand_as(h.vertices),
+                            gt_j.expand_as(h.joints))
+                for k, v in e.items():
+                    res.setdefault(f"{method}/{variant}", {}).setdefault(k, []).append(v)
+        if variant == "full":
+            pred = fit_lbs(hand, pca, None, None, joints3d=data.joints, seed=seed)
+            pj = pipe.regressor.cpu() @ pred
+            for i in range(num):
+                e = _errors(pred[i:i + 1], pj[i:i + 1], data.vertices[i:i + 1],
+                            data.joints[i:i + 1])
+                for k, v in e.items():
+                    res.setdefault("lbs_optimisation/full", {}).setdefault(k, []).append(v)
+    return {k: _stats(v) for k, v in res.items()}
+
+
+def eval_fit2d(pipe, num, seed, steps, n, progress, guidance_scale=None, noise_px=3.0):
+    data = held_out(pipe, num, seed)
+    hand = pipe.hand.cpu()
+    gen = torch.Generator().manual_seed(EVAL_SEED_OFFSET + seed + 7)
+    noisy = data.keypoints2d + torch.randn(data.keypoints2d.shape, generator=gen) * noise_px
+    res: dict[str, dict[str, list[float]]] = {}
+    pca = PosePCA(hand)
+    conf = torch.ones(num, 21)
+    for variant, kps in (("gt", data.keypoints2d), ("noisy", noisy)):
+        for i in tqdm(range(num), desc=f"fit2d {variant}", disable=not progress):
+            gt_v, gt_j = data.vertices[i:i + 1], data.joints[i:i + 1]
+            for method, s in (("no_guidance", 0.0), ("guidance", guidance_scale)):
+                h = pipe.fit2d(kps[i], conf[i], data.K[i], n=n, steps=steps,
+                               guidance_scale=s, seed=EVAL_SEED_OFFSET + seed + i)
+                e = _errors(h.vertices, h.joints, gt_v.expand_as(h.vertices),
+                            gt_j.expand_as(h.joints))
+                for k, v in e.items():
+                    res.setdefault(f"{method}/{variant}", {}).setdefault(k, []).append(v)
+        pred = fit_lbs(hand, pca, kps, conf, K=data.K, seed=seed)
+        pj = pipe.regressor.cpu() @ pred
+        for i in range(num):
+            e = _errors(pred[i:i + 1], pj[i:i + 1], data.vertices[i:i + 1],
+                        data.joints[i:i + 1])
+            for k, v in e.items():
+                res.setdefault(f"lbs_optimisation/{variant}", {}).setdefault(k, []).append(v)
+    return {k: _stats(v) for k, v in res.items()}
+
+
+def eval_sweep(pipe, num, seed, progress, ns=(1, 8, 16), steps_list=(10, 25, 50)):
+    """Min-of-n PA-MPJPE / PA-MPVPE of fit2d (ground-truth keypoints, guidance)."""
+    data = held_out(pipe, num, seed)
+    out = {}
+    for steps in steps_list:
+        for n in ns:
+            vals: dict[str, list[float]] = {}
+            for i in tqdm(range(num), desc=f"sweep n={n} steps={steps}",
+                          disable=not progress):
+                h = pipe.fit2d(data.keypoints2d[i], None, data.K[i], n=n, steps=steps,
+                               seed=EVAL_SEED_OFFSET + seed + i)
+                e = _errors(h.vertices, h.joints, data.vertices[i:i + 1].expand_as(h.vertices),
+                            data.joints[i:i + 1].expand_as(h.joints))
+                for k, v in e.items():
+                    vals.setdefault(k, []).append(v)
+            out[f"guidance/n={n}/steps={steps}"] = _stats(vals)
+    return out
+
+
+def evaluate_task(task: str, num: int, seed: int, steps: int = 10, n: int = 1,
+                  weights: str | None = None, progress: bool = True,
+                  guidance_scale: float | None = None) -> dict:
+    pipe = HandDiffusionPipeline.from_pretrained(weights)
+    t0 = time.perf_counter()
+    if task == "generate":
+        results = eval_generate(pipe, num, seed, steps, progress)
+    elif task == "inpaint":
+        results = eval_inpaint(pipe, num, seed, steps, n, progress)
+    elif task == "refit3d":
+        results = eval_refit3d(pipe, num, seed, steps, n, progress, guidance_scale)
+    elif task == "fit2d":
+        results = eval_fit2d(pipe, num, seed, steps, n, progress, guidance_scale)
+    elif task == "sweep":
+        results = eval_sweep(pipe, num, seed, progress)
+    else:
+        raise ValueError(f"unknown task {task!r}")
+    return {"task": task, "num": num, "seed": seed, "steps": steps, "n": n,
+            "results": results, "seconds": time.perf_counter() - t0}
+

@@ -1,0 +1,623 @@
+"""HHMR wire protocol, version 1: msgpack messages shared by the server and every client.
+
+This module is the reference definition (see docs/protocol.md). It imports only the standard
+library, numpy and msgpack, so a Blender add-on can use it. Nothing received is evaluated:
+no pickle, no extension types, and arrays are rebuilt from raw bytes of a whitelisted dtype.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+PROTOCOL_VERSION = 1
+MAX_ID_LEN = 64
+NUM_JOINTS = 21
+MAX_NDIM = 8
+MAX_SEED = 2**63 - 1
+
+# Error codes (the "code" of an error reply).
+BAD_MESSAGE = "BAD_MESSAGE"  # not msgpack, not a map, malformed envelope or array encoding
+UNSUPPORTED_VERSION = "UNSUPPORTED_VERSION"  # "v" missing or not PROTOCOL_VERSION
+UNKNOWN_OP = "UNKNOWN_OP"
+BAD_ARGUMENT = "BAD_ARGUMENT"  # wrong/missing/unknown argument, shape, dtype, range, NaN
+TOO_LARGE = "TOO_LARGE"  # message, container, string or image above the limits
+NO_HAND = "NO_HAND"  # reconstruct: no hand found in the image
+CANCELLED = "CANCELLED"  # the request was cancelled by a "cancel" request
+BUSY = "BUSY"  # the server's queue is full; try again later
+INTERNAL = "INTERNAL"  # a server bug
+TIMEOUT = "TIMEOUT"  # the server gave up on the request (its own time limit)
+ERROR_CODES = (BAD_MESSAGE, UNSUPPORTED_VERSION, UNKNOWN_OP, BAD_ARGUMENT, TOO_LARGE, NO_HAND,
+               CANCELLED, BUSY, INTERNAL, TIMEOUT)
+
+DEFAULT_MAX_BYTES = 64 << 20
+DEFAULT_MAX_CONTAINER_LEN = 10_000
+DEFAULT_MAX_STR_LEN = 1 << 20
+
+
+class ProtocolError(Exception):
+    """A message that breaks the protocol. ``code`` is one of ERROR_CODES; ``request_id`` is
+    the offending request's id when it could be read (for the error reply)."""
+
+    def __init__(self, code: str, message: str, request_id: str | None = None):
+        super().__init__(f"{code}: {message}")
+        self.code, self.message, self.request_id = code, message, request_id
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Server-side limits; a server reports its own in the ``info`` reply."""
+
+    max_message_bytes: int = DEFAULT_MAX_BYTES
+    max_n: int = 64
+    max_steps: int = 200
+    max_pixels: int = 4096 * 4096
+    max_container_len: int = DEFAULT_MAX_CONTAINER_LEN
+    max_str_len: int = DEFAULT_MAX_STR_LEN
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------- arrays + msgpack
+
+_DTYPES: dict[str, np.dtype] = {
+    np.dtype(t).str: np.dtype(t)
+    for t in (np.float32, np.float64, np.int32, np.int64, np.uint8, np.bool_)
+}
+_DTYPE_NAMES = {d.name: d for d in _DTYPES.values()}  # "float32", ... accepted on input too
+_ND_KEYS = frozenset({"__nd__", "dtype", "shape", "data"})
+
+
+def encode_array(a: np.ndarray) -> dict[str, Any]:
+    """The wire map of an array (little-endian, C order); only whitelisted dtypes."""
+    dt = a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype
+    if dt.str not in _DTYPES:
+        raise ProtocolError(BAD_ARGUMENT, f"arrays of dtype {a.dtype} cannot be sent; "
+                            f"use one of {', '.join(_DTYPE_NAMES)}")
+    data = np.ascontiguousarray(a, dtype=dt).tobytes()
+    return {"__nd__": True, "dtype": dt.str, "shape": list(a.shape), "data": data}
+
+
+def decode_array(m: Mapping[Any, Any]) -> np.ndarray:
+    """Rebuild an array from its wire map; raises ProtocolError(BAD_MESSAGE)."""
+    def bad(why: str) -> ProtocolError:
+        return ProtocolError(BAD_MESSAGE, f"bad array encoding: {why}")
+
+    if set(m) != _ND_KEYS:
+        raise bad("the map must have exactly the keys __nd__, dtype, shape, data")
+    name, shape, data = m["dtype"], m["shape"], m["data"]
+    if m["__nd__"] is not True:
+        raise bad("__nd__ must be true")
+    dt = (_DTYPES.get(name) or _DTYPE_NAMES.get(name)) if isinstance(name, str) else None
+    if dt is None:
+        raise bad(f"dtype {name!r} is not allowed; use one of {', '.join(_DTYPES)}")
+    if not (isinstance(shape, list) and len(shape) <= MAX_NDIM
+            and all(type(s) is int and s >= 0 for s in shape)):
+        raise bad(f"shape must be a list of at most {MAX_NDIM} non-negative integers")
+    if math.prod(max(s, 1) for s in shape) > 2**40:
+        raise bad(f"shape {shape!r:.80} is absurdly large")
+    if not isinstance(data, bytes):
+        raise bad("data must be bytes (msgpack bin)")
+    need = math.prod(shape) * dt.itemsize
+    if need != len(data):
+        raise bad(f"shape {shape} of {dt.str} needs {need} bytes, data has {len(data)}")
+    if dt.kind == "b":
+        raw = np.frombuffer(data, np.uint8)
+        if raw.size and raw.max() > 1:
+            raise bad("bool array bytes must be 0 or 1")
+        return (raw != 0).reshape(shape)
+    return np.frombuffer(data, dt).reshape(shape).copy()
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return encode_array(obj)
+    if isinstance(obj, np.generic) and obj.dtype.kind in "biuf":
+        return obj.item()
+    raise TypeError(f"cannot send a value of type {type(obj).__name__}")
+
+
+def pack(obj: Any) -> bytes:
+    """Serialize a message; numpy arrays become array maps, numpy scalars plain numbers."""
+    return msgpack.packb(obj, default=_default, use_bin_type=True)
+
+
+def _object_hook(m: dict[Any, Any]) -> Any:
+    return decode_array(m) if "__nd__" in m else m
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise ProtocolError(BAD_MESSAGE, f"msgpack extension types are not allowed (got type {code})")
+
+
+def unpack(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES, *,
+           max_container_len: int = DEFAULT_MAX_CONTAINER_LEN,
+           max_str_len: int = DEFAULT_MAX_STR_LEN, decode_arrays: bool = True) -> Any:
+    """Deserialize a message safely, refusing anything above the limits (TOO_LARGE) and any
+    malformed input (BAD_MESSAGE)."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ProtocolError(BAD_MESSAGE, f"a message must be bytes, got {type(data).__name__}")
+    size = memoryview(data).nbytes
+    if size > max_bytes:
+        raise ProtocolError(TOO_LARGE, f"message of {size} bytes exceeds the limit of {max_bytes}")
+    try:
+        return msgpack.unpackb(
+            data, raw=False, strict_map_key=True, use_list=True,
+            object_hook=_object_hook if decode_arrays else None, ext_hook=_reject_ext,
+            max_bin_len=max_bytes, max_str_len=max_str_len, max_ext_len=max_str_len,
+            max_array_len=max_container_len, max_map_len=max_container_len)
+    except ProtocolError:
+        raise
+    except ValueError as e:
+        if "exceeds max_" in str(e):
+            raise ProtocolError(TOO_LARGE, f"message part too large: {e}") from None
+        raise ProtocolError(BAD_MESSAGE, f"not a valid msgpack message ({type(e).__name__})"
+                            ) from None
+    except Exception as e:  # noqa: BLE001 - any decoder failure is the sender's fault
+        raise ProtocolError(BAD_MESSAGE, f"not a valid msgpack message ({type(e).__name__})"
+                            ) from None
+
+
+def peek_id(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> str | None:
+    """The request id of a message that fails to decode fully, if it can be read at all."""
+    try:
+        msg = unpack(data, max_bytes, decode_arrays=False)
+    except ProtocolError:
+        return None
+    return _valid_id(msg.get("id")) if isinstance(msg, dict) else None
+
+
+# ---------------------------------------------------------------------------- requests
+
+def _valid_id(x: Any) -> str | None:
+    return x if isinstance(x, str) and 0 < len(x) <= MAX_ID_LEN else None
+
+
+def new_id() -> str:
+    """A random request id (16 hex characters)."""
+    return secrets.token_hex(8)
+
+
+def make_request(op: str, args: Mapping[str, Any] | None = None, id: str | None = None
+                 ) -> dict[str, Any]:
+    """A request map; drops arguments that are None."""
+    clean = {k: v for k, v in (args or {}).items() if v is not None}
+    return {"v": PROTOCOL_VERSION, "id": id or new_id(), "op": op, "args": clean}
+
+
+@dataclass(frozen=True)
+class Request:
+    """A validated request; ``args`` holds every argument of the op, defaults filled in
+    (None where optional and absent), arrays as float32 / bool / uint8."""
+
+    id: str
+    op: str
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    limits: Limits
+    num_vertices: int | None
+
+
+Check = Callable[[str, Any, _Ctx], Any]
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument of an op: its checker, whether required, its default and a description."""
+
+    check: Check
+    doc: str
+    required: bool = False
+    default: Any = None  # a value, or a callable of the validation context
+
+
+def _bad(message: str) -> ProtocolError:
+    return ProtocolError(BAD_ARGUMENT, message)
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, np.ndarray):
+        return f"an array of {x.dtype} with shape {list(x.shape)}"
+    names = {bool: "a bool", int: "an integer", float: "a float", str: "a string",
+             bytes: "bytes", list: "a list", dict: "a map", type(None): "nil"}
+    return names.get(type(x), f"a {type(x).__name__}")
+
+
+def _integer(lo: int, hi: int | str) -> Check:
+    def check(name: str, x: Any, ctx: _Ctx) -> int:
+        top = getattr(ctx.limits, hi) if isinstance(hi, str) else hi
+        if type(x) is not int:
+            raise _bad(f"'{name}' must be an integer, got {_describe(x)}")
+        if not lo <= x <= top:
+            raise _bad(f"'{name}' must be between {lo} and {top}, got {x}")
+        return x
+    return check
+
+
+def _nonneg_float(name: str, x: Any, ctx: _Ctx) -> float:
+    if type(x) not in (int, float):
+        raise _bad(f"'{name}' must be a number, got {_describe(x)}")
+    if not math.isfinite(x) or x < 0:
+        raise _bad(f"'{name}' must be a finite number >= 0, got {x}")
+    return float(x)
+
+
+def _choice(*options: str) -> Check:
+    def check(name: str, x: Any, ctx: _Ctx) -> str:
+        if not isinstance(x, str) or x not in options:
+            raise _bad(f"'{name}' must be one of {', '.join(map(repr, options))}, got {x!r:.40}")
+        return x
+    return check
+
+
+def _request_id(name: str, x: Any, ctx: _Ctx) -> str:
+    if _valid_id(x) is None:
+        raise _bad(f"'{name}' must be a request id (a string of 1 to {MAX_ID_LEN} characters)")
+    return x
+
+
+def _fmt_shape(shape: tuple[int | str, ...], ctx: _Ctx) -> str:
+    dims = [str(ctx.num_vertices) if s == "V" and ctx.num_vertices else str(s) for s in shape]
+    return "[" + ", ".join(dims) + "]"
+
+
+def _array(shape: tuple[int | str, ...], kind: str, lo: float | None = None,
+           hi: float | None = None) -> Check:
+    """An array checker. Shape entries: an int, "V" (the server's vertex count) or a letter
+    (any size >= 1). kind: "float" (-> finite float32), "mask" (bool or uint8 0/1 -> bool),
+    "uint8"."""
+    def check(name: str, x: Any, ctx: _Ctx) -> np.ndarray:
+        want = _fmt_shape(shape, ctx)
+        if not isinstance(x, np.ndarray):
+            raise _bad(f"'{name}' must be an array of shape {want}, got {_describe(x)}")
+        fixed = [ctx.num_vertices if s == "V" else s for s in shape]
+        if x.ndim != len(shape) or any(
+                g < 1 or (isinstance(f, int) and f != g) for f, g in zip(fixed, x.shape,
+                                                                          strict=True)):
+            raise _bad(f"'{name}' must have shape {want}, got {list(x.shape)}")
+        if kind == "mask":
+            if x.dtype == np.uint8 and x.max() <= 1:
+                return x.astype(bool)
+            if x.dtype != bool:
+                raise _bad(f"'{name}' must be a bool array or a uint8 array of 0/1")
+            return x
+        if kind == "uint8":
+            if x.dtype != np.uint8:
+                raise _bad(f"'{name}' must be a uint8 array, got {x.dtype}")
+            return x
+        if x.dtype.kind not in "fiu":
+            raise _bad(f"'{name}' must be a numeric (float) array, got {x.dtype}")
+        if not np.isfinite(x).all():
+            raise _bad(f"'{name}' contains NaN or infinite values")
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = x.astype(np.float32)
+        if not np.isfinite(out).all():
+            raise _bad(f"'{name}' has values too large for float32")
+        if (lo is not None and out.min() < lo) or (hi is not None and out.max() > hi):
+            raise _bad(f"'{name}' values must lie in [{lo}, {hi}]")
+        return out
+    return check
+
+
+def _camera(name: str, x: Any, ctx: _Ctx) -> np.ndarray:
+    K = _array((3, 3), "float")(name, x, ctx)
+    if K[0, 0] <= 0 or K[1, 1] <= 0 or not np.allclose(K[2], [0, 0, 1], atol=1e-6):
+        raise _bad(f"'{name}' must be a pinhole intrinsics matrix [[fx, s, cx], [0, fy, cy], "
+                   "[0, 0, 1]] with fx, fy > 0")
+    return K
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) read from a PNG or JPEG header without decoding the image."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            raise _bad("'image' is a truncated or corrupt PNG")
+        w, h = struct.unpack(">II", data[16:24])
+        return w, h
+    if data[:2] != b"\xff\xd8":
+        raise _bad("'image' must be PNG or JPEG file bytes")
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            break
+        marker = data[i + 1]
+        if marker == 0xFF or marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+            i += 1 if marker == 0xFF else 2  # fill byte or a marker without a length
+            continue
+        if marker in (0xD9, 0xDA):
+            break  # end of image / start of scan before any frame header
+        length = struct.unpack(">H", data[i + 2:i + 4])[0]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and i + 9 <= len(data):
+            h, w = struct.unpack(">HH", data[i + 5:i + 9])
+            return w, h
+        i += 2 + max(length, 2)
+    raise _bad("'image' is a truncated or corrupt JPEG (no frame header)")
+
+
+def _image(name: str, x: Any, ctx: _Ctx) -> bytes:
+    if not isinstance(x, bytes) or not x:
+        raise _bad(f"'{name}' must be PNG or JPEG file bytes, got {_describe(x)}")
+    w, h = image_size(x)
+    if w < 1 or h < 1:
+        raise _bad(f"'{name}' has an empty size {w}x{h}")
+    _check_pixels(name, w, h, ctx)
+    return x
+
+
+def _rgb(name: str, x: Any, ctx: _Ctx) -> np.ndarray:
+    x = _array(("H", "W", 3), "uint8")(name, x, ctx)
+    _check_pixels(name, x.shape[1], x.shape[0], ctx)
+    return x
+
+
+def _check_pixels(name: str, w: int, h: int, ctx: _Ctx) -> None:
+    if w * h > ctx.limits.max_pixels:
+        raise ProtocolError(TOO_LARGE, f"'{name}' has {w}x{h} pixels, more than the limit of "
+                            f"{ctx.limits.max_pixels}; downscale it")
+
+
+SAMPLING_ARGS: dict[str, Arg] = {
+    "n": Arg(_integer(1, "max_n"), "number of hypotheses, 1..max_n (default 4)",
+             default=lambda c: min(4, c.limits.max_n)),
+    "steps": Arg(_integer(1, "max_steps"), "diffusion steps, 1..max_steps (default 10)",
+                 default=lambda c: min(10, c.limits.max_steps)),
+    "guidance": Arg(_nonneg_float, "guidance strength >= 0 (default: the server's)"),
+    "seed": Arg(_integer(0, MAX_SEED), "random seed, 0..2**63-1 (default 0)", default=0),
+}
+
+
+def _inpaint_check(args: dict[str, Any], ctx: _Ctx) -> None:
+    if args["vertices"].shape[0] != args["keep"].shape[0]:
+        raise _bad(f"'vertices' has {args['vertices'].shape[0]} rows but 'keep' has "
+                   f"{args['keep'].shape[0]}; they must match")
+
+
+def _reconstruct_check(args: dict[str, Any], ctx: _Ctx) -> None:
+    if (args["image"] is None) == (args["rgb"] is None):
+        raise _bad("give exactly one of 'image' (PNG/JPEG bytes) or 'rgb' (uint8 [H, W, 3])")
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """The arguments of an op, a cross-argument check and a description."""
+
+    args: dict[str, Arg]
+    doc: str
+    check: Callable[[dict[str, Any], _Ctx], None] | None = None
+    sampling: bool = False
+
+
+OPS: dict[str, OpSpec] = {
+    "info": OpSpec({}, "server, model and limits description"),
+    "status": OpSpec({}, "the server's queue: running and queued request ids"),
+    "cancel": OpSpec({"target": Arg(_request_id, "id of the request to cancel", True)},
+                     "cancel a running or queued request"),
+    "generate": OpSpec(dict(SAMPLING_ARGS), "sample hands unconditionally", sampling=True),
+    "inpaint": OpSpec({
+        "vertices": Arg(_array(("V", 3), "float"), "float [V, 3] mesh vertices", True),
+        "keep": Arg(_array(("V",), "mask"), "bool or uint8 [V]: vertices to keep", True),
+        **SAMPLING_ARGS}, "complete a mesh, keeping the vertices marked in 'keep'",
+        _inpaint_check, True),
+    "refit3d": OpSpec({
+        "joints": Arg(_array((NUM_JOINTS, 3), "float"), "float [21, 3] 3D joints", True),
+        "joint_mask": Arg(_array((NUM_JOINTS,), "mask"), "bool or uint8 [21]: joints to use"),
+        **SAMPLING_ARGS}, "fit meshes to 3D joints", sampling=True),
+    "fit2d": OpSpec({
+        "keypoints": Arg(_array((NUM_JOINTS, 2), "float"), "float [21, 2] pixel keypoints",
+                         True),
+        "confidence": Arg(_array((NUM_JOINTS,), "float", 0.0, 1.0), "float [21] in [0, 1]"),
+        "K": Arg(_camera, "float [3, 3] camera intrinsics"),
+        **SAMPLING_ARGS}, "fit meshes to 2D keypoints", sampling=True),
+    "reconstruct": OpSpec({
+        "image": Arg(_image, "PNG or JPEG file bytes"),
+        "rgb": Arg(_rgb, "uint8 [H, W, 3] RGB pixels"),
+        "K": Arg(_camera, "float [3, 3] camera intrinsics"),
+        "handedness": Arg(_choice("left", "right"), "'left' or 'right' (default: detected)"),
+        **SAMPLING_ARGS}, "recover hand meshes from an image", _reconstruct_check, True),
+}
+
+_ENVELOPE = ("v", "id", "op", "args")
+
+
+def validate_request(msg: Any, limits: Limits | None = None, *,
+                     num_vertices: int | None = None) -> Request:
+    """Check a decoded request and normalize its arguments; raises ProtocolError."""
+    rid = _valid_id(msg.get("id")) if isinstance(msg, dict) else None
+    try:
+        return _validate(msg, limits or Limits(), num_vertices)
+    except ProtocolError as e:
+        e.request_id = rid
+        raise
+
+
+def _validate(msg: Any, limits: Limits, num_vertices: int | None) -> Request:
+    if not isinstance(msg, dict):
+        raise ProtocolError(BAD_MESSAGE, f"a request must be a map, got {_describe(msg)}")
+    if "v" not in msg:
+        raise ProtocolError(UNSUPPORTED_VERSION, "the request has no protocol version; "
+                            f"add \"v\": {PROTOCOL_VERSION}")
+    if type(msg["v"]) is not int or msg["v"] != PROTOCOL_VERSION:
+        raise ProtocolError(UNSUPPORTED_VERSION, f"protocol version {msg['v']!r:.20} is not "
+                            f"supported; this server speaks version {PROTOCOL_VERSION}")
+    extra = [k for k in msg if k not in _ENVELOPE]
+    if extra:
+        raise ProtocolError(BAD_MESSAGE, f"unknown request field {extra[0]!r:.40}; "
+                            f"a request has only {', '.join(_ENVELOPE)}")
+    rid, op, args = msg.get("id"), msg.get("op"), msg.get("args", {})
+    if _valid_id(rid) is None:
+        raise ProtocolError(BAD_MESSAGE, f"'id' must be a string of 1 to {MAX_ID_LEN} "
+                            f"characters, got {_describe(rid)}")
+    if not isinstance(op, str):
+        raise ProtocolError(BAD_MESSAGE, f"'op' must be a string, got {_describe(op)}")
+    spec = OPS.get(op)
+    if spec is None:
+        raise ProtocolError(UNKNOWN_OP, f"unknown op {op!r:.40}; known ops: {', '.join(OPS)}")
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise ProtocolError(BAD_ARGUMENT, f"'args' must be a map, got {_describe(args)}")
+    unknown = [k for k in args if k not in spec.args]
+    if unknown:
+        raise _bad(f"unknown argument {unknown[0]!r:.40} for op '{op}'; "
+                   f"accepted: {', '.join(spec.args) or 'none'}")
+    ctx = _Ctx(limits, num_vertices)
+    out: dict[str, Any] = {}
+    for name, arg in spec.args.items():
+        value = args.get(name)
+        if value is not None:
+            out[name] = arg.check(name, value, ctx)
+        elif arg.required:
+            raise _bad(f"op '{op}' needs argument '{name}': {arg.doc}")
+        else:
+            out[name] = arg.default(ctx) if callable(arg.default) else arg.default
+    if spec.check is not None:
+        spec.check(out, ctx)
+    return Request(rid, op, out)
+
+
+def decode_request(data: bytes, limits: Limits | None = None, *,
+                   num_vertices: int | None = None) -> Request:
+    """unpack + validate_request; on failure the ProtocolError carries the id if readable."""
+    limits = limits or Limits()
+    try:
+        msg = unpack(data, limits.max_message_bytes, max_container_len=limits.max_container_len,
+                     max_str_len=limits.max_str_len)
+    except ProtocolError as e:
+        e.request_id = peek_id(data, limits.max_message_bytes)
+        raise
+    return validate_request(msg, limits, num_vertices=num_vertices)
+
+
+# ---------------------------------------------------------------------------- replies
+
+def ok_reply(id: str | None, result: dict[str, Any]) -> dict[str, Any]:
+    """The final, successful reply to request ``id``."""
+    return {"v": PROTOCOL_VERSION, "id": id, "status": "ok", "result": result}
+
+
+def error_reply(id: str | None, code: str, message: str) -> dict[str, Any]:
+    """The final, failed reply; ``id`` is None when the request's id could not be read."""
+    return {"v": PROTOCOL_VERSION, "id": id, "status": "error",
+            "error": {"code": code, "message": message}}
+
+
+def progress_reply(id: str, fraction: float, message: str = "") -> dict[str, Any]:
+    """An interim reply; any number may precede the final one."""
+    fraction = float(fraction) if math.isfinite(fraction) else 0.0
+    return {"v": PROTOCOL_VERSION, "id": id, "status": "progress",
+            "progress": min(max(fraction, 0.0), 1.0), "message": message}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A parsed reply: status "ok" (result), "error" (code, message) or "progress"."""
+
+    id: str | None
+    status: str
+    result: dict[str, Any] | None = None
+    code: str = ""
+    message: str = ""
+    fraction: float = 0.0
+
+
+def parse_reply(msg: Any) -> Reply:
+    """Check a decoded reply; raises ProtocolError(BAD_MESSAGE)."""
+    def bad(why: str) -> ProtocolError:
+        return ProtocolError(BAD_MESSAGE, f"bad reply: {why}")
+
+    if not isinstance(msg, dict):
+        raise bad("not a map")
+    if type(msg.get("v")) is not int or msg["v"] != PROTOCOL_VERSION:
+        raise ProtocolError(UNSUPPORTED_VERSION, f"reply has protocol version "
+                            f"{msg.get('v')!r:.20}, expected {PROTOCOL_VERSION}")
+    rid, status = msg.get("id"), msg.get("status")
+    if rid is not None and _valid_id(rid) is None:
+        raise bad("'id' must be a short string or nil")
+    if status == "ok":
+        if not isinstance(msg.get("result"), dict):
+            raise bad("'result' must be a map")
+        return Reply(rid, status, result=msg["result"])
+    if status == "error":
+        err = msg.get("error")
+        if not (isinstance(err, dict) and isinstance(err.get("code"), str)
+                and isinstance(err.get("message"), str)):
+            raise bad("'error' must be a map with string 'code' and 'message'")
+        return Reply(rid, status, code=err["code"], message=err["message"])
+    if status == "progress":
+        frac, text = msg.get("progress"), msg.get("message", "")
+        if type(frac) not in (int, float) or not 0 <= frac <= 1 or not isinstance(text, str):
+            raise bad("'progress' must be a number in [0, 1] and 'message' a string")
+        return Reply(rid, status, fraction=float(frac), message=text)
+    raise bad(f"unknown status {status!r:.20}")
+
+
+# ---------------------------------------------------------------------------- hypotheses
+
+@dataclass
+class Hypotheses:
+    """The result of the sampling ops: n meshes with their joints and scores."""
+
+    vertices: np.ndarray  # float32 [n, V, 3]
+    joints: np.ndarray  # float32 [n, 21, 3]
+    scores: np.ndarray  # float32 [n]
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    extra: dict[str, Any] = field(default_factory=dict)  # any further result fields
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def _check_hypotheses(vertices: Any, joints: Any, scores: Any, timings: Any,
+                      num_vertices: int | None) -> str | None:
+    if not all(isinstance(a, np.ndarray) and a.dtype.kind in "fiu"
+               for a in (vertices, joints, scores)):
+        return "vertices, joints and scores must be numeric arrays"
+    n = scores.shape[0] if scores.ndim == 1 else -1
+    if vertices.ndim != 3 or vertices.shape[0] != n or vertices.shape[2] != 3:
+        return f"vertices must be [n, V, 3] and scores [n], got {list(vertices.shape)} and " \
+               f"{list(scores.shape)}"
+    if num_vertices is not None and vertices.shape[1] != num_vertices:
+        return f"expected {num_vertices} vertices, got {vertices.shape[1]}"
+    if joints.shape != (n, NUM_JOINTS, 3):
+        return f"joints must be [{n}, {NUM_JOINTS}, 3], got {list(joints.shape)}"
+    if not (isinstance(timings, dict) and all(
+            isinstance(k, str) and type(v) in (int, float) for k, v in timings.items())):
+        return "timings must map strings to numbers"
+    return None
+
+
+def make_hypotheses(vertices: Any, joints: Any, scores: Any,
+                    timings: Mapping[str, float] | None = None, **extra: Any) -> dict[str, Any]:
+    """The result map of a sampling op (arrays cast to float32); raises ValueError."""
+    v, j, s = (np.asarray(a, dtype=np.float32) for a in (vertices, joints, scores))
+    t = {str(k): float(x) for k, x in (timings or {}).items()}
+    why = _check_hypotheses(v, j, s, t, None)
+    if why:
+        raise ValueError(why)
+    return {"vertices": v, "joints": j, "scores": s, "timings": t, **extra}
+
+
+def parse_hypotheses(result: Mapping[str, Any], num_vertices: int | None = None) -> Hypotheses:
+    """Hypotheses from a result map; raises ProtocolError(BAD_MESSAGE)."""
+    if not isinstance(result, Mapping):
+        raise ProtocolError(BAD_MESSAGE, "bad hypotheses: the result must be a map")
+    v, j, s = (result.get(k) for k in ("vertices", "joints", "scores"))
+    t = result.get("timings", {})
+    why = _check_hypotheses(v, j, s, t, num_vertices)
+    if why:
+        raise ProtocolError(BAD_MESSAGE, f"bad hypotheses: {why}")
+    extra = {k: x for k, x in result.items() if k not in ("vertices", "joints", "scores",
+                                                          "timings")}
+    return Hypotheses(v.astype(np.float32), j.astype(np.float32), s.astype(np.float32),
+                      {k: float(x) for k, x in t.items()}, extra)

@@ -1,0 +1,173 @@
+"""GraphUNet, condition tokens, masking, the task API on a tiny untrained net, training."""
+
+import pytest
+import torch
+from hhmr.mesh.hierarchy import MeshHierarchy
+from hhmr.models import Conditions, GraphUNet, GraphUNetConfig
+from hhmr.models.conditions import DropoutConfig, drop_conditions, normalize_keypoints
+from hhmr.pipeline import HandDiffusionPipeline
+
+TINY = GraphUNetConfig(channels=(8, 8, 16, 16), attention_levels=(2, 3), token_dim=16,
+                       heads=2, cheb_k=2, time_dim=16, num_patches=4, image_dim=8)
+
+
+@pytest.fixture(scope="module")
+def tiny_net(hand):
+    torch.manual_seed(0)
+    return GraphUNet(MeshHierarchy.load(hand.hierarchy_path), TINY)
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_net, hand):
+    return HandDiffusionPipeline(tiny_net, hand)
+
+
+def _full_conditions(b, gen):
+    return Conditions(
+        joints3d=torch.randn(b, 21, 3, generator=gen), joints3d_mask=torch.ones(b, 21),
+        keypoints2d=torch.randn(b, 21, 2, generator=gen), keypoints2d_conf=torch.ones(b, 21),
+        image_tokens=torch.randn(b, 5, 8, generator=gen), image_mask=torch.ones(b, 5))
+
+
+def test_forward_shapes_and_gradients(tiny_net, hand, gen):
+    x = torch.randn(3, hand.num_vertices, 3, generator=gen, requires_grad=True)
+    y = tiny_net(x, torch.tensor([0, 500, 999]), _full_conditions(3, gen))
+    assert y.shape == x.shape
+    y.square().sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert tiny_net(x, torch.tensor([10]), None).shape == x.shape  # unconditional
+    with pytest.raises(ValueError):
+        tiny_net(torch.zeros(1, 10, 3), torch.tensor([1]))
+
+
+def test_tokens_share_one_space_and_nulls_replace_missing(tiny_net, gen):
+    enc = tiny_net.conditions
+    cond = _full_conditions(2, gen)
+    tokens = enc(cond, 2)
+    assert tokens.shape == (2, 21 + 21 + 5, 16) and enc.num_tokens == 47
+    empty = enc(Conditions(), 2)
+    masked = Conditions(**{**cond.__dict__, "joints3d_mask": torch.zeros(2, 21),
+                           "keypoints2d_conf": torch.zeros(2, 21), "image_mask": torch.zeros(2, 5)})
+    assert torch.allclose(enc(masked, 2), empty)  # fully masked == absent
+    part = Conditions(**{**cond.__dict__, "joints3d_mask": torch.ones(2, 21)})
+    part.joints3d_mask[:, 5] = 0
+    t = enc(part, 2)
+    assert torch.allclose(t[:, 5], empty[:, 5]) and not torch.allclose(t[:, 6], empty[:, 6])
+
+
+def test_condition_dropout_levels(gen):
+    cond = _full_conditions(2000, gen)
+    none = drop_conditions(cond, DropoutConfig(0, 0, 0, 0, 0), gen)
+    assert none.joints3d_mask.all() and none.keypoints2d_conf.all() and none.image_mask.all()
+    everything = drop_conditions(cond, DropoutConfig(p_all=1.0), gen)
+    assert not everything.joints3d_mask.any() and not everything.image_mask.any()
+    fingers = drop_conditions(cond, DropoutConfig(0, 0, p_finger=0.5, p_joint=0, p_patch=0), gen)
+    m = fingers.joints3d_mask[:, 1:].reshape(-1, 5, 4)
+    assert ((m.sum(-1) == 0) | (m.sum(-1) == 4)).all()  # whole fingers go together
+    assert 0.4 < (m[..., 0] == 0).float().mean() < 0.6
+    modality = drop_conditions(cond, DropoutConfig(p_modality=0.3, p_all=0, p_finger=0,
+                                                   p_joint=0, p_patch=0), gen)
+    dropped = (modality.keypoints2d_conf.sum(1) == 0).float().mean()
+    assert 0.25 < dropped < 0.35
+
+
+def test_normalize_keypoints():
+    kp = torch.tensor([[[10.0, 20.0], [30.0, 60.0]] + [[20.0, 40.0]] * 19])
+    n = normalize_keypoints(kp, torch.ones(1, 21))
+    assert torch.allclose(n.amin(1), torch.tensor([[-0.5, -1.0]]))
+    assert torch.allclose(n.amax(1), torch.tensor([[0.5, 1.0]]))
+
+
+def test_every_task_returns_hypotheses(pipe, hand):
+    v = hand.num_vertices
+    g = pipe.generate(n=3, steps=2, seed=1)
+    assert g.vertices.shape == (3, v, 3) and g.joints.shape == (3, 21, 3)
+    assert g.scores.shape == (3,) and "total_ms" in g.timings
+    assert torch.equal(pipe.generate(n=3, steps=2, seed=1).vertices, g.vertices)  # seeded
+    out = hand()
+    keep = torch.ones(v, dtype=torch.bool)
+    keep[:100] = False
+    ip = pipe.inpaint(out.vertices[0] + 0.3, keep, n=2, steps=3)
+    assert ip.vertices.shape == (2, v, 3)
+    # replacement keeps the selected vertices exactly, in the caller's frame
+    assert torch.allclose(ip.vertices[:, keep], out.vertices[0, keep] + 0.3, atol=1e-5)
+    rf = pipe.refit3d(out.joints[0] + 1.0, n=2, steps=2)
+    assert rf.vertices.shape == (2, v, 3)
+    assert (rf.joints[:, 0] - (out.joints[0, 0] + 1.0)).norm(dim=-1).max() < 0.2
+    K = torch.tensor([[500.0, 0, 112], [0, 500, 112], [0, 0, 1]])
+    kp = (out.joints[0] + torch.tensor([0, 0, 0.5])) @ K.T
+    kp = kp[:, :2] / kp[:, 2:]
+    f2 = pipe.fit2d(kp, torch.ones(21), K, n=2, steps=2)
+    assert f2.vertices.shape == (2, v, 3) and f2.extra["transl"].shape == (2, 3)
+    # camera frame: the returned joints project with K where the score says they do
+    proj = f2.joints @ K.T
+    reproj = (proj[..., :2] / proj[..., 2:] - kp).norm(dim=-1).mean(-1)
+    front = (proj[..., 2] > 0.01).all(-1)  # an untrained net may put joints behind the camera
+    assert front.any()
+    assert torch.allclose(reproj[front], -f2.scores[front], rtol=1e-3, atol=1e-3)
+    assert (f2.extra["transl"][:, 2] >= 0.05).all()
+    weak = pipe.fit2d(kp, None, None, n=2, steps=2)
+    assert weak.extra["weak_scale"].shape == (2,)
+
+
+def test_task_inputs_are_checked(pipe, hand):
+    with pytest.raises(ValueError, match="joints21"):
+        pipe.refit3d(torch.zeros(20, 3))
+    with pytest.raises(ValueError, match="NaN"):
+        pipe.refit3d(torch.full((21, 3), float("nan")))
+    with pytest.raises(ValueError):
+        pipe.refit3d(torch.zeros(21, 3), torch.zeros(21))
+    with pytest.raises(ValueError):
+        pipe.fit2d(torch.zeros(21, 2), torch.zeros(21))
+    with pytest.raises(ValueError):
+        pipe.inpaint(hand.v_template, torch.ones(5))
+
+
+class IdentityDenoiser(torch.nn.Module):
+    """f(x_t) = x_t: guidance then acts as plain gradient descent inside DDIM."""
+
+    def forward(self, x_t, t, cond=None):
+        return x_t
+
+
+@pytest.mark.parametrize("task", ["refit3d", "fit2d", "inpaint"])
+def test_guided_sampling_fits_the_evidence_better(hand, task):
+    pipe = HandDiffusionPipeline(IdentityDenoiser(), hand)
+    out = hand(hand_pose=torch.full((1, 15, 3), 0.1))
+    K = torch.tensor([[500.0, 0, 112], [0, 500, 112], [0, 0, 1]])
+    kp = (out.joints[0] + torch.tensor([0, 0, 0.5])) @ K.T
+    kp = kp[:, :2] / kp[:, 2:]
+    keep = torch.ones(hand.num_vertices, dtype=torch.bool)
+    keep[:300] = False
+
+    def run(scale):
+        if task == "refit3d":
+            return pipe.refit3d(out.joints[0], n=2, steps=10, guidance_scale=scale, seed=3)
+        if task == "fit2d":
+            return pipe.fit2d(kp, None, K, n=2, steps=10, guidance_scale=scale, seed=3)
+        h = pipe.inpaint(out.vertices[0], keep, n=2, steps=10, guidance_scale=scale, seed=3,
+                         replace=False)
+        err = (h.vertices[:, keep] - out.vertices[0, keep]).norm(dim=-1).mean(-1)
+        return type(h)(h.vertices, h.joints, -err)
+
+    plain, guided = run(0.0), run(0.002)
+    assert (guided.scores > plain.scores).all()
+
+
+def test_tiny_training_run_lowers_the_loss(tmp_path):
+    from hhmr.paths import weights_dir  # noqa: F401
+    from hhmr.training.train import load_config, train
+
+    cfg = load_config("backend/hhmr/configs/prior.toml")
+    cfg["model"].update(channels=[8, 8, 16, 16], token_dim=16, heads=2, time_dim=16)
+    cfg["train"].update(batch_size=8, max_steps=40, checkpoint_every=10, lr=3e-3,
+                        warmup_steps=5)
+    result = train(cfg, tmp_path, progress=False)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    hist = ckpt["history"]  # mean losses over each 10-step interval
+    assert result["steps"] == 40 and [h["step"] for h in hist][-1] == 40
+    assert hist[-1]["total"] < 0.8 * hist[0]["total"]
+    # resume continues from the checkpoint
+    more = train(cfg, tmp_path, resume=tmp_path / "checkpoint.pt", max_steps=45,
+                 progress=False)
+    assert more["steps"] == 45
