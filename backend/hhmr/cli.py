@@ -24,7 +24,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    if args.task == "prior":
+    if args.freihand_root:
+        from hhmr.evaluate_freihand import evaluate_freihand
+
+        modes = (args.mode,) if args.mode else ("skel2d",)
+        result = evaluate_freihand(args.freihand_root, args.split, n=args.n, steps=args.steps,
+                                   weights=args.weights, progress=not args.json, modes=modes)
+    elif args.task == "prior":
         from hhmr.evaluate import evaluate_prior
 
         result = evaluate_prior(num=args.num, seed=args.seed, progress=not args.json)
@@ -39,7 +45,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
     else:
         for method, values in result["results"].items():
-            print(method, " ".join(f"{k}={v:.3f}" for k, v in values.items()))
+            print(method, " ".join(f"{k}={v:.3f}" for k, v in values.items()
+                                   if isinstance(v, float)))
     return 0
 
 
@@ -72,6 +79,85 @@ def _bench(args: argparse.Namespace) -> int:
             print(f"{r['task']:9s} n={r['n']:<3d} guidance={str(r['guidance']):5s} "
                   f"{r['median_ms']:9.1f} ms  peak {r['peak_mb']:.0f} MB")
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from hhmr.server import serve, serve_broker
+
+    try:
+        if getattr(args, "connect", None):
+            serve(args.bind, args.device, weights=args.weights, connect=args.connect)
+        elif args.workers > 0 or args.broker_only:
+            serve_broker(args.bind, args.workers, args.device, weights=args.weights,
+                         curve_secret_key=args.curve_secret_key, backend=args.backend)
+        else:
+            serve(args.bind, args.device, weights=args.weights,
+                  curve_secret_key=args.curve_secret_key)
+    except OSError as err:
+        print(f"hhmr serve: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _reconstruct(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+    from tqdm import tqdm
+
+    from hhmr.io import write_obj
+    from hhmr.pipeline import HandDiffusionPipeline
+    from hhmr.reconstruct import NoHandError, default_intrinsics, faces_for, reconstruct
+    from hhmr.render import render_overlay
+
+    pipe = HandDiffusionPipeline.from_pretrained(args.weights)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary, failed = [], 0
+    for path in tqdm([Path(p) for p in args.images], desc="reconstruct", unit="image",
+                     disable=args.json):
+        item: dict = {"image": str(path)}
+        try:
+            photo = Image.open(path).convert("RGB")
+            rgb = np.asarray(photo)
+            sidecar = path.with_suffix(".K.json")
+            K = (np.array(json.loads(sidecar.read_text()), dtype=np.float32)
+                 if sidecar.exists() else default_intrinsics(*photo.size, args.fov))
+            hands = reconstruct(pipe, rgb, K, args.handedness, n=args.n, steps=args.steps,
+                                seed=args.seed)
+        except (OSError, NoHandError, ValueError) as err:
+            failed += 1
+            item["error"] = str(err)
+            summary.append(item)
+            continue
+        meshes, faces, kps, item["hands"] = [], [], [], []
+        for k, (det, hyp) in enumerate(hands):
+            side = hyp.extra["handedness"]
+            order = hyp.scores.argsort(descending=True).tolist()
+            files = [str(write_obj(out / f"{path.stem}_hand{k}_{side}_hyp{r}.obj",
+                                   hyp.vertices[i].numpy(), faces_for(pipe, side),
+                                   comment=f"hhmr reconstruct {path.name}, camera frame"))
+                     for r, i in enumerate(order)]
+            meshes.append(hyp.vertices[order[0]].numpy())
+            faces.append(faces_for(pipe, side))
+            kps.append(det.keypoints)
+            item["hands"].append({"handedness": side, "detector_score": det.score,
+                                  "reprojection_px": [-float(hyp.scores[i]) for i in order],
+                                  "meshes": files})
+        overlay = out / f"{path.stem}_overlay.png"
+        render_overlay(photo, meshes, faces, K, kps).save(overlay)
+        item["overlay"] = str(overlay)
+        summary.append(item)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for item in summary:
+            if "error" in item:
+                print(f"{item['image']}: {item['error']}")
+            else:
+                sides = ", ".join(h["handedness"] for h in item["hands"])
+                print(f"{item['image']}: {len(item['hands'])} hand(s) ({sides}) -> "
+                      f"{item['overlay']}")
+    return 1 if failed else 0
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -118,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=1, help="hypotheses per sample (min-of-n)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale override")
     p.add_argument("--weights", default=None, help="model file (default weights/hhmr_prior.pt)")
+    p.add_argument("--freihand-root", default=None,
+                   help="evaluate reconstruct on real photos in FreiHAND layout instead")
+    p.add_argument("--split", default="evaluation")
+    p.add_argument("--mode", default=None, choices=["skel2d"],
+                   help="reconstruct mode (default: every available mode)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_evaluate)
 
@@ -139,6 +230,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("serve", help="run the ZeroMQ backend service")
+    p.add_argument("--bind", default="tcp://127.0.0.1:5557")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--weights", default=None)
+    p.add_argument("--curve-secret-key", default=None,
+                   help="CurveZMQ secret key file (zmq.auth); required off loopback")
+    p.add_argument("--workers", type=int, default=0,
+                   help="N > 0: a broker (ZeroMQ proxy) in front of N worker processes")
+    p.add_argument("--broker-only", action="store_true",
+                   help="a broker whose workers are started elsewhere (hhmr worker --connect)")
+    p.add_argument("--backend", default=None,
+                   help="broker's worker-facing address (default: an ipc:// socket)")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("worker", help="a compute worker connected to a broker's backend")
+    p.add_argument("--connect", required=True, help="the broker's --backend address")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--weights", default=None)
+    p.set_defaults(func=_serve, bind="", curve_secret_key=None, workers=0)
+
+    p = sub.add_parser("reconstruct", help="hand meshes from photos (needs the detect extra)")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--out", default="hhmr_reconstruct")
+    p.add_argument("--n", type=int, default=4)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fov", type=float, default=50.0,
+                   help="horizontal field of view (degrees) when there is no NAME.K.json")
+    p.add_argument("--handedness", choices=["left", "right"], default=None)
+    p.add_argument("--weights", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_reconstruct)
 
     p = sub.add_parser("info", help="describe a hand model")
     p.add_argument("--model", default="open", choices=["open", "mano"])

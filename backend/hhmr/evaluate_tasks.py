@@ -95,6 +95,13 @@ def _errors(pred_v, pred_j, gt_v, gt_j) -> dict[str, float]:
             "pa_mpjpe_mm": float(metrics.pa_mpjpe(pred_j, gt_j).min())}
 
 
+def _add(res: dict, key: str, h, gt_v: torch.Tensor, gt_j: torch.Tensor) -> None:
+    """Record min-of-n errors of hypotheses h against one ground truth."""
+    e = _errors(h.vertices, h.joints, gt_v.expand_as(h.vertices), gt_j.expand_as(h.joints))
+    for k, v in e.items():
+        res.setdefault(key, {}).setdefault(k, []).append(v)
+
+
 def eval_refit3d(pipe, num, seed, steps, n, progress, guidance_scale=None):
     data = held_out(pipe, num, seed)
     rng = np.random.default_rng(seed)
@@ -112,10 +119,7 @@ def eval_refit3d(pipe, num, seed, steps, n, progress, guidance_scale=None):
             for method, s in (("no_guidance", 0.0), ("guidance", guidance_scale)):
                 h = pipe.refit3d(data.joints[i], masks[i], n=n, steps=steps, guidance_scale=s,
                                  seed=EVAL_SEED_OFFSET + seed + i)
-                e = _errors(h.vertices, h.joints, gt_v.expand_as(h.vertices),
-                            gt_j.expand_as(h.joints))
-                for k, v in e.items():
-                    res.setdefault(f"{method}/{variant}", {}).setdefault(k, []).append(v)
+                _add(res, f"{method}/{variant}", h, gt_v, gt_j)
         if variant == "full":
             pred = fit_lbs(hand, pca, None, None, joints3d=data.joints, seed=seed)
             pj = pipe.regressor.cpu() @ pred
@@ -141,10 +145,7 @@ def eval_fit2d(pipe, num, seed, steps, n, progress, guidance_scale=None, noise_p
             for method, s in (("no_guidance", 0.0), ("guidance", guidance_scale)):
                 h = pipe.fit2d(kps[i], conf[i], data.K[i], n=n, steps=steps,
                                guidance_scale=s, seed=EVAL_SEED_OFFSET + seed + i)
-                e = _errors(h.vertices, h.joints, gt_v.expand_as(h.vertices),
-                            gt_j.expand_as(h.joints))
-                for k, v in e.items():
-                    res.setdefault(f"{method}/{variant}", {}).setdefault(k, []).append(v)
+                _add(res, f"{method}/{variant}", h, gt_v, gt_j)
         pred = fit_lbs(hand, pca, kps, conf, K=data.K, seed=seed)
         pj = pipe.regressor.cpu() @ pred
         for i in range(num):

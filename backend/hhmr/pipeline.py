@@ -8,6 +8,7 @@ hypothesis, timings). Hypotheses of one request are drawn in one batch.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,6 @@ from hhmr.diffusion.guidance import (
     JointOperator,
     ProjectionOperator,
     VertexMaskOperator,
-    solve_translation,
 )
 from hhmr.hand import load_hand_model
 from hhmr.hand.base import HandModel
@@ -33,6 +33,17 @@ from hhmr.training.data import SCALE
 DEFAULT_WEIGHTS = "hhmr_prior.pt"
 # guidance scales per operator (tuned on held-out synthetic data, see MODEL_CARD.md)
 DEFAULT_GUIDANCE = {"inpaint": 0.02, "refit3d": 0.02, "fit2d": 0.02}
+
+
+# largest guidance move per step, RMS over a sample's vertices, in model units (0.1 m):
+# keeps a wild early prediction from throwing the sample away
+MAX_GUIDANCE_STEP = 0.05
+
+
+def clip_rms(step: torch.Tensor, max_rms: float) -> torch.Tensor:
+    """Scale each sample's update [B, V, 3] down so its RMS is at most max_rms."""
+    rms = step.square().mean((1, 2), keepdim=True).sqrt()
+    return step * (max_rms / rms.clamp_min(max_rms))
 
 
 @dataclass
@@ -55,6 +66,8 @@ class HandDiffusionPipeline:
         edges = unique_edges(hand.faces.cpu().numpy())
         self.edges = torch.from_numpy(edges.astype(np.int64)).to(self.device)
         v = hand.v_template.to(self.device)
+        # called as callback(step, total) before each step; may raise to abort (cancel)
+        self.callback: Callable[[int, int], None] | None = None
         self.template_edge_len = (v[self.edges[:, 0]] - v[self.edges[:, 1]]).norm(dim=-1)
 
     @classmethod
@@ -80,16 +93,32 @@ class HandDiffusionPipeline:
                steps: int = 10, eta: float = 0.0, guidance_scale: float = 0.0,
                seed: int = 0, known: tuple[torch.Tensor, torch.Tensor] | None = None
                ) -> torch.Tensor:
-        """DDIM from noise to x0 (metres) for `batch` samples, with optional guidance and,
-        for inpainting, replacement of `known` = (x_obs [V,3] metres, keep [V]) at each step."""
-        gen = torch.Generator().manual_seed(seed)
-        sampler = DDIMSampler(self.schedule, eta=eta)
+        """DDIM from noise to x0 (metres) for `batch` samples of one seed."""
+        return self._sample(cond, [_Noise(seed, batch)], operator, steps, eta, guidance_scale,
+                            known)
+
+    def _sample(self, cond: Conditions, noises: list[_Noise],
+                operator: GuidanceOperator | None, steps: int, eta: float,
+                guidance_scale: float, known: tuple[torch.Tensor, torch.Tensor] | None
+                ) -> torch.Tensor:
+        """DDIM with optional guidance and, for inpainting, replacement of `known` =
+        (x_obs [B, V, 3] metres, keep [B, V]) at each step. Each block of the batch draws
+        its noise from its own seed, so batching requests never changes their results."""
         v = self.hand.num_vertices
-        x = torch.randn(batch, v, 3, generator=gen).to(self.device)
+        batch = sum(nz.count for nz in noises)
+        sampler = DDIMSampler(self.schedule, eta=eta)
+
+        def randn() -> torch.Tensor:
+            return torch.cat([nz.draw((v, 3)) for nz in noises]).to(self.device)
+
+        x = randn()
         cond = Conditions(**{k: None if t is None else t.to(self.device)
                              for k, t in cond.__dict__.items()})
         guided = operator is not None and guidance_scale > 0
-        for t in sampler.set_timesteps(steps).tolist():
+        timesteps = sampler.set_timesteps(steps).tolist()
+        for i, t in enumerate(timesteps):
+            if self.callback is not None:
+                self.callback(i, len(timesteps))
             tt = torch.full((batch,), t, device=self.device)
             if guided:
                 with torch.enable_grad():
@@ -97,29 +126,50 @@ class HandDiffusionPipeline:
                     x0 = self.net(x_in, tt, cond)
                     loss = operator.loss(x0 * SCALE).sum()
                     grad = torch.autograd.grad(loss, x_in)[0]
-                x = sampler.step(x0.detach(), t, x.detach(), generator=gen) - \
-                    guidance_scale * grad
+                x0, x = x0.detach(), x.detach()
             else:
                 with torch.no_grad():
                     x0 = self.net(x, tt, cond)
-                x = sampler.step(x0, t, x, generator=gen)
+            eps_noise = randn() if eta > 0 else None
+            x = sampler.step(x0, t, x, noise=eps_noise)
+            if guided:
+                x = x - clip_rms(guidance_scale * grad, MAX_GUIDANCE_STEP)
             if known is not None:
                 obs, keep = known[0].to(self.device) / SCALE, known[1].to(self.device)
                 prev = sampler.previous(t)
                 if prev >= 0:
-                    noise = torch.randn(x.shape, generator=gen).to(self.device)
-                    noisy = self.schedule.add_noise(obs.expand_as(x), noise,
-                                                    torch.full((batch,), prev))
-                else:
-                    noisy = obs.expand_as(x)
-                x = torch.where(keep[None, :, None] > 0, noisy, x)
+                    obs = self.schedule.add_noise(obs, randn(), torch.full((batch,), prev))
+                x = torch.where(keep[..., None] > 0, obs, x)
         return x.detach() * SCALE
 
-    def _finish(self, verts: torch.Tensor, scores: torch.Tensor, t0: float,
-                **extra: torch.Tensor) -> Hypotheses:
+    def run(self, plans: list[Plan]) -> list[Hypotheses]:
+        """Run several prepared requests; compatible ones share one batch on the device."""
+        out: dict[int, Hypotheses] = {}
+        groups: dict[tuple, list[int]] = {}
+        for i, p in enumerate(plans):
+            groups.setdefault(p.key(), []).append(i)
+        for idx in groups.values():
+            t0 = time.perf_counter()
+            ps = [plans[i] for i in idx]
+            cond = _cat_conditions([p.cond for p in ps])
+            op = ps[0].make_operator(self, [p.op for p in ps])
+            known = None
+            if ps[0].known is not None:
+                known = (torch.cat([p.known[0] for p in ps]), torch.cat([p.known[1] for p in ps]))
+            verts = self._sample(cond, [_Noise(p.seed, p.n) for p in ps], op, ps[0].steps,
+                                 ps[0].eta, ps[0].scale, known)
+            parts = verts.split([p.n for p in ps])
+            for i, p, v in zip(idx, ps, parts, strict=True):
+                h = p.finish(v)
+                h.timings.update(total_ms=(time.perf_counter() - t0) * 1000,
+                                 batched_requests=float(len(ps)))
+                out[i] = h
+        return [out[i] for i in range(len(plans))]
+
+    def _hyp(self, verts: torch.Tensor, scores: torch.Tensor, **extra: torch.Tensor
+             ) -> Hypotheses:
         joints = self.regressor @ verts
-        return Hypotheses(verts.cpu(), joints.cpu(), scores.cpu(),
-                          {"total_ms": (time.perf_counter() - t0) * 1000},
+        return Hypotheses(verts.cpu(), joints.cpu(), scores.cpu(), {},
                           {k: v.cpu() for k, v in extra.items()})
 
     def regularity(self, verts: torch.Tensor) -> torch.Tensor:
@@ -128,87 +178,174 @@ class HandDiffusionPipeline:
         lens = (verts[:, e[:, 0]] - verts[:, e[:, 1]]).norm(dim=-1)
         return -((lens - self.template_edge_len) / self.template_edge_len).abs().mean(-1)
 
-    # ---- tasks ---------------------------------------------------------------------------
+    # ---- tasks: plan_* validates and prepares, the task methods run one plan -------------
+    def plan_generate(self, n: int = 4, steps: int = 10, seed: int = 0, eta: float = 0.0
+                      ) -> Plan:
+        return Plan("generate", n, steps, seed, 0.0, eta, Conditions(), {}, None,
+                    lambda v: self._hyp(v, self.regularity(v)))
+
     def generate(self, n: int = 4, steps: int = 10, seed: int = 0, eta: float = 0.0
                  ) -> Hypotheses:
         """n unconditional hands (wrist at the origin, random orientations)."""
-        t0 = time.perf_counter()
-        verts = self.sample(Conditions(), n, steps=steps, seed=seed, eta=eta)
-        return self._finish(verts, self.regularity(verts), t0)
+        return self.run([self.plan_generate(n, steps, seed, eta)])[0]
 
-    def inpaint(self, vertices: torch.Tensor, keep_mask: torch.Tensor, n: int = 4,
-                steps: int = 10, guidance_scale: float | None = None, seed: int = 0,
-                replace: bool = True, eta: float = 0.0) -> Hypotheses:
-        """Keep the vertices where keep_mask is true, regenerate the rest."""
-        t0 = time.perf_counter()
+    def plan_inpaint(self, vertices, keep_mask, n: int = 4, steps: int = 10,
+                     guidance_scale: float | None = None, seed: int = 0, replace: bool = True,
+                     eta: float = 0.0) -> Plan:
         vertices = _as_tensor(vertices, (self.hand.num_vertices, 3), "vertices")
-        keep = torch.as_tensor(keep_mask).reshape(-1).float()
+        keep = torch.as_tensor(np.asarray(keep_mask)).reshape(-1).float()
         if keep.shape[0] != self.hand.num_vertices:
             raise ValueError(f"keep_mask must have {self.hand.num_vertices} entries")
-        offset = (self.regressor[0] @ vertices.to(self.regressor))  # wrist
-        obs = (vertices - offset).to(self.device)
-        op = VertexMaskOperator(obs[None], keep.to(self.device))
+        offset = self.regressor[0].cpu() @ vertices  # the wrist
+        obs = vertices - offset
         s = DEFAULT_GUIDANCE["inpaint"] if guidance_scale is None else guidance_scale
-        verts = self.sample(Conditions(), n, op, steps, eta, s, seed,
-                            known=(obs, keep) if replace else None)
-        verts = verts + offset.to(verts)
-        score = self.regularity(verts)
-        return self._finish(verts, score, t0)
 
-    def refit3d(self, joints21: torch.Tensor, joint_mask: torch.Tensor | None = None,
-                n: int = 4, steps: int = 10, guidance_scale: float | None = None,
-                seed: int = 0, eta: float = 0.0) -> Hypotheses:
-        """Meshes whose regressed joints match a (partial) 3D skeleton [21, 3] in metres."""
-        t0 = time.perf_counter()
-        joints = _as_tensor(joints21, (21, 3), "joints21").to(self.device)
-        mask = torch.ones(21) if joint_mask is None else torch.as_tensor(joint_mask).float()
-        mask = mask.reshape(21).to(self.device)
+        def finish(v: torch.Tensor) -> Hypotheses:
+            v = v + offset.to(v)
+            return self._hyp(v, self.regularity(v))
+
+        return Plan("inpaint", n, steps, seed, s, eta, Conditions(),
+                    {"target": obs[None].repeat(n, 1, 1), "keep": keep[None].repeat(n, 1)},
+                    (obs[None].repeat(n, 1, 1), keep[None].repeat(n, 1)) if replace else None,
+                    finish)
+
+    def inpaint(self, vertices, keep_mask, n: int = 4, steps: int = 10,
+                guidance_scale: float | None = None, seed: int = 0, replace: bool = True,
+                eta: float = 0.0) -> Hypotheses:
+        """Keep the vertices where keep_mask is true, regenerate the rest."""
+        return self.run([self.plan_inpaint(vertices, keep_mask, n, steps, guidance_scale,
+                                           seed, replace, eta)])[0]
+
+    def plan_refit3d(self, joints21, joint_mask=None, n: int = 4, steps: int = 10,
+                     guidance_scale: float | None = None, seed: int = 0, eta: float = 0.0
+                     ) -> Plan:
+        joints = _as_tensor(joints21, (21, 3), "joints21")
+        mask = torch.ones(21) if joint_mask is None else \
+            torch.as_tensor(np.asarray(joint_mask)).float()
+        mask = mask.reshape(21)
         if mask.sum() == 0:
             raise ValueError("joint_mask selects no joint")
         wrist_known = bool(mask[0] > 0)
         centre = joints[0] if wrist_known else (mask[:, None] * joints).sum(0) / mask.sum()
         rel = joints - centre
+        s = DEFAULT_GUIDANCE["refit3d"] if guidance_scale is None else guidance_scale
+
+        def finish(v: torch.Tensor) -> Hypotheses:
+            # place each hypothesis on the known joints (best translation)
+            m, r = mask.to(v), rel.to(v)
+            pj = self.regressor @ v
+            shift = ((m[None, :, None] / m.sum()) * (r[None] - pj)).sum(1, keepdim=True)
+            v = v + shift + centre.to(v)
+            err = ((self.regressor @ v - joints.to(v)[None]).norm(dim=-1) * m).sum(-1) / m.sum()
+            return self._hyp(v, -err * 1000)
+
         cond = Conditions(joints3d=(rel / SCALE)[None].repeat(n, 1, 1),
                           joints3d_mask=mask[None].repeat(n, 1))
-        op = JointOperator(self.regressor, rel[None], mask[None],
-                           align_translation=not wrist_known)
-        s = DEFAULT_GUIDANCE["refit3d"] if guidance_scale is None else guidance_scale
-        verts = self.sample(cond, n, op, steps, eta, s, seed)
-        # place each hypothesis on the known joints (best translation)
-        pj = self.regressor @ verts
-        w = mask[None, :, None] / mask.sum()
-        shift = (w * (rel[None] - pj)).sum(1, keepdim=True)
-        verts = verts + shift + centre
-        err = ((self.regressor @ verts - joints[None]).norm(dim=-1) * mask).sum(-1) / mask.sum()
-        return self._finish(verts, -err * 1000, t0)
+        return Plan("refit3d" + ("" if wrist_known else "/aligned"), n, steps, seed, s, eta,
+                    cond, {"target": rel[None].repeat(n, 1, 1), "mask": mask[None].repeat(n, 1)},
+                    None, finish)
 
-    def fit2d(self, keypoints2d: torch.Tensor, confidence: torch.Tensor | None = None,
-              K: torch.Tensor | None = None, n: int = 4, steps: int = 10,
+    def refit3d(self, joints21, joint_mask=None, n: int = 4, steps: int = 10,
+                guidance_scale: float | None = None, seed: int = 0, eta: float = 0.0
+                ) -> Hypotheses:
+        """Meshes whose regressed joints match a (partial) 3D skeleton [21, 3] in metres."""
+        return self.run([self.plan_refit3d(joints21, joint_mask, n, steps, guidance_scale,
+                                           seed, eta)])[0]
+
+    def plan_fit2d(self, keypoints2d, confidence=None, K=None, n: int = 4, steps: int = 10,
+                   guidance_scale: float | None = None, seed: int = 0, eta: float = 0.0
+                   ) -> Plan:
+        kp = _as_tensor(keypoints2d, (21, 2), "keypoints2d")
+        conf = torch.ones(21) if confidence is None else \
+            torch.as_tensor(np.asarray(confidence)).float()
+        conf = conf.reshape(21).clamp(0, 1)
+        if (conf > 0).sum() < 4:
+            raise ValueError("fit2d needs at least 4 keypoints with confidence > 0")
+        Kt = None if K is None else _as_tensor(K, (3, 3), "K")
+        s = DEFAULT_GUIDANCE["fit2d"] if guidance_scale is None else guidance_scale
+        op_in = {"keypoints": kp[None].repeat(n, 1, 1), "confidence": conf[None].repeat(n, 1),
+                 "K": None if Kt is None else Kt[None].repeat(n, 1, 1)}
+
+        def finish(v: torch.Tensor) -> Hypotheses:
+            op = ProjectionOperator(self.regressor, *(None if x is None else x.to(v)
+                                                      for x in op_in.values()))
+            projected, solved = op.solve(v)
+            err = ((projected - kp.to(v)[None]).norm(dim=-1) * conf.to(v)).sum(-1) / conf.sum()
+            if Kt is not None:
+                return self._hyp(v + solved[:, None], -err, transl=solved)
+            return self._hyp(v, -err, weak_scale=solved[0], weak_transl=solved[1])
+
+        cond = Conditions(keypoints2d=normalize_keypoints(kp[None], conf[None]).repeat(n, 1, 1),
+                          keypoints2d_conf=conf[None].repeat(n, 1))
+        return Plan("fit2d" + ("/K" if Kt is not None else "/weak"), n, steps, seed, s, eta,
+                    cond, op_in, None, finish)
+
+    def fit2d(self, keypoints2d, confidence=None, K=None, n: int = 4, steps: int = 10,
               guidance_scale: float | None = None, seed: int = 0, eta: float = 0.0
               ) -> Hypotheses:
         """Meshes matching 2D keypoints [21, 2] (pixels). With intrinsics K [3, 3] the result
         is in the camera frame; without, wrist-relative with a weak-perspective fit."""
-        t0 = time.perf_counter()
-        kp = _as_tensor(keypoints2d, (21, 2), "keypoints2d").to(self.device)
-        conf = torch.ones(21) if confidence is None else torch.as_tensor(confidence).float()
-        conf = conf.reshape(21).clamp(0, 1).to(self.device)
-        if (conf > 0).sum() < 4:
-            raise ValueError("fit2d needs at least 4 keypoints with confidence > 0")
-        Kt = None if K is None else _as_tensor(K, (3, 3), "K").to(self.device)[None]
-        cond = Conditions(keypoints2d=normalize_keypoints(kp[None], conf[None]).repeat(n, 1, 1),
-                          keypoints2d_conf=conf[None].repeat(n, 1))
-        op = ProjectionOperator(self.regressor, kp[None], conf[None], Kt)
-        s = DEFAULT_GUIDANCE["fit2d"] if guidance_scale is None else guidance_scale
-        verts = self.sample(cond, n, op, steps, eta, s, seed)
-        projected, solved = op.solve(verts)
-        err = ((projected - kp[None]).norm(dim=-1) * conf).sum(-1) / conf.sum()
-        extra = {}
-        if Kt is not None:
-            verts = verts + solved[:, None]
-            extra["transl"] = solved
-        else:
-            extra["weak_scale"], extra["weak_transl"] = solved
-        return self._finish(verts, -err, t0, **extra)
+        return self.run([self.plan_fit2d(keypoints2d, confidence, K, n, steps, guidance_scale,
+                                         seed, eta)])[0]
+
+
+@dataclass
+class _Noise:
+    """A block of the batch that draws its noise from its own seed."""
+
+    seed: int
+    count: int
+    generator: torch.Generator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def draw(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.randn(self.count, *shape, generator=self.generator)
+
+
+@dataclass
+class Plan:
+    """A validated request ready to sample: conditions and operator inputs for n samples."""
+
+    kind: str  # "generate", "inpaint", "refit3d[/aligned]", "fit2d/K" or "fit2d/weak"
+    n: int
+    steps: int
+    seed: int
+    scale: float
+    eta: float
+    cond: Conditions
+    op: dict[str, torch.Tensor | None]
+    known: tuple[torch.Tensor, torch.Tensor] | None
+    finish: Callable[[torch.Tensor], Hypotheses]
+
+    def key(self) -> tuple:
+        """Plans with equal keys can share one batch."""
+        return (self.kind, self.steps, self.scale, self.eta, self.known is not None)
+
+    def make_operator(self, pipe: HandDiffusionPipeline, parts: list[dict]
+                      ) -> GuidanceOperator | None:
+        def cat(name: str) -> torch.Tensor | None:
+            if parts[0][name] is None:
+                return None
+            return torch.cat([p[name] for p in parts]).to(pipe.device)
+
+        family = self.kind.split("/")[0]
+        if family == "inpaint":
+            return VertexMaskOperator(cat("target"), cat("keep"))
+        if family == "refit3d":
+            return JointOperator(pipe.regressor, cat("target"), cat("mask"),
+                                 align_translation=self.kind.endswith("/aligned"))
+        if family == "fit2d":
+            return ProjectionOperator(pipe.regressor, cat("keypoints"), cat("confidence"),
+                                      cat("K"))
+        return None
+
+
+def _cat_conditions(conds: list[Conditions]) -> Conditions:
+    fields_ = conds[0].__dict__.keys()
+    return Conditions(**{k: None if getattr(conds[0], k) is None else
+                         torch.cat([getattr(c, k) for c in conds]) for k in fields_})
 
 
 def _as_tensor(x, shape: tuple[int, ...], name: str) -> torch.Tensor:
@@ -221,7 +358,3 @@ def _as_tensor(x, shape: tuple[int, ...], name: str) -> torch.Tensor:
     return t
 
 
-def fit_translation(joints: torch.Tensor, kp: torch.Tensor, conf: torch.Tensor,
-                    K: torch.Tensor) -> torch.Tensor:
-    """Camera translation for wrist-relative joints (re-exported for evaluation code)."""
-    return solve_translation(joints, kp, conf, K)

@@ -88,3 +88,37 @@ def contact_sheet(
         if labels:
             draw.text((x + 4, y + h + 2), labels[i], fill=(0, 0, 0), font=font)
     return sheet
+
+
+def render_overlay(photo: Image.Image, meshes: list[np.ndarray], faces: list[np.ndarray],
+                   K: np.ndarray, keypoints: list[np.ndarray] | None = None,
+                   alpha: float = 0.55) -> Image.Image:
+    """Project camera-frame meshes with intrinsics K onto a photo (shaded, see-through)."""
+    base = photo.convert("RGB")
+    layer = Image.new("RGB", base.size, (0, 0, 0))
+    mask = Image.new("L", base.size, 0)
+    draw, mdraw = ImageDraw.Draw(layer), ImageDraw.Draw(mask)
+    light = np.array([0.0, 0.0, -1.0])
+    colors = [(90, 160, 240), (240, 150, 80), (120, 210, 120), (220, 110, 200)]
+    for m, (v, f) in enumerate(zip(meshes, faces, strict=True)):
+        v = np.asarray(v, dtype=np.float64)
+        tri = v[np.asarray(f)]
+        n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+        n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-12
+        shade = 0.35 + 0.65 * np.abs(n @ light)
+        p = tri @ np.asarray(K, dtype=np.float64).T
+        px = p[..., :2] / np.clip(p[..., 2:], 1e-6, None)
+        base_c = np.array(colors[m % len(colors)], dtype=np.float64)
+        for i in np.argsort(-tri[:, :, 2].mean(1)):  # far first
+            c = tuple(int(x) for x in np.clip(base_c * shade[i], 0, 255))
+            poly = [tuple(q) for q in px[i]]
+            draw.polygon(poly, fill=c)
+            mdraw.polygon(poly, fill=int(255 * alpha))
+    out = Image.composite(layer, base, mask)
+    if keypoints:
+        d = ImageDraw.Draw(out)
+        for kp in keypoints:
+            for j, par in enumerate(KEYPOINT_PARENTS):
+                if par >= 0:
+                    d.line([tuple(kp[par]), tuple(kp[j])], fill=(255, 255, 0), width=2)
+    return out

@@ -32,8 +32,10 @@ class DDIMSampler:
         return int(self.timesteps[i + 1]) if i + 1 < len(self.timesteps) else -1
 
     def step(self, x0_pred: torch.Tensor, t: int, x_t: torch.Tensor,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-        """x_{t_prev} from x_t and the model's x_0 prediction."""
+             generator: torch.Generator | None = None, noise: torch.Tensor | None = None
+             ) -> torch.Tensor:
+        """x_{t_prev} from x_t and the model's x_0 prediction (eta > 0 adds `noise`, or
+        noise drawn from `generator`)."""
         prev = self.previous(t)
         ab_t = float(self.schedule.alpha_bar(torch.tensor(t)))
         ab_prev = float(self.schedule.alpha_bar(torch.tensor(prev)))
@@ -44,6 +46,7 @@ class DDIMSampler:
         direction = max(1 - ab_prev - sigma ** 2, 0.0) ** 0.5 * eps
         x_prev = ab_prev ** 0.5 * x0_pred + direction
         if sigma > 0:
-            noise = torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype).to(x_t.device)
-            x_prev = x_prev + sigma * noise
+            if noise is None:
+                noise = torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype)
+            x_prev = x_prev + sigma * noise.to(x_t)
         return x_prev

@@ -17,6 +17,7 @@ from hhmr.hand import load_hand_model
 from hhmr.mesh.hierarchy import load_hierarchy
 from hhmr.models import GraphUNet, GraphUNetConfig
 from hhmr.models.conditions import DropoutConfig, drop_conditions
+from hhmr.models.denoiser import X0Denoiser
 from hhmr.training.data import SCALE, synthetic_batch
 from hhmr.training.losses import MeshLosses
 
@@ -42,7 +43,11 @@ def build_model(config: dict, hand=None) -> tuple[GraphUNet, object]:
                                hand.hierarchy_path)
     known = {f.name for f in fields(GraphUNetConfig)}
     cfg = GraphUNetConfig.from_dict({k: v for k, v in config["model"].items() if k in known})
-    return GraphUNet(hierarchy, cfg), hand
+    net = GraphUNet(hierarchy, cfg)
+    sigma = config["model"].get("sigma_data")
+    if sigma is not None:  # skip-preconditioned x0 prediction
+        return X0Denoiser(net, CosineSchedule(), sigma), hand
+    return net, hand
 
 
 def lr_at(step: int, cfg: dict) -> float:

@@ -1,0 +1,102 @@
+"""Hand meshes from real photos: MediaPipe finds hands and 21 keypoints, `fit2d` fits meshes.
+
+MediaPipe labels handedness as if the photo were mirrored (a selfie), so its label is
+swapped for ordinary photos. Left hands are mirrored in (keypoints reflected about the
+principal point) and out (meshes reflected x -> -x in the camera frame), so a left hand comes
+back as a left hand, in the camera frame of the photo.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from hhmr.hand.mirror import mirror_faces
+from hhmr.pipeline import HandDiffusionPipeline, Hypotheses
+
+DEFAULT_FOV_DEG = 50.0  # horizontal field of view assumed when K is not given
+
+
+class NoHandError(ValueError):
+    """No hand was found in the image."""
+
+
+@dataclass
+class Detection:
+    keypoints: np.ndarray  # [21, 2] pixels
+    world: np.ndarray  # [21, 3] MediaPipe world landmarks (metres, hand-centred)
+    handedness: str  # "left" / "right", for an ordinary (unmirrored) photo
+    score: float
+
+
+def default_intrinsics(width: int, height: int, fov_deg: float = DEFAULT_FOV_DEG
+                       ) -> np.ndarray:
+    """K for a pinhole camera with the given horizontal field of view, centred."""
+    f = width / 2 / math.tan(math.radians(fov_deg) / 2)
+    return np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]], dtype=np.float32)
+
+
+def detect_hands(rgb: np.ndarray, max_hands: int = 4, min_confidence: float = 0.3
+                 ) -> list[Detection]:
+    """Run MediaPipe Hands (the `detect` extra) on an RGB uint8 image [H, W, 3]."""
+    try:
+        import mediapipe as mp
+    except ImportError as err:
+        raise ImportError("hand detection needs MediaPipe: pip install -e '.[detect]'") from err
+    h, w = rgb.shape[:2]
+    with mp.solutions.hands.Hands(static_image_mode=True, max_num_hands=max_hands,
+                                  min_detection_confidence=min_confidence) as hands:
+        res = hands.process(np.ascontiguousarray(rgb[..., :3]))
+    out = []
+    if not res.multi_hand_landmarks:
+        return out
+    for lms, world, handed in zip(res.multi_hand_landmarks, res.multi_hand_world_landmarks,
+                                  res.multi_handedness, strict=True):
+        kp = np.array([[p.x * w, p.y * h] for p in lms.landmark], dtype=np.float32)
+        wl = np.array([[p.x, p.y, p.z] for p in world.landmark], dtype=np.float32)
+        label = handed.classification[0].label.lower()
+        swapped = "left" if label == "right" else "right"  # MediaPipe assumes a mirror
+        out.append(Detection(kp, wl, swapped, float(handed.classification[0].score)))
+    return out
+
+
+def fit_detection(pipe: HandDiffusionPipeline, kp: np.ndarray, handedness: str,
+                  K: np.ndarray, confidence: np.ndarray | None = None, **opts
+                  ) -> Hypotheses:
+    """fit2d in the camera frame; a left hand is fitted mirrored and mirrored back."""
+    kp = np.asarray(kp, dtype=np.float32).copy()
+    if handedness == "left":
+        kp[:, 0] = 2 * K[0, 2] - kp[:, 0]
+    h = pipe.fit2d(torch.from_numpy(kp), None if confidence is None else
+                   torch.as_tensor(confidence), torch.from_numpy(np.asarray(K, np.float32)),
+                   **opts)
+    if handedness == "left":
+        flip = torch.tensor([-1.0, 1.0, 1.0])
+        h.vertices, h.joints = h.vertices * flip, h.joints * flip
+        h.extra["transl"] = h.extra["transl"] * flip
+    h.extra["handedness"] = handedness
+    return h
+
+
+def faces_for(pipe: HandDiffusionPipeline, handedness: str) -> np.ndarray:
+    f = pipe.hand.faces.cpu()
+    return (mirror_faces(f) if handedness == "left" else f).numpy()
+
+
+def reconstruct(pipe: HandDiffusionPipeline, rgb: np.ndarray, K: np.ndarray | None = None,
+                handedness: str | None = None, **opts) -> list[tuple[Detection, Hypotheses]]:
+    """All hands found in an image, each with its hypotheses (camera frame, metres)."""
+    h, w = rgb.shape[:2]
+    K = default_intrinsics(w, h) if K is None else np.asarray(K, dtype=np.float32)
+    found = detect_hands(rgb)
+    if not found:
+        raise NoHandError("no hand found in the image: try a larger, sharper or better lit "
+                          "view of the hand")
+    results = []
+    for det in found:
+        side = handedness if handedness and len(found) == 1 else det.handedness
+        results.append((det, fit_detection(pipe, det.keypoints, side, K, **opts)))
+    return results
