@@ -109,3 +109,19 @@ def test_closed_form_camera_solvers(gen):
                                    torch.ones(2, 21))
     assert torch.allclose(s, torch.full((2,), 3.0), atol=1e-5)
     assert torch.allclose(t2, torch.full((2, 2), 0.5), atol=1e-5)
+
+
+def test_projection_operator_fits_a_global_rotation(hand, gen):
+    """Keypoints of a rotated hand are matched once the operator fits the rotation."""
+    from hhmr.hand.rotations import axis_angle_to_matrix
+
+    reg = hand.keypoint_regressor
+    x = hand.v_template[None]
+    r = axis_angle_to_matrix(torch.tensor([0.4, -2.2, 0.9]))
+    K = torch.tensor([[[600.0, 0, 112], [0, 600, 112], [0, 0, 1]]])
+    kp = project((reg @ x) @ r.T + torch.tensor([0.0, 0.0, 0.6]), K)
+    fixed = ProjectionOperator(reg, kp, torch.ones(1, 21), K)
+    rotating = ProjectionOperator(reg, kp, torch.ones(1, 21), K, solve_rotation=True)
+    assert fixed.loss(x).item() > 100.0
+    assert rotating.loss(x).item() < 1.0  # (pixels / 2)^2 summed over 21 joints
+    assert torch.allclose(rotating.rotate(x), x @ r.T, atol=2e-3)

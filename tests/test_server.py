@@ -260,3 +260,42 @@ def test_broker_with_workers_serves_concurrent_clients():
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert out.count("serving ipc://") == 2  # two workers behind the proxy
+
+
+def test_curve_encrypted_server_off_loopback(tmp_path):
+    """A non-loopback bind runs with CurveZMQ keys; clients need the server's public key."""
+    import zmq.auth
+
+    public_file, secret_file = zmq.auth.create_certificates(tmp_path, "server")
+    server_public, _ = zmq.auth.load_certificate(public_file)
+    port = free_port()
+    exe = shutil.which("hhmr")
+    proc = subprocess.Popen([exe, "serve", "--bind", f"tcp://0.0.0.0:{port}",
+                             "--curve-secret-key", secret_file], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        address = f"tcp://127.0.0.1:{port}"
+        secure = HHMRClient(address, timeout_s=2.0, retries=30, curve_server_key=server_public)
+        assert secure.info()["topology"]["num_vertices"] == 803
+        plain = HHMRClient(address, timeout_s=1.0, retries=0)
+        with pytest.raises(TimeoutError):
+            plain.info()  # no handshake without the keys
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+
+
+def test_reconstruct_request_on_a_real_photo(client):
+    pytest.importorskip("mediapipe")
+    from pathlib import Path
+
+    photo = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_photos" / \
+        "freihand_style" / "119.jpg"
+    if not photo.exists():
+        pytest.skip("no ../shared/data")
+    result = client.call("reconstruct", image=photo.read_bytes(), n=2)
+    assert result["hands"] and result["image_size"] == [224, 224]
+    hand = P.parse_hypotheses(result["hands"][0])
+    assert hand.vertices.shape == (2, 803, 3)
+    assert result["hands"][0]["handedness"] in ("left", "right")

@@ -13,4 +13,5 @@ hhmr evaluate --task sweep --num 8 --seed 0 --json > "$out/sweep_min_of_n.json"
 hhmr evaluate --freihand-root ../shared/data/real_interhand_sample --n 4 --json \
   > "$out/real_interhand_sample.json"
 hhmr bench --json > "$out/bench.json"
+hhmr bench --service --json > "$out/service_bench.json"
 python tools/model_card.py

@@ -14,7 +14,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "weights" / "hhmr_prior.pt"
 EVAL = ROOT / "weights" / "eval"
-KEYS = ("pa_mpjpe_mm", "pa_mpvpe_mm", "kept_err_mm", "apd_mm", "si_pct")
+KEYS = ("pa_mpjpe_mm", "pa_mpvpe_mm", "rr_mpjpe_mm", "kept_err_mm", "apd_mm", "si_pct",
+        "detection_rate", "samples")
 
 
 def table(result: dict) -> list[str]:
@@ -63,6 +64,11 @@ def main() -> None:
         lines += ["", f"### {path.stem}", "", f"`{result.get('command', '')}`", ""]
         if "results" in result and isinstance(result["results"], dict):
             lines += table(result)
+        elif result.get("op") == "generate":  # service bench
+            lines += ["| clients | requests | p50 ms | p99 ms | requests/s |",
+                      "|---|---|---|---|---|"]
+            lines += [f"| {r['clients']} | {r['requests']} | {r['p50_ms']} | {r['p99_ms']} | "
+                      f"{r['throughput_rps']} |" for r in result["results"]]
         elif "results" in result:  # bench
             lines += ["| task | n | guidance | median ms | peak MB |", "|---|---|---|---|---|"]
             lines += [f"| {r['task']} | {r['n']} | {r['guidance']} | {r['median_ms']} | "

@@ -66,8 +66,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from hhmr.bench import run_bench
+    from hhmr.bench import run_bench, run_service_bench
 
+    if args.service:
+        result = run_service_bench(args.requests, device=args.device, weights=args.weights,
+                                   steps=args.steps)
+        result["command"] = args.command_line
+        print(json.dumps(result, indent=2) if args.json else "\n".join(
+            f"{r['clients']} client(s): p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
+            f"{r['throughput_rps']} requests/s" for r in result["results"]))
+        return 0
     result = run_bench(steps=args.steps, repeats=args.repeats, device=args.device,
                        weights=args.weights, ns=tuple(args.ns))
     result["command"] = args.command_line
@@ -226,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--ns", type=int, nargs="+", default=[1, 8, 16], help="hypothesis counts")
+    p.add_argument("--service", action="store_true",
+                   help="latency and throughput of a real `hhmr serve` for 1 and 8 clients")
+    p.add_argument("--requests", type=int, default=20, help="--service: requests per client")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--weights", default=None)
     p.add_argument("--json", action="store_true")

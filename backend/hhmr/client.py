@@ -139,14 +139,25 @@ class HHMRClient:
 
     def __init__(self, address: str = DEFAULT_ADDRESS, timeout_s: float = 30.0,
                  retries: int = 2, *, context: zmq.Context | None = None,
-                 max_reply_bytes: int = 4 * P.DEFAULT_MAX_BYTES):
+                 max_reply_bytes: int = 4 * P.DEFAULT_MAX_BYTES,
+                 curve_server_key: bytes | None = None,
+                 curve_keypair: tuple[bytes, bytes] | None = None):
+        """``curve_server_key`` (the server's public key, z85) with ``curve_keypair``
+        (this client's public and secret keys, e.g. from ``zmq.auth.load_certificate``)
+        encrypt the connection to a server started with ``--curve-secret-key``."""
         self.address, self.timeout_s, self.retries = address, float(timeout_s), int(retries)
         self.max_reply_bytes = max_reply_bytes
         self._ctx = context or zmq.Context.instance()
+        self.curve_server_key, self.curve_keypair = curve_server_key, curve_keypair
+        if curve_server_key is not None and curve_keypair is None:
+            self.curve_keypair = zmq.curve_keypair()
 
     def _socket(self) -> zmq.Socket:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        if self.curve_server_key is not None:
+            sock.curve_serverkey = self.curve_server_key
+            sock.curve_publickey, sock.curve_secretkey = self.curve_keypair
         sock.connect(self.address)
         return sock
 

@@ -35,6 +35,8 @@ DEFAULT_WEIGHTS = "hhmr_prior.pt"
 DEFAULT_GUIDANCE = {"inpaint": 0.02, "refit3d": 0.02, "fit2d": 0.02}
 
 
+# fit2d fits a global rotation to the keypoints inside the projection operator
+FIT2D_SOLVE_ROTATION = True
 # largest guidance move per step, RMS over a sample's vertices, in model units (0.1 m):
 # keeps a wild early prediction from throwing the sample away
 MAX_GUIDANCE_STEP = 0.05
@@ -268,8 +270,10 @@ class HandDiffusionPipeline:
 
         def finish(v: torch.Tensor) -> Hypotheses:
             op = ProjectionOperator(self.regressor, *(None if x is None else x.to(v)
-                                                      for x in op_in.values()))
+                                                      for x in op_in.values()),
+                                    solve_rotation=FIT2D_SOLVE_ROTATION)
             projected, solved = op.solve(v)
+            v = op.rotate(v)
             err = ((projected - kp.to(v)[None]).norm(dim=-1) * conf.to(v)).sum(-1) / conf.sum()
             if Kt is not None:
                 return self._hyp(v + solved[:, None], -err, transl=solved)
@@ -338,7 +342,7 @@ class Plan:
                                  align_translation=self.kind.endswith("/aligned"))
         if family == "fit2d":
             return ProjectionOperator(pipe.regressor, cat("keypoints"), cat("confidence"),
-                                      cat("K"))
+                                      cat("K"), solve_rotation=FIT2D_SOLVE_ROTATION)
         return None
 
 

@@ -102,6 +102,9 @@ class Server:
             from zmq.auth import load_certificate
 
             public, secret = load_certificate(self.curve_secret_key)
+            if secret is None:
+                raise ValueError(f"{self.curve_secret_key} holds no secret key: pass the "
+                                 "*.key_secret file made by zmq.auth.create_certificates")
             sock.curve_secretkey, sock.curve_publickey = secret, public
             sock.curve_server = True
         try:

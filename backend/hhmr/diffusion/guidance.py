@@ -107,26 +107,101 @@ def solve_weak_perspective(joints_xy: torch.Tensor, keypoints: torch.Tensor,
 MIN_DEPTH = 0.05  # metres
 
 
+def _rotation_starts(device, dtype) -> torch.Tensor:
+    """Axis-angle starts for the rotation search: identity and half/quarter turns."""
+    import math
+
+    starts = [[0.0, 0.0, 0.0]]
+    for axis in torch.eye(3).tolist():
+        for angle in (math.pi / 2, math.pi, -math.pi / 2):
+            starts.append([a * angle for a in axis])
+    return torch.tensor(starts, device=device, dtype=dtype)
+
+
 class ProjectionOperator:
     """P = M Pi J: confidence-weighted projection of the regressed joints (2D keypoints).
 
     Perspective with intrinsics K (the camera translation is solved in closed form each
     time), or weak perspective (scale and 2D translation in closed form) when K is None.
-    The loss is in units of `unit_px` pixels.
+    With `solve_rotation`, a global rotation about the wrist is also fitted to the keypoints
+    at each call (a small multi-start search, warm-started from the previous call), so
+    guidance shapes the articulation rather than bending the hand towards a wrong
+    orientation; `rotation` holds the last one. The loss is in units of `unit_px` pixels.
     """
 
     def __init__(self, regressor: torch.Tensor, keypoints: torch.Tensor,
                  confidence: torch.Tensor, K: torch.Tensor | None = None,
-                 unit_px: float = 2.0) -> None:
+                 unit_px: float = 2.0, solve_rotation: bool = False) -> None:
         self.regressor = regressor
         self.keypoints = keypoints
         self.confidence = confidence.to(keypoints)
         self.K = K
         self.unit = unit_px
+        self.solve_rotation = solve_rotation
+        self.rotation: torch.Tensor | None = None  # [B, 3] axis-angle
+
+    def _reprojection(self, joints: torch.Tensor) -> torch.Tensor:
+        b = joints.shape[0]
+        kp, conf = _expand(self.keypoints, b), _expand(self.confidence, b)
+        if self.K is not None:
+            K = _expand(self.K, b)
+            t = solve_translation(joints, kp, conf, K)
+            t = torch.cat([t[:, :2], t[:, 2:].clamp_min(MIN_DEPTH)], 1)
+            proj = project(joints + t[:, None], K)
+        else:
+            s, t2 = solve_weak_perspective(joints[..., :2], kp, conf)
+            proj = s[:, None, None] * joints[..., :2] + t2[:, None]
+        return (conf[..., None] * (proj - kp).square()).sum((1, 2))
+
+    def fit_rotation(self, joints: torch.Tensor, iters: int | None = None) -> torch.Tensor:
+        """Rotation (axis-angle [B, 3]) of wrist-relative joints that best fits the keypoints."""
+        from hhmr.hand.rotations import axis_angle_to_matrix
+
+        b = joints.shape[0]
+        joints = joints.detach()
+        starts = _rotation_starts(joints.device, joints.dtype) if self.rotation is None \
+            else self.rotation[:, None].detach()  # [S, 3] or [B, 1, 3]
+        s = starts.shape[-2]
+        iters = iters or (80 if self.rotation is None else 20)
+        aa = starts.expand(b, s, 3).reshape(b * s, 3).clone().requires_grad_(True)
+        rep = joints.repeat_interleave(s, 0)
+        saved = (self.keypoints, self.confidence, self.K)
+        self.keypoints, self.confidence = (_expand(x, b).repeat_interleave(s, 0)
+                                           for x in saved[:2])
+        if self.K is not None:
+            self.K = _expand(self.K, b).repeat_interleave(s, 0)
+        try:
+            opt = torch.optim.Adam([aa], lr=0.1)
+            with torch.enable_grad():
+                for i in range(iters):
+                    if i == 2 * iters // 3:
+                        opt.param_groups[0]["lr"] = 0.02
+                    opt.zero_grad()
+                    rot = axis_angle_to_matrix(aa)
+                    self._reprojection(rep @ rot.transpose(1, 2)).sum().backward()
+                    opt.step()
+                with torch.no_grad():
+                    err = self._reprojection(rep @ axis_angle_to_matrix(aa).transpose(1, 2))
+        finally:
+            self.keypoints, self.confidence, self.K = saved
+        best = err.reshape(b, s).argmin(1) + torch.arange(b, device=joints.device) * s
+        self.rotation = aa.detach()[best]
+        return self.rotation
+
+    def rotate(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the last fitted rotation (about the wrist, the origin) to points [B, N, 3]."""
+        from hhmr.hand.rotations import axis_angle_to_matrix
+
+        if self.rotation is None:
+            return x
+        return x @ axis_angle_to_matrix(self.rotation).transpose(1, 2)
 
     def solve(self, x0: torch.Tensor):
         b = x0.shape[0]
         joints = self.regressor @ x0
+        if self.solve_rotation:
+            self.fit_rotation(joints)
+            joints = self.rotate(joints)
         kp, conf = _expand(self.keypoints, b), _expand(self.confidence, b)
         if self.K is not None:
             K = _expand(self.K, b)
