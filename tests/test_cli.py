@@ -20,11 +20,13 @@ def test_demo_writes_meshes_and_a_contact_sheet(tmp_path, hand):
     assert r.returncode == 0, r.stderr
     assert str(out) in r.stdout
     objs = sorted(out.glob("*.obj"))
-    assert len(objs) == 4
+    rows = {p.name.rsplit("_", 1)[0] for p in objs}
+    assert rows == {"prior", "generated", "inpaint_index", "refit3d"}  # four rows of four
+    assert len(objs) == 16
     v, f = read_obj(objs[0])
     assert v.shape == (hand.num_vertices, 3) and f.shape == tuple(hand.faces.shape)
     sheet = Image.open(out / "contact_sheet.png")
-    assert sheet.size[0] >= 4 * 200
+    assert sheet.size[0] >= 4 * 200 and sheet.size[1] >= 4 * 200
     # the hands were drawn: the sheet is not a blank background
     pixels = sheet.convert("L").getextrema()
     assert pixels[0] < 150

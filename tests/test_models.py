@@ -160,14 +160,14 @@ def test_tiny_training_run_lowers_the_loss(tmp_path):
 
     cfg = load_config("backend/hhmr/configs/prior.toml")
     cfg["model"].update(channels=[8, 8, 16, 16], token_dim=16, heads=2, time_dim=16)
-    cfg["train"].update(batch_size=8, max_steps=40, checkpoint_every=10, lr=3e-3,
+    cfg["train"].update(batch_size=16, max_steps=80, checkpoint_every=20, lr=3e-3,
                         warmup_steps=5)
     result = train(cfg, tmp_path, progress=False)
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
-    hist = ckpt["history"]  # mean losses over each 10-step interval
-    assert result["steps"] == 40 and [h["step"] for h in hist][-1] == 40
-    assert hist[-1]["total"] < 0.8 * hist[0]["total"]
+    hist = ckpt["history"]  # mean losses over each 20-step interval
+    assert result["steps"] == 80 and [h["step"] for h in hist][-1] == 80
+    assert hist[-1]["total"] < 0.9 * hist[0]["total"]
     # resume continues from the checkpoint
-    more = train(cfg, tmp_path, resume=tmp_path / "checkpoint.pt", max_steps=45,
+    more = train(cfg, tmp_path, resume=tmp_path / "checkpoint.pt", max_steps=85,
                  progress=False)
-    assert more["steps"] == 45
+    assert more["steps"] == 85

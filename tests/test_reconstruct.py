@@ -27,11 +27,11 @@ def pipe():
     return HandDiffusionPipeline.from_pretrained()
 
 
-def _chirality(j: np.ndarray) -> float:
-    """Sign of the triple product (index MCP, little MCP, middle tip) about the wrist: it
-    flips between left and right hands."""
-    a, b, c = j[5] - j[0], j[17] - j[0], j[12] - j[0]
-    return float(np.sign(np.dot(np.cross(a, b), c)))
+def _signed_volume(v: np.ndarray, faces: np.ndarray) -> float:
+    """Signed volume with the right hand's faces: positive for a right hand, negative for its
+    mirror image (the wrist opening makes it approximate, not its sign)."""
+    t = v[faces]
+    return float(np.einsum("ij,ij->i", t[:, 0], np.cross(t[:, 1], t[:, 2])).sum() / 6)
 
 
 def test_freihand_style_photos(pipe):
@@ -61,19 +61,28 @@ def test_left_hands_come_back_left(pipe):
     from hhmr.evaluate_freihand import _match, load_freihand
     from hhmr.reconstruct import detect_hands, fit_detection
 
-    checked = 0
+    checked, lefts = 0, 0
+    right_faces = pipe.hand.faces.numpy()
     for s in load_freihand(DATA / "real_interhand_sample"):
         dets = detect_hands(np.asarray(Image.open(s["image"]).convert("RGB")))
         if not dets:
             continue
         det = _match(dets, s["xyz"], s["K"])
         h = fit_detection(pipe, det.keypoints, s["hand"], s["K"], n=4)
-        best = h.joints[h.scores.argmax()].numpy()
-        assert _chirality(best) == _chirality(s["xyz"]), s["image"].name
+        i = int(h.scores.argmax())
+        best, verts = h.joints[i].numpy(), h.vertices[i].numpy()
+        # the mesh is a hand of the photo's side: mirrored for a left hand
+        volume = _signed_volume(verts - verts.mean(0), right_faces)
+        assert (volume < 0) == (s["hand"] == "left"), s["image"].name
+        # ... placed where the photo shows it: its joints project onto the keypoints
+        proj = best @ s["K"].T
+        px = proj[:, :2] / proj[:, 2:]
+        assert np.linalg.norm(px - det.keypoints, axis=1).mean() < 15.0, s["image"].name
         assert metrics.pa_mpjpe(torch.from_numpy(best)[None],
                                 torch.from_numpy(s["xyz"])[None]).item() < 40.0
         checked += 1
-    assert checked >= 2
+        lefts += s["hand"] == "left"
+    assert checked >= 2 and lefts >= 1
 
 
 def test_no_hand_is_an_error(pipe):

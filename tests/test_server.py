@@ -28,10 +28,16 @@ def free_port() -> int:
 
 
 def start_server(port: int, *extra: str) -> subprocess.Popen:
+    """A real `hhmr serve` on loopback; its log goes to a file (`proc.log_path`): a pipe
+    nobody drains would fill up and stall the server's one-line-per-request log."""
+    import tempfile
+
     exe = shutil.which("hhmr")
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
     proc = subprocess.Popen([exe, "serve", "--bind", f"tcp://127.0.0.1:{port}", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                            stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+    proc.log_path = log.name
     client = HHMRClient(f"tcp://127.0.0.1:{port}", timeout_s=2.0, retries=30)
     client.info()  # waits until the model is loaded
     return proc
@@ -43,7 +49,8 @@ def server():
     proc = start_server(port)
     yield port, proc
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=30)
+    proc.wait(timeout=30)
+    out = open(proc.log_path).read()
     assert proc.returncode == 0, out
     assert "stopped after" in out
 
@@ -110,55 +117,70 @@ def _raw(port: int, payload: bytes, timeout_ms: int = 5000) -> dict | None:
     s.setsockopt(zmq.LINGER, 0)
     s.connect(f"tcp://127.0.0.1:{port}")
     s.send(payload)
-    ok = s.poll(timeout_ms)
-    reply = P.unpack(s.recv()) if ok else None
+    reply = None
+    deadline = time.time() + timeout_ms / 1000
+    while time.time() < deadline and s.poll(max(1, int((deadline - time.time()) * 1000))):
+        reply = P.unpack(s.recv())
+        if reply.get("status") != "progress":  # the final reply
+            break
     s.close()
     return reply
 
 
-def test_fuzz_then_still_serving(server):
-    """10,000 malformed or random messages; each gets an error reply; then a valid call works."""
-    port = server[0]
+def fuzz_message(rng: random.Random, i: int, valid: bytes) -> bytes:
+    """A malformed, random or mutated request (some mutations stay valid)."""
+    kind = i % 5
+    if kind == 0:
+        return bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 64)))
+    if kind == 1:
+        b = bytearray(valid)
+        for _ in range(rng.randint(1, 8)):
+            b[rng.randrange(len(b))] = rng.getrandbits(8)
+        return bytes(b)
+    if kind == 2:
+        return P.pack({"v": rng.choice([0, 2, "1", None]), "id": "x", "op": "generate"})
+    if kind == 3:
+        return P.pack({"v": 1, "id": f"f{i}", "op": "refit3d",
+                       "args": {"joints": rng.choice([
+                           np.full((21, 3), np.nan, np.float32), np.zeros((3, 21), np.float32),
+                           "abc", 5, [1, 2, 3], np.zeros((21, 3), np.int64)])}})
+    return P.pack({"v": 1, "id": f"g{i}", "op": rng.choice(["nope", "", "generate"]),
+                   "args": {"n": rng.choice([0, -1, 10**9, "many", 1.5]), "steps": 0}})
+
+
+def test_fuzz_then_still_serving():
+    """10,000 malformed or random messages; each gets a final reply; then a valid call works.
+    A server of its own, with small limits, so mutated-but-valid requests stay cheap."""
+    port = free_port()
+    proc = start_server(port, "--max-n", "2", "--max-steps", "2")
     rng = random.Random(0)
-    valid = P.pack(P.make_request("refit3d", {"joints": np.zeros((21, 3), np.float32)}))
+    valid = P.pack(P.make_request("refit3d", {"joints": np.zeros((21, 3), np.float32),
+                                              "n": 1, "steps": 1}))
     ctx = zmq.Context.instance()
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
     s.connect(f"tcp://127.0.0.1:{port}")
-    samples = []
-    for i in range(10_000):
-        kind = i % 5
-        if kind == 0:
-            msg = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 64)))
-        elif kind == 1:
-            b = bytearray(valid)
-            for _ in range(rng.randint(1, 8)):
-                b[rng.randrange(len(b))] = rng.getrandbits(8)
-            msg = bytes(b)
-        elif kind == 2:
-            msg = P.pack({"v": rng.choice([0, 2, "1", None]), "id": "x", "op": "generate"})
-        elif kind == 3:
-            msg = P.pack({"v": 1, "id": f"f{i}", "op": "refit3d",
-                          "args": {"joints": rng.choice([
-                              np.full((21, 3), np.nan, np.float32), np.zeros((3, 21), np.float32),
-                              "abc", 5, [1, 2, 3], np.zeros((21, 3), np.int64)])}})
-        else:
-            msg = P.pack({"v": 1, "id": f"g{i}", "op": rng.choice(["nope", "", "generate"]),
-                          "args": {"n": rng.choice([0, -1, 10**9, "many", 1.5]), "steps": 0}})
-        s.send(msg)
-        samples.append(msg)
     replies = 0
-    deadline = time.time() + 120
-    while replies < 10_000 and time.time() < deadline:
-        if s.poll(1000):
-            reply = P.parse_reply(P.unpack(s.recv()))
-            replies += 1
-            assert reply.status in ("error", "ok")
-    s.close()
+    deadline = time.time() + 240
+    try:
+        for i in range(10_000):
+            s.send(fuzz_message(rng, i, valid))
+            if i % 200 == 199:  # drain as we go, as a real peer reads its replies
+                while replies < i + 1 and time.time() < deadline:
+                    if s.poll(1000):
+                        reply = P.parse_reply(P.unpack(s.recv()))
+                        replies += reply.status in ("error", "ok")  # progress comes first
+    finally:
+        s.close()
     # mutated messages may still be valid requests (answered ok); nothing is ever dropped
-    assert replies == 10_000
-    out = _raw(port, valid, 30_000)
-    assert out is not None and out["status"] == "ok"
+    try:
+        assert replies == 10_000
+        out = _raw(port, valid, 30_000)
+        assert out is not None and out["status"] == "ok"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0
 
 
 def test_oversize_payload_is_refused(server):
@@ -259,7 +281,8 @@ def test_broker_with_workers_serves_concurrent_clients():
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
-    assert out.count("serving ipc://") == 2  # two workers behind the proxy
+    assert "2 workers" in out and "broker stopped" in out
+    assert out.count("stopped after") >= 1  # a worker served and stopped cleanly
 
 
 def test_curve_encrypted_server_off_loopback(tmp_path):

@@ -28,6 +28,54 @@ def table(result: dict) -> list[str]:
     return out
 
 
+def _load(name: str) -> dict | None:
+    path = EVAL / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def targets() -> list[tuple[str, str, str, bool]]:
+    """(what, measured, goal, met) for each figure the issue sets a target for."""
+    rows = []
+    if r := _load("refit3d"):
+        v = r["results"]["guidance/full"]["pa_mpvpe_mm"]
+        rows.append(("refit3d full skeleton PA-MPVPE", f"{v:.2f} mm", "<= 3.0 mm", v <= 3.0))
+    if r := _load("fit2d"):
+        res = r["results"]
+        g, ng = res["guidance/gt"]["pa_mpjpe_mm"], res["no_guidance/gt"]["pa_mpjpe_mm"]
+        opt = res["lbs_optimisation/gt"]["pa_mpjpe_mm"]
+        rows.append(("fit2d GT keypoints PA-MPJPE", f"{g:.2f} mm", "<= 6.0 mm", g <= 6.0))
+        rows.append(("fit2d guidance better than none (PA-MPJPE)", f"{g:.2f} vs {ng:.2f} mm",
+                     "lower", g < ng))
+        rows.append(("fit2d both better than LBS optimisation", f"{g:.2f}, {ng:.2f} vs "
+                     f"{opt:.2f} mm", "lower", max(g, ng) < opt))
+    if r := _load("inpaint"):
+        v = r["results"]["guidance"]
+        rows.append(("inpaint kept-region error, guidance alone", f"{v['kept_err_mm']:.2f} mm",
+                     "<= 1.0 mm", v["kept_err_mm"] <= 1.0))
+        w = r["results"]["guidance+replace"]
+        rows.append(("inpaint kept-region error, guidance + replacement",
+                     f"{w['kept_err_mm']:.4f} mm", "<= 1.0 mm", w["kept_err_mm"] <= 1.0))
+        rows.append(("inpaint free region varies (APD)", f"{w['apd_mm']:.1f} mm", "> 0",
+                     w["apd_mm"] > 0))
+    if r := _load("generate"):
+        d, pca = r["results"]["diffusion"], r["results"]["pca"]
+        rows.append(("generate self-intersection", f"{d['si_pct']:.2f} %", "<= 0.5 %",
+                     d["si_pct"] <= 0.5))
+        rows.append(("generate APD vs PCA baseline", f"{d['apd_mm']:.1f} vs {pca['apd_mm']:.1f}"
+                     " mm", ">= PCA", d["apd_mm"] >= pca["apd_mm"]))
+    if r := _load("bench"):
+        def ms(task: str, n: int, guided: bool) -> float:
+            return max(x["median_ms"] for x in r["results"] if x["task"] == task
+                       and x["n"] == n and x["guidance"] == guided)
+        worst16 = max(ms(t, 16, True) for t in ("inpaint", "refit3d", "fit2d"))
+        worst1 = max(ms(t, 1, False) for t in ("generate", "inpaint", "refit3d", "fit2d"))
+        rows.append(("bench n=16 with guidance, slowest task", f"{worst16:.0f} ms",
+                     "<= 1000 ms", worst16 <= 1000))
+        rows.append(("bench n=1 without guidance, slowest task", f"{worst1:.0f} ms",
+                     "<= 100 ms", worst1 <= 100))
+    return rows
+
+
 def main() -> None:
     ckpt = torch.load(WEIGHTS, map_location="cpu", weights_only=False)
     params = sum(v.numel() for v in ckpt["model"].values())
@@ -59,6 +107,10 @@ def main() -> None:
         "",
         "Each table is the JSON in `weights/eval/` written by the command above it.",
     ]
+    lines += ["", "## Against the targets of the sampler issue", "",
+              "| target | measured | met |", "|---|---|---|"]
+    for name, value, goal, ok in targets():
+        lines.append(f"| {name} (goal {goal}) | {value} | {'yes' if ok else 'no'} |")
     for path in sorted(EVAL.glob("*.json")):
         result = json.loads(path.read_text())
         lines += ["", f"### {path.stem}", "", f"`{result.get('command', '')}`", ""]

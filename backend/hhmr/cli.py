@@ -99,8 +99,11 @@ def _serve(args: argparse.Namespace) -> int:
             serve_broker(args.bind, args.workers, args.device, weights=args.weights,
                          curve_secret_key=args.curve_secret_key, backend=args.backend)
         else:
+            from hhmr.protocol import Limits
+
             serve(args.bind, args.device, weights=args.weights,
-                  curve_secret_key=args.curve_secret_key)
+                  curve_secret_key=args.curve_secret_key,
+                  limits=Limits(max_n=args.max_n, max_steps=args.max_steps))
     except OSError as err:
         print(f"hhmr serve: {err}", file=sys.stderr)
         return 1
@@ -248,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None)
     p.add_argument("--curve-secret-key", default=None,
                    help="CurveZMQ secret key file (zmq.auth); required off loopback")
+    p.add_argument("--max-n", type=int, default=64, help="most hypotheses per request")
+    p.add_argument("--max-steps", type=int, default=200, help="most DDIM steps per request")
     p.add_argument("--workers", type=int, default=0,
                    help="N > 0: a broker (ZeroMQ proxy) in front of N worker processes")
     p.add_argument("--broker-only", action="store_true",

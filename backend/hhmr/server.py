@@ -94,6 +94,9 @@ class Server:
             return sock
         sock = self.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
+        # a ROUTER drops replies to a peer past its high-water mark: leave room for
+        # clients that send many requests before reading (progress replies included)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
         # up to twice the limit a message gets a TOO_LARGE reply; beyond, ZeroMQ drops the
         # connection before buffering it all
@@ -387,11 +390,12 @@ def _on_signals(stop: threading.Event) -> None:
 
 
 def serve(bind: str, device: str = "auto", weights: str | None = None,
-          curve_secret_key: str | None = None, connect: str | None = None) -> None:
+          curve_secret_key: str | None = None, connect: str | None = None,
+          limits: P.Limits | None = None) -> None:
     """Run a server (or, with `connect`, a worker of a broker) until SIGINT or SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    server = Server(bind, device, weights=weights, curve_secret_key=curve_secret_key,
-                    connect=connect)
+    server = Server(bind, device, limits=limits, weights=weights,
+                    curve_secret_key=curve_secret_key, connect=connect)
     server.open()
     server.load()
     _on_signals(server.stop)
