@@ -8,7 +8,7 @@ import torch
 from hhmr.data.poses import PosePrior
 from hhmr.diffusion.guidance import project, solve_translation
 from hhmr.hand.base import HandModel
-from hhmr.hand.rotations import axis_angle_to_matrix, matrix_to_axis_angle, random_rotations
+from hhmr.hand.rotations import matrix_to_axis_angle, random_rotations
 
 
 class PosePCA:
@@ -46,7 +46,10 @@ def fit_lbs(model: HandModel, pca: PosePCA, keypoints: torch.Tensor, conf: torch
     coeffs = torch.zeros(n, pca.components, requires_grad=True)
     betas = torch.zeros(n, model.num_betas, requires_grad=True)
     opt = torch.optim.Adam([go, coeffs, betas], lr=0.05)
-    rep = (lambda t: t.repeat_interleave(inits, 0)) if True else None
+
+    def rep(t: torch.Tensor) -> torch.Tensor:
+        return t.repeat_interleave(inits, 0)
+
     lim = model.joint_limits
 
     def objective() -> torch.Tensor:
@@ -74,6 +77,3 @@ def fit_lbs(model: HandModel, pca: PosePCA, keypoints: torch.Tensor, conf: torch
         out = model(go[best], pca.decode(coeffs[best]), betas[best])
         return out.vertices - out.joints[:, :1]
 
-
-def rotate(x: torch.Tensor, aa: torch.Tensor) -> torch.Tensor:
-    return x @ axis_angle_to_matrix(aa).transpose(-1, -2)

@@ -95,11 +95,20 @@ def _errors(pred_v, pred_j, gt_v, gt_j) -> dict[str, float]:
             "pa_mpjpe_mm": float(metrics.pa_mpjpe(pred_j, gt_j).min())}
 
 
-def _add(res: dict, key: str, h, gt_v: torch.Tensor, gt_j: torch.Tensor) -> None:
-    """Record min-of-n errors of hypotheses h against one ground truth."""
-    e = _errors(h.vertices, h.joints, gt_v.expand_as(h.vertices), gt_j.expand_as(h.joints))
+def _add(res: dict, key: str, verts: torch.Tensor, joints: torch.Tensor, gt_v: torch.Tensor,
+         gt_j: torch.Tensor) -> None:
+    """Record the min-of-n errors of hypotheses [n, ...] against one ground truth [1, ...]."""
+    e = _errors(verts, joints, gt_v.expand_as(verts), gt_j.expand_as(joints))
     for k, v in e.items():
         res.setdefault(key, {}).setdefault(k, []).append(v)
+
+
+def _add_baseline(res: dict, key: str, pipe, pred: torch.Tensor, data) -> None:
+    """Record a baseline's single prediction per sample."""
+    joints = pipe.regressor.cpu() @ pred
+    for i in range(len(pred)):
+        _add(res, key, pred[i:i + 1], joints[i:i + 1], data.vertices[i:i + 1],
+             data.joints[i:i + 1])
 
 
 def eval_refit3d(pipe, num, seed, steps, n, progress, guidance_scale=None):
@@ -119,15 +128,10 @@ def eval_refit3d(pipe, num, seed, steps, n, progress, guidance_scale=None):
             for method, s in (("no_guidance", 0.0), ("guidance", guidance_scale)):
                 h = pipe.refit3d(data.joints[i], masks[i], n=n, steps=steps, guidance_scale=s,
                                  seed=EVAL_SEED_OFFSET + seed + i)
-                _add(res, f"{method}/{variant}", h, gt_v, gt_j)
+                _add(res, f"{method}/{variant}", h.vertices, h.joints, gt_v, gt_j)
         if variant == "full":
             pred = fit_lbs(hand, pca, None, None, joints3d=data.joints, seed=seed)
-            pj = pipe.regressor.cpu() @ pred
-            for i in range(num):
-                e = _errors(pred[i:i + 1], pj[i:i + 1], data.vertices[i:i + 1],
-                            data.joints[i:i + 1])
-                for k, v in e.items():
-                    res.setdefault("lbs_optimisation/full", {}).setdefault(k, []).append(v)
+            _add_baseline(res, "lbs_optimisation/full", pipe, pred, data)
     return {k: _stats(v) for k, v in res.items()}
 
 
@@ -145,14 +149,9 @@ def eval_fit2d(pipe, num, seed, steps, n, progress, guidance_scale=None, noise_p
             for method, s in (("no_guidance", 0.0), ("guidance", guidance_scale)):
                 h = pipe.fit2d(kps[i], conf[i], data.K[i], n=n, steps=steps,
                                guidance_scale=s, seed=EVAL_SEED_OFFSET + seed + i)
-                _add(res, f"{method}/{variant}", h, gt_v, gt_j)
+                _add(res, f"{method}/{variant}", h.vertices, h.joints, gt_v, gt_j)
         pred = fit_lbs(hand, pca, kps, conf, K=data.K, seed=seed)
-        pj = pipe.regressor.cpu() @ pred
-        for i in range(num):
-            e = _errors(pred[i:i + 1], pj[i:i + 1], data.vertices[i:i + 1],
-                        data.joints[i:i + 1])
-            for k, v in e.items():
-                res.setdefault(f"lbs_optimisation/{variant}", {}).setdefault(k, []).append(v)
+        _add_baseline(res, f"lbs_optimisation/{variant}", pipe, pred, data)
     return {k: _stats(v) for k, v in res.items()}
 
 
