@@ -6,7 +6,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 
@@ -248,9 +247,6 @@ def test_killed_server_gives_a_timeout_not_a_hang():
         job.wait(30)
     assert time.time() - t0 < 10
 
-
-if sys.platform == "win32":  # pragma: no cover
-    pytest.skip("POSIX signals", allow_module_level=True)
 
 
 def test_broker_with_workers_serves_concurrent_clients():

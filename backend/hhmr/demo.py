@@ -20,12 +20,6 @@ from hhmr.render import contact_sheet, look_rotation, render_mesh
 VIEW = look_rotation(-25, -30)
 
 
-def _canonical(pipe, verts: torch.Tensor) -> torch.Tensor:
-    from hhmr.evaluate_tasks import canonical
-
-    return canonical(pipe, verts)
-
-
 def run_demo(out: Path, num: int = 4, seed: int = 0, size: int = 256,
              weights: str | None = None) -> dict[str, object]:
     out.mkdir(parents=True, exist_ok=True)
@@ -46,9 +40,11 @@ def run_demo(out: Path, num: int = 4, seed: int = 0, size: int = 256,
         pipe, note = None, f"diffusion rows skipped: {err}"
     if pipe is not None:
         gen = pipe.generate(num, seed=seed)
-        rows.append(("generated", _canonical(pipe, gen.vertices), None,
+        from hhmr.evaluate_tasks import canonical
+
+        rows.append(("generated", canonical(pipe, gen.vertices), None,
                      [f"score {s:.3f}" for s in gen.scores]))
-        src_v, src_j = hands.vertices[num], hands.joints[num]
+        src_v = hands.vertices[num]
         free = model.weights[:, 4:7].sum(1) > 0.5  # the index finger
         inp = pipe.inpaint(src_v, ~free, n=num - 1, seed=seed)
         rows.append(("inpaint_index", torch.cat([src_v[None], inp.vertices]), None,
@@ -58,7 +54,6 @@ def run_demo(out: Path, num: int = 4, seed: int = 0, size: int = 256,
         rows.append(("refit3d", torch.cat([tgt_v[None], ref.vertices]),
                      torch.cat([tgt_j[None], tgt_j[None].expand(num - 1, -1, -1)]),
                      ["source"] + [f"err {-s:.1f} mm" for s in ref.scores]))
-        del src_j
     images, labels, meshes = [], [], []
     lo = min(float(r[1].min()) for r in rows)
     hi = max(float(r[1].max()) for r in rows)

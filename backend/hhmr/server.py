@@ -263,11 +263,8 @@ class Server:
                 replies[i] = self._error_reply(job, err)
         if plans:
             live = [batch[i] for i in plans]
-
-            def run() -> list:
-                return self.pipe.run(list(plans.values()))
-
-            results = self._guarded_many(live, t0, out, run)
+            results = self._guarded_many(live, t0, out,
+                                         lambda: self.pipe.run(list(plans.values())))
             for i, res in zip(plans, results, strict=True):
                 replies[i] = res
         for i, job in enumerate(batch):

@@ -140,18 +140,25 @@ class ProjectionOperator:
         self.solve_rotation = solve_rotation
         self.rotation: torch.Tensor | None = None  # [B, 3] axis-angle
 
-    def _reprojection(self, joints: torch.Tensor) -> torch.Tensor:
+    def _project(self, joints: torch.Tensor):
+        """Projected joints [B, J, 2] and the camera solved in closed form: translation [B, 3]
+        with K, else (scale [B], 2D translation [B, 2])."""
         b = joints.shape[0]
         kp, conf = _expand(self.keypoints, b), _expand(self.confidence, b)
         if self.K is not None:
             K = _expand(self.K, b)
             t = solve_translation(joints, kp, conf, K)
+            # a wild early prediction may solve to behind the camera: keep it in front
             t = torch.cat([t[:, :2], t[:, 2:].clamp_min(MIN_DEPTH)], 1)
-            proj = project(joints + t[:, None], K)
-        else:
-            s, t2 = solve_weak_perspective(joints[..., :2], kp, conf)
-            proj = s[:, None, None] * joints[..., :2] + t2[:, None]
-        return (conf[..., None] * (proj - kp).square()).sum((1, 2))
+            return project(joints + t[:, None], K), t
+        s, t2 = solve_weak_perspective(joints[..., :2], kp, conf)
+        return s[:, None, None] * joints[..., :2] + t2[:, None], (s, t2)
+
+    def _reprojection(self, joints: torch.Tensor) -> torch.Tensor:
+        """Confidence-weighted squared pixel error [B] of joints under the solved camera."""
+        b = joints.shape[0]
+        kp, conf = _expand(self.keypoints, b), _expand(self.confidence, b)
+        return (conf[..., None] * (self._project(joints)[0] - kp).square()).sum((1, 2))
 
     def fit_rotation(self, joints: torch.Tensor, iters: int | None = None) -> torch.Tensor:
         """Rotation (axis-angle [B, 3]) of wrist-relative joints that best fits the keypoints."""
@@ -197,20 +204,12 @@ class ProjectionOperator:
         return x @ axis_angle_to_matrix(self.rotation).transpose(1, 2)
 
     def solve(self, x0: torch.Tensor):
-        b = x0.shape[0]
+        """Projected regressed joints of meshes x0 and the solved camera (see `_project`)."""
         joints = self.regressor @ x0
         if self.solve_rotation:
             self.fit_rotation(joints)
             joints = self.rotate(joints)
-        kp, conf = _expand(self.keypoints, b), _expand(self.confidence, b)
-        if self.K is not None:
-            K = _expand(self.K, b)
-            t = solve_translation(joints, kp, conf, K)
-            # a wild early prediction may solve to behind the camera: keep it in front
-            t = torch.cat([t[:, :2], t[:, 2:].clamp_min(MIN_DEPTH)], 1)
-            return project(joints + t[:, None], K), t
-        s, t2 = solve_weak_perspective(joints[..., :2], kp, conf)
-        return s[:, None, None] * joints[..., :2] + t2[:, None], (s, t2)
+        return self._project(joints)
 
     def loss(self, x0: torch.Tensor) -> torch.Tensor:
         b = x0.shape[0]

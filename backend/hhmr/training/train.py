@@ -71,8 +71,7 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
     torch.manual_seed(tcfg["seed"])
     net, hand = build_model(config)
     net.to(dev)
-    hand_cpu = hand
-    prior = PosePrior(hand_cpu)
+    prior = PosePrior(hand)
     schedule = CosineSchedule()
     losses = MeshLosses(hand.keypoint_regressor.to(dev), hand.faces.to(dev), config["loss"])
     dropout = DropoutConfig(**config.get("dropout", {}))
@@ -101,7 +100,7 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
         if (time.perf_counter() - start) / 60 > tcfg["max_minutes"]:
             break
         gen = torch.Generator().manual_seed(tcfg["seed"] * 100_000 + step)
-        batch = synthetic_batch(hand_cpu, prior, tcfg["batch_size"], gen)
+        batch = synthetic_batch(hand, prior, tcfg["batch_size"], gen)
         cond = drop_conditions(batch.conditions, dropout, gen)
         x0 = (batch.vertices / SCALE).to(dev)
         cond = type(cond)(**{k: None if v is None else v.to(dev)
