@@ -343,7 +343,7 @@ class Server:
         raise P.ProtocolError(P.UNKNOWN_OP, f"op '{op}' is not available on this server")
 
     def _reconstruct(self, a: dict, opts: dict) -> dict:
-        from hhmr.reconstruct import reconstruct
+        from hhmr.reconstruct import default_intrinsics, reconstruct
 
         if a.get("image") is not None:
             try:
@@ -353,7 +353,9 @@ class Server:
                                       ) from None
         else:
             rgb = a["rgb"]
-        found = reconstruct(self.pipe, rgb, a.get("K"), a.get("handedness"),
+        K = a.get("K")
+        K = default_intrinsics(rgb.shape[1], rgb.shape[0]) if K is None else K
+        found = reconstruct(self.pipe, rgb, K, a.get("handedness"),
                             guidance_scale=a.get("guidance"), **opts)
         hands = []
         for det, h in found:
@@ -361,7 +363,8 @@ class Server:
             item.update(handedness=h.extra["handedness"], keypoints2d=det.keypoints,
                         detector_score=det.score)
             hands.append(item)
-        return {"hands": hands, "image_size": [int(rgb.shape[1]), int(rgb.shape[0])]}
+        return {"hands": hands, "image_size": [int(rgb.shape[1]), int(rgb.shape[0])],
+                "K": np.asarray(K, np.float32)}
 
 
 MAX_BATCH = 64  # hypotheses per device batch

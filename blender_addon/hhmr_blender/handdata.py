@@ -1,0 +1,205 @@
+"""The backend's hand (from ``info``) in Blender terms: mesh, bones, keypoints; no bpy.
+
+Frames: the backend's hand frame is used as the object's local frame (metres; wrist at the
+origin, fingers +Y, back of the hand +Z). Reconstructions come in the OpenCV camera frame
+(x right, y down, z forward) and are turned into Blender's (x right, y forward, z up).
+Left hands are the right hand mirrored in x, with the face winding reversed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+# camera (OpenCV) -> Blender: x stays, depth becomes +y, image-down becomes -z (a rotation)
+CAMERA_TO_BLENDER = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
+MIRROR_X = np.array([-1.0, 1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class HandTopology:
+    """The hand mesh and skeleton a backend serves (``info()["topology"]``)."""
+
+    template: np.ndarray  # float32 [V, 3], right hand, rest pose
+    faces: np.ndarray  # int32 [F, 3]
+    parents: tuple[int, ...]  # [J] kinematic parent of each joint, -1 for the root
+    skin_weights: np.ndarray  # float32 [V, J]
+    rest_joints: np.ndarray  # float32 [J, 3]
+    keypoint_regressor: np.ndarray  # float32 [21, V]
+    keypoint_names: tuple[str, ...]  # 21 names; fingertips end in "_tip"
+
+    @classmethod
+    def from_info(cls, info: Mapping[str, Any]) -> HandTopology:
+        """Read and check the ``topology`` map of an ``info`` reply; raises ValueError."""
+        t = info.get("topology") if isinstance(info, Mapping) else None
+        if not isinstance(t, Mapping):
+            raise ValueError("the backend's info has no 'topology': upgrade the backend")
+        try:
+            topo = cls(np.asarray(t["template"], np.float32), np.asarray(t["faces"], np.int32),
+                       tuple(int(p) for p in t["parents"]),
+                       np.asarray(t["skin_weights"], np.float32),
+                       np.asarray(t["rest_joints"], np.float32),
+                       np.asarray(t["keypoint_regressor"], np.float32),
+                       tuple(str(n) for n in t["keypoint_names"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"bad topology from the backend: {err}") from None
+        topo.check()
+        return topo
+
+    @property
+    def num_vertices(self) -> int:
+        return int(self.template.shape[0])
+
+    @property
+    def num_joints(self) -> int:
+        return len(self.parents)
+
+    def check(self) -> None:
+        v, j = self.num_vertices, self.num_joints
+        problems = []
+        if self.template.shape != (v, 3) or not np.isfinite(self.template).all():
+            problems.append("template must be finite [V, 3]")
+        if self.faces.ndim != 2 or self.faces.shape[1] != 3 or self.faces.size == 0 \
+                or self.faces.min() < 0 or self.faces.max() >= v:
+            problems.append("faces must be [F, 3] indices of vertices")
+        if self.skin_weights.shape != (v, j):
+            problems.append(f"skin_weights must be [{v}, {j}]")
+        if self.rest_joints.shape != (j, 3):
+            problems.append(f"rest_joints must be [{j}, 3]")
+        if self.keypoint_regressor.shape != (21, v) or len(self.keypoint_names) != 21:
+            problems.append("need 21 keypoints")
+        if any(not -1 <= p < i for i, p in enumerate(self.parents)) or self.parents[0] != -1:
+            problems.append("parents must list earlier joints, the root first")
+        if len(self.joint_keypoints) != j:
+            problems.append("the non-tip keypoints must be the joints")
+        if problems:
+            raise ValueError("bad topology from the backend: " + "; ".join(problems))
+
+    @property
+    def joint_keypoints(self) -> tuple[int, ...]:
+        """Keypoint index of each kinematic joint (the keypoints that are not tips)."""
+        return tuple(i for i, n in enumerate(self.keypoint_names) if not n.endswith("_tip"))
+
+    @property
+    def joint_names(self) -> tuple[str, ...]:
+        return tuple(self.keypoint_names[k] for k in self.joint_keypoints)
+
+    def mesh(self, handedness: str = "right") -> tuple[np.ndarray, np.ndarray]:
+        """Rest vertices and faces of a right or (mirrored) left hand."""
+        if handedness == "left":
+            return self.template * MIRROR_X, self.faces[:, ::-1].copy()
+        return self.template.copy(), self.faces.copy()
+
+    def bones(self, handedness: str = "right") -> list[Bone]:
+        """One bone per joint: head at the joint, tail at the next keypoint along its finger
+        (the fingertip for the last joint); the root's tail is the middle finger's base."""
+        kp = self.keypoint_regressor @ self.template
+        names = self.keypoint_names
+        children = {p: i for i, p in reversed(list(enumerate(self.parents))) if p >= 0}
+        out = []
+        for j, k in enumerate(self.joint_keypoints):
+            if self.parents[j] < 0:
+                base = names.index("middle_mcp") if "middle_mcp" in names else \
+                    self.joint_keypoints[children[j]]
+                tail = kp[base]
+            else:
+                tail = kp[k + 1]
+            head = self.rest_joints[j]
+            if handedness == "left":
+                head, tail = head * MIRROR_X, tail * MIRROR_X
+            parent = self.joint_names[self.parents[j]] if self.parents[j] >= 0 else None
+            out.append(Bone(names[k], parent, np.asarray(head, float), np.asarray(tail, float)))
+        return out
+
+    def keypoints_from_bones(self, heads: Mapping[str, Sequence[float]],
+                             tails: Mapping[str, Sequence[float]]) -> np.ndarray:
+        """The 21 keypoints of a (posed) rig: joint keypoints at bone heads, each fingertip
+        at the tail of the bone before it. ``heads``/``tails`` map bone names to points."""
+        out = np.zeros((21, 3))
+        names = self.keypoint_names
+        for i, name in enumerate(names):
+            if name.endswith("_tip"):
+                out[i] = tails[names[i - 1]]
+            else:
+                out[i] = heads[name]
+        return out
+
+    def keypoint_mask(self, bones: Sequence[str]) -> np.ndarray:
+        """Keypoints that the given bones pin: each bone's head, and the tip of a last bone."""
+        names = self.keypoint_names
+        mask = np.zeros(21, bool)
+        for i, name in enumerate(names):
+            mask[i] = (names[i - 1] in bones) if name.endswith("_tip") else name in bones
+        return mask
+
+
+@dataclass(frozen=True)
+class Bone:
+    name: str
+    parent: str | None
+    head: np.ndarray
+    tail: np.ndarray
+
+
+def to_backend(points: np.ndarray, handedness: str) -> np.ndarray:
+    """Object-local points of a hand to the backend's right-hand frame."""
+    p = np.asarray(points, np.float64)
+    return (p * MIRROR_X if handedness == "left" else p).astype(np.float32)
+
+
+def from_backend(points: np.ndarray, handedness: str) -> np.ndarray:
+    """Backend right-hand points (any leading shape) to a hand object's local frame."""
+    return to_backend(points, handedness)  # mirroring is its own inverse
+
+
+def camera_to_object(vertices: np.ndarray, joints: np.ndarray, best: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Camera-frame hypotheses [n, V, 3] to object-local vertices and the object's location,
+    for a camera at the world origin looking along +Y: the best hypothesis' wrist is the
+    object's origin, so every hypothesis keeps its place relative to the camera."""
+    r = CAMERA_TO_BLENDER
+    location = r @ np.asarray(joints[best, 0], np.float64)
+    local = np.asarray(vertices, np.float64) @ r.T - location
+    return local.astype(np.float32), location
+
+
+def camera_lens(K: np.ndarray, width: int, height: int, sensor_mm: float = 36.0
+                ) -> dict[str, float]:
+    """Blender camera settings (lens in mm, sensor fit, shifts) for pinhole intrinsics."""
+    fx, cx, cy = float(K[0][0]), float(K[0][2]), float(K[1][2])
+    side = max(width, height)
+    return {"lens": fx * sensor_mm / side, "sensor_width": sensor_mm,
+            "shift_x": (width / 2 - cx) / side, "shift_y": (cy - height / 2) / side}
+
+
+def _blend(weights: np.ndarray, matrices: np.ndarray) -> np.ndarray:
+    """Per-vertex blended matrices [V, 4, 4], weights normalised as Blender's armature
+    modifier does (a vertex without weights stays where it is)."""
+    w = np.asarray(weights, np.float64)
+    total = w.sum(1, keepdims=True)
+    w = np.divide(w, total, out=np.zeros_like(w), where=total > 0)
+    blend = np.einsum("vj,jab->vab", w, np.asarray(matrices, np.float64))
+    blend[total[:, 0] <= 0] = np.eye(4)
+    return blend
+
+
+def unpose(vertices: np.ndarray, weights: np.ndarray, matrices: np.ndarray) -> np.ndarray:
+    """Invert linear blend skinning: rest positions whose skinned positions are ``vertices``.
+
+    ``vertices`` [..., V, 3]; ``weights`` [V, J]; ``matrices`` [J, 4, 4] (posed @ rest^-1 of
+    each bone, in the mesh's frame). Shape keys sit under the armature modifier, so a result in
+    posed space is stored unposed and the modifier poses it back exactly."""
+    inv = np.linalg.inv(_blend(weights, matrices))
+    v = np.asarray(vertices, np.float64)
+    out = np.einsum("vab,...vb->...va", inv[:, :3, :3], v) + inv[:, :3, 3]
+    return out.astype(np.float32)
+
+
+def skin(vertices: np.ndarray, weights: np.ndarray, matrices: np.ndarray) -> np.ndarray:
+    """Linear blend skinning of rest ``vertices`` [V, 3] (the inverse of ``unpose``)."""
+    blend = _blend(weights, matrices)
+    v = np.asarray(vertices, np.float64)
+    return (np.einsum("vab,vb->va", blend[:, :3, :3], v) + blend[:, :3, 3]).astype(np.float32)

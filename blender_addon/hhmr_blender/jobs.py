@@ -1,0 +1,185 @@
+"""Requests to the backend and what comes back, without bpy: a Task says what to send and
+how to read the result into HypothesisSets; a TrackedJob polls it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import handdata
+from .hypotheses import HypothesisSet
+from .wire import client as wire_client
+from .wire import protocol
+
+RemoteError = wire_client.RemoteError
+ProtocolError = protocol.ProtocolError
+
+
+@dataclass
+class Sampling:
+    """Options shared by the sampling ops; ``guidance`` None is the server's default."""
+
+    n: int = 8
+    steps: int = 10
+    seed: int = 0
+    guidance: float | None = None
+
+    def args(self) -> dict[str, Any]:
+        a: dict[str, Any] = {"n": int(self.n), "steps": int(self.steps), "seed": int(self.seed)}
+        if self.guidance is not None:
+            a["guidance"] = float(self.guidance)
+        return a
+
+
+@dataclass
+class Task:
+    """One backend request and where its answer goes."""
+
+    op: str
+    args: dict[str, Any]
+    handedness: str = "right"
+    target: str | None = None  # name of the hand object that receives it; None: new object
+    label: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def results(self, result: Mapping[str, Any], num_vertices: int | None = None
+                ) -> list[HypothesisSet]:
+        """Read a result map; raises ProtocolError on a malformed one."""
+        if self.op != "reconstruct":
+            h = protocol.parse_hypotheses(result, num_vertices)
+            return [HypothesisSet.ranked(
+                handdata.from_backend(h.vertices, self.handedness),
+                handdata.from_backend(h.joints, self.handedness), h.scores, self.op,
+                handedness=self.handedness, label=self.label)]
+        hands = result.get("hands") if isinstance(result, Mapping) else None
+        if not isinstance(hands, list) or not hands:
+            raise ProtocolError(protocol.BAD_MESSAGE, "reconstruct: no 'hands' in the result")
+        out = []
+        for i, hand in enumerate(hands):
+            h = protocol.parse_hypotheses(hand, num_vertices)
+            side = hand.get("handedness") if hand.get("handedness") in ("left", "right") \
+                else "right"
+            best = int(np.argmax(h.scores))
+            verts, location = handdata.camera_to_object(h.vertices, h.joints, best)
+            joints, _ = handdata.camera_to_object(h.joints, h.joints, best)
+            label = f"{self.label} hand {i}" if len(hands) > 1 else self.label
+            out.append(HypothesisSet.ranked(
+                verts, joints, h.scores, self.op, handedness=side, location=location,
+                label=label, extra={"image_size": result.get("image_size"),
+                                    "K": self.meta.get("K")}))
+        return out
+
+
+def generate(opts: Sampling, target: str | None = None) -> Task:
+    return Task("generate", opts.args(), target=target, label="generated")
+
+
+def inpaint(vertices: np.ndarray, keep: np.ndarray, handedness: str, target: str,
+            opts: Sampling) -> Task:
+    """Keep the ``keep`` vertices of ``vertices`` (object-local), regenerate the rest."""
+    keep = np.asarray(keep, bool)
+    if not keep.any():
+        raise ValueError("select the vertices to keep (in edit mode) first")
+    if keep.all():
+        raise ValueError("every vertex is selected: deselect the part to regenerate")
+    return Task("inpaint", {"vertices": handdata.to_backend(vertices, handedness),
+                            "keep": keep, **opts.args()}, handedness, target, "inpainted")
+
+
+def refit3d(keypoints: np.ndarray, mask: np.ndarray | None, handedness: str, target: str,
+            opts: Sampling) -> Task:
+    """Meshes matching 21 keypoints (object-local), optionally only the masked ones."""
+    args: dict[str, Any] = {"joints": handdata.to_backend(keypoints, handedness),
+                            **opts.args()}
+    if mask is not None:
+        mask = np.asarray(mask, bool)
+        if not mask.any():
+            raise ValueError("no selected bone pins a keypoint: select bones or use all")
+        args["joint_mask"] = mask
+    return Task("refit3d", args, handedness, target, "refitted")
+
+
+def reconstruct(opts: Sampling, *, image: bytes | None = None, rgb: np.ndarray | None = None,
+                label: str = "photo", handedness: str | None = None) -> Task:
+    """Hands from a photo: encoded file bytes or RGB pixels [H, W, 3] uint8."""
+    if (image is None) == (rgb is None):
+        raise ValueError("give an image file or an image datablock")
+    args: dict[str, Any] = {**opts.args()}
+    if image is not None:
+        args["image"] = bytes(image)
+        w, h = protocol.image_size(args["image"])
+    else:
+        args["rgb"] = np.ascontiguousarray(rgb, np.uint8)
+        h, w = args["rgb"].shape[:2]
+    if handedness in ("left", "right"):
+        args["handedness"] = handedness
+    task = Task("reconstruct", args, target=None, label=label)
+    task.meta["image_wh"] = (int(w), int(h))
+    return task
+
+
+def pixels_to_rgb(pixels: np.ndarray, width: int, height: int, channels: int) -> np.ndarray:
+    """Blender image pixels (floats in [0, 1], rows bottom-up) to uint8 RGB, rows top-down."""
+    p = np.asarray(pixels, np.float32).reshape(height, width, channels)[::-1]
+    if channels == 1:
+        p = np.repeat(p, 3, axis=2)
+    rgb = np.clip(np.nan_to_num(p[..., :3]) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(rgb)
+
+
+class TrackedJob:
+    """A Task in flight: ``poll()`` is None until done, then the HypothesisSets (or it
+    raises RemoteError, TimeoutError or ProtocolError)."""
+
+    def __init__(self, client: Any, task: Task, num_vertices: int | None = None):
+        self.task, self.num_vertices = task, num_vertices
+        self.started = time.monotonic()
+        self.job = client.submit(task.op, **task.args)
+        self.cancel_requested = False
+
+    @property
+    def progress(self) -> tuple[float, str]:
+        return self.job.progress[-1] if self.job.progress else (0.0, "queued")
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def poll(self) -> list[HypothesisSet] | None:
+        result = self.job.poll()
+        return None if result is None else self.task.results(result, self.num_vertices)
+
+    def wait(self, timeout: float | None = None) -> list[HypothesisSet]:
+        return self.task.results(self.job.wait(timeout), self.num_vertices)
+
+    def cancel(self) -> None:
+        """Ask the server to stop; the job then ends with a CANCELLED error."""
+        self.cancel_requested = True
+        try:
+            self.job.cancel()
+        except (RemoteError, TimeoutError):
+            pass  # the request may have just finished; its poll() tells
+
+    def close(self) -> None:
+        self.job.close()
+
+
+def make_client(address: str, timeout_s: float = 30.0, retries: int = 1) -> Any:
+    return wire_client.HHMRClient(address, timeout_s=timeout_s, retries=retries)
+
+
+def describe_error(err: BaseException) -> str:
+    """One line for the user."""
+    if isinstance(err, RemoteError):
+        if err.code == protocol.NO_HAND:
+            return "No hand found in the image: try a larger, sharper or better lit view."
+        if err.code == protocol.CANCELLED:
+            return "Cancelled."
+        return f"Backend error {err.code}: {err.message}"
+    if isinstance(err, TimeoutError):
+        return f"No answer from the backend: is it running? ({err})"
+    return f"{type(err).__name__}: {err}"

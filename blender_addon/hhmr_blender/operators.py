@@ -1,0 +1,261 @@
+"""Operators: thin wrappers that gather inputs, build a jobs.Task and hand it to runner."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import bpy
+
+from . import jobs, local_backend, runner, scene
+
+EXPECTED = (ValueError, FileNotFoundError, RuntimeError, TimeoutError, OSError,
+            jobs.RemoteError, jobs.ProtocolError)
+
+
+def sampling(context) -> jobs.Sampling:
+    s = context.scene.hhmr
+    return jobs.Sampling(s.n, s.steps, s.seed, None if s.auto_guidance else s.guidance)
+
+
+def run(op: bpy.types.Operator, make_task: Callable[[], jobs.Task]) -> set[str]:
+    """Build and start a task, reporting expected failures instead of raising."""
+    try:
+        landed = runner.start(make_task())
+    except EXPECTED as err:
+        runner.STATE.error = jobs.describe_error(err)
+        op.report({"ERROR"}, runner.STATE.error)
+        return {"CANCELLED"}
+    if landed is not None:
+        op.report({"INFO"}, runner.STATE.status)
+    return {"FINISHED"}
+
+
+class _Request(bpy.types.Operator):
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context) -> bool:
+        return not runner.busy()
+
+
+class HHMR_OT_generate(_Request):
+    """Sample random hands; they land on the active HHMR hand, else on a new one"""
+
+    bl_idname = "hhmr.generate"
+    bl_label = "Generate"
+
+    def execute(self, context):
+        hand = scene.hand_of(context.active_object)
+        return run(self, lambda: jobs.generate(sampling(context),
+                                               hand.name if hand else None))
+
+
+class HHMR_OT_reconstruct(_Request):
+    """Recover hand meshes from the photo; each hand found becomes a new hand object"""
+
+    bl_idname = "hhmr.reconstruct"
+    bl_label = "Reconstruct"
+
+    def execute(self, context):
+        s = context.scene.hhmr
+        side = None if s.handedness == "AUTO" else s.handedness
+
+        def task() -> jobs.Task:
+            if s.image_source == "DATABLOCK":
+                img = s.image
+                if img is None:
+                    raise ValueError("pick an image datablock")
+                w, h = img.size
+                if w == 0 or h == 0:
+                    raise ValueError(f"image '{img.name}' has no pixels (is its file missing?)")
+                rgb = jobs.pixels_to_rgb(img.pixels[:], w, h, img.channels)
+                t = jobs.reconstruct(sampling(context), rgb=rgb, label=img.name,
+                                     handedness=side)
+                t.meta["image"] = img.name
+                return t
+            path = bpy.path.abspath(s.image_path)
+            if not s.image_path:
+                raise ValueError("choose a photo first")
+            t = jobs.reconstruct(sampling(context), image=runner.image_bytes(path),
+                                 label=Path(path).stem, handedness=side)
+            t.meta["image_path"] = path
+            return t
+
+        return run(self, task)
+
+
+class HHMR_OT_inpaint(_Request):
+    """Keep the selected vertices of the hand and regenerate the rest"""
+
+    bl_idname = "hhmr.inpaint"
+    bl_label = "Inpaint Selection"
+
+    @classmethod
+    def poll(cls, context) -> bool:
+        return super().poll(context) and scene.is_hand(context.active_object)
+
+    def execute(self, context):
+        obj = context.active_object
+
+        def task() -> jobs.Task:
+            keep = scene.selected_vertices(obj)
+            verts = scene.displayed_vertices(obj)
+            if obj.mode == "EDIT":
+                bpy.ops.object.mode_set(mode="OBJECT")
+            t = jobs.inpaint(verts, keep, obj.hhmr.handedness, obj.name, sampling(context))
+            t.meta["posed"] = True
+            return t
+
+        return run(self, task)
+
+
+class HHMR_OT_refit(_Request):
+    """Fit hand meshes to the pose of the hand's armature (or its selected bones)"""
+
+    bl_idname = "hhmr.refit"
+    bl_label = "Refit to Armature"
+
+    @classmethod
+    def poll(cls, context) -> bool:
+        return super().poll(context) and scene.hand_of(context.active_object) is not None
+
+    def execute(self, context):
+        hand = scene.hand_of(context.active_object)
+        only = context.scene.hhmr.only_selected_bones
+
+        def task() -> jobs.Task:
+            kp, mask = scene.rig_keypoints(hand, runner.topology(), only)
+            t = jobs.refit3d(kp, mask, hand.hhmr.handedness, hand.name, sampling(context))
+            t.meta["posed"] = True
+            return t
+
+        return run(self, task)
+
+
+class HHMR_OT_add_hand(bpy.types.Operator):
+    """Add the backend's hand in its rest pose, with its armature, to pose by hand"""
+
+    bl_idname = "hhmr.add_hand"
+    bl_label = "Add Hand"
+    bl_options = {"REGISTER", "UNDO"}
+
+    handedness: bpy.props.EnumProperty(items=[("right", "Right", ""), ("left", "Left", "")])
+
+    def execute(self, context):
+        try:
+            obj = scene.create_hand(runner.topology(), self.handedness,
+                                    f"HHMR {self.handedness} hand")
+        except EXPECTED as err:
+            self.report({"ERROR"}, jobs.describe_error(err))
+            return {"CANCELLED"}
+        context.view_layer.objects.active = obj
+        return {"FINISHED"}
+
+
+class HHMR_OT_cancel(bpy.types.Operator):
+    """Stop the running request"""
+
+    bl_idname = "hhmr.cancel"
+    bl_label = "Cancel"
+
+    @classmethod
+    def poll(cls, context) -> bool:
+        return runner.busy()
+
+    def execute(self, context):
+        runner.cancel()
+        return {"FINISHED"}
+
+
+class _HypothesisOp(bpy.types.Operator):
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context) -> bool:
+        obj = context.active_object
+        return scene.is_hand(obj) and 0 <= obj.hhmr.active_index < len(obj.hhmr.hypotheses)
+
+
+class HHMR_OT_apply_hypothesis(_HypothesisOp):
+    """Make the shown hypothesis the hand's basis shape"""
+
+    bl_idname = "hhmr.apply_hypothesis"
+    bl_label = "Apply as Basis"
+
+    def execute(self, context):
+        obj = context.active_object
+        if obj.mode != "OBJECT":
+            bpy.ops.object.mode_set(mode="OBJECT")
+        scene.apply_as_basis(obj, obj.hhmr.active_index)
+        return {"FINISHED"}
+
+
+class HHMR_OT_delete_hypothesis(_HypothesisOp):
+    """Delete the selected hypothesis (its shape key)"""
+
+    bl_idname = "hhmr.delete_hypothesis"
+    bl_label = "Delete Hypothesis"
+
+    def execute(self, context):
+        obj = context.active_object
+        if obj.mode != "OBJECT":
+            bpy.ops.object.mode_set(mode="OBJECT")
+        scene.delete_hypothesis(obj, obj.hhmr.active_index)
+        return {"FINISHED"}
+
+
+class HHMR_OT_start_backend(bpy.types.Operator):
+    """Start the backend command as a child process on the backend address"""
+
+    bl_idname = "hhmr.start_backend"
+    bl_label = "Start Local Backend"
+
+    def execute(self, context):
+        p = runner.prefs()
+        try:
+            local_backend.BACKEND.start(p.command, p.address)
+        except EXPECTED as err:
+            self.report({"ERROR"}, str(err))
+            return {"CANCELLED"}
+        runner.STATE.info = None
+        runner.STATE.topologies.clear()
+        self.report({"INFO"}, f"Backend starting on {p.address} (log: "
+                              f"{local_backend.BACKEND.log_path})")
+        return {"FINISHED"}
+
+
+class HHMR_OT_stop_backend(bpy.types.Operator):
+    """Stop the backend this Blender started"""
+
+    bl_idname = "hhmr.stop_backend"
+    bl_label = "Stop Local Backend"
+
+    def execute(self, context):
+        local_backend.BACKEND.stop()
+        runner.STATE.info = None
+        return {"FINISHED"}
+
+
+class HHMR_OT_check_backend(bpy.types.Operator):
+    """Ask the backend for its description (info)"""
+
+    bl_idname = "hhmr.check_backend"
+    bl_label = "Check Connection"
+
+    def execute(self, context):
+        from .props import connection_text
+
+        try:
+            runner.info(refresh=True)
+            runner.STATE.topologies.clear()
+        except EXPECTED as err:
+            runner.STATE.info = None
+            self.report({"ERROR"}, jobs.describe_error(err))
+            return {"CANCELLED"}
+        self.report({"INFO"}, connection_text(runner.STATE.info))
+        return {"FINISHED"}
+
+
+CLASSES = (HHMR_OT_generate, HHMR_OT_reconstruct, HHMR_OT_inpaint, HHMR_OT_refit,
+           HHMR_OT_add_hand, HHMR_OT_cancel, HHMR_OT_apply_hypothesis,
+           HHMR_OT_delete_hypothesis, HHMR_OT_start_backend, HHMR_OT_stop_backend,
+           HHMR_OT_check_backend)

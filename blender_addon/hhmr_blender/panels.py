@@ -1,0 +1,105 @@
+"""The N-panel (3D view sidebar, tab "Hand") and the hypotheses list."""
+
+from __future__ import annotations
+
+import bpy
+
+from . import runner, scene
+
+
+class HHMR_UL_hypotheses(bpy.types.UIList):
+    def draw_item(self, context, layout, data, item, icon, active_data, active_prop,
+                  index=0, flt_flag=0):
+        row = layout.row(align=True)
+        row.label(text=item.key_name, icon="SHAPEKEY_DATA")
+        row.label(text=f"{item.score:.3g}")
+        row.label(text=item.op)
+
+
+class _Panel(bpy.types.Panel):
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Hand"
+
+
+class HHMR_PT_main(_Panel):
+    bl_idname = "HHMR_PT_main"
+    bl_label = "HHMR"
+
+    def draw(self, context):
+        layout = self.layout
+        s = context.scene.hhmr
+        state = runner.STATE
+        if runner.busy():
+            box = layout.box()
+            box.label(text=state.status or "working", icon="SORTTIME")
+            box.operator("hhmr.cancel", icon="CANCEL")
+        elif state.error:
+            layout.label(text=state.error, icon="ERROR")
+        elif state.status:
+            layout.label(text=state.status, icon="CHECKMARK")
+        col = layout.column(align=True)
+        col.prop(s, "n")
+        col.prop(s, "steps")
+        col.prop(s, "seed")
+        row = layout.row(align=True)
+        row.prop(s, "auto_guidance")
+        sub = row.row()
+        sub.enabled = not s.auto_guidance
+        sub.prop(s, "guidance", text="")
+        row = layout.row(align=True)
+        row.operator("hhmr.add_hand", icon="VIEW_PAN").handedness = "right"
+        row.operator("hhmr.generate", icon="OUTLINER_OB_POINTCLOUD")
+
+
+class HHMR_PT_reconstruct(_Panel):
+    bl_label = "Reconstruct from Image"
+    bl_parent_id = "HHMR_PT_main"
+
+    def draw(self, context):
+        layout = self.layout
+        s = context.scene.hhmr
+        layout.row().prop(s, "image_source", expand=True)
+        layout.prop(s, "image_path" if s.image_source == "FILE" else "image")
+        layout.prop(s, "handedness")
+        layout.operator("hhmr.reconstruct", icon="IMAGE_DATA")
+
+
+class HHMR_PT_edit(_Panel):
+    bl_label = "Inpaint and Refit"
+    bl_parent_id = "HHMR_PT_main"
+
+    def draw(self, context):
+        layout = self.layout
+        hand = scene.hand_of(context.active_object)
+        if hand is None:
+            layout.label(text="Select an HHMR hand or its armature")
+            return
+        col = layout.column()
+        col.operator("hhmr.inpaint", icon="MOD_MASK")
+        if context.active_object.mode != "EDIT":
+            col.label(text="Select the vertices to keep in Edit Mode", icon="INFO")
+        layout.prop(context.scene.hhmr, "only_selected_bones")
+        layout.operator("hhmr.refit", icon="ARMATURE_DATA")
+
+
+class HHMR_PT_hypotheses(_Panel):
+    bl_label = "Hypotheses"
+    bl_parent_id = "HHMR_PT_main"
+
+    def draw(self, context):
+        layout = self.layout
+        obj = scene.hand_of(context.active_object)
+        if obj is None:
+            layout.label(text="No HHMR hand selected")
+            return
+        layout.label(text=f"{obj.name} ({obj.hhmr.handedness})")
+        layout.template_list("HHMR_UL_hypotheses", "", obj.hhmr, "hypotheses", obj.hhmr,
+                             "active_index", rows=4)
+        row = layout.row(align=True)
+        row.operator("hhmr.apply_hypothesis", icon="CHECKMARK")
+        row.operator("hhmr.delete_hypothesis", icon="X", text="Delete")
+
+
+CLASSES = (HHMR_UL_hypotheses, HHMR_PT_main, HHMR_PT_reconstruct, HHMR_PT_edit,
+           HHMR_PT_hypotheses)

@@ -1,0 +1,115 @@
+"""Add-on properties: preferences, per-scene settings, per-object hypotheses."""
+
+import bpy
+from bpy.props import (
+    BoolProperty,
+    CollectionProperty,
+    EnumProperty,
+    FloatProperty,
+    IntProperty,
+    PointerProperty,
+    StringProperty,
+)
+
+from .wire import client as wire_client
+
+
+def _show_active(self, context) -> None:
+    from . import scene
+
+    obj = self.id_data
+    if 0 <= self.active_index < len(self.hypotheses):
+        scene.show(obj, self.hypotheses[self.active_index].key_name)
+
+
+class HHMR_Hypothesis(bpy.types.PropertyGroup):
+    key_name: StringProperty(name="Shape key")
+    score: FloatProperty(name="Score", description="Higher is better (the backend's score)")
+    op: StringProperty(name="From")
+
+
+class HHMR_ObjectSettings(bpy.types.PropertyGroup):
+    is_hand: BoolProperty(name="HHMR hand", default=False)
+    handedness: EnumProperty(name="Hand", items=[("right", "Right", ""), ("left", "Left", "")])
+    hypotheses: CollectionProperty(type=HHMR_Hypothesis)
+    active_index: IntProperty(name="Shown hypothesis", default=-1, update=_show_active)
+    camera: PointerProperty(type=bpy.types.Object, name="Camera")
+
+
+class HHMR_SceneSettings(bpy.types.PropertyGroup):
+    n: IntProperty(name="Hypotheses", default=8, min=1, max=64)
+    steps: IntProperty(name="Steps", default=10, min=1, max=200,
+                       description="Diffusion (DDIM) steps")
+    seed: IntProperty(name="Seed", default=0, min=0)
+    auto_guidance: BoolProperty(name="Default guidance", default=True,
+                                description="Use the backend's tuned guidance strength")
+    guidance: FloatProperty(name="Guidance", default=0.01, min=0.0, soft_max=1.0,
+                            precision=4)
+    image_source: EnumProperty(name="Image", items=[
+        ("FILE", "File", "An image file on disk"),
+        ("DATABLOCK", "Image", "An image already in this .blend")])
+    image_path: StringProperty(name="Photo", subtype="FILE_PATH")
+    image: PointerProperty(type=bpy.types.Image, name="Photo")
+    handedness: EnumProperty(name="Hand", items=[
+        ("AUTO", "Detect", "Left or right as the detector sees it"),
+        ("right", "Right", ""), ("left", "Left", "")])
+    only_selected_bones: BoolProperty(
+        name="Only selected bones", default=False,
+        description="Refit to the selected bones' keypoints only; the rest is generated")
+
+
+class HHMR_Preferences(bpy.types.AddonPreferences):
+    bl_idname = __package__
+
+    address: StringProperty(name="Backend address", default=wire_client.DEFAULT_ADDRESS,
+                            description="ZeroMQ address of the HHMR backend")
+    command: StringProperty(
+        name="Backend command", default="hhmr",
+        description="The 'hhmr' command, or a Python with the hhmr package, for "
+                    "'Start local backend'")
+    timeout_s: FloatProperty(name="Timeout (s)", default=30.0, min=1.0,
+                             description="Longest silence from the backend per attempt")
+    retries: IntProperty(name="Retries", default=1, min=0, max=10)
+
+    def draw(self, context) -> None:
+        from . import local_backend, runner
+
+        layout = self.layout
+        layout.prop(self, "address")
+        row = layout.row()
+        row.prop(self, "timeout_s")
+        row.prop(self, "retries")
+        layout.prop(self, "command")
+        row = layout.row()
+        if local_backend.BACKEND.running:
+            row.operator("hhmr.stop_backend", icon="CANCEL")
+        else:
+            row.operator("hhmr.start_backend", icon="PLAY")
+        row.operator("hhmr.check_backend", icon="FILE_REFRESH")
+        layout.label(text=connection_text(runner.STATE.info))
+
+
+def connection_text(info: dict | None) -> str:
+    if not info:
+        return "Not connected (Check connection)"
+    topo = info.get("topology") or {}
+    return (f"Connected: {info.get('server', '?')} {info.get('version', '')} on "
+            f"{info.get('device', '?')}, {info.get('model', '?')} hand, "
+            f"{topo.get('num_vertices', '?')} vertices")
+
+
+CLASSES = (HHMR_Hypothesis, HHMR_ObjectSettings, HHMR_SceneSettings, HHMR_Preferences)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+    bpy.types.Object.hhmr = PointerProperty(type=HHMR_ObjectSettings)
+    bpy.types.Scene.hhmr = PointerProperty(type=HHMR_SceneSettings)
+
+
+def unregister() -> None:
+    del bpy.types.Scene.hhmr
+    del bpy.types.Object.hhmr
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

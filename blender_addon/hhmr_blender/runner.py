@@ -1,0 +1,229 @@
+"""Backend requests from Blender: one job at a time, polled by a timer so the UI never
+freezes; in background mode (``blender -b``, the bpy module) timers never fire, so there the
+request blocks. Results land through scene.apply_hypotheses, all at once or not at all."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import bpy
+import numpy as np
+
+from . import jobs, scene
+from .handdata import HandTopology
+from .hypotheses import HypothesisSet
+
+POLL_S = 0.1
+FORCE_ASYNC = False  # tests: use the timer path in background mode, polling by hand
+
+
+@dataclass
+class State:
+    job: jobs.TrackedJob | None = None
+    status: str = ""
+    error: str = ""
+    last_seconds: float = 0.0
+    landed: list[str] = field(default_factory=list)  # names of the objects of the last result
+    topologies: dict[str, HandTopology] = field(default_factory=dict)  # per backend address
+    info: dict | None = None
+
+
+STATE = State()
+
+
+def prefs() -> bpy.types.AddonPreferences:
+    return bpy.context.preferences.addons[__package__].preferences
+
+
+def client(timeout_s: float | None = None):
+    p = prefs()
+    return jobs.make_client(p.address, timeout_s or p.timeout_s, retries=p.retries)
+
+
+def info(refresh: bool = False) -> dict:
+    """The backend's ``info`` (blocking, short timeout); raises TimeoutError/RemoteError."""
+    if STATE.info is None or refresh:
+        c = client(timeout_s=min(prefs().timeout_s, 5.0))
+        job = c.submit("info")
+        try:
+            STATE.info = job.wait()
+        finally:
+            job.close()
+    return STATE.info
+
+
+def topology() -> HandTopology:
+    address = prefs().address
+    if address not in STATE.topologies:
+        STATE.topologies[address] = HandTopology.from_info(info(refresh=True))
+    return STATE.topologies[address]
+
+
+def busy() -> bool:
+    return STATE.job is not None
+
+
+def start(task: jobs.Task) -> list[str] | None:
+    """Send ``task``; in background mode wait and land the result (returns the objects it
+    landed on), else return None and let the timer land it."""
+    if busy():
+        raise RuntimeError("a request is already running: wait for it or cancel it")
+    topo = topology()
+    STATE.error, STATE.status = "", f"{task.op}: sent"
+    STATE.job = jobs.TrackedJob(client(), task, topo.num_vertices)
+    if bpy.app.background and not FORCE_ASYNC:
+        try:
+            results = STATE.job.wait()
+        except BaseException as err:
+            _fail(err)
+            raise
+        return _land(results)
+    _progress_begin()
+    bpy.app.timers.register(poll, first_interval=POLL_S)
+    return None
+
+
+def poll() -> float | None:
+    """The timer: None (stop) once the job has ended, else the seconds to the next poll."""
+    job = STATE.job
+    if job is None:
+        return None
+    try:
+        results = job.poll()
+    except Exception as err:  # noqa: BLE001 - any failure ends the job, reported
+        _fail(err)
+        _popup(STATE.error)
+        return None
+    if results is None:
+        frac, msg = job.progress
+        STATE.status = f"{job.task.op}: {msg} {frac * 100:.0f}% ({job.elapsed:.1f} s)"
+        _progress(frac)
+        return POLL_S
+    try:
+        _land(results)
+        if not bpy.app.background:
+            bpy.ops.ed.undo_push(message=f"HHMR {job.task.op}")
+    except Exception as err:  # noqa: BLE001
+        _fail(err)
+        _popup(STATE.error)
+    return None
+
+
+def cancel() -> None:
+    if STATE.job is not None:
+        STATE.job.cancel()
+        STATE.status = f"{STATE.job.task.op}: cancelling"
+
+
+def _land(results: list[HypothesisSet]) -> list[str]:
+    job, STATE.job = STATE.job, None
+    _progress_end()
+    try:
+        names = land(results, job.task)
+    finally:
+        job.close()
+    STATE.last_seconds = job.elapsed
+    STATE.landed = names
+    n = sum(len(r) for r in results)
+    STATE.status = f"{job.task.op}: {n} hypotheses on {', '.join(names)} in " \
+                   f"{STATE.last_seconds:.1f} s"
+    return names
+
+
+def land(results: list[HypothesisSet], task: jobs.Task) -> list[str]:
+    """Put results into the scene: on the task's target hand, or on new hands."""
+    topo = topology()
+    names = []
+    for hset in results:
+        obj = bpy.data.objects.get(task.target) if task.target else None
+        if task.target and not scene.is_hand(obj):
+            raise ValueError(f"the hand '{task.target}' is gone")
+        pose = weights = None
+        if obj is None:
+            obj = scene.create_hand(topo, hset.handedness, f"HHMR {hset.label}".strip(),
+                                    location=hset.location)
+            if task.op == "reconstruct":
+                _camera_for(task, hset, obj)
+        elif task.meta.get("posed"):
+            pose = scene.bone_matrices(obj, topo)
+            weights = scene.skin_weights(obj, topo)
+        scene.apply_hypotheses(obj, hset, pose, weights)
+        names.append(obj.name)
+    return names
+
+
+def _camera_for(task: jobs.Task, hset: HypothesisSet, obj: bpy.types.Object) -> None:
+    K, size = hset.extra.get("K"), hset.extra.get("image_size")
+    if K is None or not size:
+        return
+    image = bpy.data.images.get(task.meta.get("image", ""))
+    if image is None and task.meta.get("image_path"):
+        image = bpy.data.images.load(task.meta["image_path"], check_existing=True)
+    cam = scene.create_camera(f"{obj.name} camera", np.asarray(K), int(size[0]), int(size[1]),
+                              image)
+    obj.hhmr.camera = cam
+
+
+def _fail(err: BaseException) -> None:
+    job, STATE.job = STATE.job, None
+    _progress_end()
+    if job is not None:
+        job.close()
+    STATE.error = jobs.describe_error(err)
+    STATE.status = ""
+    print(f"HHMR: {STATE.error}")
+
+
+# ---------------------------------------------------------------------------- UI feedback
+
+def _windows():
+    wm = bpy.context.window_manager
+    return list(wm.windows) if wm is not None else []
+
+
+def _progress_begin() -> None:
+    if not bpy.app.background:
+        bpy.context.window_manager.progress_begin(0, 100)
+
+
+def _progress(frac: float) -> None:
+    if bpy.app.background:
+        return
+    bpy.context.window_manager.progress_update(int(frac * 100))
+    for win in _windows():
+        win.workspace.status_text_set(f"HHMR {STATE.status}  (Cancel: HHMR panel)")
+    _redraw()
+
+
+def _progress_end() -> None:
+    if bpy.app.background:
+        return
+    bpy.context.window_manager.progress_end()
+    for win in _windows():
+        win.workspace.status_text_set(None)
+    _redraw()
+
+
+def _redraw() -> None:
+    for win in _windows():
+        for area in win.screen.areas:
+            if area.type == "VIEW_3D":
+                area.tag_redraw()
+
+
+def _popup(text: str) -> None:
+    if bpy.app.background or not text:
+        return
+
+    def draw(menu, _context):
+        menu.layout.label(text=text)
+
+    bpy.context.window_manager.popup_menu(draw, title="HHMR", icon="ERROR")
+
+
+def image_bytes(path: str) -> bytes:
+    p = Path(bpy.path.abspath(path))
+    if not p.is_file():
+        raise FileNotFoundError(f"no image file at {p}")
+    return p.read_bytes()

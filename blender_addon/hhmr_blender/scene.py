@@ -1,0 +1,297 @@
+"""Everything that touches Blender data: hand objects, rigs, shape keys, selections.
+
+Thin on purpose: the maths lives in handdata, hypotheses and jobs, which run without bpy.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+
+import bpy
+import numpy as np
+
+from . import handdata, hypotheses
+from .handdata import HandTopology
+from .hypotheses import HypothesisSet, KeyState
+
+BASIS = "Basis"
+
+
+# ---------------------------------------------------------------------------- hand objects
+
+def is_hand(obj: bpy.types.Object | None) -> bool:
+    return obj is not None and obj.type == "MESH" and bool(obj.hhmr.is_hand)
+
+
+def hand_of(obj: bpy.types.Object | None) -> bpy.types.Object | None:
+    """The HHMR hand mesh for an object: itself, or the hand an armature drives."""
+    if is_hand(obj):
+        return obj
+    if obj is not None and obj.type == "ARMATURE":
+        for child in obj.children:
+            if is_hand(child):
+                return child
+    return None
+
+
+def rig_of(hand: bpy.types.Object) -> bpy.types.Object | None:
+    for mod in hand.modifiers:
+        if mod.type == "ARMATURE" and mod.object is not None:
+            return mod.object
+    return None
+
+
+def _set_mode(obj: bpy.types.Object, mode: str) -> None:
+    view_layer = bpy.context.view_layer
+    view_layer.objects.active = obj
+    window = bpy.context.window or (bpy.context.window_manager.windows[0]
+                                    if bpy.context.window_manager.windows else None)
+    with bpy.context.temp_override(window=window, active_object=obj, object=obj,
+                                   view_layer=view_layer):
+        bpy.ops.object.mode_set(mode=mode)
+
+
+def create_hand(topo: HandTopology, handedness: str, name: str,
+                collection: bpy.types.Collection | None = None,
+                location: np.ndarray | None = None) -> bpy.types.Object:
+    """A hand mesh of the backend's topology, skinned to a 16-bone armature (its parent)."""
+    collection = collection or bpy.context.scene.collection
+    verts, faces = topo.mesh(handedness)
+    mesh = bpy.data.meshes.new(name)
+    mesh.from_pydata(verts.tolist(), [], faces.tolist())
+    mesh.update()
+    obj = bpy.data.objects.new(name, mesh)
+    rig = bpy.data.objects.new(f"{name} rig", bpy.data.armatures.new(f"{name} rig"))
+    rig.show_in_front = True
+    collection.objects.link(rig)
+    collection.objects.link(obj)
+    if location is not None:
+        rig.location = [float(x) for x in location]
+    _set_mode(rig, "EDIT")
+    try:
+        made = {}
+        for b in topo.bones(handedness):
+            eb = rig.data.edit_bones.new(b.name)
+            eb.head, eb.tail = b.head.tolist(), b.tail.tolist()
+            if b.parent:
+                eb.parent = made[b.parent]
+            made[b.name] = eb
+    finally:
+        _set_mode(rig, "OBJECT")
+    for j, joint in enumerate(topo.joint_names):
+        group = obj.vertex_groups.new(name=joint)
+        w = topo.skin_weights[:, j]
+        for i in np.flatnonzero(w > 1e-6):
+            group.add([int(i)], float(w[i]), "REPLACE")
+    obj.parent = rig
+    mod = obj.modifiers.new("HHMR rig", "ARMATURE")
+    mod.object = rig
+    obj.hhmr.is_hand, obj.hhmr.handedness = True, handedness
+    return obj
+
+
+def create_camera(name: str, K: np.ndarray, width: int, height: int,
+                  image: bpy.types.Image | None = None) -> bpy.types.Object:
+    """A camera at the origin looking along +Y with the photo's intrinsics (and the photo as
+    its background), so the camera view shows a reconstruction over its photo."""
+    cam = bpy.data.cameras.new(name)
+    for attr, value in handdata.camera_lens(K, width, height).items():
+        setattr(cam, attr, value)
+    cam.sensor_fit = "HORIZONTAL" if width >= height else "VERTICAL"
+    if cam.sensor_fit == "VERTICAL":
+        cam.sensor_height = cam.sensor_width
+    if image is not None:
+        cam.show_background_images = True
+        cam.background_images.new().image = image
+    obj = bpy.data.objects.new(name, cam)
+    obj.rotation_euler = (math.pi / 2, 0.0, 0.0)
+    bpy.context.scene.collection.objects.link(obj)
+    return obj
+
+
+# ---------------------------------------------------------------------------- reading
+
+def _co(data, n: int) -> np.ndarray:
+    out = np.empty(n * 3, np.float32)
+    data.foreach_get("co", out)
+    return out.reshape(n, 3)
+
+
+def key_states(obj: bpy.types.Object) -> list[KeyState]:
+    keys = obj.data.shape_keys
+    if keys is None:
+        return []
+    blocks = list(keys.key_blocks)
+    index = {kb.name: i for i, kb in enumerate(blocks)}
+    n = len(obj.data.vertices)
+    return [KeyState(kb.name, _co(kb.data, n), float(kb.value),
+                     index.get(kb.relative_key.name, 0), bool(kb.mute)) for kb in blocks]
+
+
+def displayed_vertices(obj: bpy.types.Object) -> np.ndarray:
+    """Object-local vertices as shown: shape keys mixed and the rig's pose applied."""
+    if obj.mode == "EDIT":
+        obj.update_from_editmode()
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    evaluated = obj.evaluated_get(depsgraph)
+    mesh = evaluated.to_mesh()
+    try:
+        if len(mesh.vertices) != len(obj.data.vertices):
+            raise ValueError("a modifier changes the vertex count: disable it first")
+        return _co(mesh.vertices, len(mesh.vertices))
+    finally:
+        evaluated.to_mesh_clear()
+
+
+def selected_vertices(obj: bpy.types.Object) -> np.ndarray:
+    if obj.mode == "EDIT":
+        obj.update_from_editmode()
+    sel = np.zeros(len(obj.data.vertices), bool)
+    obj.data.vertices.foreach_get("select", sel)
+    return sel
+
+
+def bone_matrices(hand: bpy.types.Object, topo: HandTopology) -> np.ndarray:
+    """Per joint, the pose deformation (posed @ rest^-1) in the hand's own frame."""
+    rig = rig_of(hand)
+    mats = np.tile(np.eye(4), (topo.num_joints, 1, 1))
+    if rig is None:
+        return mats
+    to_rig = rig.matrix_world.inverted() @ hand.matrix_world
+    from_rig = to_rig.inverted()
+    for j, name in enumerate(topo.joint_names):
+        pb = rig.pose.bones.get(name)
+        if pb is not None:
+            m = from_rig @ pb.matrix @ pb.bone.matrix_local.inverted() @ to_rig
+            mats[j] = np.array(m)
+    return mats
+
+
+def rig_keypoints(hand: bpy.types.Object, topo: HandTopology, only_selected: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The posed rig's 21 keypoints in the hand's frame, and the mask of keypoints that the
+    selected bones pin (None: all)."""
+    rig = rig_of(hand)
+    if rig is None:
+        raise ValueError(f"'{hand.name}' has no armature: create hands with HHMR")
+    missing = [n for n in topo.joint_names if n not in rig.pose.bones]
+    if missing:
+        raise ValueError(f"the armature lacks the bones {missing[:4]}...: not an HHMR rig")
+    m = hand.matrix_world.inverted() @ rig.matrix_world
+    heads = {pb.name: list(m @ pb.head) for pb in rig.pose.bones}
+    tails = {pb.name: list(m @ pb.tail) for pb in rig.pose.bones}
+    kp = topo.keypoints_from_bones(heads, tails)
+    if not only_selected:
+        return kp, None
+    chosen = [pb.name for pb in rig.pose.bones if _bone_selected(pb)]
+    return kp, topo.keypoint_mask(chosen)
+
+
+def _bone_selected(pb: bpy.types.PoseBone) -> bool:
+    sel = getattr(pb, "select", None)  # Blender 5.0 moved selection onto the pose bone
+    return bool(pb.bone.select if sel is None else sel)
+
+
+# ---------------------------------------------------------------------------- shape keys
+
+def ours(obj: bpy.types.Object) -> list[str]:
+    return [h.key_name for h in obj.hhmr.hypotheses]
+
+
+def apply_hypotheses(obj: bpy.types.Object, hset: HypothesisSet,
+                     pose: np.ndarray | None = None,
+                     weights: np.ndarray | None = None) -> list[str]:
+    """Put hypotheses on ``obj`` as shape keys hyp_00.. (best first, shown), replacing the
+    previous ones, all or nothing. The user's own keys are not touched. With ``pose`` and
+    ``weights`` the hypotheses are in posed space and are stored unposed, under the rig."""
+    hset.check(len(obj.data.vertices))
+    if obj.mode != "OBJECT":  # edit mode would overwrite new keys when it is left
+        _set_mode(obj, "OBJECT")
+    verts = hset.vertices
+    if pose is not None:
+        verts = handdata.unpose(verts, weights, pose)
+        if not np.isfinite(verts).all():
+            raise ValueError("the rig's pose cannot be undone for these vertices")
+    if obj.data.shape_keys is None:
+        obj.shape_key_add(name=BASIS, from_mix=False)
+    token = secrets.token_hex(4)
+    temp = [f"hhmr_new_{token}_{i}" for i in range(len(hset))]
+    try:
+        for name, co in zip(temp, verts, strict=True):
+            kb = obj.shape_key_add(name=name, from_mix=False)
+            kb.data.foreach_set("co", np.ascontiguousarray(co, np.float32).ravel())
+            kb.value = 0.0
+            kb.relative_key = obj.data.shape_keys.key_blocks[0]
+    except BaseException:
+        _remove_keys(obj, temp)
+        raise
+    _remove_keys(obj, ours(obj))
+    blocks = obj.data.shape_keys.key_blocks
+    final = hypotheses.names(len(hset))
+    for t, name in zip(temp, final, strict=True):
+        blocks[t].name = name
+    final = [blocks[i].name for i in range(len(blocks) - len(hset), len(blocks))]
+    obj.hhmr.hypotheses.clear()
+    for name, score in zip(final, hset.scores, strict=True):
+        item = obj.hhmr.hypotheses.add()
+        item.key_name, item.score, item.op = name, float(score), hset.op
+    obj.hhmr.active_index = 0  # shows the best
+    show(obj, final[0])
+    obj.data.update()
+    return final
+
+
+def _remove_keys(obj: bpy.types.Object, key_names: list[str]) -> None:
+    keys = obj.data.shape_keys
+    if keys is None:
+        return
+    for name in key_names:
+        kb = keys.key_blocks.get(name)
+        if kb is not None:
+            obj.shape_key_remove(kb)
+
+
+def show(obj: bpy.types.Object, name: str | None) -> None:
+    """Only hypothesis ``name`` on (value 1), the other hypotheses off; user keys untouched."""
+    keys = obj.data.shape_keys
+    if keys is None:
+        return
+    names = [kb.name for kb in keys.key_blocks]
+    for key, value in hypotheses.values_to_show(names, ours(obj), name).items():
+        keys.key_blocks[key].value = value
+    if name in names:
+        obj.active_shape_key_index = names.index(name)
+
+
+def delete_hypothesis(obj: bpy.types.Object, index: int) -> None:
+    name = obj.hhmr.hypotheses[index].key_name
+    _remove_keys(obj, [name])
+    obj.hhmr.hypotheses.remove(index)
+    obj.hhmr.active_index = min(index, len(obj.hhmr.hypotheses) - 1)
+
+
+def apply_as_basis(obj: bpy.types.Object, index: int) -> None:
+    """Make hypothesis ``index`` the mesh's basis (the reference key and the vertices) and
+    drop its key; other keys keep their own coordinates."""
+    name = obj.hhmr.hypotheses[index].key_name
+    blocks = obj.data.shape_keys.key_blocks
+    n = len(obj.data.vertices)
+    co = _co(blocks[name].data, n).ravel()
+    blocks[0].data.foreach_set("co", co)
+    obj.data.vertices.foreach_set("co", co)
+    delete_hypothesis(obj, index)
+    show(obj, None)
+    obj.data.update()
+
+
+def skin_weights(obj: bpy.types.Object, topo: HandTopology) -> np.ndarray:
+    """The hand's vertex-group weights [V, J] in joint order."""
+    w = np.zeros((len(obj.data.vertices), topo.num_joints), np.float32)
+    col = {g.index: topo.joint_names.index(g.name) for g in obj.vertex_groups
+           if g.name in topo.joint_names}
+    for v in obj.data.vertices:
+        for g in v.groups:
+            if g.group in col:
+                w[v.index, col[g.group]] = g.weight
+    return w
