@@ -4,7 +4,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -12,34 +11,13 @@ import time
 import numpy as np
 import pytest
 import zmq
+from backend_process import free_port, start_server
 from hhmr import protocol as P
 from hhmr.client import HHMRClient, RemoteError
 from hhmr.paths import weights_dir
 
 WEIGHTS = weights_dir() / "hhmr_prior.pt"
 pytestmark = pytest.mark.skipif(not WEIGHTS.exists(), reason="no trained weights")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(port: int, *extra: str) -> subprocess.Popen:
-    """A real `hhmr serve` on loopback; its log goes to a file (`proc.log_path`): a pipe
-    nobody drains would fill up and stall the server's one-line-per-request log."""
-    import tempfile
-
-    exe = shutil.which("hhmr")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
-    proc = subprocess.Popen([exe, "serve", "--bind", f"tcp://127.0.0.1:{port}", *extra],
-                            stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
-    proc.log_path = log.name
-    client = HHMRClient(f"tcp://127.0.0.1:{port}", timeout_s=2.0, retries=30)
-    client.info()  # waits until the model is loaded
-    return proc
 
 
 @pytest.fixture(scope="module")

@@ -196,24 +196,12 @@ class Server:
 
     def info(self) -> dict:
         hand = self.pipe.hand
-        lim = hand.joint_limits
         return {
             "server": "hhmr", "version": __version__, "protocol": P.PROTOCOL_VERSION,
             "device": str(self.device), "model": hand.name,
             "limits": self.limits.to_dict(),
             "ops": list(P.OPS),
-            "topology": {
-                "num_vertices": hand.num_vertices,
-                "faces": hand.faces.cpu().numpy().astype(np.int32),
-                "template": hand.v_template.cpu().numpy().astype(np.float32),
-                "keypoint_names": list(hand.keypoint_names),
-                "parents": list(hand.parents),
-                "skin_weights": hand.weights.cpu().numpy().astype(np.float32),
-                "rest_joints": (hand.joint_regressor16() @ hand.v_template).cpu().numpy()
-                .astype(np.float32),
-                "keypoint_regressor": hand.keypoint_regressor.cpu().numpy().astype(np.float32),
-                "joint_frames": lim.frames.cpu().numpy().astype(np.float32),
-            },
+            "topology": hand_topology(hand),
         }
 
     # ---- the compute thread --------------------------------------------------------------
@@ -368,6 +356,22 @@ class Server:
 
 
 MAX_BATCH = 64  # hypotheses per device batch
+
+
+def hand_topology(hand) -> dict:
+    """The ``topology`` of the info reply: what a client needs to build and rig the mesh."""
+    return {
+        "num_vertices": hand.num_vertices,
+        "faces": hand.faces.cpu().numpy().astype(np.int32),
+        "template": hand.v_template.cpu().numpy().astype(np.float32),
+        "keypoint_names": list(hand.keypoint_names),
+        "parents": list(hand.parents),
+        "skin_weights": hand.weights.cpu().numpy().astype(np.float32),
+        "rest_joints": (hand.joint_regressor16() @ hand.v_template).cpu().numpy()
+        .astype(np.float32),
+        "keypoint_regressor": hand.keypoint_regressor.cpu().numpy().astype(np.float32),
+        "joint_frames": hand.joint_limits.frames.cpu().numpy().astype(np.float32),
+    }
 
 
 def _opts(a: dict) -> dict:

@@ -70,7 +70,7 @@ class Task:
             out.append(HypothesisSet.ranked(
                 verts, joints, h.scores, self.op, handedness=side, location=location,
                 label=label, extra={"image_size": result.get("image_size"),
-                                    "K": self.meta.get("K")}))
+                                    "K": result.get("K")}))
         return out
 
 
@@ -182,4 +182,6 @@ def describe_error(err: BaseException) -> str:
         return f"Backend error {err.code}: {err.message}"
     if isinstance(err, TimeoutError):
         return f"No answer from the backend: is it running? ({err})"
+    if isinstance(err, (ValueError, OSError, RuntimeError)):
+        return str(err)
     return f"{type(err).__name__}: {err}"

@@ -1,0 +1,332 @@
+"""The add-on's pure modules (no bpy): hand data, hypotheses, jobs, wheels, packaging."""
+
+import ast
+import io
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hhmr import protocol as P
+from hhmr.server import hand_topology
+
+ROOT = Path(__file__).resolve().parents[1]
+ADDON = ROOT / "blender_addon"
+sys.path.insert(0, str(ADDON))
+
+from hhmr_blender import deps, handdata, hypotheses, jobs, local_backend  # noqa: E402
+from hhmr_blender.handdata import HandTopology  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def topo(hand):
+    return HandTopology.from_info({"topology": hand_topology(hand)})
+
+
+def random_rotation(rng):
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    return q * np.sign(np.linalg.det(q))
+
+
+def test_topology_checks_what_it_reads(hand):
+    info = {"topology": hand_topology(hand)}
+    HandTopology.from_info(info)
+    with pytest.raises(ValueError, match="no 'topology'"):
+        HandTopology.from_info({})
+    bad = dict(info["topology"], faces=np.array([[0, 1, 99999]], np.int32))
+    with pytest.raises(ValueError, match="faces"):
+        HandTopology.from_info({"topology": bad})
+    bad = dict(info["topology"], skin_weights=np.zeros((5, 16), np.float32))
+    with pytest.raises(ValueError, match="skin_weights"):
+        HandTopology.from_info({"topology": bad})
+
+
+def test_bones_give_back_the_keypoints(topo):
+    kp = topo.keypoint_regressor @ topo.template
+    for side in ("right", "left"):
+        bones = topo.bones(side)
+        assert [b.name for b in bones] == list(topo.joint_names) and len(bones) == 16
+        assert bones[0].parent is None and all(b.parent for b in bones[1:])
+        got = topo.keypoints_from_bones({b.name: b.head for b in bones},
+                                        {b.name: b.tail for b in bones})
+        want = kp * (handdata.MIRROR_X if side == "left" else 1)
+        assert np.abs(got - want).max() < 1e-4  # joints regress onto the bones' heads/tails
+
+
+def test_keypoint_mask_of_bones(topo):
+    mask = topo.keypoint_mask(["index_dip", "wrist"])
+    names = np.array(topo.keypoint_names)[mask]
+    assert set(names) == {"wrist", "index_dip", "index_tip"}
+    assert not topo.keypoint_mask([]).any()
+
+
+def test_left_mesh_is_mirrored_with_reversed_winding(topo):
+    v, f = topo.mesh("left")
+    assert np.allclose(v[:, 0], -topo.template[:, 0]) and np.array_equal(f, topo.faces[:, ::-1])
+
+    def volume(v, f):
+        a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
+        return np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6
+
+    assert np.sign(volume(v, f)) == np.sign(volume(*topo.mesh("right")))  # outward normals
+
+
+def test_unpose_inverts_skinning(topo):
+    rng = np.random.default_rng(0)
+    mats = np.tile(np.eye(4), (16, 1, 1))
+    for j in range(16):
+        mats[j, :3, :3] = random_rotation(rng) * 0.3 + np.eye(3) * 0.7
+        mats[j, :3, 3] = rng.normal(scale=0.01, size=3)
+    w = topo.skin_weights.copy()
+    w[0] = 0.0  # an unweighted vertex stays where it is
+    posed = handdata.skin(topo.template, w, mats)
+    assert np.allclose(posed[0], topo.template[0])
+    assert np.abs(handdata.unpose(posed, w, mats) - topo.template).max() < 1e-5
+    batch = handdata.unpose(np.stack([posed, posed]), w, mats)
+    assert batch.shape == (2, topo.num_vertices, 3)
+
+
+def test_camera_frame_to_blender():
+    r = handdata.CAMERA_TO_BLENDER
+    assert np.allclose(r @ r.T, np.eye(3)) and np.isclose(np.linalg.det(r), 1.0)
+    assert np.allclose(r @ [0, 0, 1], [0, 1, 0]) and np.allclose(r @ [0, 1, 0], [0, 0, -1])
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=(3, 10, 3)) + [0, 0, 0.5]
+    j = rng.normal(size=(3, 21, 3)) + [0, 0, 0.5]
+    local, loc = handdata.camera_to_object(v, j, best=2)
+    assert np.allclose(local + loc, v @ r.T, atol=1e-6)  # positions relative to the camera
+    assert np.allclose(loc, r @ j[2, 0])
+    lens = handdata.camera_lens(np.array([[500, 0, 112], [0, 500, 112], [0, 0, 1]]), 224, 224)
+    assert np.isclose(lens["lens"], 500 * 36 / 224) and lens["shift_x"] == 0
+
+
+def test_hypothesis_names_and_display():
+    assert hypotheses.names(3) == ["hyp_00", "hyp_01", "hyp_02"]
+    assert hypotheses.names(101)[-1] == "hyp_100"
+    assert hypotheses.is_hypothesis_name("hyp_07") and not hypotheses.is_hypothesis_name("hyp")
+    base = np.zeros((4, 3), np.float32)
+    a, b = base + 1, base + 10
+    keys = [hypotheses.KeyState("Basis", base, 1.0, 0),
+            hypotheses.KeyState("a", a, 0.5, 0), hypotheses.KeyState("b", b, 1.0, 0, True)]
+    assert np.allclose(hypotheses.displayed(keys), 0.5)
+    assert hypotheses.values_to_show(["Basis", "mine", "hyp_00", "hyp_01"],
+                                     ["hyp_00", "hyp_01"], "hyp_01") == {"hyp_00": 0.0,
+                                                                        "hyp_01": 1.0}
+
+
+def test_hypothesis_set_ranks_and_checks():
+    v = np.stack([np.full((5, 3), i, np.float32) for i in range(3)])
+    h = hypotheses.HypothesisSet.ranked(v, np.zeros((3, 21, 3)), np.array([0.1, 0.9, 0.5]),
+                                        "generate")
+    assert list(h.scores) == pytest.approx([0.9, 0.5, 0.1]) and h.vertices[0, 0, 0] == 1
+    h.check(5)
+    with pytest.raises(ValueError, match="has 6 vertices"):
+        h.check(6)
+    h.vertices[1, 2, 0] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        h.check(5)
+
+
+def hyp_result(n, V, shift=0.0):
+    return P.make_hypotheses(np.random.default_rng(0).normal(size=(n, V, 3)) + shift,
+                             np.zeros((n, 21, 3)) + shift, np.arange(n, dtype=float))
+
+
+def test_tasks_build_requests_the_protocol_accepts(topo):
+    V = topo.num_vertices
+    opts = jobs.Sampling(n=3, steps=4, seed=2)
+    keep = np.zeros(V, bool)
+    keep[:100] = True
+    tasks = [jobs.generate(opts),
+             jobs.inpaint(topo.template, keep, "left", "Hand", opts),
+             jobs.refit3d(np.zeros((21, 3)), np.ones(21, bool), "right", "Hand", opts),
+             jobs.reconstruct(jobs.Sampling(guidance=0.1), rgb=np.zeros((8, 8, 3), np.uint8),
+                              handedness="left")]
+    for t in tasks:
+        msg = P.unpack(P.pack(P.make_request(t.op, t.args)))
+        req = P.validate_request(msg, num_vertices=V)
+        assert req.op == t.op
+    assert np.allclose(tasks[1].args["vertices"][:, 0], -topo.template[:, 0])  # mirrored
+    assert tasks[3].args["guidance"] == 0.1 and "guidance" not in tasks[0].args
+    with pytest.raises(ValueError, match="select the vertices"):
+        jobs.inpaint(topo.template, np.zeros(V, bool), "right", "Hand", opts)
+    with pytest.raises(ValueError, match="every vertex"):
+        jobs.inpaint(topo.template, np.ones(V, bool), "right", "Hand", opts)
+    with pytest.raises(ValueError, match="no selected bone"):
+        jobs.refit3d(np.zeros((21, 3)), np.zeros(21, bool), "right", "Hand", opts)
+    with pytest.raises(ValueError, match="give an image"):
+        jobs.reconstruct(opts)
+
+
+def test_results_are_ranked_and_mirrored_back():
+    t = jobs.Task("inpaint", {}, handedness="left", target="Hand")
+    res = hyp_result(3, 7)
+    (h,) = t.results(res, 7)
+    assert list(h.scores) == [2, 1, 0]
+    assert np.allclose(h.vertices[0], res["vertices"][2] * [-1, 1, 1])
+    with pytest.raises(P.ProtocolError):
+        t.results(hyp_result(3, 7), 8)  # not this mesh
+
+
+def test_reconstruct_results_per_hand():
+    t = jobs.reconstruct(jobs.Sampling(), rgb=np.zeros((4, 4, 3), np.uint8), label="p")
+    hands = [dict(hyp_result(2, 5, 0.5), handedness="left"),
+             dict(hyp_result(2, 5, 0.4), handedness="right")]
+    K = np.eye(3, dtype=np.float32)
+    out = t.results({"hands": hands, "image_size": [4, 4], "K": K}, 5)
+    assert [h.handedness for h in out] == ["left", "right"]
+    assert [h.label for h in out] == ["p hand 0", "p hand 1"]
+    assert np.allclose(out[0].location, handdata.CAMERA_TO_BLENDER @ [0.5, 0.5, 0.5])
+    assert out[0].extra["K"] is K
+    with pytest.raises(P.ProtocolError):
+        t.results({"hands": []}, 5)
+
+
+def test_pixels_to_rgb_flips_rows():
+    w, h = 3, 2
+    px = np.zeros((h, w, 4), np.float32)
+    px[0, 0] = [1, 0, 0, 1]  # Blender's first row is the bottom one
+    rgb = jobs.pixels_to_rgb(px.ravel(), w, h, 4)
+    assert rgb.shape == (2, 3, 3) and rgb.dtype == np.uint8
+    assert tuple(rgb[1, 0]) == (255, 0, 0) and tuple(rgb[0, 0]) == (0, 0, 0)
+
+
+def test_errors_read_well():
+    err = jobs.RemoteError(P.NO_HAND, "none")
+    assert "No hand found" in jobs.describe_error(err)
+    assert "BAD_ARGUMENT" in jobs.describe_error(jobs.RemoteError(P.BAD_ARGUMENT, "n"))
+    assert "is it running" in jobs.describe_error(TimeoutError("x"))
+
+
+WHEELS = ["pyzmq-27.1.0-cp310-cp310-macosx_10_15_universal2.whl",
+          "pyzmq-27.1.0-cp311-cp311-manylinux_2_26_x86_64.manylinux_2_28_x86_64.whl",
+          "pyzmq-27.1.0-cp312-abi3-win_amd64.whl",
+          "pyzmq-27.1.0-cp311-cp311-win_amd64.whl",
+          "msgpack-1.1.2-cp311-cp311-manylinux2014_x86_64.manylinux_2_17_x86_64.whl",
+          "msgpack-1.1.2-cp311-cp311-manylinux2014_aarch64.manylinux_2_17_aarch64.whl"]
+
+
+@pytest.mark.parametrize("project,py,system,machine,want", [
+    ("pyzmq", (3, 11), "Linux", "x86_64", WHEELS[1]),
+    ("pyzmq", (3, 10), "Darwin", "arm64", WHEELS[0]),
+    ("pyzmq", (3, 10), "Darwin", "x86_64", WHEELS[0]),
+    ("pyzmq", (3, 13), "Windows", "AMD64", WHEELS[2]),
+    ("pyzmq", (3, 11), "Windows", "AMD64", WHEELS[3]),
+    ("pyzmq", (3, 10), "Linux", "x86_64", None),
+    ("msgpack", (3, 11), "Linux", "aarch64", WHEELS[5]),
+    ("msgpack", (3, 11), "Linux", "x86_64", WHEELS[4]),
+])
+def test_wheel_for_each_blender(project, py, system, machine, want):
+    assert deps.pick_wheel(WHEELS, project, py, system, machine) == want
+
+
+def test_backend_command_line(tmp_path):
+    exe = Path(sys.executable)
+    assert local_backend.command_line(str(exe), "tcp://127.0.0.1:1")[1:] == [
+        "-m", "hhmr.cli", "serve", "--bind", "tcp://127.0.0.1:1"]
+    assert local_backend.command_line("hhmr", "tcp://x:1")[1:] == ["serve", "--bind",
+                                                                   "tcp://x:1"]
+    with pytest.raises(FileNotFoundError, match="preferences"):
+        local_backend.command_line(str(tmp_path / "nope"), "tcp://x:1")
+
+
+def test_addon_never_imports_torch():
+    for path in (ADDON / "hhmr_blender").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
+                 for a in n.names}
+        names |= {n.module.split(".")[0] for n in ast.walk(tree)
+                  if isinstance(n, ast.ImportFrom) and n.module and n.level == 0}
+        assert not names & {"torch", "scipy", "PIL", "mediapipe"}, path
+
+
+@pytest.fixture(scope="module")
+def extension_zip(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ext") / "hhmr_blender.zip"
+    subprocess.run([sys.executable, str(ROOT / "tools" / "build_extension.py"), "--out",
+                    str(out), "--platforms", "linux-x64,windows-x64", "--pythons", "3.11",
+                    "--wheel-cache", str(ROOT / "dist" / "wheels")], check=True)
+    return out
+
+
+def test_extension_zip_contents(extension_zip):
+    with zipfile.ZipFile(extension_zip) as z:
+        names = z.namelist()
+        assert all(n.startswith("hhmr_blender/") for n in names)
+        for vendored in ("protocol.py", "client.py"):
+            assert z.read(f"hhmr_blender/vendor/{vendored}") == \
+                (ROOT / "backend" / "hhmr" / vendored).read_bytes()
+        wheels = sorted(n.split("/")[-1] for n in names if n.endswith(".whl"))
+        assert len(wheels) == 4 and {w.split("-")[0] for w in wheels} == {"pyzmq", "msgpack"}
+        manifest = z.read("hhmr_blender/blender_manifest.toml").decode()
+        for w in wheels:
+            assert f'"./wheels/{w}"' in manifest
+        init = z.read("hhmr_blender/__init__.py").decode()
+        assert '"blender": (3, 4, 0)' in init
+        assert not any("__pycache__" in n or "/_deps/" in n for n in names)
+        for n in names:
+            if n.endswith(".py"):
+                assert "import torch" not in z.read(n).decode(), n
+        # the vendored client runs from the zip with no hhmr package
+        z.extractall(extension_zip.parent / "x")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import builtins; real = "
+            "builtins.__import__\n"
+            "def guard(name, *a, **k):\n"
+            "    assert name.split('.')[0] not in ('hhmr', 'torch'), name\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = guard\n"
+            "from hhmr_blender import jobs, wire\n"
+            "print(wire.protocol.__file__)")
+    res = subprocess.run([sys.executable, "-c", code, str(extension_zip.parent / "x")],
+                         capture_output=True, text=True)
+    assert res.returncode == 0 and "vendor" in res.stdout, res.stderr
+
+
+def test_extension_manifest_validates(extension_zip):
+    bpy = pytest.importorskip("bpy")
+    tool = next(Path(bpy.__file__).parents[3].rglob("bl_pkg/cli/blender_ext.py"))
+    res = subprocess.run([sys.executable, str(tool), "validate", str(extension_zip)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_legacy_wheel_unpacking(extension_zip, tmp_path):
+    """What Blender 3.4-4.1 do: deps.ensure() unpacks the matching wheels from the zip."""
+    with zipfile.ZipFile(extension_zip) as z:
+        z.extractall(tmp_path)
+    code = ("import sys; sys.path = [p for p in sys.path if 'site-packages' not in p]; "
+            "sys.path.insert(0, sys.argv[1])\n"
+            "import importlib.util\n"
+            "assert importlib.util.find_spec('zmq') is None\n"
+            "from hhmr_blender import deps\n"
+            "print(deps.ensure())\n"
+            "import zmq, msgpack; print(zmq.__file__)")
+    res = subprocess.run([sys.executable, "-S", "-c", code, str(tmp_path)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "_deps" in res.stdout and "pyzmq" in res.stdout
+
+
+def test_glb_reader_helper():
+    # used by the batch tests: a minimal GLB with one JSON chunk round-trips
+    doc = {"meshes": [{"primitives": [{"targets": [{}, {}]}]}]}
+    assert read_glb_json(make_glb(doc)) == doc
+
+
+def make_glb(doc) -> bytes:
+    body = json.dumps(doc).encode()
+    body += b" " * (-len(body) % 4)
+    chunk = len(body).to_bytes(4, "little") + b"JSON" + body
+    return b"glTF" + (2).to_bytes(4, "little") + (12 + len(chunk)).to_bytes(4, "little") + chunk
+
+
+def read_glb_json(data: bytes) -> dict:
+    f = io.BytesIO(data)
+    assert f.read(4) == b"glTF"
+    f.read(8)
+    n = int.from_bytes(f.read(4), "little")
+    assert f.read(4) == b"JSON"
+    return json.loads(f.read(n))
