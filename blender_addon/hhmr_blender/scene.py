@@ -220,7 +220,7 @@ def apply_hypotheses(obj: bpy.types.Object, hset: HypothesisSet,
     try:
         for name, co in zip(temp, verts, strict=True):
             kb = obj.shape_key_add(name=name, from_mix=False)
-            kb.data.foreach_set("co", np.ascontiguousarray(co, np.float32).ravel())
+            _write_key(kb, np.ascontiguousarray(co, np.float32).ravel())
             kb.value = 0.0
             kb.relative_key = obj.data.shape_keys.key_blocks[0]
     except BaseException:
@@ -240,6 +240,10 @@ def apply_hypotheses(obj: bpy.types.Object, hset: HypothesisSet,
     show(obj, final[0])
     obj.data.update()
     return final
+
+
+def _write_key(kb: bpy.types.ShapeKey, co: np.ndarray) -> None:
+    kb.data.foreach_set("co", co)
 
 
 def _remove_keys(obj: bpy.types.Object, key_names: list[str]) -> None:

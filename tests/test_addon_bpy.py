@@ -1,0 +1,366 @@
+"""The add-on in real bpy (the Blender 5.0 wheel) against a real backend on loopback."""
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from backend_process import free_port, start_server, stop_server
+from hhmr.paths import weights_dir
+
+bpy = pytest.importorskip("bpy")
+ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = ROOT.parent / "shared" / "data" / "real_photos"
+pytestmark = pytest.mark.skipif(not (weights_dir() / "hhmr_prior.pt").exists(),
+                                reason="no trained weights")
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = free_port()
+    proc = start_server(port)
+    yield f"tcp://127.0.0.1:{port}"
+    stop_server(proc)
+
+
+@pytest.fixture(scope="module")
+def addon(server):
+    import addon_utils
+
+    sys.path.insert(0, str(ROOT / "blender_addon"))
+    mod = addon_utils.enable("hhmr_blender", default_set=True)
+    assert mod is not None
+    from hhmr_blender import runner
+
+    yield mod
+    runner.FORCE_ASYNC = False
+    addon_utils.disable("hhmr_blender", default_set=True)
+    assert not hasattr(bpy.types, "HHMR_PT_main")
+
+
+@pytest.fixture
+def ctx(addon, server):
+    """An empty scene, the add-on pointed at the test backend."""
+    from hhmr_blender import runner
+
+    for coll in (bpy.data.objects, bpy.data.meshes, bpy.data.armatures, bpy.data.cameras,
+                 bpy.data.images):
+        for item in list(coll):
+            coll.remove(item)
+    prefs = runner.prefs()
+    prefs.address, prefs.timeout_s, prefs.retries = server, 30.0, 0
+    runner.STATE.info, runner.STATE.error, runner.STATE.status = None, "", ""
+    runner.STATE.topologies.clear()
+    runner.FORCE_ASYNC = False
+    s = bpy.context.scene.hhmr
+    s.n, s.steps, s.seed, s.auto_guidance = 3, 4, 0, True
+    return runner
+
+
+def keys(obj):
+    n = len(obj.data.vertices)
+    out = {}
+    for kb in obj.data.shape_keys.key_blocks:
+        co = np.empty(n * 3, np.float32)
+        kb.data.foreach_get("co", co)
+        out[kb.name] = (co.reshape(n, 3), kb.value)
+    return out
+
+
+def new_hand(ctx, name="Hand"):
+    bpy.ops.hhmr.add_hand(handedness="right")
+    obj = bpy.context.view_layer.objects.active
+    obj.name = name
+    return obj
+
+
+def add_user_key(obj, value=0.3):
+    if obj.data.shape_keys is None:
+        obj.shape_key_add(name="Basis", from_mix=False)
+    kb = obj.shape_key_add(name="my smile", from_mix=False)
+    co = np.empty(len(obj.data.vertices) * 3, np.float32)
+    kb.data.foreach_get("co", co)
+    co += 0.01
+    kb.data.foreach_set("co", co)
+    kb.value = value
+    return keys(obj)["my smile"]
+
+
+def test_registered_ui(addon):
+    assert bpy.types.HHMR_PT_main.bl_category == "Hand"
+    assert bpy.types.HHMR_PT_main.bl_region_type == "UI"
+    for op in ("generate", "reconstruct", "inpaint", "refit", "add_hand", "cancel",
+               "apply_hypothesis", "delete_hypothesis", "start_backend", "stop_backend",
+               "check_backend"):
+        assert hasattr(bpy.ops.hhmr, op)
+
+
+def test_check_connection(ctx):
+    assert bpy.ops.hhmr.check_backend() == {"FINISHED"}
+    assert ctx.STATE.info["topology"]["num_vertices"] == 803
+
+
+def test_hand_is_rigged_like_the_backend(ctx):
+    obj = new_hand(ctx)
+    topo = ctx.topology()
+    assert len(obj.data.vertices) == topo.num_vertices
+    assert len(obj.data.polygons) == len(topo.faces)
+    rig = obj.parent
+    assert rig.type == "ARMATURE" and len(rig.data.bones) == 16
+    assert [g.name for g in obj.vertex_groups] == list(topo.joint_names)
+    from hhmr_blender import handdata, scene
+
+    w = scene.skin_weights(obj, topo)
+    assert np.abs(w - topo.skin_weights).max() < 1e-6
+    # Blender's armature modifier and our skinning agree on a posed rig
+    for name, angle in (("index_pip", 0.9), ("thumb_mcp", 0.5), ("wrist", 0.3)):
+        pb = rig.pose.bones[name]
+        pb.rotation_mode = "XYZ"
+        pb.rotation_euler = (angle, 0.2, 0.0)
+    bpy.context.view_layer.update()
+    shown = scene.displayed_vertices(obj)
+    ours = handdata.skin(topo.template, topo.skin_weights, scene.bone_matrices(obj, topo))
+    assert np.abs(shown - ours).max() < 1e-5
+    assert np.abs(shown - topo.template).max() > 0.01  # it did move
+
+
+def test_generate_lands_shape_keys_and_keeps_user_keys(ctx):
+    obj = new_hand(ctx)
+    mine = add_user_key(obj)
+    assert bpy.ops.hhmr.generate() == {"FINISHED"}
+    k = keys(obj)
+    assert list(k) == ["Basis", "my smile", "hyp_00", "hyp_01", "hyp_02"]
+    assert [k[f"hyp_0{i}"][1] for i in range(3)] == [1.0, 0.0, 0.0]  # the best is shown
+    for i in range(3):
+        co = k[f"hyp_0{i}"][0]
+        assert co.shape == (803, 3) and np.isfinite(co).all()
+        assert np.abs(co - k["Basis"][0]).max() > 0.005  # a different hand
+    scores = [h.score for h in obj.hhmr.hypotheses]
+    assert scores == sorted(scores, reverse=True) and len(scores) == 3
+    assert [h.key_name for h in obj.hhmr.hypotheses] == ["hyp_00", "hyp_01", "hyp_02"]
+    # a second request replaces our keys, never the user's
+    bpy.context.scene.hhmr.n, bpy.context.scene.hhmr.seed = 2, 5
+    bpy.ops.hhmr.generate()
+    k2 = keys(obj)
+    assert list(k2) == ["Basis", "my smile", "hyp_00", "hyp_01"]
+    assert np.array_equal(k2["my smile"][0], mine[0]) and k2["my smile"][1] == mine[1]
+    assert not np.allclose(k2["hyp_00"][0], k["hyp_00"][0])
+    assert np.array_equal(k2["Basis"][0], k["Basis"][0])
+
+
+def test_show_apply_delete(ctx):
+    obj = new_hand(ctx)
+    bpy.ops.hhmr.generate()
+    mine = add_user_key(obj)
+    obj.hhmr.active_index = 2
+    k = keys(obj)
+    assert (k["hyp_00"][1], k["hyp_02"][1], k["my smile"][1]) == (0.0, 1.0, mine[1])
+    assert bpy.ops.hhmr.apply_hypothesis() == {"FINISHED"}
+    k2 = keys(obj)
+    assert np.array_equal(k2["Basis"][0], k["hyp_02"][0])
+    co = np.empty(803 * 3, np.float32)
+    obj.data.vertices.foreach_get("co", co)
+    assert np.array_equal(co.reshape(-1, 3), k["hyp_02"][0])
+    assert list(k2) == ["Basis", "hyp_00", "hyp_01", "my smile"]
+    assert np.array_equal(k2["my smile"][0], mine[0])
+    obj.hhmr.active_index = 0
+    assert bpy.ops.hhmr.delete_hypothesis() == {"FINISHED"}
+    assert list(keys(obj)) == ["Basis", "hyp_01", "my smile"]
+    assert [h.key_name for h in obj.hhmr.hypotheses] == ["hyp_01"]
+
+
+def test_undo_restores_previous_keys(ctx):
+    obj = new_hand(ctx)
+    bpy.ops.hhmr.generate()
+    bpy.ops.ed.undo_push(message="before")
+    before = keys(bpy.data.objects["Hand"])
+    bpy.context.scene.hhmr.seed = 9
+    bpy.ops.hhmr.generate()
+    assert not np.array_equal(keys(obj)["hyp_00"][0], before["hyp_00"][0])
+    bpy.ops.ed.undo_push(message="after")  # what Blender's UI does after an operator
+    bpy.ops.ed.undo()
+    after = keys(bpy.data.objects["Hand"])
+    assert np.array_equal(after["hyp_00"][0], before["hyp_00"][0])
+
+
+def test_inpaint_selection_keeps_selected_vertices(ctx):
+    from hhmr_blender import scene
+
+    obj = new_hand(ctx)
+    bpy.ops.object.mode_set(mode="EDIT")
+    bpy.ops.mesh.select_all(action="DESELECT")
+    bpy.ops.object.mode_set(mode="OBJECT")
+    keep = obj.data.vertices
+    sel = np.array([v.co.y < 0.09 for v in keep])  # palm kept, fingers regenerated
+    obj.data.vertices.foreach_set("select", sel)
+    shown = scene.displayed_vertices(obj)
+    bpy.ops.object.mode_set(mode="EDIT")
+    assert bpy.ops.hhmr.inpaint() == {"FINISHED"}
+    assert obj.mode == "OBJECT"
+    k = keys(obj)
+    for i in range(3):
+        co = k[f"hyp_0{i}"][0]
+        assert np.abs(co[sel] - shown[sel]).max() < 1e-4
+    assert np.abs(k["hyp_00"][0][~sel] - k["hyp_01"][0][~sel]).max() > 1e-3
+
+
+def test_refit_follows_the_posed_rig(ctx):
+    from hhmr_blender import scene
+
+    obj = new_hand(ctx)
+    rig = obj.parent
+    for name in ("index_mcp", "index_pip", "middle_pip"):
+        pb = rig.pose.bones[name]
+        pb.rotation_mode = "XYZ"
+        pb.rotation_euler = (0.8, 0.0, 0.0)
+    bpy.context.view_layer.update()
+    topo = ctx.topology()
+    kp, _ = scene.rig_keypoints(obj, topo)
+    bpy.context.view_layer.objects.active = rig
+    assert bpy.ops.hhmr.refit() == {"FINISHED"}
+    bpy.context.view_layer.update()
+    shown = scene.displayed_vertices(obj)  # hyp_00 through the rig
+    err = np.linalg.norm(topo.keypoint_regressor @ shown - kp, axis=1)
+    assert err.mean() < 0.006, err
+    # only the selected bones: the other keypoints are free
+    bpy.context.scene.hhmr.only_selected_bones = True
+    for pb in rig.pose.bones:
+        sel = pb.name.startswith("index") or pb.name == "wrist"
+        if hasattr(pb, "select"):
+            pb.select = sel
+        else:
+            pb.bone.select = sel
+    _, mask = scene.rig_keypoints(obj, topo, only_selected=True)
+    assert mask.sum() == 5
+    assert bpy.ops.hhmr.refit() == {"FINISHED"}
+    bpy.context.scene.hhmr.only_selected_bones = False
+
+
+@pytest.mark.skipif(not PHOTOS.exists(), reason="no ../shared/data")
+def test_reconstruct_from_file_and_datablock(ctx):
+    photo = PHOTOS / "freihand_style" / "119.jpg"
+    s = bpy.context.scene.hhmr
+    s.image_source, s.image_path = "FILE", str(photo)
+    assert bpy.ops.hhmr.reconstruct() == {"FINISHED"}
+    (name,) = ctx.STATE.landed
+    obj = bpy.data.objects[name]
+    assert len(obj.hhmr.hypotheses) == 3 and len(keys(obj)) == 4
+    cam = obj.hhmr.camera
+    assert cam is not None and cam.data.background_images[0].image.name == "119.jpg"
+    # the hand sits in front of the camera, along +Y
+    assert obj.parent.location.y > 0.1
+    first = keys(obj)["hyp_00"][0]
+    img = bpy.data.images.load(str(photo), check_existing=True)
+    s.image_source, s.image = "DATABLOCK", img
+    assert bpy.ops.hhmr.reconstruct() == {"FINISHED"}
+    obj2 = bpy.data.objects[ctx.STATE.landed[0]]
+    # the same photo, sent as pixels: a JPEG decoded by Blender and by PIL agree closely
+    assert np.abs(keys(obj2)["hyp_00"][0] - first).max() < 0.01
+
+
+def test_no_hand_is_reported_and_changes_nothing(ctx, tmp_path):
+    blank = bpy.data.images.new("blank", 64, 64)
+    s = bpy.context.scene.hhmr
+    s.image_source, s.image = "DATABLOCK", blank
+    before = set(bpy.data.objects.keys())
+    with pytest.raises(RuntimeError, match="No hand found"):
+        bpy.ops.hhmr.reconstruct()
+    assert set(bpy.data.objects.keys()) == before and "No hand" in ctx.STATE.error
+    s.image_source, s.image_path = "FILE", str(tmp_path / "missing.jpg")
+    with pytest.raises(RuntimeError, match="no image file"):
+        bpy.ops.hhmr.reconstruct()
+
+
+def test_timer_path_polls_and_cancels(ctx):
+    """The GUI path: the operator returns at once and runner.poll (the timer) lands it."""
+    obj = new_hand(ctx)
+    ctx.FORCE_ASYNC = True
+    assert bpy.ops.hhmr.generate() == {"FINISHED"} and ctx.busy()
+    assert not bpy.ops.hhmr.generate.poll()  # one request at a time
+    t0 = time.monotonic()
+    while ctx.poll() is not None:
+        assert time.monotonic() - t0 < 60
+        time.sleep(0.02)
+    assert not ctx.busy() and len(keys(obj)) == 4
+    before = keys(obj)
+    s = bpy.context.scene.hhmr
+    s.n, s.steps = 64, 200  # long enough to cancel
+    bpy.ops.hhmr.generate()
+    time.sleep(0.3)
+    assert bpy.ops.hhmr.cancel() == {"FINISHED"}
+    while ctx.poll() is not None:
+        assert time.monotonic() - t0 < 120
+        time.sleep(0.02)
+    assert ctx.STATE.error == "Cancelled."
+    after = keys(obj)
+    assert list(after) == list(before)
+    assert all(np.array_equal(after[k][0], before[k][0]) for k in before)
+
+
+def test_backend_dying_mid_request_changes_nothing(ctx):
+    port = free_port()
+    proc = start_server(port)
+    prefs = ctx.prefs()
+    prefs.address, prefs.timeout_s, prefs.retries = f"tcp://127.0.0.1:{port}", 3.0, 0
+    obj = new_hand(ctx)
+    bpy.ops.hhmr.generate()
+    add_user_key(obj)
+    before = keys(obj)
+    ctx.FORCE_ASYNC = True
+    s = bpy.context.scene.hhmr
+    s.n, s.steps = 64, 200
+    bpy.ops.hhmr.generate()
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    t0 = time.monotonic()
+    while ctx.poll() is not None:
+        assert time.monotonic() - t0 < 60
+        time.sleep(0.05)
+    assert "No answer from the backend" in ctx.STATE.error
+    after = keys(obj)
+    assert list(after) == list(before)
+    assert all(np.array_equal(after[k][0], before[k][0]) and after[k][1] == before[k][1]
+               for k in before)
+    ctx.FORCE_ASYNC = False  # the blocking path fails the same way
+    with pytest.raises(RuntimeError, match="No answer"):
+        bpy.ops.hhmr.generate()
+    assert list(keys(obj)) == list(before)
+
+
+def test_shape_keys_land_all_or_nothing(ctx, monkeypatch):
+    from hhmr_blender import scene
+    from hhmr_blender.hypotheses import HypothesisSet
+
+    obj = new_hand(ctx)
+    bpy.ops.hhmr.generate()
+    before = keys(obj)
+    n = len(obj.data.vertices)
+    good = np.random.default_rng(0).normal(scale=0.05, size=(3, n, 3)).astype(np.float32)
+    calls = []
+
+    def failing(kb, co):
+        calls.append(kb.name)
+        if len(calls) == 2:
+            raise MemoryError("simulated failure while writing a key")
+        kb.data.foreach_set("co", co)
+
+    monkeypatch.setattr(scene, "_write_key", failing)
+    hset = HypothesisSet.ranked(good, np.zeros((3, 21, 3)), np.arange(3.0), "generate")
+    with pytest.raises(MemoryError):
+        scene.apply_hypotheses(obj, hset)
+    assert list(keys(obj)) == list(before)
+    monkeypatch.undo()
+    bad = good.copy()
+    bad[1, 5] = np.nan
+    for wrong in (HypothesisSet.ranked(bad, np.zeros((3, 21, 3)), np.arange(3.0), "x"),
+                  HypothesisSet.ranked(good[:, :-1], np.zeros((3, 21, 3)), np.arange(3.0),
+                                       "x")):
+        with pytest.raises(ValueError):
+            scene.apply_hypotheses(obj, wrong)
+    after = keys(obj)
+    assert list(after) == list(before)
+    assert all(np.array_equal(after[k][0], before[k][0]) for k in before)
