@@ -250,8 +250,22 @@ def test_reconstruct_from_file_and_datablock(ctx):
     assert len(obj.hhmr.hypotheses) == 3 and len(keys(obj)) == 4
     cam = obj.hhmr.camera
     assert cam is not None and cam.data.background_images[0].image.name == "119.jpg"
-    # the hand sits in front of the camera, along +Y
+    # the hand sits in front of the camera, along +Y, and its joints project onto the photo
+    # where the detector found them
     assert obj.parent.location.y > 0.1
+    from bpy_extras.object_utils import world_to_camera_view
+    from hhmr_blender import scene
+    from mathutils import Vector
+
+    topo = ctx.topology()
+    render = bpy.context.scene.render
+    render.resolution_x, render.resolution_y, render.resolution_percentage = 224, 224, 100
+    kp = topo.keypoint_regressor @ scene.displayed_vertices(obj)
+    world = [obj.matrix_world @ Vector(p) for p in kp]
+    uv = np.array([world_to_camera_view(bpy.context.scene, cam, p)[:2] for p in world])
+    pix = np.stack([uv[:, 0] * 224, (1 - uv[:, 1]) * 224], axis=1)
+    detected = ctx.STATE.last_extra["keypoints2d"]
+    assert np.linalg.norm(pix - detected, axis=1).mean() < 12.0
     first = keys(obj)["hyp_00"][0]
     img = bpy.data.images.load(str(photo), check_existing=True)
     s.image_source, s.image = "DATABLOCK", img

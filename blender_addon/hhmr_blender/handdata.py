@@ -168,11 +168,12 @@ def camera_to_object(vertices: np.ndarray, joints: np.ndarray, best: int
 
 def camera_lens(K: np.ndarray, width: int, height: int, sensor_mm: float = 36.0
                 ) -> dict[str, float]:
-    """Blender camera settings (lens in mm, sensor fit, shifts) for pinhole intrinsics."""
+    """Blender camera settings (lens and sensor in mm, shifts) for pinhole intrinsics, with
+    the sensor fitted horizontally and the photo cropped to the frame's width: exact
+    whenever the photo is no wider (relative to its height) than the render frame."""
     fx, cx, cy = float(K[0][0]), float(K[0][2]), float(K[1][2])
-    side = max(width, height)
-    return {"lens": fx * sensor_mm / side, "sensor_width": sensor_mm,
-            "shift_x": (width / 2 - cx) / side, "shift_y": (cy - height / 2) / side}
+    return {"lens": fx * sensor_mm / width, "sensor_width": sensor_mm,
+            "shift_x": (width / 2 - cx) / width, "shift_y": (cy - height / 2) / width}
 
 
 def _blend(weights: np.ndarray, matrices: np.ndarray) -> np.ndarray:

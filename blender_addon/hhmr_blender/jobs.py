@@ -70,7 +70,8 @@ class Task:
             out.append(HypothesisSet.ranked(
                 verts, joints, h.scores, self.op, handedness=side, location=location,
                 label=label, extra={"image_size": result.get("image_size"),
-                                    "K": result.get("K")}))
+                                    "K": result.get("K"),
+                                    "keypoints2d": hand.get("keypoints2d")}))
         return out
 
 

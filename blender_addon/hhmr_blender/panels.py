@@ -10,10 +10,9 @@ from . import runner, scene
 class HHMR_UL_hypotheses(bpy.types.UIList):
     def draw_item(self, context, layout, data, item, icon, active_data, active_prop,
                   index=0, flt_flag=0):
-        row = layout.row(align=True)
-        row.label(text=item.key_name, icon="SHAPEKEY_DATA")
-        row.label(text=f"{item.score:.3g}")
-        row.label(text=item.op)
+        split = layout.split(factor=0.55)
+        split.label(text=item.key_name, icon="SHAPEKEY_DATA")
+        split.label(text=f"{item.score:.3g}")
 
 
 class _Panel(bpy.types.Panel):

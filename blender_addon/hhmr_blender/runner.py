@@ -25,6 +25,7 @@ class State:
     error: str = ""
     last_seconds: float = 0.0
     landed: list[str] = field(default_factory=list)  # names of the objects of the last result
+    last_extra: dict = field(default_factory=dict)  # extra of the last result's first hand
     topologies: dict[str, HandTopology] = field(default_factory=dict)  # per backend address
     info: dict | None = None
 
@@ -125,6 +126,7 @@ def _land(results: list[HypothesisSet]) -> list[str]:
         job.close()
     STATE.last_seconds = job.elapsed
     STATE.landed = names
+    STATE.last_extra = results[0].extra if results else {}
     n = sum(len(r) for r in results)
     STATE.status = f"{job.task.op}: {n} hypotheses on {', '.join(names)} in " \
                    f"{STATE.last_seconds:.1f} s"

@@ -98,12 +98,11 @@ def create_camera(name: str, K: np.ndarray, width: int, height: int,
     cam = bpy.data.cameras.new(name)
     for attr, value in handdata.camera_lens(K, width, height).items():
         setattr(cam, attr, value)
-    cam.sensor_fit = "HORIZONTAL" if width >= height else "VERTICAL"
-    if cam.sensor_fit == "VERTICAL":
-        cam.sensor_height = cam.sensor_width
+    cam.sensor_fit = "HORIZONTAL"
     if image is not None:
         cam.show_background_images = True
-        cam.background_images.new().image = image
+        bg = cam.background_images.new()
+        bg.image, bg.frame_method = image, "CROP"
     obj = bpy.data.objects.new(name, cam)
     obj.rotation_euler = (math.pi / 2, 0.0, 0.0)
     bpy.context.scene.collection.objects.link(obj)

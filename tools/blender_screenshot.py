@@ -1,0 +1,154 @@
+"""Drive the HHMR panel in a real Blender window and save a screenshot (the README's picture
+and the GUI test). Run under a display, e.g. Xvfb:
+
+    xvfb-run -s "-screen 0 1280x800x24" blender --factory-startup -p 0 0 1280 800 \\
+        --python tools/blender_screenshot.py -- --backend tcp://127.0.0.1:5557 \\
+        --photo PHOTO.jpg --out panel.png [--n 8]
+
+It presses Reconstruct the way the button does (the operator in the 3D view's context), lets
+the timer land the hypotheses while Blender keeps drawing, times click-to-shape-keys, shows
+the camera view over the photo with the sidebar's "Hand" tab (clicked with xdotool) and saves
+the window. Prints HHMR_* lines for the test; exits non-zero on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+
+import addon_utils
+import bpy
+
+argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
+ap = argparse.ArgumentParser()
+ap.add_argument("--backend", required=True)
+ap.add_argument("--photo", required=True)
+ap.add_argument("--out", required=True)
+ap.add_argument("--n", type=int, default=8)
+ap.add_argument("--steps", type=int, default=10)
+args = ap.parse_args(argv)
+
+state = {"t0": 0.0, "step": 0, "drawn": 0, "deadline": time.monotonic() + 240}
+
+
+def finish(code: int) -> None:
+    """Leave at once with ``code`` (Blender's own quit reports 1 after this session)."""
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def view3d():
+    win = bpy.context.window_manager.windows[0]
+    area = max((a for a in win.screen.areas if a.type == "VIEW_3D"),
+               key=lambda a: a.width * a.height)
+    region = next(r for r in area.regions if r.type == "WINDOW")
+    return win, area, region
+
+
+def count_draws(cls) -> None:
+    draw = cls.draw
+
+    def counted(self, context):
+        state["drawn"] += 1
+        draw(self, context)
+
+    cls.draw = counted
+
+
+def step() -> float | None:
+    try:
+        return _step()
+    except Exception:  # noqa: BLE001
+        traceback.print_exc()
+        finish(3)
+        return None
+
+
+def _step() -> float | None:
+    from hhmr_blender import runner, scene
+
+    if time.monotonic() > state["deadline"]:
+        print("HHMR_ERROR timed out", runner.STATE.status, runner.STATE.error)
+        finish(4)
+        return None
+    win, area, region = view3d()
+    if state["step"] == 0:  # the click
+        prefs = runner.prefs()
+        prefs.address, prefs.timeout_s = args.backend, 120.0
+        s = bpy.context.scene.hhmr
+        s.n, s.steps, s.image_source, s.image_path = args.n, args.steps, "FILE", args.photo
+        for obj in list(bpy.data.objects):
+            bpy.data.objects.remove(obj)
+        area.spaces.active.show_region_ui = True
+        if shutil.which("xdotool"):  # close the splash screen
+            subprocess.run(["xdotool", "mousemove", "200", str(win.height - 200), "key",
+                            "Escape"], check=False, timeout=20)
+        runner.info(refresh=True)
+        state["t0"] = time.perf_counter()
+        with bpy.context.temp_override(window=win, area=area, region=region):
+            result = bpy.ops.hhmr.reconstruct()
+        print("HHMR_OPERATOR", result, "returned in",
+              f"{time.perf_counter() - state['t0']:.3f} s, busy={runner.busy()}")
+        state["step"] = 1
+        return 0.05
+    if state["step"] == 1:  # Blender keeps running; the timer lands the result
+        if runner.busy():
+            return 0.05
+        if runner.STATE.error:
+            print("HHMR_ERROR", runner.STATE.error)
+            finish(5)
+            return None
+        dt = time.perf_counter() - state["t0"]
+        hand = bpy.data.objects[runner.STATE.landed[0]]
+        keys = [k.name for k in hand.data.shape_keys.key_blocks]
+        print(f"HHMR_LANDED {len(hand.hhmr.hypotheses)} hypotheses on {hand.name} "
+              f"({len(runner.STATE.landed)} hand(s)), keys {keys}")
+        print(f"HHMR_TIMING click to shape keys: {dt:.2f} s (n={args.n}, steps={args.steps})")
+        for o in bpy.context.view_layer.objects:
+            o.select_set(False)
+        hand.select_set(True)
+        bpy.context.view_layer.objects.active = hand
+        bpy.context.scene.camera = hand.hhmr.camera
+        with bpy.context.temp_override(window=win, area=area, region=region):
+            bpy.ops.view3d.view_camera()
+            bpy.ops.view3d.view_center_camera()
+        scene.show(hand, hand.hhmr.hypotheses[0].key_name)
+        state["step"], state["drawn"], state["tabs"] = 2, 0, 0
+        return 0.5
+    if state["step"] == 2:  # click down the sidebar's tab strip until "Hand" is drawn
+        if state["drawn"] == 0 and state["tabs"] < 40 and shutil.which("xdotool"):
+            ui = next(r for r in area.regions if r.type == "UI")
+            x = ui.x + ui.width - 9
+            y = win.height - (ui.y + ui.height) + 12 + 12 * state["tabs"]
+            subprocess.run(["xdotool", "mousemove", "--sync", str(x), str(y), "click", "1"],
+                           check=False, timeout=20)
+            state["tabs"] += 1
+            return 0.4
+        subprocess.run(["xdotool", "mousemove", "600", "400"], check=False, timeout=20)
+        state["step"] = 3
+        return 0.5
+    if state["step"] == 3:
+        print(f"HHMR_PANEL_DRAWS {state['drawn']} after {state['tabs']} clicks on the tabs")
+        with bpy.context.temp_override(window=win, area=area, region=region):
+            bpy.ops.screen.screenshot(filepath=args.out)
+        print("HHMR_SCREENSHOT", args.out)
+        finish(0)
+    return None
+
+
+mod = addon_utils.enable("hhmr_blender", default_set=True)
+if mod is None:
+    print("HHMR_ERROR cannot enable the add-on")
+    finish(2)
+from hhmr_blender import panels  # noqa: E402
+
+count_draws(panels.HHMR_PT_main)
+print("HHMR_ADDON", mod.__file__, bpy.app.version_string)
+bpy.app.timers.register(step, first_interval=1.0)
