@@ -378,3 +378,25 @@ def test_shape_keys_land_all_or_nothing(ctx, monkeypatch):
     after = keys(obj)
     assert list(after) == list(before)
     assert all(np.array_equal(after[k][0], before[k][0]) for k in before)
+
+
+def test_start_and_stop_local_backend(ctx):
+    from hhmr_blender import local_backend
+
+    prefs = ctx.prefs()
+    prefs.address = f"tcp://127.0.0.1:{free_port()}"
+    prefs.command = sys.executable  # a Python with hhmr installed
+    assert bpy.ops.hhmr.start_backend() == {"FINISHED"}
+    proc = local_backend.BACKEND.proc
+    try:
+        info = local_backend.BACKEND.wait_ready(ctx.client(timeout_s=5.0), timeout=120)
+        assert info["topology"]["num_vertices"] == 803
+        assert bpy.ops.hhmr.check_backend() == {"FINISHED"}
+        with pytest.raises(RuntimeError, match="already running"):
+            bpy.ops.hhmr.start_backend()
+    finally:
+        assert bpy.ops.hhmr.stop_backend() == {"FINISHED"}
+    assert proc.poll() is not None and not local_backend.BACKEND.running
+    prefs.command = str(Path(sys.executable).parent / "no-such-hhmr")
+    with pytest.raises(RuntimeError, match="not found"):
+        bpy.ops.hhmr.start_backend()

@@ -3,6 +3,7 @@
 import ast
 import io
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -330,3 +331,21 @@ def read_glb_json(data: bytes) -> dict:
     n = int.from_bytes(f.read(4), "little")
     assert f.read(4) == b"JSON"
     return json.loads(f.read(n))
+
+
+def test_extension_installs_in_blender_5(extension_zip, tmp_path):
+    """Blender 5.0 (the bpy wheel) installs the zip as an extension, unpacks its wheels and
+    enables it."""
+    pytest.importorskip("bpy")
+    code = ("import bpy, sys\n"
+            "r = bpy.ops.extensions.package_install_files(filepath=sys.argv[1], "
+            "repo='user_default', enable_on_install=True)\n"
+            "from bl_ext.user_default.hhmr import wire\n"
+            "print('RESULT', r, hasattr(bpy.types, 'HHMR_PT_main'), wire.protocol.__file__)\n")
+    res = subprocess.run([sys.executable, "-c", code, str(extension_zip)], capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path,
+                         env=dict(os.environ, BLENDER_USER_RESOURCES=str(tmp_path / "res")))
+    assert "RESULT {'FINISHED'} True" in res.stdout, res.stdout + res.stderr
+    assert "vendor/protocol.py" in res.stdout
+    site = list((tmp_path / "res" / "extensions").rglob("site-packages/zmq"))
+    assert site, "Blender did not install the bundled pyzmq wheel"
