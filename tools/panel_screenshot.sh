@@ -13,7 +13,7 @@ python tools/build_extension.py --platforms current --pythons 3.11 --out "$work/
     --wheel-cache dist/wheels
 mkdir -p "$work/scripts/addons"
 python -m zipfile -e "$work/hhmr.zip" "$work/scripts/addons"
-OMP_NUM_THREADS=1 hhmr serve --bind "tcp://127.0.0.1:$port" > "$work/backend.log" 2>&1 &
+hhmr serve --bind "tcp://127.0.0.1:$port" > "$work/backend.log" 2>&1 &
 backend=$!
 trap 'kill $backend 2>/dev/null; wait $backend 2>/dev/null; rm -rf "$work"' EXIT
 # Blender with Debian's own Python, not this virtualenv's

@@ -44,7 +44,7 @@ class Task:
     handedness: str = "right"
     target: str | None = None  # name of the hand object that receives it; None: new object
     label: str = ""
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # "posed": results in the rig's pose
 
     def results(self, result: Mapping[str, Any], num_vertices: int | None = None
                 ) -> list[HypothesisSet]:
@@ -88,7 +88,8 @@ def inpaint(vertices: np.ndarray, keep: np.ndarray, handedness: str, target: str
     if keep.all():
         raise ValueError("every vertex is selected: deselect the part to regenerate")
     return Task("inpaint", {"vertices": handdata.to_backend(vertices, handedness),
-                            "keep": keep, **opts.args()}, handedness, target, "inpainted")
+                            "keep": keep, **opts.args()}, handedness, target, "inpainted",
+                {"posed": True})
 
 
 def refit3d(keypoints: np.ndarray, mask: np.ndarray | None, handedness: str, target: str,
@@ -101,7 +102,7 @@ def refit3d(keypoints: np.ndarray, mask: np.ndarray | None, handedness: str, tar
         if not mask.any():
             raise ValueError("no selected bone pins a keypoint: select bones or use all")
         args["joint_mask"] = mask
-    return Task("refit3d", args, handedness, target, "refitted")
+    return Task("refit3d", args, handedness, target, "refitted", {"posed": True})
 
 
 def reconstruct(opts: Sampling, *, image: bytes | None = None, rgb: np.ndarray | None = None,

@@ -101,9 +101,7 @@ class HHMR_OT_inpaint(_Request):
             verts = scene.displayed_vertices(obj)
             if obj.mode == "EDIT":
                 bpy.ops.object.mode_set(mode="OBJECT")
-            t = jobs.inpaint(verts, keep, obj.hhmr.handedness, obj.name, sampling(context))
-            t.meta["posed"] = True
-            return t
+            return jobs.inpaint(verts, keep, obj.hhmr.handedness, obj.name, sampling(context))
 
         return run(self, task)
 
@@ -124,9 +122,7 @@ class HHMR_OT_refit(_Request):
 
         def task() -> jobs.Task:
             kp, mask = scene.rig_keypoints(hand, runner.topology(), only)
-            t = jobs.refit3d(kp, mask, hand.hhmr.handedness, hand.name, sampling(context))
-            t.meta["posed"] = True
-            return t
+            return jobs.refit3d(kp, mask, hand.hhmr.handedness, hand.name, sampling(context))
 
         return run(self, task)
 
