@@ -88,7 +88,8 @@ class HandDiffusionPipeline:
                              f"the hand has {hand.num_vertices}: retrain")
         net, _ = build_model(ckpt["config"], hand)
         net.load_state_dict(ckpt["model"])
-        return cls(net, hand, device)
+        # inference only: no parameter gradients (guidance differentiates w.r.t. x_t alone)
+        return cls(net.requires_grad_(False), hand, device)
 
     # ---- core sampler -------------------------------------------------------------------
     def sample(self, cond: Conditions, batch: int, operator: GuidanceOperator | None = None,

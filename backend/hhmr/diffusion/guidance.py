@@ -124,9 +124,10 @@ class ProjectionOperator:
     Perspective with intrinsics K (the camera translation is solved in closed form each
     time), or weak perspective (scale and 2D translation in closed form) when K is None.
     With `solve_rotation`, a global rotation about the wrist is also fitted to the keypoints
-    at each call (a small multi-start search, warm-started from the previous call), so
-    guidance shapes the articulation rather than bending the hand towards a wrong
-    orientation; `rotation` holds the last one. The loss is in units of `unit_px` pixels.
+    at each call (Levenberg-Marquardt from several starts, then warm-started from the
+    previous call), so guidance shapes the articulation rather than bending the hand towards
+    a wrong orientation; `rotation` holds the last one [B, 3, 3]. The loss is in units of
+    `unit_px` pixels.
     """
 
     def __init__(self, regressor: torch.Tensor, keypoints: torch.Tensor,
@@ -138,15 +139,19 @@ class ProjectionOperator:
         self.K = K
         self.unit = unit_px
         self.solve_rotation = solve_rotation
-        self.rotation: torch.Tensor | None = None  # [B, 3] axis-angle
+        self.rotation: torch.Tensor | None = None  # [B, 3, 3]
 
-    def _project(self, joints: torch.Tensor):
+    def _inputs(self, b: int, repeat: int = 1):
+        """Keypoints, confidences and K for a batch of b, each row repeated ``repeat`` times."""
+        out = [_expand(x, b) for x in (self.keypoints, self.confidence, self.K)]
+        return [None if x is None else x.repeat_interleave(repeat, 0) for x in out]
+
+    @staticmethod
+    def _camera(joints: torch.Tensor, kp: torch.Tensor, conf: torch.Tensor,
+                K: torch.Tensor | None):
         """Projected joints [B, J, 2] and the camera solved in closed form: translation [B, 3]
         with K, else (scale [B], 2D translation [B, 2])."""
-        b = joints.shape[0]
-        kp, conf = _expand(self.keypoints, b), _expand(self.confidence, b)
-        if self.K is not None:
-            K = _expand(self.K, b)
+        if K is not None:
             t = solve_translation(joints, kp, conf, K)
             # a wild early prediction may solve to behind the camera: keep it in front
             t = torch.cat([t[:, :2], t[:, 2:].clamp_min(MIN_DEPTH)], 1)
@@ -154,57 +159,67 @@ class ProjectionOperator:
         s, t2 = solve_weak_perspective(joints[..., :2], kp, conf)
         return s[:, None, None] * joints[..., :2] + t2[:, None], (s, t2)
 
-    def _reprojection(self, joints: torch.Tensor) -> torch.Tensor:
-        """Confidence-weighted squared pixel error [B] of joints under the solved camera."""
-        b = joints.shape[0]
-        kp, conf = _expand(self.keypoints, b), _expand(self.confidence, b)
-        return (conf[..., None] * (self._project(joints)[0] - kp).square()).sum((1, 2))
+    def _project(self, joints: torch.Tensor):
+        kp, conf, K = self._inputs(joints.shape[0])
+        return self._camera(joints, kp, conf, K)
 
     def fit_rotation(self, joints: torch.Tensor, iters: int | None = None) -> torch.Tensor:
-        """Rotation (axis-angle [B, 3]) of wrist-relative joints that best fits the keypoints."""
+        """Rotation [B, 3, 3] of wrist-relative joints [B, J, 3] that best fits the keypoints:
+        Levenberg-Marquardt on a left perturbation exp([d]) R, Jacobian by finite differences,
+        from 10 starts (identity, quarter and half turns) or from the previous fit."""
         from hhmr.hand.rotations import axis_angle_to_matrix
 
         b = joints.shape[0]
         joints = joints.detach()
-        starts = _rotation_starts(joints.device, joints.dtype) if self.rotation is None \
-            else self.rotation[:, None].detach()  # [S, 3] or [B, 1, 3]
-        s = starts.shape[-2]
-        iters = iters or (80 if self.rotation is None else 20)
-        aa = starts.expand(b, s, 3).reshape(b * s, 3).clone().requires_grad_(True)
-        rep = joints.repeat_interleave(s, 0)
-        saved = (self.keypoints, self.confidence, self.K)
-        self.keypoints, self.confidence = (_expand(x, b).repeat_interleave(s, 0)
-                                           for x in saved[:2])
-        if self.K is not None:
-            self.K = _expand(self.K, b).repeat_interleave(s, 0)
-        try:
-            opt = torch.optim.Adam([aa], lr=0.1)
-            with torch.enable_grad():
-                for i in range(iters):
-                    if i == 2 * iters // 3:
-                        opt.param_groups[0]["lr"] = 0.02
-                    opt.zero_grad()
-                    rot = axis_angle_to_matrix(aa)
-                    self._reprojection(rep @ rot.transpose(1, 2)).sum().backward()
-                    opt.step()
-                with torch.no_grad():
-                    err = self._reprojection(rep @ axis_angle_to_matrix(aa).transpose(1, 2))
-        finally:
-            self.keypoints, self.confidence, self.K = saved
+        if self.rotation is None:
+            starts = axis_angle_to_matrix(_rotation_starts(joints.device, joints.dtype))
+            rot = starts[None].expand(b, -1, 3, 3).reshape(-1, 3, 3)
+        else:
+            rot = self.rotation.detach()
+        s = rot.shape[0] // b
+        iters = iters or (15 if self.rotation is None else 4)
+        rep = joints.repeat_interleave(s, 0)  # [M, J, 3]
+        m = rep.shape[0]
+        kp, conf, K = self._inputs(b, s)
+        kp4, conf4, K4 = self._inputs(b, 4 * s)
+        eps = 1e-3
+        perturb = axis_angle_to_matrix(torch.cat([torch.zeros(1, 3), eps * torch.eye(3)]).to(
+            joints))  # [4, 3, 3]: the point and three small turns
+
+        def residuals(r: torch.Tensor, j: torch.Tensor, kp_, conf_, K_) -> torch.Tensor:
+            projected, _ = self._camera(j @ r.transpose(1, 2), kp_, conf_, K_)
+            return (conf_[..., None].sqrt() * (projected - kp_)).flatten(1)
+
+        lam = torch.full((m, 1, 1), 1e-3, dtype=joints.dtype, device=joints.device)
+        eye = torch.eye(3, dtype=joints.dtype, device=joints.device)
+        with torch.no_grad():
+            for _ in range(iters):
+                trial = (perturb[None] @ rot[:, None]).reshape(-1, 3, 3)  # [4M, 3, 3]
+                res = residuals(trial, rep.repeat_interleave(4, 0), kp4, conf4, K4
+                                ).reshape(m, 4, -1)
+                r0 = res[:, 0]
+                jac = (res[:, 1:] - r0[:, None]) / eps  # [M, 3, 2J] (transposed Jacobian)
+                jtj = jac @ jac.transpose(1, 2)
+                step = torch.linalg.solve(jtj + lam * (jtj * eye + 1e-6 * eye),
+                                          -(jac @ r0[..., None]))[..., 0]
+                cand = axis_angle_to_matrix(step) @ rot
+                better = residuals(cand, rep, kp, conf, K).square().sum(1) < \
+                    r0.square().sum(1)
+                rot = torch.where(better[:, None, None], cand, rot)
+                lam = torch.where(better[:, None, None], lam * 0.3, lam * 10).clamp(1e-7, 1e7)
+            err = residuals(rot, rep, kp, conf, K).square().sum(1)
         best = err.reshape(b, s).argmin(1) + torch.arange(b, device=joints.device) * s
-        self.rotation = aa.detach()[best]
+        self.rotation = rot[best]
         return self.rotation
 
     def rotate(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the last fitted rotation (about the wrist, the origin) to points [B, N, 3]."""
-        from hhmr.hand.rotations import axis_angle_to_matrix
-
         if self.rotation is None:
             return x
-        return x @ axis_angle_to_matrix(self.rotation).transpose(1, 2)
+        return x @ self.rotation.transpose(1, 2)
 
     def solve(self, x0: torch.Tensor):
-        """Projected regressed joints of meshes x0 and the solved camera (see `_project`)."""
+        """Projected regressed joints of meshes x0 and the solved camera (see `_camera`)."""
         joints = self.regressor @ x0
         if self.solve_rotation:
             self.fit_rotation(joints)
@@ -214,7 +229,7 @@ class ProjectionOperator:
     def loss(self, x0: torch.Tensor) -> torch.Tensor:
         b = x0.shape[0]
         projected, _ = self.solve(x0)
-        kp, conf = _expand(self.keypoints, b), _expand(self.confidence, b)
+        kp, conf, _ = self._inputs(b)
         return (conf[..., None] * (projected - kp).square()).sum((1, 2)) / self.unit ** 2
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 
 def padded_rows(matrix: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,10 +32,34 @@ def to_sparse(idx: torch.Tensor, w: torch.Tensor, n_cols: int) -> torch.Tensor:
                                    check_invariants=True).coalesce()
 
 
-def sparse_apply(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+class _FixedSparseMatmul(torch.autograd.Function):
+    """m @ x for a constant sparse CSR m; the backward m^T @ grad stays sparse (autograd's
+    own backward of a sparse product goes through a dense matrix)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, m: torch.Tensor, mt: torch.Tensor) -> torch.Tensor:
+        ctx.mt = mt
+        return m @ x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return ctx.mt @ grad, None, None
+
+
+def sparse_pair(coo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed sparse matrix and its transpose, both CSR (the fast layout for m @ dense)."""
+    return coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr()
+
+
+def sparse_matmul(m: torch.Tensor, mt: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """m @ x for a fixed sparse m [R, N] (with its transpose mt) and a dense x [N, C]."""
+    return _FixedSparseMatmul.apply(x, m, mt)
+
+
+def sparse_apply(m: torch.Tensor, mt: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """y[b] = m @ x[b] for a sparse m [R, N] and x [B, N, C] -> [B, R, C]."""
     b, n, c = x.shape
-    y = torch.sparse.mm(m, x.transpose(0, 1).reshape(n, b * c).to(m.dtype))
+    y = sparse_matmul(m, mt, x.transpose(0, 1).reshape(n, b * c).to(m.dtype))
     return y.reshape(m.shape[0], b, c).transpose(0, 1).to(x.dtype)
 
 
@@ -41,10 +69,12 @@ class Resample(nn.Module):
     def __init__(self, matrix: np.ndarray) -> None:
         super().__init__()
         idx, w = padded_rows(matrix)
-        self.register_buffer("m", to_sparse(idx, w, matrix.shape[1]), persistent=False)
+        m, mt = sparse_pair(to_sparse(idx, w, matrix.shape[1]))
+        self.register_buffer("m", m, persistent=False)
+        self.register_buffer("mt", mt, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sparse_apply(self.m, x)
+        return sparse_apply(self.m, self.mt, x)
 
 
 def neighbour_table(edges: np.ndarray, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,17 +93,20 @@ class ChebConv(nn.Module):
     def __init__(self, c_in: int, c_out: int, edges: np.ndarray, n: int, k: int = 3) -> None:
         super().__init__()
         idx, w = neighbour_table(edges, n)
-        self.register_buffer("lap", to_sparse(idx, w, n), persistent=False)
+        lap, lap_t = sparse_pair(to_sparse(idx, w, n))
+        self.register_buffer("lap", lap, persistent=False)
+        self.register_buffer("lap_t", lap_t, persistent=False)
         self.k = k
         self.linear = nn.Linear(c_in * k, c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
-        flat = x.transpose(0, 1).reshape(n, b * c)  # Chebyshev recursion in [N, B*C] layout
+        # Chebyshev recursion in [N, B*C] layout, in the Laplacian's dtype (autocast-proof)
+        flat = x.transpose(0, 1).reshape(n, b * c).to(self.lap.dtype)
         terms = [flat]
         if self.k > 1:
-            terms.append(torch.sparse.mm(self.lap, flat))
+            terms.append(sparse_matmul(self.lap, self.lap_t, flat))
         for _ in range(2, self.k):
-            terms.append(2 * torch.sparse.mm(self.lap, terms[-1]) - terms[-2])
+            terms.append(2 * sparse_matmul(self.lap, self.lap_t, terms[-1]) - terms[-2])
         stacked = torch.stack(terms, -1).reshape(n, b, c * self.k).transpose(0, 1)
-        return self.linear(stacked)
+        return self.linear(stacked.to(x.dtype))
