@@ -400,3 +400,35 @@ def test_start_and_stop_local_backend(ctx):
     prefs.command = str(Path(sys.executable).parent / "no-such-hhmr")
     with pytest.raises(RuntimeError, match="not found"):
         bpy.ops.hhmr.start_backend()
+
+
+@pytest.mark.skipif(not PHOTOS.exists(), reason="no ../shared/data")
+def test_reconstruct_left_hand(ctx):
+    """A left hand (forced, as the Hand menu does) lands mirrored, with outward normals, and
+    its joints still project where the detector found them."""
+    from bpy_extras.object_utils import world_to_camera_view
+    from hhmr_blender import scene
+    from mathutils import Vector
+
+    photo = PHOTOS.parent / "real_interhand_sample" / "rgb" / "00000003.jpg"
+    s = bpy.context.scene.hhmr
+    s.image_source, s.image_path, s.handedness = "FILE", str(photo), "left"
+    try:
+        assert bpy.ops.hhmr.reconstruct() == {"FINISHED"}
+    finally:
+        s.handedness = "AUTO"
+    obj = bpy.data.objects[ctx.STATE.landed[0]]
+    assert obj.hhmr.handedness == "left"
+    topo = ctx.topology()
+    # reversed winding keeps the normals pointing out of the mirrored mesh
+    v = scene.displayed_vertices(obj).astype(np.float64)
+    tri = np.array([list(p.vertices) for p in obj.data.polygons])
+    volume = np.einsum("ij,ij->i", v[tri[:, 0]], np.cross(v[tri[:, 1]], v[tri[:, 2]])).sum()
+    assert volume > 0
+    render = bpy.context.scene.render
+    render.resolution_x, render.resolution_y, render.resolution_percentage = 256, 256, 100
+    kp = topo.keypoint_regressor @ v
+    uv = np.array([world_to_camera_view(bpy.context.scene, obj.hhmr.camera,
+                                        obj.matrix_world @ Vector(p))[:2] for p in kp])
+    pix = np.stack([uv[:, 0] * 256, (1 - uv[:, 1]) * 256], axis=1)
+    assert np.linalg.norm(pix - ctx.STATE.last_extra["keypoints2d"], axis=1).mean() < 15.0

@@ -76,6 +76,20 @@ def targets() -> list[tuple[str, str, str, bool]]:
     return rows
 
 
+def training_commands(ckpt: dict) -> list[str]:
+    """The command (or the chain of resumed runs) that made the weights."""
+    command = ckpt.get("command", "hhmr train --out runs/prior")
+    out = command.split("--out ")[1].split()[0] if "--out " in command else "runs/prior"
+    copy = f"`cp {out}/final.pt weights/hhmr_prior.pt`"
+    stages = ckpt.get("stages") or []
+    if len(stages) < 2:
+        return [f"- Command: `{command}`, then {copy}"]
+    lines = ["- Commands, each resuming the one before:"]
+    lines += [f"  {i}. `{st['command']}`: to step {st['to_step']}, {st['minutes']:.1f} min in all"
+              for i, st in enumerate(stages, 1)]
+    return lines + [f"  then {copy}"]
+
+
 def main() -> None:
     ckpt = torch.load(WEIGHTS, map_location="cpu", weights_only=False)
     params = sum(v.numel() for v in ckpt["model"].values())
@@ -90,8 +104,7 @@ def main() -> None:
         "",
         "## Training",
         "",
-        f"- Command: `{ckpt.get('command', 'hhmr train --out runs/prior')}`, then "
-        "`cp runs/prior/final.pt weights/hhmr_prior.pt`",
+        *training_commands(ckpt),
         f"- Config: `backend/hhmr/configs/prior.toml` (model {cfg['model']}, batch "
         f"{cfg['train']['batch_size']}, lr {cfg['train']['lr']})",
         f"- Device: {ckpt.get('device', 'cpu')} (this project's 2-core CPU machine)",

@@ -78,12 +78,15 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
     opt = torch.optim.AdamW(net.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
     use_amp = dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    step, elapsed, history = 0, 0.0, []
+    step, elapsed, history, stages = 0, 0.0, [], []
     if resume is not None and Path(resume).exists():
         ckpt = torch.load(resume, map_location=dev, weights_only=False)
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         step, elapsed, history = ckpt["step"], ckpt["elapsed_s"], ckpt.get("history", [])
+        # the runs that led here: each command with the step and minutes it ended at
+        stages = ckpt.get("stages") or [{"command": ckpt.get("command", "an earlier run"),
+                                         "to_step": step, "minutes": round(elapsed / 60, 2)}]
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter() - elapsed
     bar = tqdm(total=tcfg["max_steps"], initial=step, disable=not progress, unit="step",
@@ -93,8 +96,12 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
     def save(path: Path) -> None:
         torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
                     "elapsed_s": time.perf_counter() - start, "config": config,
-                    "history": history, "hand": hand.name,
-                    "num_vertices": hand.num_vertices}, path)
+                    "history": history, "hand": hand.name, "command": command,
+                    "stages": stages + [current()], "num_vertices": hand.num_vertices}, path)
+
+    def current() -> dict:
+        return {"command": command, "to_step": step,
+                "minutes": round((time.perf_counter() - start) / 60, 2)}
 
     while step < tcfg["max_steps"]:
         if (time.perf_counter() - start) / 60 > tcfg["max_minutes"]:
@@ -137,6 +144,6 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
     final = {"model": {k: v.cpu() for k, v in net.state_dict().items()}, "config": config,
              "step": step, "minutes": (time.perf_counter() - start) / 60,
              "history": history, "hand": hand.name, "num_vertices": hand.num_vertices,
-             "device": str(dev), "command": command}
+             "device": str(dev), "command": command, "stages": stages + [current()]}
     torch.save(final, out_dir / "final.pt")
     return {"steps": step, "minutes": final["minutes"], "last": history[-1] if history else {}}
