@@ -432,3 +432,38 @@ def test_reconstruct_left_hand(ctx):
                                         obj.matrix_world @ Vector(p))[:2] for p in kp])
     pix = np.stack([uv[:, 0] * 256, (1 - uv[:, 1]) * 256], axis=1)
     assert np.linalg.norm(pix - ctx.STATE.last_extra["keypoints2d"], axis=1).mean() < 15.0
+
+
+def test_failed_landing_leaves_no_new_objects(ctx, monkeypatch):
+    """A reconstruction whose second hand fails to land removes the first hand too."""
+    from hhmr_blender import jobs, scene
+    from hhmr_blender.hypotheses import HypothesisSet
+
+    n = ctx.topology().num_vertices
+    good = HypothesisSet.ranked(np.zeros((2, n, 3), np.float32), np.zeros((2, 21, 3)),
+                                np.arange(2.0), "reconstruct", location=np.zeros(3),
+                                label="a", extra={"K": np.eye(3), "image_size": [4, 4]})
+    second = HypothesisSet.ranked(np.zeros((2, n, 3), np.float32), np.zeros((2, 21, 3)),
+                                  np.arange(2.0), "reconstruct", label="b")
+    task = jobs.reconstruct(jobs.Sampling(), rgb=np.zeros((4, 4, 3), np.uint8))
+    real, calls = scene.apply_hypotheses, []
+
+    def fail_second(obj, hset, *a):
+        calls.append(obj.name)
+        if len(calls) == 2:
+            raise RuntimeError("simulated failure on the second hand")
+        return real(obj, hset, *a)
+
+    monkeypatch.setattr(scene, "apply_hypotheses", fail_second)
+    before = (set(bpy.data.objects.keys()), len(bpy.data.meshes), len(bpy.data.armatures),
+              len(bpy.data.cameras))
+    with pytest.raises(RuntimeError, match="second hand"):
+        ctx.land([good, second], task)
+    after = (set(bpy.data.objects.keys()), len(bpy.data.meshes), len(bpy.data.armatures),
+             len(bpy.data.cameras))
+    assert after == before and len(calls) == 2
+    bad = HypothesisSet.ranked(np.zeros((2, n - 1, 3), np.float32), np.zeros((2, 21, 3)),
+                               np.arange(2.0), "reconstruct", label="c")
+    with pytest.raises(ValueError, match="vertices"):  # checked before anything is made
+        ctx.land([good, bad], task)
+    assert len(calls) == 2

@@ -89,6 +89,9 @@ def _step() -> float | None:
         if shutil.which("xdotool"):  # close the splash screen
             subprocess.run(["xdotool", "mousemove", "200", str(win.height - 200), "key",
                             "Escape"], check=False, timeout=20)
+        from hhmr_blender.local_backend import LocalBackend
+
+        LocalBackend().wait_ready(runner.client(timeout_s=2.0, retries=0), timeout=120)
         runner.info(refresh=True)
         state["step"] = "click"
     if state["step"] == "click":

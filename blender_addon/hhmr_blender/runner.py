@@ -37,15 +37,19 @@ def prefs() -> bpy.types.AddonPreferences:
     return bpy.context.preferences.addons[__package__].preferences
 
 
-def client(timeout_s: float | None = None):
+def client(timeout_s: float | None = None, retries: int | None = None):
     p = prefs()
-    return jobs.make_client(p.address, timeout_s or p.timeout_s, retries=p.retries)
+    return jobs.make_client(p.address, timeout_s or p.timeout_s,
+                            p.retries if retries is None else retries)
+
+
+INFO_TIMEOUT_S = 3.0  # the one blocking call (once per backend): keep a dead backend brief
 
 
 def info(refresh: bool = False) -> dict:
     """The backend's ``info`` (blocking, short timeout); raises TimeoutError/RemoteError."""
     if STATE.info is None or refresh:
-        c = client(timeout_s=min(prefs().timeout_s, 5.0))
+        c = client(timeout_s=min(prefs().timeout_s, INFO_TIMEOUT_S), retries=0)
         job = c.submit("info")
         try:
             STATE.info = job.wait()
@@ -134,37 +138,48 @@ def _land(results: list[HypothesisSet]) -> list[str]:
 
 
 def land(results: list[HypothesisSet], task: jobs.Task) -> list[str]:
-    """Put results into the scene: on the task's target hand, or on new hands."""
+    """Put results into the scene, on the task's target hand or on new hands: all of them or,
+    if anything fails, none (new objects are removed again)."""
     topo = topology()
+    target = bpy.data.objects.get(task.target) if task.target else None
+    if task.target and not scene.is_hand(target):
+        raise ValueError(f"the hand '{task.target}' is gone")
+    for hset in results:  # check everything before touching the scene
+        hset.check(len(target.data.vertices) if target else topo.num_vertices)
+    created: list[bpy.types.Object] = []
     names = []
-    for hset in results:
-        obj = bpy.data.objects.get(task.target) if task.target else None
-        if task.target and not scene.is_hand(obj):
-            raise ValueError(f"the hand '{task.target}' is gone")
-        pose = weights = None
-        if obj is None:
-            obj = scene.create_hand(topo, hset.handedness, f"HHMR {hset.label}".strip(),
-                                    location=hset.location)
-            if task.op == "reconstruct":
-                _camera_for(task, hset, obj)
-        elif task.meta.get("posed"):
-            pose = scene.bone_matrices(obj, topo)
-            weights = scene.skin_weights(obj, topo)
-        scene.apply_hypotheses(obj, hset, pose, weights)
-        names.append(obj.name)
+    try:
+        for hset in results:
+            obj, pose, weights = target, None, None
+            if obj is None:
+                obj = scene.create_hand(topo, hset.handedness, f"HHMR {hset.label}".strip(),
+                                        location=hset.location)
+                created += [obj, obj.parent]
+                if task.op == "reconstruct":
+                    created += _camera_for(task, hset, obj)
+            elif task.meta.get("posed"):
+                pose = scene.bone_matrices(obj, topo)
+                weights = scene.skin_weights(obj, topo)
+            scene.apply_hypotheses(obj, hset, pose, weights)
+            names.append(obj.name)
+    except BaseException:
+        scene.remove_objects(created)
+        raise
     return names
 
 
-def _camera_for(task: jobs.Task, hset: HypothesisSet, obj: bpy.types.Object) -> None:
+def _camera_for(task: jobs.Task, hset: HypothesisSet, obj: bpy.types.Object
+                ) -> list[bpy.types.Object]:
     K, size = hset.extra.get("K"), hset.extra.get("image_size")
     if K is None or not size:
-        return
+        return []
     image = bpy.data.images.get(task.meta.get("image", ""))
     if image is None and task.meta.get("image_path"):
         image = bpy.data.images.load(task.meta["image_path"], check_existing=True)
     cam = scene.create_camera(f"{obj.name} camera", np.asarray(K), int(size[0]), int(size[1]),
                               image)
     obj.hhmr.camera = cam
+    return [cam]
 
 
 def _fail(err: BaseException) -> None:

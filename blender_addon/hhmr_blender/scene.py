@@ -109,6 +109,17 @@ def create_camera(name: str, K: np.ndarray, width: int, height: int,
     return obj
 
 
+def remove_objects(objects: list[bpy.types.Object]) -> None:
+    """Delete objects and their (now unused) data: the undo of create_hand/create_camera."""
+    owners = {"MESH": bpy.data.meshes, "ARMATURE": bpy.data.armatures,
+              "CAMERA": bpy.data.cameras}
+    for obj in objects:
+        kind, data = obj.type, obj.data
+        bpy.data.objects.remove(obj)
+        if data is not None and data.users == 0 and kind in owners:
+            owners[kind].remove(data)
+
+
 # ---------------------------------------------------------------------------- reading
 
 def _co(data, n: int) -> np.ndarray:
