@@ -439,15 +439,21 @@ def serve_broker(bind: str, workers: int, device: str = "auto", weights: str | N
     watcher = ctx.socket(zmq.PAIR)
     watcher.connect(f"inproc://broker-control-{id(stop)}")
 
-    def watch() -> None:
-        stop.wait()
-        watcher.send(b"TERMINATE")
+    def run_proxy() -> None:
+        try:
+            zmq.proxy_steerable(front, back, None, control)
+        except zmq.ContextTerminated:
+            pass
 
-    threading.Thread(target=watch, daemon=True).start()
+    # The proxy runs in a thread; the main thread waits in Python, where signal handlers run
+    # (a signal delivered to another thread never interrupts a main thread blocked in C).
+    proxy = threading.Thread(target=run_proxy, daemon=True)
+    proxy.start()
     try:
-        zmq.proxy_steerable(front, back, None, control)
-    except zmq.ContextTerminated:
-        pass
+        while proxy.is_alive() and not stop.wait(0.2):
+            pass
+        watcher.send(b"TERMINATE")
+        proxy.join(10)
     finally:
         for p in procs:
             p.terminate()
