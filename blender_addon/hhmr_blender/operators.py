@@ -163,12 +163,22 @@ class HHMR_OT_cancel(bpy.types.Operator):
 
 
 class _HypothesisOp(bpy.types.Operator):
+    """An action on the hand's selected hypothesis (``act(obj, index)``), in object mode."""
+
     bl_options = {"REGISTER", "UNDO"}
+    act = staticmethod(lambda obj, index: None)  # no annotation: bpy reads those as props
 
     @classmethod
     def poll(cls, context) -> bool:
         obj = context.active_object
         return scene.is_hand(obj) and 0 <= obj.hhmr.active_index < len(obj.hhmr.hypotheses)
+
+    def execute(self, context):
+        obj = context.active_object
+        if obj.mode != "OBJECT":
+            bpy.ops.object.mode_set(mode="OBJECT")
+        self.act(obj, obj.hhmr.active_index)
+        return {"FINISHED"}
 
 
 class HHMR_OT_apply_hypothesis(_HypothesisOp):
@@ -176,13 +186,7 @@ class HHMR_OT_apply_hypothesis(_HypothesisOp):
 
     bl_idname = "hhmr.apply_hypothesis"
     bl_label = "Apply as Basis"
-
-    def execute(self, context):
-        obj = context.active_object
-        if obj.mode != "OBJECT":
-            bpy.ops.object.mode_set(mode="OBJECT")
-        scene.apply_as_basis(obj, obj.hhmr.active_index)
-        return {"FINISHED"}
+    act = staticmethod(scene.apply_as_basis)
 
 
 class HHMR_OT_delete_hypothesis(_HypothesisOp):
@@ -190,13 +194,7 @@ class HHMR_OT_delete_hypothesis(_HypothesisOp):
 
     bl_idname = "hhmr.delete_hypothesis"
     bl_label = "Delete Hypothesis"
-
-    def execute(self, context):
-        obj = context.active_object
-        if obj.mode != "OBJECT":
-            bpy.ops.object.mode_set(mode="OBJECT")
-        scene.delete_hypothesis(obj, obj.hhmr.active_index)
-        return {"FINISHED"}
+    act = staticmethod(scene.delete_hypothesis)
 
 
 class HHMR_OT_start_backend(bpy.types.Operator):
