@@ -71,7 +71,7 @@ def finger_region(pipe, finger: int) -> torch.Tensor:
     return w[:, 1 + 3 * finger: 4 + 3 * finger].sum(1) > 0.5
 
 
-def eval_inpaint(pipe, num, seed, steps, n, progress):
+def eval_inpaint(pipe, num, seed, steps, n, progress, guidance_scale=None):
     data = held_out(pipe, num, seed)
     faces = pipe.hand.faces.cpu()
     rng = np.random.default_rng(seed)
@@ -82,7 +82,8 @@ def eval_inpaint(pipe, num, seed, steps, n, progress):
         keep = ~free
         for method, replace in (("guidance", False), ("guidance+replace", True)):
             h = pipe.inpaint(data.vertices[i], keep, n=max(n, 2), steps=steps,
-                             seed=EVAL_SEED_OFFSET + seed + i, replace=replace)
+                             guidance_scale=guidance_scale, seed=EVAL_SEED_OFFSET + seed + i,
+                             replace=replace)
             kept = (h.vertices[:, keep] - data.vertices[i][keep]).norm(dim=-1).mean()
             res[method]["kept_err_mm"].append(float(kept) * 1000)
             res[method]["apd_mm"].append(float(metrics.apd(h.vertices[None][:, :, free])))
@@ -182,7 +183,7 @@ def evaluate_task(task: str, num: int, seed: int, steps: int = 10, n: int = 1,
     if task == "generate":
         results = eval_generate(pipe, num, seed, steps, progress)
     elif task == "inpaint":
-        results = eval_inpaint(pipe, num, seed, steps, n, progress)
+        results = eval_inpaint(pipe, num, seed, steps, n, progress, guidance_scale)
     elif task == "refit3d":
         results = eval_refit3d(pipe, num, seed, steps, n, progress, guidance_scale)
     elif task == "fit2d":
