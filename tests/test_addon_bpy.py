@@ -70,6 +70,22 @@ def keys(obj):
     return out
 
 
+def reprojection_error_px(ctx, hand, size: int) -> float:
+    """Mean pixel distance between the shown hand's joints seen through its camera (a square
+    photo of ``size`` pixels) and the keypoints the detector found in the photo."""
+    from bpy_extras.object_utils import world_to_camera_view
+    from hhmr_blender import scene
+    from mathutils import Vector
+
+    render = bpy.context.scene.render
+    render.resolution_x, render.resolution_y, render.resolution_percentage = size, size, 100
+    kp = ctx.topology().keypoint_regressor @ scene.displayed_vertices(hand)
+    uv = np.array([world_to_camera_view(bpy.context.scene, hand.hhmr.camera,
+                                        hand.matrix_world @ Vector(p))[:2] for p in kp])
+    pix = np.stack([uv[:, 0] * size, (1 - uv[:, 1]) * size], axis=1)
+    return float(np.linalg.norm(pix - ctx.STATE.last_extra["keypoints2d"], axis=1).mean())
+
+
 def new_hand(ctx, name="Hand"):
     bpy.ops.hhmr.add_hand(handedness="right")
     obj = bpy.context.view_layer.objects.active
@@ -253,19 +269,7 @@ def test_reconstruct_from_file_and_datablock(ctx):
     # the hand sits in front of the camera, along +Y, and its joints project onto the photo
     # where the detector found them
     assert obj.parent.location.y > 0.1
-    from bpy_extras.object_utils import world_to_camera_view
-    from hhmr_blender import scene
-    from mathutils import Vector
-
-    topo = ctx.topology()
-    render = bpy.context.scene.render
-    render.resolution_x, render.resolution_y, render.resolution_percentage = 224, 224, 100
-    kp = topo.keypoint_regressor @ scene.displayed_vertices(obj)
-    world = [obj.matrix_world @ Vector(p) for p in kp]
-    uv = np.array([world_to_camera_view(bpy.context.scene, cam, p)[:2] for p in world])
-    pix = np.stack([uv[:, 0] * 224, (1 - uv[:, 1]) * 224], axis=1)
-    detected = ctx.STATE.last_extra["keypoints2d"]
-    assert np.linalg.norm(pix - detected, axis=1).mean() < 12.0
+    assert reprojection_error_px(ctx, obj, 224) < 12.0
     first = keys(obj)["hyp_00"][0]
     img = bpy.data.images.load(str(photo), check_existing=True)
     s.image_source, s.image = "DATABLOCK", img
@@ -406,9 +410,7 @@ def test_start_and_stop_local_backend(ctx):
 def test_reconstruct_left_hand(ctx):
     """A left hand (forced, as the Hand menu does) lands mirrored, with outward normals, and
     its joints still project where the detector found them."""
-    from bpy_extras.object_utils import world_to_camera_view
     from hhmr_blender import scene
-    from mathutils import Vector
 
     photo = PHOTOS.parent / "real_interhand_sample" / "rgb" / "00000003.jpg"
     s = bpy.context.scene.hhmr
@@ -419,19 +421,12 @@ def test_reconstruct_left_hand(ctx):
         s.handedness = "AUTO"
     obj = bpy.data.objects[ctx.STATE.landed[0]]
     assert obj.hhmr.handedness == "left"
-    topo = ctx.topology()
     # reversed winding keeps the normals pointing out of the mirrored mesh
     v = scene.displayed_vertices(obj).astype(np.float64)
     tri = np.array([list(p.vertices) for p in obj.data.polygons])
     volume = np.einsum("ij,ij->i", v[tri[:, 0]], np.cross(v[tri[:, 1]], v[tri[:, 2]])).sum()
     assert volume > 0
-    render = bpy.context.scene.render
-    render.resolution_x, render.resolution_y, render.resolution_percentage = 256, 256, 100
-    kp = topo.keypoint_regressor @ v
-    uv = np.array([world_to_camera_view(bpy.context.scene, obj.hhmr.camera,
-                                        obj.matrix_world @ Vector(p))[:2] for p in kp])
-    pix = np.stack([uv[:, 0] * 256, (1 - uv[:, 1]) * 256], axis=1)
-    assert np.linalg.norm(pix - ctx.STATE.last_extra["keypoints2d"], axis=1).mean() < 15.0
+    assert reprojection_error_px(ctx, obj, 256) < 15.0
 
 
 def test_failed_landing_leaves_no_new_objects(ctx, monkeypatch):

@@ -97,22 +97,17 @@ def test_camera_frame_to_blender():
     rng = np.random.default_rng(1)
     v = rng.normal(size=(3, 10, 3)) + [0, 0, 0.5]
     j = rng.normal(size=(3, 21, 3)) + [0, 0, 0.5]
-    local, loc = handdata.camera_to_object(v, j, best=2)
+    local, local_j, loc = handdata.camera_to_object(v, j, best=2)
     assert np.allclose(local + loc, v @ r.T, atol=1e-6)  # positions relative to the camera
+    assert np.allclose(local_j + loc, j @ r.T, atol=1e-6)
     assert np.allclose(loc, r @ j[2, 0])
     lens = handdata.camera_lens(np.array([[500, 0, 112], [0, 500, 112], [0, 0, 1]]), 224, 224)
     assert np.isclose(lens["lens"], 500 * 36 / 224) and lens["shift_x"] == 0
 
 
-def test_hypothesis_names_and_display():
+def test_hypothesis_names_and_which_shows():
     assert hypotheses.names(3) == ["hyp_00", "hyp_01", "hyp_02"]
     assert hypotheses.names(101)[-1] == "hyp_100"
-    assert hypotheses.is_hypothesis_name("hyp_07") and not hypotheses.is_hypothesis_name("hyp")
-    base = np.zeros((4, 3), np.float32)
-    a, b = base + 1, base + 10
-    keys = [hypotheses.KeyState("Basis", base, 1.0, 0),
-            hypotheses.KeyState("a", a, 0.5, 0), hypotheses.KeyState("b", b, 1.0, 0, True)]
-    assert np.allclose(hypotheses.displayed(keys), 0.5)
     assert hypotheses.values_to_show(["Basis", "mine", "hyp_00", "hyp_01"],
                                      ["hyp_00", "hyp_01"], "hyp_01") == {"hyp_00": 0.0,
                                                                         "hyp_01": 1.0}

@@ -131,6 +131,5 @@ def main(argv: list[str]) -> int:
 if __name__ == "__main__":
     argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else sys.argv[1:]
     code = main(argv)
-    if bpy.app.background:
-        sys.stdout.flush()
+    sys.stdout.flush()
     sys.exit(code)

@@ -156,14 +156,18 @@ def from_backend(points: np.ndarray, handedness: str) -> np.ndarray:
 
 
 def camera_to_object(vertices: np.ndarray, joints: np.ndarray, best: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Camera-frame hypotheses [n, V, 3] to object-local vertices and the object's location,
-    for a camera at the world origin looking along +Y: the best hypothesis' wrist is the
-    object's origin, so every hypothesis keeps its place relative to the camera."""
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Camera-frame hypotheses (vertices [n, V, 3], joints [n, 21, 3]) to object-local
+    vertices and joints and the object's location, for a camera at the world origin looking
+    along +Y: the best hypothesis' wrist is the object's origin, so every hypothesis keeps
+    its place relative to the camera."""
     r = CAMERA_TO_BLENDER
     location = r @ np.asarray(joints[best, 0], np.float64)
-    local = np.asarray(vertices, np.float64) @ r.T - location
-    return local.astype(np.float32), location
+
+    def local(points: np.ndarray) -> np.ndarray:
+        return (np.asarray(points, np.float64) @ r.T - location).astype(np.float32)
+
+    return local(vertices), local(joints), location
 
 
 def camera_lens(K: np.ndarray, width: int, height: int, sensor_mm: float = 36.0

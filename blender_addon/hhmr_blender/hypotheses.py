@@ -1,8 +1,7 @@
-"""Hypotheses as shape keys, planned without bpy: names, order, checks, the displayed mix."""
+"""Hypotheses as shape keys, planned without bpy: names, order, checks, which one shows."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,17 +9,12 @@ from typing import Any
 import numpy as np
 
 PREFIX = "hyp_"
-_NAME = re.compile(r"hyp_\d{2,}")
 
 
 def names(n: int) -> list[str]:
     """``hyp_00``, ``hyp_01``, ... (three digits from 100 on)."""
     width = max(2, len(str(n - 1)))
     return [f"{PREFIX}{i:0{width}d}" for i in range(n)]
-
-
-def is_hypothesis_name(name: str) -> bool:
-    return bool(_NAME.fullmatch(name))
 
 
 @dataclass
@@ -58,32 +52,6 @@ class HypothesisSet:
                              f"has {num_vertices} vertices: is it a hand of this backend?")
         if not (np.isfinite(self.vertices).all() and np.isfinite(self.scores).all()):
             raise ValueError("the backend returned non-finite hypotheses")
-
-
-@dataclass(frozen=True)
-class KeyState:
-    """What the add-on needs to know of one shape key."""
-
-    name: str
-    co: np.ndarray  # [V, 3]
-    value: float
-    relative_to: int  # index of the key it is relative to
-    mute: bool = False
-
-
-def displayed(keys: Sequence[KeyState], basis_co: np.ndarray | None = None) -> np.ndarray:
-    """The mesh as Blender shows it from relative shape keys: the reference key plus each
-    unmuted key's value times its offset from the key it is relative to."""
-    if not keys:
-        if basis_co is None:
-            raise ValueError("no shape keys and no basis")
-        return np.asarray(basis_co, np.float32)
-    out = np.asarray(keys[0].co, np.float64).copy()
-    for k in keys[1:]:
-        if k.mute or k.value == 0.0:
-            continue
-        out += k.value * (np.asarray(k.co, np.float64) - keys[k.relative_to].co)
-    return out.astype(np.float32)
 
 
 def values_to_show(key_names: Sequence[str], ours: Sequence[str], show: str | None

@@ -64,8 +64,7 @@ class Task:
             side = hand.get("handedness") if hand.get("handedness") in ("left", "right") \
                 else "right"
             best = int(np.argmax(h.scores))
-            verts, location = handdata.camera_to_object(h.vertices, h.joints, best)
-            joints, _ = handdata.camera_to_object(h.joints, h.joints, best)
+            verts, joints, location = handdata.camera_to_object(h.vertices, h.joints, best)
             label = f"{self.label} hand {i}" if len(hands) > 1 else self.label
             out.append(HypothesisSet.ranked(
                 verts, joints, h.scores, self.op, handedness=side, location=location,

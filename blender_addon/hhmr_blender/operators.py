@@ -72,9 +72,9 @@ class HHMR_OT_reconstruct(_Request):
                                      handedness=side)
                 t.meta["image"] = img.name
                 return t
-            path = bpy.path.abspath(s.image_path)
             if not s.image_path:
                 raise ValueError("choose a photo first")
+            path = bpy.path.abspath(s.image_path)
             t = jobs.reconstruct(sampling(context), image=runner.image_bytes(path),
                                  label=Path(path).stem, handedness=side)
             t.meta["image_path"] = path

@@ -64,16 +64,24 @@ class HHMR_PT_reconstruct(_Panel):
         layout.operator("hhmr.reconstruct", icon="IMAGE_DATA")
 
 
-class HHMR_PT_edit(_Panel):
-    bl_label = "Inpaint and Refit"
+class _HandPanel(_Panel):
+    """A sub-panel about the selected HHMR hand (or its armature), else a hint."""
+
     bl_parent_id = "HHMR_PT_main"
+    hint = "Select an HHMR hand or its armature"
 
     def draw(self, context):
-        layout = self.layout
         hand = scene.hand_of(context.active_object)
         if hand is None:
-            layout.label(text="Select an HHMR hand or its armature")
-            return
+            self.layout.label(text=self.hint)
+        else:
+            self.draw_hand(context, self.layout, hand)
+
+
+class HHMR_PT_edit(_HandPanel):
+    bl_label = "Inpaint and Refit"
+
+    def draw_hand(self, context, layout, hand):
         col = layout.column()
         col.operator("hhmr.inpaint", icon="MOD_MASK")
         if context.active_object.mode != "EDIT":
@@ -82,18 +90,13 @@ class HHMR_PT_edit(_Panel):
         layout.operator("hhmr.refit", icon="ARMATURE_DATA")
 
 
-class HHMR_PT_hypotheses(_Panel):
+class HHMR_PT_hypotheses(_HandPanel):
     bl_label = "Hypotheses"
-    bl_parent_id = "HHMR_PT_main"
+    hint = "No HHMR hand selected"
 
-    def draw(self, context):
-        layout = self.layout
-        obj = scene.hand_of(context.active_object)
-        if obj is None:
-            layout.label(text="No HHMR hand selected")
-            return
-        layout.label(text=f"{obj.name} ({obj.hhmr.handedness})")
-        layout.template_list("HHMR_UL_hypotheses", "", obj.hhmr, "hypotheses", obj.hhmr,
+    def draw_hand(self, context, layout, hand):
+        layout.label(text=f"{hand.name} ({hand.hhmr.handedness})")
+        layout.template_list("HHMR_UL_hypotheses", "", hand.hhmr, "hypotheses", hand.hhmr,
                              "active_index", rows=4)
         row = layout.row(align=True)
         row.operator("hhmr.apply_hypothesis", icon="CHECKMARK")

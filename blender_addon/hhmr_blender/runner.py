@@ -23,7 +23,6 @@ class State:
     job: jobs.TrackedJob | None = None
     status: str = ""
     error: str = ""
-    last_seconds: float = 0.0
     landed: list[str] = field(default_factory=list)  # names of the objects of the last result
     last_extra: dict = field(default_factory=dict)  # extra of the last result's first hand
     topologies: dict[str, HandTopology] = field(default_factory=dict)  # per backend address
@@ -128,12 +127,11 @@ def _land(results: list[HypothesisSet]) -> list[str]:
         names = land(results, job.task)
     finally:
         job.close()
-    STATE.last_seconds = job.elapsed
     STATE.landed = names
     STATE.last_extra = results[0].extra if results else {}
     n = sum(len(r) for r in results)
     STATE.status = f"{job.task.op}: {n} hypotheses on {', '.join(names)} in " \
-                   f"{STATE.last_seconds:.1f} s"
+                   f"{job.elapsed:.1f} s"
     return names
 
 
@@ -240,7 +238,8 @@ def _popup(text: str) -> None:
 
 
 def image_bytes(path: str) -> bytes:
-    p = Path(bpy.path.abspath(path))
+    """The bytes of an image file (an absolute path: bpy.path.abspath it first)."""
+    p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"no image file at {p}")
     return p.read_bytes()

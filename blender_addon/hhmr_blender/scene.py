@@ -13,7 +13,7 @@ import numpy as np
 
 from . import handdata, hypotheses
 from .handdata import HandTopology
-from .hypotheses import HypothesisSet, KeyState
+from .hypotheses import HypothesisSet
 
 BASIS = "Basis"
 
@@ -126,17 +126,6 @@ def _co(data, n: int) -> np.ndarray:
     out = np.empty(n * 3, np.float32)
     data.foreach_get("co", out)
     return out.reshape(n, 3)
-
-
-def key_states(obj: bpy.types.Object) -> list[KeyState]:
-    keys = obj.data.shape_keys
-    if keys is None:
-        return []
-    blocks = list(keys.key_blocks)
-    index = {kb.name: i for i, kb in enumerate(blocks)}
-    n = len(obj.data.vertices)
-    return [KeyState(kb.name, _co(kb.data, n), float(kb.value),
-                     index.get(kb.relative_key.name, 0), bool(kb.mute)) for kb in blocks]
 
 
 def displayed_vertices(obj: bpy.types.Object) -> np.ndarray:

@@ -93,15 +93,16 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
                desc="train")
     running, interval = None, []
 
+    def all_stages() -> list[dict]:
+        """The earlier runs and this one, as far as it has got."""
+        return stages + [{"command": command, "to_step": step,
+                          "minutes": round((time.perf_counter() - start) / 60, 2)}]
+
     def save(path: Path) -> None:
         torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
                     "elapsed_s": time.perf_counter() - start, "config": config,
                     "history": history, "hand": hand.name, "command": command,
-                    "stages": stages + [current()], "num_vertices": hand.num_vertices}, path)
-
-    def current() -> dict:
-        return {"command": command, "to_step": step,
-                "minutes": round((time.perf_counter() - start) / 60, 2)}
+                    "stages": all_stages(), "num_vertices": hand.num_vertices}, path)
 
     while step < tcfg["max_steps"]:
         if (time.perf_counter() - start) / 60 > tcfg["max_minutes"]:
@@ -144,6 +145,6 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
     final = {"model": {k: v.cpu() for k, v in net.state_dict().items()}, "config": config,
              "step": step, "minutes": (time.perf_counter() - start) / 60,
              "history": history, "hand": hand.name, "num_vertices": hand.num_vertices,
-             "device": str(dev), "command": command, "stages": stages + [current()]}
+             "device": str(dev), "command": command, "stages": all_stages()}
     torch.save(final, out_dir / "final.pt")
     return {"steps": step, "minutes": final["minutes"], "last": history[-1] if history else {}}
