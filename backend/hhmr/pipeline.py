@@ -27,6 +27,8 @@ from hhmr.hand.base import HandModel
 from hhmr.mesh.geometry import unique_edges
 from hhmr.models import Conditions, GraphUNet
 from hhmr.models.conditions import normalize_keypoints
+from hhmr.models.graph_unet import Context
+from hhmr.models.tracing import TracedDenoiser
 from hhmr.paths import weights_dir
 from hhmr.training.data import SCALE
 
@@ -59,10 +61,13 @@ class Hypotheses:
 
 
 class HandDiffusionPipeline:
-    def __init__(self, net: GraphUNet, hand: HandModel, device: str | torch.device = "cpu"
-                 ) -> None:
+    def __init__(self, net: GraphUNet, hand: HandModel, device: str | torch.device = "cpu",
+                 trace: bool = True) -> None:
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
+        # unguided steps run the net through frozen TorchScript traces (same results, less
+        # overhead); they copy the weights: set trace=False while changing them
+        self.traced = TracedDenoiser(self.net) if trace else None
         self.hand = hand.to(self.device)
         self.schedule = CosineSchedule()
         self.regressor = hand.keypoint_regressor.to(self.device)
@@ -74,8 +79,8 @@ class HandDiffusionPipeline:
         self.template_edge_len = (v[self.edges[:, 0]] - v[self.edges[:, 1]]).norm(dim=-1)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu"
-                        ) -> HandDiffusionPipeline:
+    def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu",
+                        trace: bool = True) -> HandDiffusionPipeline:
         from hhmr.training.train import build_model
 
         path = Path(path) if path else weights_dir() / DEFAULT_WEIGHTS
@@ -90,7 +95,7 @@ class HandDiffusionPipeline:
         net, _ = build_model(ckpt["config"], hand)
         net.load_state_dict(ckpt["model"])
         # inference only: no parameter gradients (guidance differentiates w.r.t. x_t alone)
-        return cls(net.requires_grad_(False), hand, device)
+        return cls(net.requires_grad_(False), hand, device, trace)
 
     # ---- core sampler -------------------------------------------------------------------
     def sample(self, cond: Conditions, batch: int, operator: GuidanceOperator | None = None,
@@ -119,6 +124,12 @@ class HandDiffusionPipeline:
         cond = Conditions(**{k: None if t is None else t.to(self.device)
                              for k, t in cond.__dict__.items()})
         guided = operator is not None and guidance_scale > 0
+        # a denoiser may precompute what the conditions give every step (GraphUNet: the
+        # tokens' keys and values); others take the conditions themselves
+        prepare = getattr(self.net, "context", None)
+        with torch.no_grad():
+            context = prepare(cond, batch) if prepare is not None else cond
+        traced = self.traced is not None and isinstance(context, Context)
         timesteps = sampler.set_timesteps(steps).tolist()
         for i, t in enumerate(timesteps):
             if self.callback is not None:
@@ -127,13 +138,13 @@ class HandDiffusionPipeline:
             if guided:
                 with torch.enable_grad():
                     x_in = x.detach().requires_grad_(True)
-                    x0 = self.net(x_in, tt, cond)
+                    x0 = self.net(x_in, tt, context)
                     loss = operator.loss(x0 * SCALE).sum()
                     grad = torch.autograd.grad(loss, x_in)[0]
                 x0, x = x0.detach(), x.detach()
             else:
                 with torch.no_grad():
-                    x0 = self.net(x, tt, cond)
+                    x0 = (self.traced if traced else self.net)(x, tt, context)
             eps_noise = randn() if eta > 0 else None
             x = sampler.step(x0, t, x, noise=eps_noise)
             if guided:

@@ -13,6 +13,7 @@ from torch import nn
 
 from hhmr.diffusion.schedule import CosineSchedule
 from hhmr.models.conditions import Conditions
+from hhmr.models.graph_unet import Context
 
 
 class X0Denoiser(nn.Module):
@@ -30,8 +31,11 @@ class X0Denoiser(nn.Module):
         denom = (ab * s2 + 1 - ab).sqrt()
         return ab.sqrt() * s2 / denom ** 2, self.sigma_data * (1 - ab).sqrt() / denom, 1 / denom
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditions | None = None
-                ) -> torch.Tensor:
+    def context(self, cond: Conditions | None, batch: int) -> Context:
+        return self.net.context(cond, batch)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor,
+                cond: Conditions | Context | None = None) -> torch.Tensor:
         t = t.reshape(-1).expand(x_t.shape[0])
         c_skip, c_out, c_in = (c[:, None, None].to(x_t.dtype) for c in self.coefficients(t))
         return c_skip * x_t + c_out * self.net(c_in * x_t, t, cond)

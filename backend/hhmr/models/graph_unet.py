@@ -3,6 +3,8 @@
 Per level: Chebyshev graph-convolution residual blocks conditioned on the timestep, and at the
 coarser levels self-attention among vertices and cross-attention to the condition tokens;
 downsampling and upsampling through the hierarchy's fixed operators, with skip connections.
+Inside, features are vertex-first [N, B, C], the layout of the sparse graph operators, so no
+block transposes; only the input and output are batch-first.
 """
 
 from __future__ import annotations
@@ -62,30 +64,90 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(nn.functional.silu(self.norm1(x)))
-        scale, shift = self.film(temb)[:, None].chunk(2, -1)
+        scale, shift = self.film(temb)[None].chunk(2, -1)
         h = self.norm2(h) * (1 + scale) + shift
         return x + self.conv2(nn.functional.silu(h))
 
 
+class Attention(nn.Module):
+    """Multi-head attention on vertex-first features, with nn.MultiheadAttention's parameter
+    names (so its state dicts load); the keys and values of fixed tokens can be projected
+    once with `keys_values` and reused at every sampling step."""
+
+    def __init__(self, c: int, heads: int, kdim: int | None = None) -> None:
+        super().__init__()
+        self.heads, self.c = heads, c
+        kdim = kdim or c
+        self.shared = kdim == c
+        if self.shared:
+            self.in_proj_weight = nn.Parameter(torch.empty(3 * c, c))
+        else:
+            self.q_proj_weight = nn.Parameter(torch.empty(c, c))
+            self.k_proj_weight = nn.Parameter(torch.empty(c, kdim))
+            self.v_proj_weight = nn.Parameter(torch.empty(c, kdim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * c))
+        self.out_proj = nn.Linear(c, c)
+        for w in ((self.in_proj_weight,) if self.shared else
+                  (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight)):
+            nn.init.xavier_uniform_(w)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def _weight(self, i: int) -> torch.Tensor:
+        if self.shared:
+            return self.in_proj_weight[i * self.c:(i + 1) * self.c]
+        return (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight)[i]
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, B, C] -> [B, heads, N, C / heads]"""
+        n, b, _ = x.shape
+        return x.reshape(n, b, self.heads, -1).permute(1, 2, 0, 3)
+
+    def keys_values(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected keys and values [B, heads, T, C / heads] of tokens [T, B, kdim]."""
+        bias = self.in_proj_bias.chunk(3)
+        return (self._split(nn.functional.linear(tokens, self._weight(1), bias[1])),
+                self._split(nn.functional.linear(tokens, self._weight(2), bias[2])))
+
+    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> torch.Tensor:
+        """Attend from x [N, B, C] to kv (self-attention when None)."""
+        n, b, c = x.shape
+        if kv is None and self.shared:
+            qkv = nn.functional.linear(x, self.in_proj_weight, self.in_proj_bias)
+            q, k, v = qkv.reshape(n, b, 3, self.heads, -1).permute(2, 1, 3, 0, 4)
+        else:
+            k, v = kv if kv is not None else self.keys_values(x)
+            q = self._split(nn.functional.linear(x, self._weight(0), self.in_proj_bias[:c]))
+        o = nn.functional.scaled_dot_product_attention(q, k, v)  # [B, heads, N, C / heads]
+        return self.out_proj(o.permute(2, 0, 1, 3).reshape(n, b, c))
+
+
 class AttentionBlock(nn.Module):
-    """Self-attention over vertices, cross-attention to condition tokens, feed-forward."""
+    """Self-attention over vertices, cross-attention to condition tokens, feed-forward
+    (vertex-first [N, B, C]; the tokens' keys and values from `Attention.keys_values`)."""
 
     def __init__(self, c: int, token_dim: int, heads: int) -> None:
         super().__init__()
         self.norm_self = nn.LayerNorm(c)
-        self.self_attn = nn.MultiheadAttention(c, heads, batch_first=True)
+        self.self_attn = Attention(c, heads)
         self.norm_cross = nn.LayerNorm(c)
-        self.cross_attn = nn.MultiheadAttention(c, heads, kdim=token_dim, vdim=token_dim,
-                                                batch_first=True)
+        self.cross_attn = Attention(c, heads, kdim=token_dim)
         self.norm_ff = nn.LayerNorm(c)
         self.ff = nn.Sequential(nn.Linear(c, 2 * c), nn.SiLU(), nn.Linear(2 * c, c))
 
-    def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        h = self.norm_self(x)
-        x = x + self.self_attn(h, h, h, need_weights=False)[0]
-        h = self.norm_cross(x)
-        x = x + self.cross_attn(h, tokens, tokens, need_weights=False)[0]
+    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x = x + self.self_attn(self.norm_self(x))
+        x = x + self.cross_attn(self.norm_cross(x), kv)
         return x + self.ff(self.norm_ff(x))
+
+
+@dataclass
+class Context:
+    """What the conditions contribute to every step: the keys and values of the condition
+    tokens for each attention block (compute once per sampling run with `context`)."""
+
+    batch: int
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
 
 
 class Level(nn.Module):
@@ -94,9 +156,9 @@ class Level(nn.Module):
         self.res = ResBlock(c, edges, n, cfg.time_dim, cfg.cheb_k)
         self.attn = AttentionBlock(c, cfg.token_dim, cfg.heads) if attention else None
 
-    def forward(self, x, temb, tokens):
+    def forward(self, x, temb, kv):
         x = self.res(x, temb)
-        return self.attn(x, tokens) if self.attn is not None else x
+        return self.attn(x, kv) if self.attn is not None else x
 
 
 class GraphUNet(nn.Module):
@@ -136,23 +198,37 @@ class GraphUNet(nn.Module):
         self.out_norm = nn.LayerNorm(ch[0])
         self.out = nn.Linear(ch[0], 3)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditions | None = None
-                ) -> torch.Tensor:
+    def _levels(self) -> list[Level]:
+        """Every level in the order forward runs them."""
+        return [*self.down_blocks, self.mid, *reversed(self.up_blocks)]
+
+    def context(self, cond: Conditions | None, batch: int) -> Context:
+        """Condition tokens projected to each attention block's keys and values."""
+        tokens = self.conditions(cond or Conditions(), batch).transpose(0, 1)
+        return Context(batch, [lv.attn.cross_attn.keys_values(tokens) if lv.attn else None
+                               for lv in self._levels()])
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor,
+                cond: Conditions | Context | None = None) -> torch.Tensor:
         b = x_t.shape[0]
         if x_t.shape[1:] != (self.num_vertices, 3):
             raise ValueError(f"x_t must be [B, {self.num_vertices}, 3]")
-        tokens = self.conditions(cond or Conditions(), b)
+        ctx = cond if isinstance(cond, Context) else self.context(cond, b)
+        if ctx.batch != b:
+            raise ValueError(f"context for batch {ctx.batch}, x_t has batch {b}")
+        kv = iter(ctx.kv)
         temb = self.time(timestep_embedding(t.reshape(-1).expand(b), self.cfg.time_dim))
-        h = self.inp(x_t) + self.vertex_embedding[0]
+        h = self.inp(x_t.transpose(0, 1)) + self.vertex_embedding[0][:, None]
         skips = []
         for i, block in enumerate(self.down_blocks):
-            h = block(h, temb, tokens)
+            h = block(h, temb, next(kv))
             if i < len(self.downsample):
                 skips.append(h)
-                h = self.down_proj[i](self.downsample[i](h)) + self.vertex_embedding[i + 1]
-        h = self.mid(h, temb, tokens)
+                h = self.down_proj[i](self.downsample[i](h))
+                h = h + self.vertex_embedding[i + 1][:, None]
+        h = self.mid(h, temb, next(kv))
         for i in reversed(range(len(self.upsample))):
             h = self.up_proj[i](self.upsample[i](h))
             h = self.merge[i](torch.cat([h, skips[i]], -1))
-            h = self.up_blocks[i](h, temb, tokens)
-        return self.out(nn.functional.silu(self.out_norm(h)))
+            h = self.up_blocks[i](h, temb, next(kv))
+        return self.out(nn.functional.silu(self.out_norm(h))).transpose(0, 1)

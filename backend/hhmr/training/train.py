@@ -50,12 +50,33 @@ def build_model(config: dict, hand=None) -> tuple[GraphUNet, object]:
     return net, hand
 
 
-def lr_at(step: int, cfg: dict) -> float:
+def lr_at(step: int, cfg: dict, minutes: float = 0.0) -> float:
+    """Warm-up, then a cosine to 5 % over the run's progress: the larger of the fractions of
+    max_steps and of max_minutes done, so a run stopped by its time limit still anneals."""
     warm = cfg.get("warmup_steps", 0)
     if step < warm:
         return cfg["lr"] * (step + 1) / warm
-    progress = min(1.0, (step - warm) / max(1, cfg["max_steps"] - warm))
+    progress = (step - warm) / max(1, cfg["max_steps"] - warm)
+    if cfg.get("max_minutes"):
+        progress = max(progress, minutes / cfg["max_minutes"])
+    progress = min(1.0, progress)
     return cfg["lr"] * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class EMA:
+    """Exponential moving average of a model's floating-point state (weights for sampling);
+    the decay ramps up as (1 + step) / (10 + step) until it reaches `decay`."""
+
+    def __init__(self, net: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+    def update(self, net: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        live = net.state_dict()
+        keys = [k for k, v in self.state.items() if v.is_floating_point()]
+        torch._foreach_lerp_([self.state[k] for k in keys], [live[k].detach() for k in keys],
+                             1 - d)
 
 
 def train(config: dict, out_dir: Path, resume: Path | None = None, device: str = "auto",
@@ -79,6 +100,7 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
     use_amp = dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     step, elapsed, history, stages = 0, 0.0, [], []
+    ckpt = None
     if resume is not None and Path(resume).exists():
         ckpt = torch.load(resume, map_location=dev, weights_only=False)
         net.load_state_dict(ckpt["model"])
@@ -87,6 +109,9 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
         # the runs that led here: each command with the step and minutes it ended at
         stages = ckpt.get("stages") or [{"command": ckpt.get("command", "an earlier run"),
                                          "to_step": step, "minutes": round(elapsed / 60, 2)}]
+    ema = EMA(net, tcfg["ema_decay"]) if tcfg.get("ema_decay") else None
+    if ema is not None and ckpt is not None and ckpt.get("ema"):
+        ema.state = ckpt["ema"]
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter() - elapsed
     bar = tqdm(total=tcfg["max_steps"], initial=step, disable=not progress, unit="step",
@@ -100,6 +125,7 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
 
     def save(path: Path) -> None:
         torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                    "ema": None if ema is None else ema.state,
                     "elapsed_s": time.perf_counter() - start, "config": config,
                     "history": history, "hand": hand.name, "command": command,
                     "stages": all_stages(), "num_vertices": hand.num_vertices}, path)
@@ -117,7 +143,7 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
         noise = torch.randn(x0.shape, generator=gen).to(dev)
         x_t = schedule.add_noise(x0, noise, t)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, tcfg)
+            group["lr"] = lr_at(step, tcfg, (time.perf_counter() - start) / 60)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
             pred = net(x_t, t, cond)
         terms = losses(pred.float(), x0)
@@ -127,8 +153,10 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
         torch.nn.utils.clip_grad_norm_(net.parameters(), tcfg["grad_clip"])
         scaler.step(opt)
         scaler.update()
+        if ema is not None:
+            ema.update(net, step)
         step += 1
-        vals = {k: float(v) for k, v in terms.items()}
+        vals = {k: float(v.detach()) for k, v in terms.items()}
         running = vals if running is None else {k: 0.98 * running[k] + 0.02 * vals[k]
                                                 for k in vals}
         interval.append(vals)
@@ -142,7 +170,10 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
             save(out_dir / "checkpoint.pt")
     bar.close()
     save(out_dir / "checkpoint.pt")
-    final = {"model": {k: v.cpu() for k, v in net.state_dict().items()}, "config": config,
+    # the shipped weights are the moving average when there is one
+    weights = net.state_dict() if ema is None else ema.state
+    final = {"model": {k: v.cpu() for k, v in weights.items()}, "config": config,
+             "ema_decay": None if ema is None else ema.decay,
              "step": step, "minutes": (time.perf_counter() - start) / 60,
              "history": history, "hand": hand.name, "num_vertices": hand.num_vertices,
              "device": str(dev), "command": command, "stages": all_stages()}
