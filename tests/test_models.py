@@ -40,6 +40,25 @@ def test_forward_shapes_and_gradients(tiny_net, hand, gen):
         tiny_net(torch.zeros(1, 10, 3), torch.tensor([1]))
 
 
+def test_context_and_traces_give_the_same_x0(tiny_net, hand, gen):
+    """Keys/values computed once per run, and frozen traces, change nothing but speed."""
+    from hhmr.models.tracing import TracedDenoiser
+
+    x = torch.randn(3, hand.num_vertices, 3, generator=gen)
+    t = torch.tensor([999, 400, 2])
+    cond = _full_conditions(3, gen)
+    with torch.no_grad():
+        direct = tiny_net(x, t, cond)
+        ctx = tiny_net.context(cond, 3)
+        assert torch.allclose(tiny_net(x, t, ctx), direct, atol=1e-6)
+        traced = TracedDenoiser(tiny_net)
+        assert torch.allclose(traced(x, t, ctx), direct, atol=1e-5)
+        assert torch.allclose(traced(x, t.flip(0), ctx), tiny_net(x, t.flip(0), ctx),
+                              atol=1e-5)  # timesteps are inputs of the trace, not constants
+        with pytest.raises(ValueError, match="batch"):
+            tiny_net(x[:2], t[:2], ctx)
+
+
 def test_tokens_share_one_space_and_nulls_replace_missing(tiny_net, gen):
     enc = tiny_net.conditions
     cond = _full_conditions(2, gen)
@@ -171,3 +190,21 @@ def test_tiny_training_run_lowers_the_loss(tmp_path):
     more = train(cfg, tmp_path, resume=tmp_path / "checkpoint.pt", max_steps=85,
                  progress=False)
     assert more["steps"] == 85
+    # final.pt ships the moving average of the weights, which lags the live weights
+    final = torch.load(tmp_path / "final.pt", weights_only=False)
+    live = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert final["ema_decay"] == cfg["train"]["ema_decay"]
+    name = "net.out.weight"
+    assert torch.equal(final["model"][name], live["ema"][name])
+    assert not torch.equal(final["model"][name], live["model"][name])
+
+
+def test_learning_rate_anneals_with_the_time_limit():
+    from hhmr.training.train import lr_at
+
+    cfg = {"lr": 1e-3, "warmup_steps": 10, "max_steps": 100_000, "max_minutes": 60}
+    assert lr_at(0, cfg) == pytest.approx(1e-4)
+    assert lr_at(50, cfg, minutes=0) == pytest.approx(1e-3, rel=1e-3)
+    assert lr_at(50, cfg, minutes=30) == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5))
+    assert lr_at(50, cfg, minutes=60) == pytest.approx(5e-5)  # the time limit ends the run
+    assert lr_at(100_000, dict(cfg, max_minutes=None)) == pytest.approx(5e-5)
