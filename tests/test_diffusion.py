@@ -33,15 +33,20 @@ def test_cosine_schedule():
 
 @pytest.mark.parametrize("steps", [1, 10, 25, 50])
 @pytest.mark.parametrize("eta", [0.0, 1.0])
-def test_ddim_with_a_perfect_denoiser_recovers_x0(steps, eta):
+@pytest.mark.parametrize("spacing", ["linspace", "trailing"])
+def test_ddim_with_a_perfect_denoiser_recovers_x0(steps, eta, spacing):
     s = CosineSchedule()
     sampler = DDIMSampler(s, eta=eta)
     gen = torch.Generator().manual_seed(0)
     x0 = torch.randn(3, 50, 3, generator=gen, dtype=torch.float64)
     x = torch.randn(3, 50, 3, generator=gen, dtype=torch.float64)
-    timesteps = sampler.set_timesteps(steps)
+    timesteps = sampler.set_timesteps(steps, spacing)
     assert timesteps[0] == 999 and len(timesteps) == steps
-    assert steps == 1 or timesteps[-1] == 0
+    assert (timesteps.diff() < 0).all()
+    if spacing == "linspace":
+        assert steps == 1 or timesteps[-1] == 0
+    else:
+        assert timesteps[-1] == round(1000 / steps) - 1
     for t in timesteps.tolist():
         x = sampler.step(x0, t, x, generator=gen)
         prev = sampler.previous(t)
@@ -58,6 +63,8 @@ def test_ddim_rejects_bad_steps():
         sampler.set_timesteps(0)
     with pytest.raises(ValueError):
         sampler.set_timesteps(5000)
+    with pytest.raises(ValueError, match="spacing"):
+        sampler.set_timesteps(10, "leading")
 
 
 def _operators(hand, gen):

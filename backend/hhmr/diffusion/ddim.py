@@ -15,11 +15,18 @@ class DDIMSampler:
         self.eta = eta
         self.timesteps = torch.empty(0, dtype=torch.long)
 
-    def set_timesteps(self, num_steps: int) -> torch.Tensor:
-        """Evenly spaced timesteps from T-1 down to 0 (num_steps >= 1)."""
-        if not 1 <= num_steps <= self.schedule.num_train_steps:
-            raise ValueError(f"steps must be in [1, {self.schedule.num_train_steps}]")
-        t = torch.linspace(self.schedule.num_train_steps - 1, 0, num_steps).round().long()
+    def set_timesteps(self, num_steps: int, spacing: str = "linspace") -> torch.Tensor:
+        """Evenly spaced timesteps from T-1 down: to 0 ("linspace"), or to T/n - 1
+        ("trailing", Lin et al. 2024: the last step returns the x0 predicted there)."""
+        T = self.schedule.num_train_steps
+        if not 1 <= num_steps <= T:
+            raise ValueError(f"steps must be in [1, {T}]")
+        if spacing == "linspace":
+            t = torch.linspace(T - 1, 0, num_steps).round().long()
+        elif spacing == "trailing":
+            t = (T - torch.arange(num_steps) * (T / num_steps)).round().long() - 1
+        else:
+            raise ValueError(f"unknown spacing {spacing!r}")
         self.timesteps = t
         return t
 
