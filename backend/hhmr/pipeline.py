@@ -40,13 +40,16 @@ DEFAULT_GUIDANCE = {"inpaint": 0.005, "refit3d": 0.01, "fit2d": 0.0002}
 
 # fit2d fits a global rotation to the keypoints inside the projection operator
 FIT2D_SOLVE_ROTATION = True
-# largest guidance move per step, RMS over a sample's vertices, in model units (0.1 m), per
-# task: keeps a wild early fit2d prediction from throwing the sample away; inpainting needs
-# its whole last move (capping it left 5.8 mm on the kept region against 1.3, seed 100)
-MAX_GUIDANCE_STEP: dict[str, float] = {"fit2d": 0.05}
+# Per-task guidance settings, keyed by task ("inpaint+replace": inpainting that also replaces
+# the kept vertices, the default). Largest guidance move per step, RMS over a sample's vertices
+# in model units (0.1 m): keeps a wild early fit2d prediction from throwing the sample away;
+# inpainting by guidance alone needs its whole last move (capped, the kept region was 5.8 mm
+# off on seed 100; uncapped, 1.3 mm), but with replacement the kept region is exact anyway and
+# uncapped moves roughen the rest (self-intersection 0.9 -> 2.5 %, seed 0)
+MAX_GUIDANCE_STEP: dict[str, float] = {"fit2d": 0.05, "inpaint+replace": 0.05}
 # guided moves at the last step, each one more pass through the net with gradients: a second
-# one took the kept-region error of inpainting from 1.31 to 0.66 mm and refit3d's PA-MPJPE
-# from 2.16 to 1.44 mm (seed 100); it did not help fit2d
+# one took the kept-region error of inpainting by guidance alone from 1.31 to 0.66 mm and
+# refit3d's PA-MPJPE from 2.16 to 1.44 mm (seed 100); it did not help fit2d
 FINAL_GUIDANCE_ITERS: dict[str, int] = {"inpaint": 2, "refit3d": 2}
 
 
@@ -189,10 +192,10 @@ class HandDiffusionPipeline:
             known = None
             if ps[0].known is not None:
                 known = (torch.cat([p.known[0] for p in ps]), torch.cat([p.known[1] for p in ps]))
-            family = ps[0].kind.split("/")[0]
+            task = ps[0].kind.split("/")[0] + ("+replace" if known is not None else "")
             verts = self._sample(cond, [_Noise(p.seed, p.n) for p in ps], op, ps[0].steps,
-                                 ps[0].eta, ps[0].scale, known, MAX_GUIDANCE_STEP.get(family),
-                                 FINAL_GUIDANCE_ITERS.get(family, 1))
+                                 ps[0].eta, ps[0].scale, known, MAX_GUIDANCE_STEP.get(task),
+                                 FINAL_GUIDANCE_ITERS.get(task, 1))
             parts = verts.split([p.n for p in ps])
             for i, p, v in zip(idx, ps, parts, strict=True):
                 h = p.finish(v)
