@@ -59,6 +59,26 @@ def test_context_and_traces_give_the_same_x0(tiny_net, hand, gen):
             tiny_net(x[:2], t[:2], ctx)
 
 
+@pytest.mark.parametrize("kdim", [16, 24])
+def test_attention_matches_torch_multihead_attention(kdim, gen):
+    """Same parameter names and results as nn.MultiheadAttention (the shipped weights were
+    trained with it), vertex-first, with keys and values projected once."""
+    from hhmr.models.graph_unet import Attention
+
+    torch.manual_seed(0)
+    ref = torch.nn.MultiheadAttention(16, 2, kdim=kdim, vdim=kdim, batch_first=True)
+    ours = Attention(16, 2, kdim=kdim)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 7, 16, generator=gen)
+    tokens = torch.randn(3, 5, kdim, generator=gen)
+    want = ref(x, tokens, tokens, need_weights=False)[0]
+    got = ours(x.transpose(0, 1), ours.keys_values(tokens.transpose(0, 1))).transpose(0, 1)
+    assert torch.allclose(got, want, atol=1e-6)
+    if kdim == 16:
+        want = ref(x, x, x, need_weights=False)[0]
+        assert torch.allclose(ours(x.transpose(0, 1)).transpose(0, 1), want, atol=1e-6)
+
+
 def test_tokens_share_one_space_and_nulls_replace_missing(tiny_net, gen):
     enc = tiny_net.conditions
     cond = _full_conditions(2, gen)

@@ -109,6 +109,8 @@ def main() -> None:
         f"{cfg['train']['batch_size']}, lr {cfg['train']['lr']})",
         f"- Device: {ckpt.get('device', 'cpu')} (this project's 2-core CPU machine)",
         f"- Steps: {ckpt['step']}, wall time {ckpt['minutes']:.1f} min",
+        "- Weights: " + (f"exponential moving average (decay {ckpt['ema_decay']})"
+                         if ckpt.get("ema_decay") else "the last step's (no moving average)"),
         f"- Parameters: {params / 1e6:.2f} M; file {WEIGHTS.stat().st_size / 1e6:.1f} MB",
         "- Data: synthetic only, streamed from the pose prior (`hhmr.data.poses`, seeds < 1e6):"
         " random gestures, shapes (7 directions), uniformly random orientations, random "

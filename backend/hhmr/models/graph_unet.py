@@ -147,7 +147,7 @@ class Context:
     tokens for each attention block (compute once per sampling run with `context`)."""
 
     batch: int
-    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    kv: list[tuple[torch.Tensor, torch.Tensor] | None]  # per level; None: no attention
 
 
 class Level(nn.Module):
