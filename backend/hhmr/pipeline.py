@@ -70,11 +70,13 @@ class Hypotheses:
 
 class HandDiffusionPipeline:
     def __init__(self, net: GraphUNet, hand: HandModel, device: str | torch.device = "cpu",
-                 trace: bool = True) -> None:
+                 trace: bool | None = None) -> None:
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
         # unguided steps run the net through frozen TorchScript traces (same results, less
-        # overhead); they copy the weights: set trace=False while changing them
+        # overhead; by default on the CPU, where it was measured); traces copy the weights:
+        # set trace=False while changing them
+        trace = self.device.type == "cpu" if trace is None else trace
         self.traced = TracedDenoiser(self.net) if trace else None
         self.hand = hand.to(self.device)
         self.schedule = CosineSchedule()
@@ -88,7 +90,7 @@ class HandDiffusionPipeline:
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu",
-                        trace: bool = True) -> HandDiffusionPipeline:
+                        trace: bool | None = None) -> HandDiffusionPipeline:
         from hhmr.training.train import build_model
 
         path = Path(path) if path else weights_dir() / DEFAULT_WEIGHTS
