@@ -3,13 +3,15 @@ evaluation seed 0): refit3d and fit2d with and without guidance (20 hands, n=1),
 guidance alone (10 hands, n=4), generation (64 hands). Prints one JSON line per file.
 
 Usage: python tools/compare_weights.py WEIGHTS.pt [WEIGHTS.pt ...]   (about a minute each)
+Sampler ablations (the figures in docs/diffusion.md): --unguided-spacing linspace,
+--final-iters 1, --inpaint-cap 0.05 (guidance alone), --replace-cap none.
 """
 
+import argparse
 import json
-import sys
 
 import numpy as np
-from hhmr import metrics
+from hhmr import metrics, pipeline
 from hhmr.evaluate_tasks import canonical, finger_region, held_out
 from hhmr.pipeline import HandDiffusionPipeline
 
@@ -39,6 +41,9 @@ def compare(path: str) -> dict[str, float]:
         h = pipe.inpaint(data.vertices[i], keep, n=4, seed=SEED + i, replace=False)
         err = (h.vertices[:, keep] - data.vertices[i][keep]).norm(dim=-1).mean()
         res.setdefault("inpaint_kept_err_mm", []).append(float(err) * 1000)
+        h = pipe.inpaint(data.vertices[i], keep, n=4, seed=SEED + i)  # with replacement
+        res.setdefault("inpaint_replace_si_pct", []).append(
+            float(metrics.self_intersection_pct(h.vertices, pipe.hand.faces.cpu()).mean()))
     out = {k: round(float(np.mean(v)), 2) for k, v in res.items()}
     v = canonical(pipe, pipe.generate(64, seed=SEED).vertices)
     v = v - (pipe.regressor.cpu() @ v)[:, :1]
@@ -48,6 +53,28 @@ def compare(path: str) -> dict[str, float]:
     return out
 
 
+def _set_cap(task: str, text: str | None) -> None:
+    """Override a task's guidance move cap: a number (model units), or "none" for no cap."""
+    if text == "none":
+        pipeline.MAX_GUIDANCE_STEP.pop(task, None)
+    elif text is not None:
+        pipeline.MAX_GUIDANCE_STEP[task] = float(text)
+
+
 if __name__ == "__main__":
-    for p in sys.argv[1:]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("weights", nargs="+")
+    ap.add_argument("--unguided-spacing", choices=["linspace", "trailing"])
+    ap.add_argument("--final-iters", type=int, help="guided moves at the last step, all tasks")
+    ap.add_argument("--inpaint-cap", help="move cap for inpainting by guidance alone, or none")
+    ap.add_argument("--replace-cap", help="move cap for inpainting with replacement, or none")
+    args = ap.parse_args()
+    if args.unguided_spacing:
+        pipeline.UNGUIDED_SPACING = args.unguided_spacing
+    if args.final_iters is not None:
+        pipeline.FINAL_GUIDANCE_ITERS.update(
+            {k: args.final_iters for k in ("inpaint", "refit3d", "fit2d")})
+    _set_cap("inpaint", args.inpaint_cap)
+    _set_cap("inpaint+replace", args.replace_cap)
+    for p in args.weights:
         print(json.dumps({"weights": p, **compare(p)}), flush=True)

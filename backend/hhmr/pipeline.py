@@ -41,16 +41,20 @@ DEFAULT_GUIDANCE = {"inpaint": 0.005, "refit3d": 0.01, "fit2d": 0.0002}
 # fit2d fits a global rotation to the keypoints inside the projection operator
 FIT2D_SOLVE_ROTATION = True
 # Per-task guidance settings, keyed by task ("inpaint+replace": inpainting that also replaces
-# the kept vertices, the default). Largest guidance move per step, RMS over a sample's vertices
-# in model units (0.1 m): keeps a wild early fit2d prediction from throwing the sample away;
-# inpainting by guidance alone needs its whole last move (capped, the kept region was 5.8 mm
-# off on seed 100; uncapped, 1.3 mm), but with replacement the kept region is exact anyway and
-# uncapped moves roughen the rest (self-intersection 0.9 -> 2.5 %, seed 0)
+# the kept vertices, the default); figures from `python tools/compare_weights.py
+# weights/hhmr_prior.pt [--final-iters 1] [--inpaint-cap 0.05] [--replace-cap none]` (seed 100).
+# Largest guidance move per step, RMS over a sample's vertices in model units (0.1 m): keeps a
+# wild early fit2d prediction from throwing the sample away; inpainting by guidance alone needs
+# its whole last move (capped, its kept region ends 3.91 mm off, uncapped 1.11 mm), but with
+# replacement the kept region is exact anyway and uncapped moves roughen the rest
+# (self-intersection 1.69 % against 0.70 %)
 MAX_GUIDANCE_STEP: dict[str, float] = {"fit2d": 0.05, "inpaint+replace": 0.05}
 # guided moves at the last step, each one more pass through the net with gradients: a second
-# one took the kept-region error of inpainting by guidance alone from 1.31 to 0.66 mm and
-# refit3d's PA-MPJPE from 2.16 to 1.44 mm (seed 100); it did not help fit2d
+# one takes the kept-region error of inpainting by guidance alone from 1.11 to 0.62 mm and
+# refit3d's PA-MPJPE from 2.16 to 1.44 mm; it did not help fit2d
 FINAL_GUIDANCE_ITERS: dict[str, int] = {"inpaint": 2, "refit3d": 2}
+# timestep spacing without guidance (see _sample; guided runs use "linspace")
+UNGUIDED_SPACING = "trailing"
 
 
 def clip_rms(step: torch.Tensor, max_rms: float) -> torch.Tensor:
@@ -144,8 +148,10 @@ class HandDiffusionPipeline:
         # guided runs end at t=0, where the net is nearly the identity, so the last guidance
         # move lands on the output as computed; unguided runs end on the net's x0 at t=T/n
         # ("trailing"): a last step to t=0 only re-injects the net's noise estimate, which
-        # roughened generated hands (self-intersection 2.45 % against 0.86 %, seed 100)
-        timesteps = sampler.set_timesteps(steps, "linspace" if guided else "trailing").tolist()
+        # roughened generated hands (self-intersection 2.45 % against 0.86 %, seed 100:
+        # tools/compare_weights.py with and without --unguided-spacing linspace)
+        timesteps = sampler.set_timesteps(steps, "linspace" if guided else UNGUIDED_SPACING
+                                          ).tolist()
 
         def guidance_move(x: torch.Tensor, tt: torch.Tensor) -> tuple[torch.Tensor, ...]:
             """x0 and the guidance move -s grad_x ||P f(x) - P x_obs||^2 (capped)."""
