@@ -144,7 +144,9 @@ class HandDiffusionPipeline:
         prepare = getattr(self.net, "context", None)
         with torch.no_grad():
             context = prepare(cond, batch) if prepare is not None else cond
-        traced = self.traced is not None and isinstance(context, Context)
+        # unguided steps: through the frozen trace when there is one for this kind of net
+        plain = self.traced if self.traced is not None and isinstance(context, Context) \
+            else self.net
         # guided runs end at t=0, where the net is nearly the identity, so the last guidance
         # move lands on the output as computed; unguided runs end on the net's x0 at t=T/n
         # ("trailing"): a last step to t=0 only re-injects the net's noise estimate, which
@@ -170,7 +172,7 @@ class HandDiffusionPipeline:
                 x0, move = guidance_move(x, tt)
             else:
                 with torch.no_grad():
-                    x0 = (self.traced if traced else self.net)(x, tt, context)
+                    x0 = plain(x, tt, context)
             eps_noise = randn() if eta > 0 else None
             x = sampler.step(x0, t, x, noise=eps_noise)
             if guided:

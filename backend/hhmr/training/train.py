@@ -70,13 +70,13 @@ class EMA:
     def __init__(self, net: torch.nn.Module, decay: float) -> None:
         self.decay = decay
         self.state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        self.keys = [k for k, v in self.state.items() if v.is_floating_point()]
 
     def update(self, net: torch.nn.Module, step: int) -> None:
         d = min(self.decay, (1 + step) / (10 + step))
         live = net.state_dict()
-        keys = [k for k, v in self.state.items() if v.is_floating_point()]
-        torch._foreach_lerp_([self.state[k] for k in keys], [live[k].detach() for k in keys],
-                             1 - d)
+        torch._foreach_lerp_([self.state[k] for k in self.keys],
+                             [live[k].detach() for k in self.keys], 1 - d)
 
 
 def train(config: dict, out_dir: Path, resume: Path | None = None, device: str = "auto",
