@@ -5,7 +5,12 @@ import torch
 from hhmr.mesh.hierarchy import MeshHierarchy
 from hhmr.models import Conditions, GraphUNet, GraphUNetConfig
 from hhmr.models.conditions import DropoutConfig, drop_conditions, normalize_keypoints
-from hhmr.pipeline import HandDiffusionPipeline
+from hhmr.pipeline import (
+    DEFAULT_GUIDANCE,
+    GUIDANCE_SPACE,
+    X0_GUIDANCE,
+    HandDiffusionPipeline,
+)
 
 TINY = GraphUNetConfig(channels=(8, 8, 16, 16), attention_levels=(2, 3), token_dim=16,
                        heads=2, cheb_k=2, time_dim=16, num_patches=4, image_dim=8)
@@ -57,6 +62,14 @@ def test_context_and_traces_give_the_same_x0(tiny_net, hand, gen):
                               atol=1e-5)  # timesteps are inputs of the trace, not constants
         with pytest.raises(ValueError, match="batch"):
             tiny_net(x[:2], t[:2], ctx)
+
+
+def test_warm_up_traces_the_batch_sizes_asked_for(tiny_net, hand):
+    pipe = HandDiffusionPipeline(tiny_net, hand, trace=True)
+    assert not pipe.traced._cache
+    pipe.warm_up((1, 3))
+    assert sorted(key[0] for key in pipe.traced._cache) == [1, 3]
+    assert HandDiffusionPipeline(tiny_net, hand, trace=False).warm_up() >= 0  # nothing to do
 
 
 @pytest.mark.parametrize("kdim", [16, 24])
@@ -169,8 +182,9 @@ class IdentityDenoiser(torch.nn.Module):
         return x_t
 
 
+@pytest.mark.parametrize("space", ["x_t", "x0"])
 @pytest.mark.parametrize("task", ["refit3d", "fit2d", "inpaint"])
-def test_guided_sampling_fits_the_evidence_better(hand, task):
+def test_guided_sampling_fits_the_evidence_better(hand, task, space):
     pipe = HandDiffusionPipeline(IdentityDenoiser(), hand)
     out = hand(hand_pose=torch.full((1, 15, 3), 0.1))
     K = torch.tensor([[500.0, 0, 112], [0, 500, 112], [0, 0, 1]])
@@ -180,17 +194,32 @@ def test_guided_sampling_fits_the_evidence_better(hand, task):
     keep[:300] = False
 
     def run(scale):
+        opts = {"n": 2, "steps": 10, "guidance_scale": scale, "seed": 3,
+                "guidance_space": space}
         if task == "refit3d":
-            return pipe.refit3d(out.joints[0], n=2, steps=10, guidance_scale=scale, seed=3)
+            return pipe.refit3d(out.joints[0], **opts)
         if task == "fit2d":
-            return pipe.fit2d(kp, None, K, n=2, steps=10, guidance_scale=scale, seed=3)
-        h = pipe.inpaint(out.vertices[0], keep, n=2, steps=10, guidance_scale=scale, seed=3,
-                         replace=False)
+            return pipe.fit2d(kp, None, K, **opts)
+        h = pipe.inpaint(out.vertices[0], keep, replace=False, **opts)
         err = (h.vertices[:, keep] - out.vertices[0, keep]).norm(dim=-1).mean(-1)
         return type(h)(h.vertices, h.joints, -err)
 
-    plain, guided = run(0.0), run(0.002)
+    # x_t: a small scale; x0: the task's default (scale, gradient steps)
+    plain, guided = run(0.0), run(0.002 if space == "x_t" else None)
     assert (guided.scores > plain.scores).all()
+    if task == "inpaint" and space == "x0":
+        assert (-guided.scores < 1e-5).all()  # one default step is the exact projection
+
+
+def test_guidance_space_defaults_and_checks():
+    guidance = HandDiffusionPipeline.guidance
+    assert guidance("refit3d", space="x_t") == (DEFAULT_GUIDANCE["refit3d"], 0)
+    scale, iters = guidance("refit3d", 0.003, "x0")
+    assert scale == 0.003 and iters == X0_GUIDANCE["refit3d"][1] > 0
+    for task, space in GUIDANCE_SPACE.items():
+        assert (guidance(task)[1] > 0) == (space == "x0")
+    with pytest.raises(ValueError, match="guidance space"):
+        guidance("fit2d", space="eps")
 
 
 def test_tiny_training_run_lowers_the_loss(tmp_path):

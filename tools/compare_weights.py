@@ -4,7 +4,8 @@ guidance alone (10 hands, n=4), generation (64 hands). Prints one JSON line per 
 
 Usage: python tools/compare_weights.py WEIGHTS.pt [WEIGHTS.pt ...]   (about a minute each)
 Sampler ablations (the figures in docs/diffusion.md): --unguided-spacing linspace,
---final-iters 1, --inpaint-cap 0.05 (guidance alone), --replace-cap none.
+--final-iters 1, --inpaint-cap 0.05 (guidance alone), --replace-cap none, --space TASK=SPACE
+(guidance space per task key, e.g. --space refit3d=x_t --space inpaint=x_t).
 """
 
 import argparse
@@ -41,6 +42,8 @@ def compare(path: str) -> dict[str, float]:
         h = pipe.inpaint(data.vertices[i], keep, n=4, seed=SEED + i, replace=False)
         err = (h.vertices[:, keep] - data.vertices[i][keep]).norm(dim=-1).mean()
         res.setdefault("inpaint_kept_err_mm", []).append(float(err) * 1000)
+        res.setdefault("inpaint_si_pct", []).append(
+            float(metrics.self_intersection_pct(h.vertices, pipe.hand.faces.cpu()).mean()))
         h = pipe.inpaint(data.vertices[i], keep, n=4, seed=SEED + i)  # with replacement
         res.setdefault("inpaint_replace_si_pct", []).append(
             float(metrics.self_intersection_pct(h.vertices, pipe.hand.faces.cpu()).mean()))
@@ -68,7 +71,15 @@ if __name__ == "__main__":
     ap.add_argument("--final-iters", type=int, help="guided moves at the last step, all tasks")
     ap.add_argument("--inpaint-cap", help="move cap for inpainting by guidance alone, or none")
     ap.add_argument("--replace-cap", help="move cap for inpainting with replacement, or none")
+    ap.add_argument("--space", action="append", default=[], metavar="TASK=SPACE",
+                    help="guidance space (x_t or x0) for a task key, repeatable")
     args = ap.parse_args()
+    for item in args.space:
+        task, _, space = item.partition("=")
+        if task not in pipeline.GUIDANCE_SPACE or space not in ("x_t", "x0"):
+            ap.error(f"--space {item}: TASK is one of {sorted(pipeline.GUIDANCE_SPACE)}, "
+                     "SPACE x_t or x0")
+        pipeline.GUIDANCE_SPACE[task] = space
     if args.unguided_spacing:
         pipeline.UNGUIDED_SPACING = args.unguided_spacing
     if args.final_iters is not None:

@@ -11,7 +11,7 @@ from tqdm import tqdm
 from hhmr import metrics
 from hhmr.baselines import PosePCA, fit_lbs
 from hhmr.data.poses import PosePrior
-from hhmr.pipeline import HandDiffusionPipeline
+from hhmr.pipeline import GUIDANCE_SPACE, HandDiffusionPipeline
 from hhmr.training.data import synthetic_batch
 from hhmr.training.train import EVAL_SEED_OFFSET
 
@@ -75,20 +75,36 @@ def eval_inpaint(pipe, num, seed, steps, n, progress, guidance_scale=None):
     data = held_out(pipe, num, seed)
     faces = pipe.hand.faces.cpu()
     rng = np.random.default_rng(seed)
-    res = {m: {"kept_err_mm": [], "apd_mm": [], "si_pct": []}
-           for m in ("guidance", "guidance+replace")}
+    other = _other_space("inpaint")
+    methods = (("guidance", False, None), (f"guidance_{other}", False, other),
+               ("guidance+replace", True, None))
+    res = {m[0]: {"kept_err_mm": [], "apd_mm": [], "si_pct": []} for m in methods}
     for i in tqdm(range(num), desc="inpaint", disable=not progress):
         free = finger_region(pipe, int(rng.integers(5)))
         keep = ~free
-        for method, replace in (("guidance", False), ("guidance+replace", True)):
+        for method, replace, space in methods:
             h = pipe.inpaint(data.vertices[i], keep, n=max(n, 2), steps=steps,
-                             guidance_scale=guidance_scale, seed=EVAL_SEED_OFFSET + seed + i,
-                             replace=replace)
+                             guidance_scale=None if space else guidance_scale,
+                             seed=EVAL_SEED_OFFSET + seed + i, replace=replace,
+                             guidance_space=space)
             kept = (h.vertices[:, keep] - data.vertices[i][keep]).norm(dim=-1).mean()
             res[method]["kept_err_mm"].append(float(kept) * 1000)
             res[method]["apd_mm"].append(float(metrics.apd(h.vertices[None][:, :, free])))
             res[method]["si_pct"].append(float(np.mean(_si(h.vertices, faces))))
     return {k: _stats(v) for k, v in res.items()}
+
+
+def _other_space(task: str) -> str:
+    """The guidance space a task does not use by default (evaluated beside the default)."""
+    return "x_t" if GUIDANCE_SPACE[task] == "x0" else "x0"
+
+
+def _guided_methods(task: str, scale: float | None) -> list[tuple[str, float | None, str | None]]:
+    """(name, scale, space): no guidance, the default guidance (at `scale` if given), and
+    the other space at its own default scale."""
+    other = _other_space(task)
+    return [("no_guidance", 0.0, None), ("guidance", scale, None),
+            (f"guidance_{other}", None, other)]
 
 
 def _errors(pred_v, pred_j, gt_v, gt_j) -> dict[str, float]:
@@ -126,9 +142,9 @@ def eval_refit3d(pipe, num, seed, steps, n, progress, guidance_scale=None):
                 masks[i, 1 + 4 * f: 5 + 4 * f] = 0
         for i in tqdm(range(num), desc=f"refit3d {variant}", disable=not progress):
             gt_v, gt_j = data.vertices[i:i + 1], data.joints[i:i + 1]
-            for method, s in (("no_guidance", 0.0), ("guidance", guidance_scale)):
+            for method, s, space in _guided_methods("refit3d", guidance_scale):
                 h = pipe.refit3d(data.joints[i], masks[i], n=n, steps=steps, guidance_scale=s,
-                                 seed=EVAL_SEED_OFFSET + seed + i)
+                                 seed=EVAL_SEED_OFFSET + seed + i, guidance_space=space)
                 _add(res, f"{method}/{variant}", h.vertices, h.joints, gt_v, gt_j)
         if variant == "full":
             pred = fit_lbs(hand, pca, None, None, joints3d=data.joints, seed=seed)
@@ -147,9 +163,9 @@ def eval_fit2d(pipe, num, seed, steps, n, progress, guidance_scale=None, noise_p
     for variant, kps in (("gt", data.keypoints2d), ("noisy", noisy)):
         for i in tqdm(range(num), desc=f"fit2d {variant}", disable=not progress):
             gt_v, gt_j = data.vertices[i:i + 1], data.joints[i:i + 1]
-            for method, s in (("no_guidance", 0.0), ("guidance", guidance_scale)):
-                h = pipe.fit2d(kps[i], conf[i], data.K[i], n=n, steps=steps,
-                               guidance_scale=s, seed=EVAL_SEED_OFFSET + seed + i)
+            for method, s, space in _guided_methods("fit2d", guidance_scale):
+                h = pipe.fit2d(kps[i], conf[i], data.K[i], n=n, steps=steps, guidance_scale=s,
+                               seed=EVAL_SEED_OFFSET + seed + i, guidance_space=space)
                 _add(res, f"{method}/{variant}", h.vertices, h.joints, gt_v, gt_j)
         pred = fit_lbs(hand, pca, kps, conf, K=data.K, seed=seed)
         _add_baseline(res, f"lbs_optimisation/{variant}", pipe, pred, data)
@@ -193,5 +209,6 @@ def evaluate_task(task: str, num: int, seed: int, steps: int = 10, n: int = 1,
     else:
         raise ValueError(f"unknown task {task!r}")
     return {"task": task, "num": num, "seed": seed, "steps": steps, "n": n,
-            "results": results, "seconds": time.perf_counter() - t0}
+            "guidance_space": dict(GUIDANCE_SPACE), "results": results,
+            "seconds": time.perf_counter() - t0}
 

@@ -85,6 +85,8 @@ class Server:
 
         self.device = pick_device(self.device_name)
         self.pipe = HandDiffusionPipeline.from_pretrained(self.weights, device=str(self.device))
+        seconds = self.pipe.warm_up()
+        log.info("model ready on %s (warm-up %.1f s)", self.device, seconds)
 
     def _socket(self) -> zmq.Socket:
         if self.connect is not None:

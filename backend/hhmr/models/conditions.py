@@ -58,6 +58,9 @@ class DropoutConfig:
     p_finger: float = 0.1
     p_joint: float = 0.05
     p_patch: float = 0.2
+    # per-modality overrides of p_modality (None: p_modality)
+    p_joints3d: float | None = None
+    p_keypoints2d: float | None = None
 
 
 def mlp(c_in: int, c_out: int) -> nn.Sequential:
@@ -127,20 +130,23 @@ def drop_conditions(cond: Conditions, cfg: DropoutConfig, generator: torch.Gener
     out = Conditions(**cond.__dict__)
     finger = FINGER_OF_KEYPOINT
 
-    def skeleton_mask(base: torch.Tensor | None) -> torch.Tensor:
+    def skeleton_mask(base: torch.Tensor | None, p: float | None) -> torch.Tensor:
         m = torch.ones(b, 21) if base is None else base.clone().cpu()
-        m *= (rand(b) >= cfg.p_modality).float()[:, None] * keep_all[:, None]
+        p = cfg.p_modality if p is None else p
+        m *= (rand(b) >= p).float()[:, None] * keep_all[:, None]
         drop_f = rand(b, 5) < cfg.p_finger
         m[:, 1:] *= (~drop_f[:, finger[1:]]).float()
         m *= (rand(b, 21) >= cfg.p_joint).float()
         return m
 
     if cond.joints3d is not None:
-        out.joints3d_mask = skeleton_mask(cond.joints3d_mask).to(cond.joints3d.device)
+        mask = skeleton_mask(cond.joints3d_mask, cfg.p_joints3d)
+        out.joints3d_mask = mask.to(cond.joints3d.device)
     if cond.keypoints2d is not None:
         conf = torch.ones(b, 21) if cond.keypoints2d_conf is None else \
             cond.keypoints2d_conf.cpu()
-        out.keypoints2d_conf = (conf * skeleton_mask(None)).to(cond.keypoints2d.device)
+        conf = conf * skeleton_mask(None, cfg.p_keypoints2d)
+        out.keypoints2d_conf = conf.to(cond.keypoints2d.device)
     if cond.image_tokens is not None:
         p = cond.image_tokens.shape[1]
         m = (rand(b, p) >= cfg.p_patch).float()
