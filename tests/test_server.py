@@ -57,6 +57,9 @@ def test_every_sampling_request(client):
     joints = info["topology"]["keypoint_regressor"] @ tmpl
     h = client.hypotheses("refit3d", joints=joints.astype(np.float32), n=3, steps=2)
     assert h.joints.shape == (3, 21, 3) and len(h.scores) == 3
+    h_xt = client.hypotheses("refit3d", joints=joints.astype(np.float32), n=3, steps=2,
+                             guidance_space="x_t")  # HHMR's space, not the server's default
+    assert not np.allclose(h_xt.vertices, h.vertices)
     K = np.array([[500, 0, 112], [0, 500, 112], [0, 0, 1]], np.float32)
     p = (joints + [0, 0, 0.5]) @ K.T
     kp = (p[:, :2] / p[:, 2:]).astype(np.float32)

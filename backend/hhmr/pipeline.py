@@ -33,8 +33,8 @@ from hhmr.paths import weights_dir
 from hhmr.training.data import SCALE
 
 DEFAULT_WEIGHTS = "hhmr_prior.pt"
-# guidance scales per task, picked on held-out seed 100, not the evaluation seed (fit2d:
-# 0.0002 of {0.0001, 0.0002, 0.0005, 0.001, 0.002}, 20 hands, for the 8800-step weights)
+# x_t-space guidance scales per task, picked on held-out seed 100, not the evaluation seed
+# (fit2d: 0.0002 of {0.0001, 0.0002, 0.0005, 0.001, 0.002}, 20 hands, 8800-step weights)
 DEFAULT_GUIDANCE = {"inpaint": 0.005, "refit3d": 0.01, "fit2d": 0.0002}
 
 
@@ -45,13 +45,14 @@ FIT2D_SOLVE_ROTATION = True
 # weights/hhmr_prior.pt [--final-iters 1] [--inpaint-cap 0.05] [--replace-cap none]` (seed 100).
 # Largest guidance move per step, RMS over a sample's vertices in model units (0.1 m): keeps a
 # wild early fit2d prediction from throwing the sample away; inpainting by guidance alone needs
-# its whole last move (capped, its kept region ends 3.91 mm off, uncapped 1.11 mm), but with
-# replacement the kept region is exact anyway and uncapped moves roughen the rest
-# (self-intersection 1.69 % against 0.70 %)
+# its whole last move (in x_t space, capped, its kept region ended 3.91 mm off, uncapped
+# 1.11 mm), but with replacement the kept region is exact anyway and uncapped moves roughen
+# the rest (self-intersection 1.69 % against 0.70 %)
 MAX_GUIDANCE_STEP: dict[str, float] = {"fit2d": 0.05, "inpaint+replace": 0.05}
-# guided moves at the last step, each one more pass through the net with gradients: a second
-# one takes the kept-region error of inpainting by guidance alone from 1.11 to 0.62 mm and
-# refit3d's PA-MPJPE from 2.16 to 1.44 mm; it did not help fit2d
+# x_t-space guided moves at the last step, each one more pass through the net with
+# gradients: a second one took the kept-region error of inpainting by guidance alone from
+# 1.11 to 0.62 mm and refit3d's PA-MPJPE from 2.16 to 1.44 mm (both now guide in x0 space);
+# it did not help fit2d
 FINAL_GUIDANCE_ITERS: dict[str, int] = {"inpaint": 2, "refit3d": 2}
 # Where guidance acts, per task key: "x_t" is HHMR's (the gradient of the task loss through
 # the net, w.r.t. x_t: a forward and backward pass per step); "x0" moves the net's prediction

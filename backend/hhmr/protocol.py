@@ -373,6 +373,8 @@ SAMPLING_ARGS: dict[str, Arg] = {
     "steps": Arg(_integer(1, "max_steps"), "diffusion steps, 1..max_steps (default 10)",
                  default=lambda c: min(10, c.limits.max_steps)),
     "guidance": Arg(_nonneg_float, "guidance strength >= 0 (default: the server's)"),
+    "guidance_space": Arg(_choice("x_t", "x0"), "where guidance acts: 'x_t' (through the "
+                          "net, HHMR's) or 'x0' (on its prediction); default: the server's"),
     "seed": Arg(_integer(0, MAX_SEED), "random seed, 0..2**63-1 (default 0)", default=0),
 }
 

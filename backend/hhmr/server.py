@@ -323,7 +323,7 @@ class Server:
         pipe, opts = self.pipe, _opts(a)
         if op == "generate":
             return pipe.plan_generate(**opts)
-        g = {"guidance_scale": a.get("guidance")}
+        g = {"guidance_scale": a.get("guidance"), "guidance_space": a.get("guidance_space")}
         if op == "inpaint":
             return pipe.plan_inpaint(a["vertices"], a["keep"], **opts, **g)
         if op == "refit3d":
@@ -346,7 +346,8 @@ class Server:
         K = a.get("K")
         K = default_intrinsics(rgb.shape[1], rgb.shape[0]) if K is None else K
         found = reconstruct(self.pipe, rgb, K, a.get("handedness"),
-                            guidance_scale=a.get("guidance"), **opts)
+                            guidance_scale=a.get("guidance"),
+                            guidance_space=a.get("guidance_space"), **opts)
         hands = []
         for det, h in found:
             item = _hypotheses(h, {})
