@@ -5,7 +5,8 @@ guidance alone (10 hands, n=4), generation (64 hands). Prints one JSON line per 
 Usage: python tools/compare_weights.py WEIGHTS.pt [WEIGHTS.pt ...]   (about a minute each)
 Sampler ablations (the figures in docs/diffusion.md): --unguided-spacing linspace,
 --final-iters 1, --inpaint-cap 0.05 (guidance alone), --replace-cap none, --space TASK=SPACE
-(guidance space per task key, e.g. --space refit3d=x_t --space inpaint=x_t).
+(guidance space per task key, e.g. --space refit3d=x_t --space inpaint=x_t), --joint-rounds
+none (x0 guidance with the raw gradient instead of the smoothed joint-space one).
 """
 
 import argparse
@@ -73,7 +74,10 @@ if __name__ == "__main__":
     ap.add_argument("--replace-cap", help="move cap for inpainting with replacement, or none")
     ap.add_argument("--space", action="append", default=[], metavar="TASK=SPACE",
                     help="guidance space (x_t or x0) for a task key, repeatable")
+    ap.add_argument("--joint-rounds", help="smoothing rounds of x0 joint guidance, or none")
     args = ap.parse_args()
+    if args.joint_rounds is not None:
+        pipeline.X0_JOINT_ROUNDS = None if args.joint_rounds == "none" else int(args.joint_rounds)
     for item in args.space:
         task, _, space = item.partition("=")
         if task not in pipeline.GUIDANCE_SPACE or space not in ("x_t", "x0"):

@@ -21,6 +21,7 @@ from hhmr.diffusion.guidance import (
     JointOperator,
     ProjectionOperator,
     VertexMaskOperator,
+    joint_influence,
 )
 from hhmr.hand import load_hand_model
 from hhmr.hand.base import HandModel
@@ -67,10 +68,14 @@ FINAL_GUIDANCE_ITERS: dict[str, int] = {"inpaint": 2, "refit3d": 2}
 # already fixes the kept region: there only guidance through the net shapes the free one
 # (x0: self-intersection 1.60 against 0.70 %).
 GUIDANCE_SPACE: dict[str, str] = {"inpaint": "x0", "inpaint+replace": "x_t", "refit3d": "x0",
-                                  "fit2d": "x_t"}
+                                  "fit2d": "x0"}
 # x0-space default scale and gradient steps per sampling step, per task family
 X0_GUIDANCE: dict[str, tuple[float, int]] = {"inpaint": (0.005, 1), "refit3d": (0.005, 10),
-                                             "fit2d": (0.0001, 1)}
+                                             "fit2d": (0.0002, 3)}
+# x0 guidance through the joints moves the surface around each joint smoothly: its gradient
+# in joint space spread by this many rounds of neighbour averaging (None: the raw gradient,
+# which moves only the few vertices the regressor reads)
+X0_JOINT_ROUNDS: int | None = 4
 # batch sizes a server traces at start: one hypothesis, and the add-on's default of four
 WARM_BATCH_SIZES = (1, 4)
 # timestep spacing without guidance (see _sample; guided runs use "linspace")
@@ -111,6 +116,7 @@ class HandDiffusionPipeline:
         # called as callback(step, total) before each step; may raise to abort (cancel)
         self.callback: Callable[[int, int], None] | None = None
         self.template_edge_len = (v[self.edges[:, 0]] - v[self.edges[:, 1]]).norm(dim=-1)
+        self._influence: torch.Tensor | None = None
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu",
@@ -139,6 +145,12 @@ class HandDiffusionPipeline:
             for n in batch_sizes:
                 self.generate(n, steps=1)
         return time.perf_counter() - t0
+
+    def joint_influence(self) -> torch.Tensor:
+        """The hand's smooth per-joint influence [V, 21] (computed once)."""
+        if self._influence is None:
+            self._influence = joint_influence(self.regressor, self.edges, X0_JOINT_ROUNDS or 0)
+        return self._influence
 
     # ---- core sampler -------------------------------------------------------------------
     def sample(self, cond: Conditions, batch: int, operator: GuidanceOperator | None = None,
@@ -195,15 +207,22 @@ class HandDiffusionPipeline:
                 move = -guidance_scale * torch.autograd.grad(loss, x_in)[0]
             return x0.detach(), move if max_step is None else clip_rms(move, max_step)
 
+        influence = self.joint_influence() if X0_JOINT_ROUNDS is not None and \
+            isinstance(operator, JointOperator | ProjectionOperator) else None
+
         def x0_move(x0: torch.Tensor) -> torch.Tensor:
             """Guidance on the net's prediction itself: x0_iters gradient steps of
-            ||P x0 - P x_obs||^2, no pass back through the net."""
+            ||P x0 - P x_obs||^2, no pass back through the net; through the joints, the
+            gradient is taken in joint space and spread smoothly (`joint_influence`)."""
             start = x0
             for _ in range(x0_iters):
                 with torch.enable_grad():
                     x_in = x0.detach().requires_grad_(True)
                     loss = operator.loss(x_in * SCALE).sum()
-                    move = -guidance_scale * torch.autograd.grad(loss, x_in)[0]
+                    grad = torch.autograd.grad(loss, x_in)[0]
+                if influence is not None:
+                    grad = influence @ (influence.T @ grad)
+                move = -guidance_scale * grad
                 x0 = x0 + (move if max_step is None else clip_rms(move, max_step))
             return x0 - start
 

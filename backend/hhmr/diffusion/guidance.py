@@ -24,6 +24,28 @@ def _expand(t: torch.Tensor | None, b: int) -> torch.Tensor | None:
     return t.expand(b, *t.shape[1:]) if t.shape[0] == 1 else t
 
 
+def joint_influence(regressor: torch.Tensor, edges: torch.Tensor, rounds: int = 4
+                    ) -> torch.Tensor:
+    """Smooth per-joint influence over the mesh [V, J]: the regressor's weights spread by
+    `rounds` of neighbour averaging along `edges` [E, 2], each column scaled so that it moves
+    its own regressed joint one-for-one, then all of W by the largest singular value of
+    regressor @ W (neighbouring joints share vertices), so that gradient steps of
+    `s * W @ W.T @ grad` on a loss of the joints are stable whenever they would be on the
+    joints themselves. Spreads x0 guidance's joint-space gradient over the surface around
+    each joint."""
+    v = regressor.shape[1]
+    loops = torch.arange(v, device=edges.device)[:, None].expand(-1, 2)
+    idx = torch.cat([edges, edges.flip(1), loops]).T
+    ones = torch.ones(idx.shape[1], dtype=regressor.dtype, device=regressor.device)
+    adj = torch.sparse_coo_tensor(idx, ones, (v, v), check_invariants=False).coalesce()
+    deg = adj.sum(1).to_dense()
+    w = regressor.T.clone()
+    for _ in range(rounds):
+        w = (adj @ w) / deg[:, None]
+    w = w / (regressor @ w).diagonal()[None]
+    return w / torch.linalg.matrix_norm(regressor @ w, ord=2)
+
+
 class JointOperator:
     """P = M_J J: masked joints through the keypoint regressor (3D skeleton refit).
 
