@@ -121,6 +121,8 @@ def test_condition_dropout_levels(gen):
                                                    p_joint=0, p_patch=0), gen)
     dropped = (modality.keypoints2d_conf.sum(1) == 0).float().mean()
     assert 0.25 < dropped < 0.35
+    only3d = drop_conditions(cond, DropoutConfig(0, 0, 0, 0, 0, p_keypoints2d=1.0), gen)
+    assert not only3d.keypoints2d_conf.any() and only3d.joints3d_mask.all()
 
 
 def test_normalize_keypoints():

@@ -59,14 +59,13 @@ FINAL_GUIDANCE_ITERS: dict[str, int] = {"inpaint": 2, "refit3d": 2}
 # the net, w.r.t. x_t: a forward and backward pass per step); "x0" moves the net's prediction
 # itself by gradient steps on the task loss and keeps its noise estimate (Manifold Preserving
 # Guided Diffusion, He et al. 2024; for the vertex mask one step of the default scale is
-# DDNM's exact projection), so a guided step costs one forward pass. Seed-100 figures
-# (`python tools/compare_weights.py weights/hhmr_prior.pt`, then with `--space refit3d=x_t
-# --space inpaint=x_t`, `--space fit2d=x0`, `--space inpaint+replace=x0`): refit3d PA-MPVPE
-# 3.79 against 3.86 mm, PA-MPJPE 0.33 against 1.44 mm; inpainting by guidance alone kept
-# error 0.00 against 0.62 mm and self-intersection 1.09 against 5.62 %. fit2d stays in x_t
-# (x0: PA-MPJPE 9.62 against 9.51 mm), and so does inpainting with replacement, which
-# already fixes the kept region: there only guidance through the net shapes the free one
-# (x0: self-intersection 1.60 against 0.70 %).
+# DDNM's exact projection), so a guided step costs one forward pass. Seed 100, shipped
+# weights (`python tools/compare_weights.py weights/hhmr_prior.pt`, and with `--space
+# refit3d=x_t --space inpaint=x_t --space fit2d=x_t`), x0 against x_t: refit3d PA-MPVPE 3.38
+# against 3.86 mm; fit2d PA-MPJPE 8.37 against 9.51 mm; inpainting by guidance alone kept
+# error 0.00 against 0.62 mm, self-intersection 1.09 against 5.62 %. Inpainting with
+# replacement stays in x_t: replacement already fixes the kept region, all that x0 guidance
+# would touch; guidance through the net shapes the free region to fit it.
 GUIDANCE_SPACE: dict[str, str] = {"inpaint": "x0", "inpaint+replace": "x_t", "refit3d": "x0",
                                   "fit2d": "x0"}
 # x0-space default scale and gradient steps per sampling step, per task family
@@ -74,7 +73,8 @@ X0_GUIDANCE: dict[str, tuple[float, int]] = {"inpaint": (0.005, 1), "refit3d": (
                                              "fit2d": (0.0002, 3)}
 # x0 guidance through the joints moves the surface around each joint smoothly: its gradient
 # in joint space spread by this many rounds of neighbour averaging (None: the raw gradient,
-# which moves only the few vertices the regressor reads)
+# which moves only the few vertices the regressor reads; `--joint-rounds none` in
+# tools/compare_weights.py)
 X0_JOINT_ROUNDS: int | None = 4
 # batch sizes a server traces at start: one hypothesis, and the add-on's default of four
 WARM_BATCH_SIZES = (1, 4)
