@@ -116,7 +116,7 @@ class HandDiffusionPipeline:
         # called as callback(step, total) before each step; may raise to abort (cancel)
         self.callback: Callable[[int, int], None] | None = None
         self.template_edge_len = (v[self.edges[:, 0]] - v[self.edges[:, 1]]).norm(dim=-1)
-        self._influence: torch.Tensor | None = None
+        self._influence: dict[int, torch.Tensor] = {}  # joint_influence per rounds
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu",
@@ -146,11 +146,11 @@ class HandDiffusionPipeline:
                 self.generate(n, steps=1)
         return time.perf_counter() - t0
 
-    def joint_influence(self) -> torch.Tensor:
-        """The hand's smooth per-joint influence [V, 21] (computed once)."""
-        if self._influence is None:
-            self._influence = joint_influence(self.regressor, self.edges, X0_JOINT_ROUNDS or 0)
-        return self._influence
+    def joint_influence(self, rounds: int) -> torch.Tensor:
+        """The hand's smooth per-joint influence [V, 21] (computed once per `rounds`)."""
+        if rounds not in self._influence:
+            self._influence[rounds] = joint_influence(self.regressor, self.edges, rounds)
+        return self._influence[rounds]
 
     # ---- core sampler -------------------------------------------------------------------
     def sample(self, cond: Conditions, batch: int, operator: GuidanceOperator | None = None,
@@ -207,7 +207,8 @@ class HandDiffusionPipeline:
                 move = -guidance_scale * torch.autograd.grad(loss, x_in)[0]
             return x0.detach(), move if max_step is None else clip_rms(move, max_step)
 
-        influence = self.joint_influence() if X0_JOINT_ROUNDS is not None and \
+        influence = self.joint_influence(X0_JOINT_ROUNDS) if guided and x0_iters > 0 and \
+            X0_JOINT_ROUNDS is not None and \
             isinstance(operator, JointOperator | ProjectionOperator) else None
 
         def x0_move(x0: torch.Tensor) -> torch.Tensor:
