@@ -56,7 +56,7 @@ def ctx(addon, server):
     runner.STATE.topologies.clear()
     runner.FORCE_ASYNC = False
     s = bpy.context.scene.hhmr
-    s.n, s.steps, s.seed, s.auto_guidance = 3, 4, 0, True
+    s.n, s.steps, s.seed, s.guidance_strength = 3, 4, 0, 1.0
     return runner
 
 

@@ -138,7 +138,8 @@ def test_tasks_build_requests_the_protocol_accepts(topo):
     keep[:100] = True
     tasks = [jobs.generate(opts),
              jobs.inpaint(topo.template, keep, "left", "Hand", opts),
-             jobs.refit3d(np.zeros((21, 3)), np.ones(21, bool), "right", "Hand", opts),
+             jobs.refit3d(np.zeros((21, 3)), np.ones(21, bool), "right", "Hand",
+                          jobs.Sampling(strength=0.5, space="x_t")),
              jobs.reconstruct(jobs.Sampling(guidance=0.1), rgb=np.zeros((8, 8, 3), np.uint8),
                               handedness="left")]
     for t in tasks:
@@ -147,6 +148,8 @@ def test_tasks_build_requests_the_protocol_accepts(topo):
         assert req.op == t.op
     assert np.allclose(tasks[1].args["vertices"][:, 0], -topo.template[:, 0])  # mirrored
     assert tasks[3].args["guidance"] == 0.1 and "guidance" not in tasks[0].args
+    assert tasks[2].args["guidance_strength"] == 0.5 and tasks[2].args["guidance_space"] == "x_t"
+    assert "guidance_strength" not in tasks[0].args
     with pytest.raises(ValueError, match="select the vertices"):
         jobs.inpaint(topo.template, np.zeros(V, bool), "right", "Hand", opts)
     with pytest.raises(ValueError, match="every vertex"):

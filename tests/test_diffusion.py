@@ -10,6 +10,7 @@ from hhmr.diffusion import (
     VertexMaskOperator,
 )
 from hhmr.diffusion.guidance import (
+    bone_influence,
     joint_influence,
     project,
     solve_translation,
@@ -112,13 +113,21 @@ def test_guidance_lowers_its_own_objective(hand, gen):
     assert ops["joints_aligned"].loss(target).item() < 1e-6
 
 
-def test_joint_influence_spreads_smoothly_and_steps_converge(hand, gen):
-    """x0 guidance's preconditioner: non-negative, wider than the regressor, and gradient steps
-    W W^T grad on a joint loss converge at the pipeline's default scale and stay stable
+def _influence(hand, kind: str) -> torch.Tensor:
+    reg = hand.keypoint_regressor
+    if kind == "bones":
+        return bone_influence(reg, hand.weights, hand.v_template)
+    edges = torch.from_numpy(unique_edges(hand.faces.numpy()).astype("int64"))
+    return joint_influence(reg, edges, rounds=4)
+
+
+@pytest.mark.parametrize("kind", ["bones", "smooth"])
+def test_joint_influence_spreads_and_steps_converge(hand, gen, kind):
+    """x0 guidance's preconditioners: non-negative, wider than the regressor, and gradient
+    steps W W^T grad on a joint loss converge at the pipeline's default scale and stay stable
     below twice it (model units: metres / 0.1)."""
     reg = hand.keypoint_regressor
-    edges = torch.from_numpy(unique_edges(hand.faces.numpy()).astype("int64"))
-    w = joint_influence(reg, edges, rounds=4)
+    w = _influence(hand, kind)
     assert w.shape == (hand.num_vertices, 21) and w.min() >= 0
     assert torch.linalg.matrix_norm(reg @ w, ord=2) == pytest.approx(1.0, abs=1e-4)
     assert ((w > 1e-3).sum(0) > (reg > 0).sum(1)).all()
@@ -131,10 +140,27 @@ def test_joint_influence_spreads_smoothly_and_steps_converge(hand, gen):
             x = x.detach().requires_grad_(True)
             grad = torch.autograd.grad(op.loss(x * 0.1).sum(), x)[0]
             x = x - scale * (w @ (w.T @ grad))
-            now = float(op.loss(x * 0.1))
+            now = float(op.loss(x.detach() * 0.1))
             assert now <= last * (1 + 1e-5)
             last = now
         assert last < shrink * first, scale
+
+
+def test_bone_influence_follows_the_skeleton(hand):
+    """A fingertip keypoint moves only the vertices skinned to its finger's last bone, most
+    strongly at the tip end; a knuckle also moves palm vertices, not other fingers'."""
+    from hhmr.hand.topology import JOINT_TO_KEYPOINT
+
+    w = bone_influence(hand.keypoint_regressor, hand.weights, hand.v_template)
+    index_tip, index_dip, index_mcp = 8, JOINT_TO_KEYPOINT.index(7), JOINT_TO_KEYPOINT.index(5)
+    moved = w[:, index_tip] > 0
+    assert moved.any() and (hand.weights[moved, index_dip] > 0).all()
+    tip_vertex = hand.tip_vertex_ids[1]
+    assert w[tip_vertex, index_tip] == w[:, index_tip].max()
+    knuckle = w[:, 5] > 1e-3
+    assert (hand.weights[knuckle][:, [0, index_mcp]].sum(1) > 0).all()
+    middle = hand.weights[:, 7:10].sum(1) > 0.99  # the middle finger's three bones
+    assert w[middle, 5].max() < 1e-3
 
 
 def test_closed_form_camera_solvers(gen):
@@ -163,3 +189,25 @@ def test_projection_operator_fits_a_global_rotation(hand, gen):
     assert fixed.loss(x).item() > 100.0
     assert rotating.loss(x).item() < 1.0  # (pixels / 2)^2 summed over 21 joints
     assert torch.allclose(rotating.rotate(x), x @ r.T, atol=2e-3)
+
+
+def test_projection_operator_holds_its_rotation_when_asked(hand):
+    """With hold_rotation the operator reuses its last rotation instead of refitting it."""
+    from hhmr.hand.rotations import axis_angle_to_matrix
+
+    reg = hand.keypoint_regressor
+    x = hand.v_template[None]
+    r = axis_angle_to_matrix(torch.tensor([0.3, 1.2, -0.4]))
+    K = torch.tensor([[[600.0, 0, 112], [0, 600, 112], [0, 0, 1]]])
+    kp = project((reg @ x) @ r.T + torch.tensor([0.0, 0.0, 0.6]), K)
+    op = ProjectionOperator(reg, kp, torch.ones(1, 21), K, solve_rotation=True)
+    op.hold_rotation = True
+    op.loss(x)  # nothing to hold yet: fits
+    fitted = op.rotation.clone()
+    assert torch.allclose(fitted, r, atol=2e-3)
+    turned = x @ axis_angle_to_matrix(torch.tensor([0.0, 0.0, 0.5])).T
+    op.loss(turned)
+    assert torch.equal(op.rotation, fitted)
+    op.hold_rotation = False
+    op.loss(turned)
+    assert not torch.allclose(op.rotation, fitted, atol=1e-2)

@@ -1,5 +1,7 @@
 """GraphUNet, condition tokens, masking, the task API on a tiny untrained net, training."""
 
+import math
+
 import pytest
 import torch
 from hhmr.mesh.hierarchy import MeshHierarchy
@@ -8,6 +10,7 @@ from hhmr.models.conditions import DropoutConfig, drop_conditions, normalize_key
 from hhmr.pipeline import (
     DEFAULT_GUIDANCE,
     GUIDANCE_SPACE,
+    GUIDED_FRACTION,
     X0_GUIDANCE,
     HandDiffusionPipeline,
 )
@@ -225,6 +228,35 @@ def test_guided_sampling_fits_the_evidence_better(hand, task, space):
     assert (guided.scores > plain.scores).all()
     if task == "inpaint" and space == "x0":
         assert (-guided.scores < 1e-5).all()  # one default step is the exact projection
+
+
+class CountingDenoiser(IdentityDenoiser):
+    """An identity net that counts its calls, and those made with gradients (guided)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = self.guided = 0
+
+    def forward(self, x_t, t, cond=None):
+        self.calls += 1
+        self.guided += torch.is_grad_enabled() and x_t.requires_grad
+        return x_t
+
+
+def test_inpainting_with_replacement_guides_only_its_early_steps(hand):
+    net = CountingDenoiser()
+    pipe = HandDiffusionPipeline(net, hand)
+    keep = torch.ones(hand.num_vertices, dtype=torch.bool)
+    keep[:300] = False
+    h = pipe.inpaint(hand.v_template, keep, n=2, steps=10, guidance_scale=0.002)
+    assert torch.allclose(h.vertices[:, keep], hand.v_template[keep], atol=1e-5)
+    assert GUIDANCE_SPACE["inpaint+replace"] == "x_t"
+    assert net.calls == 10
+    assert net.guided == math.ceil(GUIDED_FRACTION["inpaint+replace"] * 10) < 10
+    net.calls = net.guided = 0
+    pipe.inpaint(hand.v_template, keep, n=2, steps=10, guidance_scale=0.002, replace=False,
+                 guidance_space="x_t")  # guidance alone: every step, two moves at the last
+    assert net.guided == 11
 
 
 def test_guidance_space_defaults_and_checks():

@@ -169,12 +169,13 @@ def test_envelope_errors():
 def test_valid_requests_and_defaults():
     r = roundtrip(req("generate"))
     assert r == P.Request("r1", "generate", {"n": 4, "steps": 10, "guidance": None,
+                                             "guidance_strength": None,
                                              "guidance_space": None, "seed": 0})
     assert roundtrip(req("generate"), P.Limits(max_n=2)).args["n"] == 2
     r = roundtrip(req("generate", n=64, steps=200, guidance=2, guidance_space="x0",
                       seed=2**63 - 1))
-    assert r.args == {"n": 64, "steps": 200, "guidance": 2.0, "guidance_space": "x0",
-                      "seed": 2**63 - 1}
+    assert r.args == {"n": 64, "steps": 200, "guidance": 2.0, "guidance_strength": None,
+                      "guidance_space": "x0", "seed": 2**63 - 1}
     verts = np.zeros((V, 3), np.float64)
     r = roundtrip(req("inpaint", vertices=verts, keep=np.ones(V, np.uint8)), num_vertices=V)
     assert r.args["vertices"].dtype == np.float32 and r.args["keep"].dtype == bool
@@ -224,6 +225,7 @@ def test_image_pixel_limits():
     {"n": "4"}, {"n": 4.0}, {"n": True}, {"steps": [10]},
     {"guidance": -0.1}, {"guidance": float("nan")}, {"guidance": float("inf")},
     {"guidance": "high"}, {"guidance": True},
+    {"guidance_strength": -1}, {"guidance_strength": float("nan")},
     {"guidance_space": "eps"}, {"guidance_space": 0}, {"guidance_space": "X0"},
 ])
 def test_sampling_options_rejected(args):

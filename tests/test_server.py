@@ -60,6 +60,20 @@ def test_every_sampling_request(client):
     h_xt = client.hypotheses("refit3d", joints=joints.astype(np.float32), n=3, steps=2,
                              guidance_space="x_t")  # HHMR's space, not the server's default
     assert not np.allclose(h_xt.vertices, h.vertices)
+    # a relative strength: 1 is the tuned scale, 0 none
+    same = client.hypotheses("refit3d", joints=joints.astype(np.float32), n=3, steps=2,
+                             guidance_strength=1.0)
+    assert np.allclose(same.vertices, h.vertices)
+    off = client.hypotheses("refit3d", joints=joints.astype(np.float32), n=3, steps=2,
+                            guidance_strength=0.0)
+    plain = client.hypotheses("refit3d", joints=joints.astype(np.float32), n=3, steps=2,
+                              guidance=0.0)
+    assert np.allclose(off.vertices, plain.vertices)
+    assert not np.allclose(off.vertices, h.vertices)
+    with pytest.raises(RemoteError, match="not both") as err:
+        client.hypotheses("refit3d", joints=joints.astype(np.float32), n=1, steps=2,
+                          guidance=0.1, guidance_strength=1.0)
+    assert err.value.code == P.BAD_ARGUMENT
     K = np.array([[500, 0, 112], [0, 500, 112], [0, 0, 1]], np.float32)
     p = (joints + [0, 0, 0.5]) @ K.T
     kp = (p[:, :2] / p[:, 2:]).astype(np.float32)

@@ -4,9 +4,10 @@ guidance alone (10 hands, n=4), generation (64 hands). Prints one JSON line per 
 
 Usage: python tools/compare_weights.py WEIGHTS.pt [WEIGHTS.pt ...]   (about a minute each)
 Sampler ablations (the figures in docs/diffusion.md): --unguided-spacing linspace,
---final-iters 1, --inpaint-cap 0.05 (guidance alone), --replace-cap none, --space TASK=SPACE
-(guidance space per task key, e.g. --space refit3d=x_t --space inpaint=x_t), --joint-rounds
-none (x0 guidance with the raw gradient instead of the smoothed joint-space one).
+--final-iters 1, --inpaint-cap 0.05 (guidance alone), --replace-cap none, --replace-fraction F
+(guide only the first fraction of steps), --space TASK=SPACE (guidance space per task key, e.g.
+--space refit3d=x_t --space inpaint=x_t), --joint-influence bones|smooth|none (how x0 guidance
+spreads its joint-space gradient; none: the raw gradient).
 """
 
 import argparse
@@ -72,12 +73,16 @@ if __name__ == "__main__":
     ap.add_argument("--final-iters", type=int, help="guided moves at the last step, all tasks")
     ap.add_argument("--inpaint-cap", help="move cap for inpainting by guidance alone, or none")
     ap.add_argument("--replace-cap", help="move cap for inpainting with replacement, or none")
+    ap.add_argument("--replace-fraction", type=float,
+                    help="inpainting with replacement: guide the first fraction of steps only")
     ap.add_argument("--space", action="append", default=[], metavar="TASK=SPACE",
                     help="guidance space (x_t or x0) for a task key, repeatable")
-    ap.add_argument("--joint-rounds", help="smoothing rounds of x0 joint guidance, or none")
+    ap.add_argument("--joint-influence", choices=["bones", "smooth", "none"],
+                    help="how x0 guidance spreads its joint-space gradient")
     args = ap.parse_args()
-    if args.joint_rounds is not None:
-        pipeline.X0_JOINT_ROUNDS = None if args.joint_rounds == "none" else int(args.joint_rounds)
+    if args.joint_influence is not None:
+        pipeline.X0_JOINT_INFLUENCE = None if args.joint_influence == "none" \
+            else args.joint_influence
     for item in args.space:
         task, _, space = item.partition("=")
         if task not in pipeline.GUIDANCE_SPACE or space not in ("x_t", "x0"):
@@ -91,5 +96,7 @@ if __name__ == "__main__":
             {k: args.final_iters for k in ("inpaint", "refit3d", "fit2d")})
     _set_cap("inpaint", args.inpaint_cap)
     _set_cap("inpaint+replace", args.replace_cap)
+    if args.replace_fraction is not None:
+        pipeline.GUIDED_FRACTION["inpaint+replace"] = args.replace_fraction
     for p in args.weights:
         print(json.dumps({"weights": p, **compare(p)}), flush=True)

@@ -21,6 +21,7 @@ from hhmr.diffusion.guidance import (
     JointOperator,
     ProjectionOperator,
     VertexMaskOperator,
+    bone_influence,
     joint_influence,
 )
 from hhmr.hand import load_hand_model
@@ -70,12 +71,26 @@ GUIDANCE_SPACE: dict[str, str] = {"inpaint": "x0", "inpaint+replace": "x_t", "re
                                   "fit2d": "x0"}
 # x0-space default scale and gradient steps per sampling step, per task family
 X0_GUIDANCE: dict[str, tuple[float, int]] = {"inpaint": (0.005, 1), "refit3d": (0.005, 10),
-                                             "fit2d": (0.0002, 3)}
-# x0 guidance through the joints moves the surface around each joint smoothly: its gradient
-# in joint space spread by this many rounds of neighbour averaging (None: the raw gradient,
-# which moves only the few vertices the regressor reads; `--joint-rounds none` in
-# tools/compare_weights.py)
-X0_JOINT_ROUNDS: int | None = 4
+                                             "fit2d": (0.00005, 20)}
+# x0 guidance through the joints takes its gradient in joint space and spreads it over the
+# surface: "bones" (`bone_influence`: each vertex follows the end keypoints of the bones it
+# is skinned to), "smooth" (`joint_influence`: the regressor's weights spread by 4 rounds of
+# neighbour averaging) or None (the raw gradient, which moves only the few vertices the
+# regressor reads). Seed 100 (`python tools/compare_weights.py weights/hhmr_prior.pt
+# --joint-influence ...`), bones / smooth / raw: refit3d PA-MPVPE 3.31 / 3.38 / 3.79 mm,
+# fit2d PA-MPJPE 7.93 / 8.09 / 8.53 mm
+X0_JOINT_INFLUENCE: str | None = "bones"
+# fit2d's x0 guidance refits the global rotation at the first of its gradient steps per
+# sampling step only, and holds it for the others: many small steps then cost little (seed
+# 100, bone influence, fit2d PA-MPJPE: 20 steps of 0.00005 7.93 mm, 3 of 0.0002 8.26 mm)
+X0_HOLD_ROTATION = True
+# guidance on the first (noisiest) fraction of the steps only: x_t guidance costs a pass
+# back through the net per step, and for inpainting with replacement the early steps matter
+# most (seed 100, `python tools/compare_weights.py weights/hhmr_prior.pt --replace-fraction F`,
+# self-intersection of the inpainted hands: all steps 0.70 %, 0.7: 0.78 %, 0.6: 0.82 %,
+# 0.5: 0.90 %, 0 (replacement alone) 1.60 %); 0.6 brings n=16 under a second on this CPU
+# (`hhmr bench`)
+GUIDED_FRACTION: dict[str, float] = {"inpaint+replace": 0.6}
 # batch sizes a server traces at start: one hypothesis, and the add-on's default of four
 WARM_BATCH_SIZES = (1, 4)
 # timestep spacing without guidance (see _sample; guided runs use "linspace")
@@ -116,7 +131,7 @@ class HandDiffusionPipeline:
         # called as callback(step, total) before each step; may raise to abort (cancel)
         self.callback: Callable[[int, int], None] | None = None
         self.template_edge_len = (v[self.edges[:, 0]] - v[self.edges[:, 1]]).norm(dim=-1)
-        self._influence: dict[int, torch.Tensor] = {}  # joint_influence per rounds
+        self._influence: dict[str, torch.Tensor] = {}  # per kind, see X0_JOINT_INFLUENCE
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu",
@@ -146,11 +161,17 @@ class HandDiffusionPipeline:
                 self.generate(n, steps=1)
         return time.perf_counter() - t0
 
-    def joint_influence(self, rounds: int) -> torch.Tensor:
-        """The hand's smooth per-joint influence [V, 21] (computed once per `rounds`)."""
-        if rounds not in self._influence:
-            self._influence[rounds] = joint_influence(self.regressor, self.edges, rounds)
-        return self._influence[rounds]
+    def joint_influence(self, kind: str) -> torch.Tensor:
+        """The hand's per-keypoint influence [V, 21], "bones" or "smooth" (computed once)."""
+        if kind not in self._influence:
+            if kind == "bones":
+                w = bone_influence(self.regressor, self.hand.weights, self.hand.v_template)
+            elif kind == "smooth":
+                w = joint_influence(self.regressor, self.edges, 4)
+            else:
+                raise ValueError(f"joint influence must be 'bones' or 'smooth', got {kind!r}")
+            self._influence[kind] = w
+        return self._influence[kind]
 
     # ---- core sampler -------------------------------------------------------------------
     def sample(self, cond: Conditions, batch: int, operator: GuidanceOperator | None = None,
@@ -164,12 +185,13 @@ class HandDiffusionPipeline:
     def _sample(self, cond: Conditions, noises: list[_Noise],
                 operator: GuidanceOperator | None, steps: int, eta: float,
                 guidance_scale: float, known: tuple[torch.Tensor, torch.Tensor] | None,
-                max_step: float | None = None, final_iters: int = 1, x0_iters: int = 0
-                ) -> torch.Tensor:
+                max_step: float | None = None, final_iters: int = 1, x0_iters: int = 0,
+                guided_fraction: float | None = None) -> torch.Tensor:
         """DDIM with optional guidance (each move capped at `max_step` RMS; in x_t space with
         `final_iters` moves at the last step, or in x0 space with `x0_iters` gradient steps on
-        each prediction) and, for inpainting, replacement of `known` = (x_obs
-        [B, V, 3] metres, keep [B, V]) at each step. Each block of the batch draws its noise
+        each prediction; on the first `guided_fraction` of the steps only, if given) and,
+        for inpainting, replacement of `known` = (x_obs [B, V, 3] metres, keep [B, V]) at each
+        step. Each block of the batch draws its noise
         from its own seed, so batching requests never changes their results."""
         v = self.hand.num_vertices
         batch = sum(nz.count for nz in noises)
@@ -207,16 +229,20 @@ class HandDiffusionPipeline:
                 move = -guidance_scale * torch.autograd.grad(loss, x_in)[0]
             return x0.detach(), move if max_step is None else clip_rms(move, max_step)
 
-        influence = self.joint_influence(X0_JOINT_ROUNDS) if guided and x0_iters > 0 and \
-            X0_JOINT_ROUNDS is not None and \
+        influence = self.joint_influence(X0_JOINT_INFLUENCE) if guided and x0_iters > 0 and \
+            X0_JOINT_INFLUENCE is not None and \
             isinstance(operator, JointOperator | ProjectionOperator) else None
 
         def x0_move(x0: torch.Tensor) -> torch.Tensor:
             """Guidance on the net's prediction itself: x0_iters gradient steps of
             ||P x0 - P x_obs||^2, no pass back through the net; through the joints, the
-            gradient is taken in joint space and spread smoothly (`joint_influence`)."""
+            gradient is taken in joint space and spread over the surface
+            (`X0_JOINT_INFLUENCE`)."""
             start = x0
-            for _ in range(x0_iters):
+            for k in range(x0_iters):
+                if isinstance(operator, ProjectionOperator):
+                    # the camera rotation is refitted once per sampling step
+                    operator.hold_rotation = X0_HOLD_ROTATION and k > 0
                 with torch.enable_grad():
                     x_in = x0.detach().requires_grad_(True)
                     loss = operator.loss(x_in * SCALE).sum()
@@ -231,20 +257,21 @@ class HandDiffusionPipeline:
             if self.callback is not None:
                 self.callback(i, len(timesteps))
             tt = torch.full((batch,), t, device=self.device)
-            if guided and x0_iters == 0:
+            now = guided and (guided_fraction is None or i < guided_fraction * len(timesteps))
+            if now and x0_iters == 0:
                 x0, move = guidance_move(x, tt)
             else:
                 with torch.no_grad():
                     x0 = plain(x, tt, context)
             eps_noise = randn() if eta > 0 else None
             x_next = sampler.step(x0, t, x, noise=eps_noise)
-            if guided and x0_iters > 0:
+            if now and x0_iters > 0:
                 # the corrected prediction with the net's noise estimate kept
                 prev = sampler.previous(t)
                 ab_prev = float(self.schedule.alpha_bar(torch.tensor(prev))) if prev >= 0 \
                     else 1.0
                 x_next = x_next + ab_prev ** 0.5 * x0_move(x0)
-            elif guided:
+            elif now:
                 x_next = x_next + move
                 if i == len(timesteps) - 1:
                     for _ in range(final_iters - 1):
@@ -275,7 +302,8 @@ class HandDiffusionPipeline:
             task = ps[0].kind.split("/")[0] + ("+replace" if known is not None else "")
             verts = self._sample(cond, [_Noise(p.seed, p.n) for p in ps], op, ps[0].steps,
                                  ps[0].eta, ps[0].scale, known, MAX_GUIDANCE_STEP.get(task),
-                                 FINAL_GUIDANCE_ITERS.get(task, 1), ps[0].x0_iters)
+                                 FINAL_GUIDANCE_ITERS.get(task, 1), ps[0].x0_iters,
+                                 GUIDED_FRACTION.get(task))
             parts = verts.split([p.n for p in ps])
             for i, p, v in zip(idx, ps, parts, strict=True):
                 h = p.finish(v)

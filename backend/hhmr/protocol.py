@@ -372,7 +372,10 @@ SAMPLING_ARGS: dict[str, Arg] = {
              default=lambda c: min(4, c.limits.max_n)),
     "steps": Arg(_integer(1, "max_steps"), "diffusion steps, 1..max_steps (default 10)",
                  default=lambda c: min(10, c.limits.max_steps)),
-    "guidance": Arg(_nonneg_float, "guidance strength >= 0 (default: the server's)"),
+    "guidance": Arg(_nonneg_float, "guidance scale >= 0, in the task's own units (default: "
+                    "the server's tuned one)"),
+    "guidance_strength": Arg(_nonneg_float, "guidance relative to the task's tuned scale: 1 "
+                             "tuned, 0 none (instead of 'guidance')"),
     "guidance_space": Arg(_choice("x_t", "x0"), "where guidance acts: 'x_t' (through the "
                           "net, HHMR's) or 'x0' (on its prediction); default: the server's"),
     "seed": Arg(_integer(0, MAX_SEED), "random seed, 0..2**63-1 (default 0)", default=0),

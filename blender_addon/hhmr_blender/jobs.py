@@ -21,17 +21,25 @@ ProtocolError = protocol.ProtocolError
 
 @dataclass
 class Sampling:
-    """Options shared by the sampling ops; ``guidance`` None is the server's default."""
+    """Options shared by the sampling ops: ``guidance`` a raw scale, or ``strength`` relative
+    to the task's tuned scale (1 tuned, 0 none); ``space`` "x_t" or "x0"; None: the server's
+    default."""
 
     n: int = 8
     steps: int = 10
     seed: int = 0
     guidance: float | None = None
+    strength: float | None = None
+    space: str | None = None
 
     def args(self) -> dict[str, Any]:
         a: dict[str, Any] = {"n": int(self.n), "steps": int(self.steps), "seed": int(self.seed)}
         if self.guidance is not None:
             a["guidance"] = float(self.guidance)
+        if self.strength is not None:
+            a["guidance_strength"] = float(self.strength)
+        if self.space is not None:
+            a["guidance_space"] = self.space
         return a
 
 

@@ -13,7 +13,8 @@ EXPECTED = (ValueError, FileNotFoundError, RuntimeError, TimeoutError, OSError,
 
 def sampling(context) -> jobs.Sampling:
     s = context.scene.hhmr
-    return jobs.Sampling(s.n, s.steps, s.seed, None if s.auto_guidance else s.guidance)
+    return jobs.Sampling(s.n, s.steps, s.seed, strength=s.guidance_strength,
+                         space=None if s.guidance_space == "DEFAULT" else s.guidance_space)
 
 
 def run(op: bpy.types.Operator, make_task: Callable[[], jobs.Task]) -> set[str]:

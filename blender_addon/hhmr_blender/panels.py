@@ -42,10 +42,8 @@ class HHMR_PT_main(_Panel):
         col.prop(s, "steps")
         col.prop(s, "seed")
         row = layout.row(align=True)
-        row.prop(s, "auto_guidance")
-        sub = row.row()
-        sub.enabled = not s.auto_guidance
-        sub.prop(s, "guidance", text="")
+        row.prop(s, "guidance_strength")
+        row.prop(s, "guidance_space", text="")
         row = layout.row(align=True)
         row.operator("hhmr.add_hand", icon="VIEW_PAN").handedness = "right"
         row.operator("hhmr.generate", icon="OUTLINER_OB_POINTCLOUD")

@@ -41,10 +41,17 @@ class HHMR_SceneSettings(bpy.types.PropertyGroup):
     steps: IntProperty(name="Steps", default=10, min=1, max=200,
                        description="Diffusion (DDIM) steps")
     seed: IntProperty(name="Seed", default=0, min=0)
-    auto_guidance: BoolProperty(name="Default guidance", default=True,
-                                description="Use the backend's tuned guidance strength")
-    guidance: FloatProperty(name="Guidance", default=0.01, min=0.0, soft_max=1.0,
-                            precision=4)
+    guidance_strength: FloatProperty(
+        name="Guidance", default=1.0, min=0.0, soft_max=2.0, precision=2,
+        description="How hard sampling pulls towards the evidence (skeleton, keypoints, kept "
+                    "vertices), relative to the backend's tuned strength: 1 tuned, 0 none; "
+                    "above 2 it may turn unstable")
+    guidance_space: EnumProperty(name="Guide", items=[
+        ("DEFAULT", "Default", "The backend's choice per task"),
+        ("x0", "Prediction", "Correct the network's prediction (fast; the default for "
+                             "skeletons and keypoints)"),
+        ("x_t", "Through net", "HHMR's gradient through the network (a backward pass per "
+                               "step; the default for inpainting)")])
     image_source: EnumProperty(name="Image", items=[
         ("FILE", "File", "An image file on disk"),
         ("DATABLOCK", "Image", "An image already in this .blend")])

@@ -24,15 +24,19 @@ def _expand(t: torch.Tensor | None, b: int) -> torch.Tensor | None:
     return t.expand(b, *t.shape[1:]) if t.shape[0] == 1 else t
 
 
+def _stable_influence(w: torch.Tensor, regressor: torch.Tensor) -> torch.Tensor:
+    """Scale each column of an influence [V, J] so that it moves its own regressed joint
+    one-for-one, then all of it by the largest singular value of regressor @ W (neighbouring
+    joints share vertices), so that gradient steps of `s * W @ W.T @ grad` on a loss of the
+    joints are stable whenever they would be on the joints themselves."""
+    w = w / (regressor @ w).diagonal()[None]
+    return w / torch.linalg.matrix_norm(regressor @ w, ord=2)
+
+
 def joint_influence(regressor: torch.Tensor, edges: torch.Tensor, rounds: int = 4
                     ) -> torch.Tensor:
     """Smooth per-joint influence over the mesh [V, J]: the regressor's weights spread by
-    `rounds` of neighbour averaging along `edges` [E, 2], each column scaled so that it moves
-    its own regressed joint one-for-one, then all of W by the largest singular value of
-    regressor @ W (neighbouring joints share vertices), so that gradient steps of
-    `s * W @ W.T @ grad` on a loss of the joints are stable whenever they would be on the
-    joints themselves. Spreads x0 guidance's joint-space gradient over the surface around
-    each joint."""
+    `rounds` of neighbour averaging along `edges` [E, 2] (see `_stable_influence`)."""
     v = regressor.shape[1]
     loops = torch.arange(v, device=edges.device)[:, None].expand(-1, 2)
     idx = torch.cat([edges, edges.flip(1), loops]).T
@@ -42,8 +46,41 @@ def joint_influence(regressor: torch.Tensor, edges: torch.Tensor, rounds: int = 
     w = regressor.T.clone()
     for _ in range(rounds):
         w = (adj @ w) / deg[:, None]
-    w = w / (regressor @ w).diagonal()[None]
-    return w / torch.linalg.matrix_norm(regressor @ w, ord=2)
+    return _stable_influence(w, regressor)
+
+
+def _along_segment(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Position u in [0, 1] of each point [V, 3]'s projection on segment a-b, and its
+    distance [V] to the segment."""
+    d = b - a
+    u = (((p - a) @ d) / d.dot(d)).clamp(0, 1)
+    return u, (p - (a + u[:, None] * d)).norm(dim=-1)
+
+
+def bone_influence(regressor: torch.Tensor, skin_weights: torch.Tensor,
+                   template: torch.Tensor, palm_width: float = 0.01) -> torch.Tensor:
+    """Per-keypoint influence over the mesh [V, 21] that follows the skeleton: a vertex
+    skinned to a finger bone moves with the bone's two end keypoints, interpolated by where
+    it lies along the bone in the rest pose; a vertex of the palm (the wrist bone) likewise
+    along the wrist-to-knuckle segments, softly picked by distance (`palm_width`, metres).
+    Joint moves thus carry whole finger segments, as a skinned rig would, instead of a blob
+    around each joint (see `_stable_influence` for the scale)."""
+    from hhmr.hand.topology import JOINT_TO_KEYPOINT
+
+    kp = regressor @ template
+    w = torch.zeros(template.shape[0], regressor.shape[0], dtype=template.dtype,
+                    device=template.device)
+    knuckles = [JOINT_TO_KEYPOINT[j] for j in range(1, skin_weights.shape[1], 3)]
+    for j, head in enumerate(JOINT_TO_KEYPOINT):
+        ends = knuckles if j == 0 else [head + 1]  # a finger bone ends at the next keypoint
+        along = [_along_segment(template, kp[head], kp[e]) for e in ends]
+        pick = torch.softmax(-torch.stack([d for _, d in along], 1) / palm_width, 1)
+        for k, (e, (u, _)) in enumerate(zip(ends, along, strict=True)):
+            share = skin_weights[:, j] * pick[:, k]
+            w[:, head] += share * (1 - u)
+            w[:, e] += share * u
+    return _stable_influence(w, regressor)
 
 
 class JointOperator:
@@ -162,6 +199,7 @@ class ProjectionOperator:
         self.unit = unit_px
         self.solve_rotation = solve_rotation
         self.rotation: torch.Tensor | None = None  # [B, 3, 3]
+        self.hold_rotation = False  # while True, reuse the last rotation instead of refitting
 
     def _inputs(self, b: int, repeat: int = 1):
         """Keypoints, confidences and K for a batch of b, each row repeated ``repeat`` times."""
@@ -244,7 +282,8 @@ class ProjectionOperator:
         """Projected regressed joints of meshes x0 and the solved camera (see `_camera`)."""
         joints = self.regressor @ x0
         if self.solve_rotation:
-            self.fit_rotation(joints)
+            if self.rotation is None or not self.hold_rotation:
+                self.fit_rotation(joints)
             joints = self.rotate(joints)
         return self._project(joints)
 
