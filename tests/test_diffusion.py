@@ -191,8 +191,9 @@ def test_projection_operator_fits_a_global_rotation(hand, gen):
     assert torch.allclose(rotating.rotate(x), x @ r.T, atol=2e-3)
 
 
-def test_projection_operator_holds_its_rotation_when_asked(hand):
-    """With hold_rotation the operator reuses its last rotation instead of refitting it."""
+def test_projection_operator_holds_its_camera_when_asked(hand):
+    """With hold_camera the operator reuses its last rotation and translation instead of
+    solving them again."""
     from hhmr.hand.rotations import axis_angle_to_matrix
 
     reg = hand.keypoint_regressor
@@ -201,13 +202,22 @@ def test_projection_operator_holds_its_rotation_when_asked(hand):
     K = torch.tensor([[[600.0, 0, 112], [0, 600, 112], [0, 0, 1]]])
     kp = project((reg @ x) @ r.T + torch.tensor([0.0, 0.0, 0.6]), K)
     op = ProjectionOperator(reg, kp, torch.ones(1, 21), K, solve_rotation=True)
-    op.hold_rotation = True
-    op.loss(x)  # nothing to hold yet: fits
-    fitted = op.rotation.clone()
+    op.hold_camera = True
+    assert op.loss(x).item() < 1.0  # nothing to hold yet: solves
+    fitted, transl = op.rotation.clone(), op.camera.clone()
     assert torch.allclose(fitted, r, atol=2e-3)
-    turned = x @ axis_angle_to_matrix(torch.tensor([0.0, 0.0, 0.5])).T
-    op.loss(turned)
-    assert torch.equal(op.rotation, fitted)
-    op.hold_rotation = False
-    op.loss(turned)
+    assert torch.allclose(transl, torch.tensor([[0.0, 0.0, 0.6]]), atol=2e-3)
+    turned = x @ axis_angle_to_matrix(torch.tensor([0.0, 0.0, 0.5])).T + 0.01
+    held = op.loss(turned)
+    assert torch.equal(op.rotation, fitted) and torch.equal(op.camera, transl)
+    assert held.item() > 100.0  # the turned, shifted hand no longer fits the held camera
+    op.hold_camera = False
+    assert op.loss(turned).item() < held.item()
     assert not torch.allclose(op.rotation, fitted, atol=1e-2)
+    # weak perspective holds its scale and 2D translation likewise
+    weak = ProjectionOperator(reg, kp, torch.ones(1, 21), None, solve_rotation=True)
+    weak.hold_camera = True
+    first = weak.loss(x)
+    scale, shift = weak.camera
+    assert torch.allclose(weak.loss(x), first)
+    assert weak.loss(turned).item() > first.item() and weak.camera[0] is scale

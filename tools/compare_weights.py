@@ -7,7 +7,8 @@ Sampler ablations (the figures in docs/diffusion.md): --unguided-spacing linspac
 --final-iters 1, --inpaint-cap 0.05 (guidance alone), --replace-cap none, --replace-fraction F
 (guide only the first fraction of steps), --space TASK=SPACE (guidance space per task key, e.g.
 --space refit3d=x_t --space inpaint=x_t), --joint-influence bones|smooth|none (how x0 guidance
-spreads its joint-space gradient; none: the raw gradient).
+spreads its joint-space gradient; none: the raw gradient), --refit-camera (fit2d solves its
+camera at every x0 gradient step instead of once per sampling step).
 """
 
 import argparse
@@ -79,7 +80,11 @@ if __name__ == "__main__":
                     help="guidance space (x_t or x0) for a task key, repeatable")
     ap.add_argument("--joint-influence", choices=["bones", "smooth", "none"],
                     help="how x0 guidance spreads its joint-space gradient")
+    ap.add_argument("--refit-camera", action="store_true",
+                    help="fit2d: solve the camera at every x0 gradient step")
     args = ap.parse_args()
+    if args.refit_camera:
+        pipeline.X0_HOLD_CAMERA = False
     if args.joint_influence is not None:
         pipeline.X0_JOINT_INFLUENCE = None if args.joint_influence == "none" \
             else args.joint_influence

@@ -78,12 +78,13 @@ X0_GUIDANCE: dict[str, tuple[float, int]] = {"inpaint": (0.005, 1), "refit3d": (
 # neighbour averaging) or None (the raw gradient, which moves only the few vertices the
 # regressor reads). Seed 100 (`python tools/compare_weights.py weights/hhmr_prior.pt
 # --joint-influence ...`), bones / smooth / raw: refit3d PA-MPVPE 3.31 / 3.38 / 3.79 mm,
-# fit2d PA-MPJPE 7.93 / 8.09 / 8.53 mm
+# fit2d PA-MPJPE 7.96 / 8.09 / 8.38 mm
 X0_JOINT_INFLUENCE: str | None = "bones"
-# fit2d's x0 guidance refits the global rotation at the first of its gradient steps per
-# sampling step only, and holds it for the others: many small steps then cost little (seed
-# 100, bone influence, fit2d PA-MPJPE: 20 steps of 0.00005 7.93 mm, 3 of 0.0002 8.26 mm)
-X0_HOLD_ROTATION = True
+# fit2d's x0 guidance solves its rotation and camera at the first of its gradient steps per
+# sampling step only and holds them for the others, so its 20 small steps cost little: seed
+# 100 fit2d PA-MPJPE 7.96 mm, against 7.97 re-solving them at every step (`--refit-camera`),
+# which took n=16 from about 0.7 to 1.0 s on this CPU
+X0_HOLD_CAMERA = True
 # guidance on the first (noisiest) fraction of the steps only: x_t guidance costs a pass
 # back through the net per step, and for inpainting with replacement the early steps matter
 # most (seed 100, `python tools/compare_weights.py weights/hhmr_prior.pt --replace-fraction F`,
@@ -97,10 +98,15 @@ WARM_BATCH_SIZES = (1, 4)
 UNGUIDED_SPACING = "trailing"
 
 
+def _rms_factor(step: torch.Tensor, max_rms: float) -> torch.Tensor:
+    """Per-sample factor [B, 1, 1] that brings an update [B, V, 3] to RMS at most max_rms."""
+    rms = step.square().mean((1, 2), keepdim=True).sqrt()
+    return max_rms / rms.clamp_min(max_rms)
+
+
 def clip_rms(step: torch.Tensor, max_rms: float) -> torch.Tensor:
     """Scale each sample's update [B, V, 3] down so its RMS is at most max_rms."""
-    rms = step.square().mean((1, 2), keepdim=True).sqrt()
-    return step * (max_rms / rms.clamp_min(max_rms))
+    return step * _rms_factor(step, max_rms)
 
 
 @dataclass
@@ -238,20 +244,41 @@ class HandDiffusionPipeline:
             ||P x0 - P x_obs||^2, no pass back through the net; through the joints, the
             gradient is taken in joint space and spread over the surface
             (`X0_JOINT_INFLUENCE`)."""
+            if influence is not None:
+                return joint_space_move(x0)
             start = x0
-            for k in range(x0_iters):
-                if isinstance(operator, ProjectionOperator):
-                    # the camera rotation is refitted once per sampling step
-                    operator.hold_rotation = X0_HOLD_ROTATION and k > 0
+            for _ in range(x0_iters):
                 with torch.enable_grad():
                     x_in = x0.detach().requires_grad_(True)
                     loss = operator.loss(x_in * SCALE).sum()
                     grad = torch.autograd.grad(loss, x_in)[0]
-                if influence is not None:
-                    grad = influence @ (influence.T @ grad)
                 move = -guidance_scale * grad
                 x0 = x0 + (move if max_step is None else clip_rms(move, max_step))
             return x0 - start
+
+        def joint_space_move(x0: torch.Tensor) -> torch.Tensor:
+            """x0_move's steps x0 -= s W W^T grad_x0 for an operator that reads only the
+            joints J x0: as grad_x0 = J^T grad_J, they run on the 21 joints alone (through
+            J W) and the surface moves once, by W times their sum."""
+            jw = self.regressor @ influence  # [21, 21]
+            joints = self.regressor @ x0
+            total = torch.zeros_like(joints)
+            for k in range(x0_iters):
+                if isinstance(operator, ProjectionOperator):
+                    # the camera (rotation included) is solved once per sampling step
+                    operator.hold_camera = X0_HOLD_CAMERA and k > 0
+                with torch.enable_grad():
+                    j_in = joints.detach().requires_grad_(True)
+                    loss = operator.joint_loss(j_in * SCALE).sum()
+                    grad = torch.autograd.grad(loss, j_in)[0]
+                step = -guidance_scale * (jw.T @ grad)
+                if max_step is not None:
+                    step = step * _rms_factor(influence @ step, max_step)
+                total = total + step
+                joints = joints + jw @ step
+            if isinstance(operator, ProjectionOperator):
+                operator.hold_camera = False
+            return influence @ total
 
         for i, t in enumerate(timesteps):
             if self.callback is not None:

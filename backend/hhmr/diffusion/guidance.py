@@ -101,8 +101,11 @@ class JointOperator:
         self.unit = unit
 
     def loss(self, x0: torch.Tensor) -> torch.Tensor:
-        b = x0.shape[0]
-        joints = self.regressor @ x0
+        return self.joint_loss(self.regressor @ x0)
+
+    def joint_loss(self, joints: torch.Tensor) -> torch.Tensor:
+        """The loss of regressed joints [B, 21, 3] (metres): it reads the mesh only there."""
+        b = joints.shape[0]
         target, mask = _expand(self.target, b), _expand(self.mask, b)
         diff = joints - target
         if self.align:
@@ -185,8 +188,9 @@ class ProjectionOperator:
     With `solve_rotation`, a global rotation about the wrist is also fitted to the keypoints
     at each call (Levenberg-Marquardt from several starts, then warm-started from the
     previous call), so guidance shapes the articulation rather than bending the hand towards
-    a wrong orientation; `rotation` holds the last one [B, 3, 3]. The loss is in units of
-    `unit_px` pixels.
+    a wrong orientation; `rotation` holds the last one [B, 3, 3]. While `hold_camera` is
+    True, the last rotation and camera are reused instead of solved again (cheap repeated
+    steps on one prediction). The loss is in units of `unit_px` pixels.
     """
 
     def __init__(self, regressor: torch.Tensor, keypoints: torch.Tensor,
@@ -199,7 +203,8 @@ class ProjectionOperator:
         self.unit = unit_px
         self.solve_rotation = solve_rotation
         self.rotation: torch.Tensor | None = None  # [B, 3, 3]
-        self.hold_rotation = False  # while True, reuse the last rotation instead of refitting
+        self.camera: tuple[torch.Tensor, ...] | None = None  # the last one solved, detached
+        self.hold_camera = False
 
     def _inputs(self, b: int, repeat: int = 1):
         """Keypoints, confidences and K for a batch of b, each row repeated ``repeat`` times."""
@@ -280,16 +285,33 @@ class ProjectionOperator:
 
     def solve(self, x0: torch.Tensor):
         """Projected regressed joints of meshes x0 and the solved camera (see `_camera`)."""
-        joints = self.regressor @ x0
+        return self.solve_joints(self.regressor @ x0)
+
+    def solve_joints(self, joints: torch.Tensor):
+        """`solve` from regressed joints [B, 21, 3]."""
+        held = self.hold_camera and self.camera is not None
         if self.solve_rotation:
-            if self.rotation is None or not self.hold_rotation:
+            if not held:
                 self.fit_rotation(joints)
             joints = self.rotate(joints)
-        return self._project(joints)
+        if not held:
+            projected, camera = self._project(joints)
+            self.camera = camera.detach() if self.K is not None else \
+                tuple(c.detach() for c in camera)
+            return projected, camera
+        if self.K is not None:
+            return project(joints + self.camera[:, None], _expand(self.K, joints.shape[0])), \
+                self.camera
+        s, t2 = self.camera
+        return s[:, None, None] * joints[..., :2] + t2[:, None], self.camera
 
     def loss(self, x0: torch.Tensor) -> torch.Tensor:
-        b = x0.shape[0]
-        projected, _ = self.solve(x0)
+        return self.joint_loss(self.regressor @ x0)
+
+    def joint_loss(self, joints: torch.Tensor) -> torch.Tensor:
+        """The loss of regressed joints [B, 21, 3] (metres): it reads the mesh only there."""
+        b = joints.shape[0]
+        projected, _ = self.solve_joints(joints)
         kp, conf, _ = self._inputs(b)
         return (conf[..., None] * (projected - kp).square()).sum((1, 2)) / self.unit ** 2
 
