@@ -30,6 +30,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--n", type=int, default=8, help="hypotheses per hand")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--guidance-strength", type=float,
+                    help="guidance relative to the backend's tuned strength (default 1)")
+    ap.add_argument("--guidance-space", choices=["x_t", "x0"],
+                    help="where guidance acts (default: the backend's choice)")
     ap.add_argument("--backend", default="tcp://127.0.0.1:5557", help="backend address")
     ap.add_argument("--start-backend", metavar="COMMAND", nargs="?", const="hhmr",
                     help="start a backend with this command (default 'hhmr') on --backend")
@@ -101,7 +105,8 @@ def main(argv: list[str]) -> int:
         return 2
     for obj in list(bpy.data.objects):
         bpy.data.objects.remove(obj)
-    opts = jobs.Sampling(args.n, args.steps, args.seed)
+    opts = jobs.Sampling(args.n, args.steps, args.seed, strength=args.guidance_strength,
+                         space=args.guidance_space)
     export_dir = args.export_dir or args.out.parent / args.out.stem
     failed = 0
     t_all = time.perf_counter()

@@ -41,9 +41,9 @@ class HHMR_PT_main(_Panel):
         col.prop(s, "n")
         col.prop(s, "steps")
         col.prop(s, "seed")
-        row = layout.row(align=True)
-        row.prop(s, "guidance_strength")
-        row.prop(s, "guidance_space", text="")
+        col = layout.column(align=True)
+        col.prop(s, "guidance_strength", slider=True)
+        col.prop(s, "guidance_space")
         row = layout.row(align=True)
         row.operator("hhmr.add_hand", icon="VIEW_PAN").handedness = "right"
         row.operator("hhmr.generate", icon="OUTLINER_OB_POINTCLOUD")

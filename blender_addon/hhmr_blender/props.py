@@ -46,7 +46,7 @@ class HHMR_SceneSettings(bpy.types.PropertyGroup):
         description="How hard sampling pulls towards the evidence (skeleton, keypoints, kept "
                     "vertices), relative to the backend's tuned strength: 1 tuned, 0 none; "
                     "above 2 it may turn unstable")
-    guidance_space: EnumProperty(name="Guide", items=[
+    guidance_space: EnumProperty(name="Space", items=[
         ("DEFAULT", "Default", "The backend's choice per task"),
         ("x0", "Prediction", "Correct the network's prediction (fast; the default for "
                              "skeletons and keypoints)"),
