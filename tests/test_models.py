@@ -236,10 +236,12 @@ class CountingDenoiser(IdentityDenoiser):
     def __init__(self) -> None:
         super().__init__()
         self.calls = self.guided = 0
+        self.timesteps: list[int] = []
 
     def forward(self, x_t, t, cond=None):
         self.calls += 1
         self.guided += torch.is_grad_enabled() and x_t.requires_grad
+        self.timesteps.append(int(t.reshape(-1)[0]))
         return x_t
 
 
@@ -257,6 +259,21 @@ def test_inpainting_with_replacement_guides_only_its_early_steps(hand):
     pipe.inpaint(hand.v_template, keep, n=2, steps=10, guidance_scale=0.002, replace=False,
                  guidance_space="x_t")  # guidance alone: every step, two moves at the last
     assert net.guided == 11
+
+
+def test_only_x_t_guided_runs_end_at_t0(hand):
+    """x_t guidance's last move must land on the output (linspace, ending at t=0); unguided
+    and x0-guided runs return the net's x0 at t=T/n (trailing)."""
+    net = CountingDenoiser()
+    pipe = HandDiffusionPipeline(net, hand)
+    joints = hand.keypoint_regressor @ hand.v_template
+    for space, last in (("x_t", 0), ("x0", 99)):
+        net.timesteps = []
+        pipe.refit3d(joints, n=1, steps=10, guidance_space=space)
+        assert net.timesteps[0] == 999 and net.timesteps[-1] == last, space
+    net.timesteps = []
+    pipe.generate(1, steps=10)
+    assert net.timesteps[-1] == 99
 
 
 def test_guidance_space_defaults_and_checks():

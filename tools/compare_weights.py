@@ -3,12 +3,13 @@ evaluation seed 0): refit3d and fit2d with and without guidance (20 hands, n=1),
 guidance alone (10 hands, n=4), generation (64 hands). Prints one JSON line per file.
 
 Usage: python tools/compare_weights.py WEIGHTS.pt [WEIGHTS.pt ...]   (about a minute each)
-Sampler ablations (the figures in docs/diffusion.md): --unguided-spacing linspace,
---final-iters 1, --inpaint-cap 0.05 (guidance alone), --replace-cap none, --replace-fraction F
-(guide only the first fraction of steps), --space TASK=SPACE (guidance space per task key, e.g.
---space refit3d=x_t --space inpaint=x_t), --joint-influence bones|smooth|none (how x0 guidance
-spreads its joint-space gradient; none: the raw gradient), --refit-camera (fit2d solves its
-camera at every x0 gradient step instead of once per sampling step).
+Sampler ablations (the figures in docs/diffusion.md): --spacing linspace (timesteps of
+unguided and x0-guided runs), --final-iters 1, --inpaint-cap 0.05 (guidance alone),
+--replace-cap none, --replace-fraction F (guide only the first fraction of steps), --space
+TASK=SPACE (guidance space per task key, e.g. --space refit3d=x_t --space inpaint=x_t),
+--joint-influence bones|smooth|none (how x0 guidance spreads its joint-space gradient; none:
+the raw gradient), --refit-camera (fit2d solves its camera at every x0 gradient step instead
+of once per sampling step).
 """
 
 import argparse
@@ -70,7 +71,8 @@ def _set_cap(task: str, text: str | None) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("weights", nargs="+")
-    ap.add_argument("--unguided-spacing", choices=["linspace", "trailing"])
+    ap.add_argument("--spacing", choices=["linspace", "trailing"],
+                    help="timesteps of unguided and x0-guided runs")
     ap.add_argument("--final-iters", type=int, help="guided moves at the last step, all tasks")
     ap.add_argument("--inpaint-cap", help="move cap for inpainting by guidance alone, or none")
     ap.add_argument("--replace-cap", help="move cap for inpainting with replacement, or none")
@@ -94,8 +96,8 @@ if __name__ == "__main__":
             ap.error(f"--space {item}: TASK is one of {sorted(pipeline.GUIDANCE_SPACE)}, "
                      "SPACE x_t or x0")
         pipeline.GUIDANCE_SPACE[task] = space
-    if args.unguided_spacing:
-        pipeline.UNGUIDED_SPACING = args.unguided_spacing
+    if args.spacing:
+        pipeline.SPACING = args.spacing
     if args.final_iters is not None:
         pipeline.FINAL_GUIDANCE_ITERS.update(
             {k: args.final_iters for k in ("inpaint", "refit3d", "fit2d")})

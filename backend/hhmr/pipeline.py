@@ -62,9 +62,9 @@ FINAL_GUIDANCE_ITERS: dict[str, int] = {"inpaint": 2, "refit3d": 2}
 # Guided Diffusion, He et al. 2024; for the vertex mask one step of the default scale is
 # DDNM's exact projection), so a guided step costs one forward pass. Seed 100, shipped
 # weights (`python tools/compare_weights.py weights/hhmr_prior.pt`, and with `--space
-# refit3d=x_t --space inpaint=x_t --space fit2d=x_t`), x0 against x_t: refit3d PA-MPVPE 3.38
-# against 3.86 mm; fit2d PA-MPJPE 8.37 against 9.51 mm; inpainting by guidance alone kept
-# error 0.00 against 0.62 mm, self-intersection 1.09 against 5.62 %. Inpainting with
+# refit3d=x_t --space inpaint=x_t --space fit2d=x_t`), x0 against x_t: refit3d PA-MPVPE 3.19
+# against 3.86 mm; fit2d PA-MPJPE 7.98 against 9.51 mm; inpainting by guidance alone kept
+# error 0.00 against 0.62 mm, self-intersection 0.80 against 5.62 %. Inpainting with
 # replacement stays in x_t: replacement already fixes the kept region, all that x0 guidance
 # would touch; guidance through the net shapes the free region to fit it.
 GUIDANCE_SPACE: dict[str, str] = {"inpaint": "x0", "inpaint+replace": "x_t", "refit3d": "x0",
@@ -77,12 +77,12 @@ X0_GUIDANCE: dict[str, tuple[float, int]] = {"inpaint": (0.005, 1), "refit3d": (
 # is skinned to), "smooth" (`joint_influence`: the regressor's weights spread by 4 rounds of
 # neighbour averaging) or None (the raw gradient, which moves only the few vertices the
 # regressor reads). Seed 100 (`python tools/compare_weights.py weights/hhmr_prior.pt
-# --joint-influence ...`), bones / smooth / raw: refit3d PA-MPVPE 3.31 / 3.38 / 3.79 mm,
-# fit2d PA-MPJPE 7.96 / 8.09 / 8.38 mm
+# --joint-influence ...`), bones / smooth / raw: refit3d PA-MPVPE 3.19 / 3.28 / 3.72 mm,
+# fit2d PA-MPJPE 7.98 / 8.13 / 8.52 mm
 X0_JOINT_INFLUENCE: str | None = "bones"
 # fit2d's x0 guidance solves its rotation and camera at the first of its gradient steps per
 # sampling step only and holds them for the others, so its 20 small steps cost little: seed
-# 100 fit2d PA-MPJPE 7.96 mm, against 7.97 re-solving them at every step (`--refit-camera`),
+# 100 fit2d PA-MPJPE 7.98 mm, against 8.00 re-solving them at every step (`--refit-camera`),
 # which took n=16 from about 0.7 to 1.0 s on this CPU
 X0_HOLD_CAMERA = True
 # guidance on the first (noisiest) fraction of the steps only: x_t guidance costs a pass
@@ -94,8 +94,9 @@ X0_HOLD_CAMERA = True
 GUIDED_FRACTION: dict[str, float] = {"inpaint+replace": 0.6}
 # batch sizes a server traces at start: one hypothesis, and the add-on's default of four
 WARM_BATCH_SIZES = (1, 4)
-# timestep spacing without guidance (see _sample; guided runs use "linspace")
-UNGUIDED_SPACING = "trailing"
+# timestep spacing of unguided and x0-guided runs (see _sample; x_t-guided runs use
+# "linspace")
+SPACING = "trailing"
 
 
 def _rms_factor(step: torch.Tensor, max_rms: float) -> torch.Tensor:
@@ -218,12 +219,14 @@ class HandDiffusionPipeline:
         # unguided steps: through the frozen trace when there is one for this kind of net
         plain = self.traced if self.traced is not None and isinstance(context, Context) \
             else self.net
-        # guided runs end at t=0, where the net is nearly the identity, so the last guidance
-        # move lands on the output as computed; unguided runs end on the net's x0 at t=T/n
-        # ("trailing"): a last step to t=0 only re-injects the net's noise estimate, which
-        # roughened generated hands (self-intersection 2.45 % against 0.86 %, seed 100:
-        # tools/compare_weights.py with and without --unguided-spacing linspace)
-        timesteps = sampler.set_timesteps(steps, "linspace" if guided else UNGUIDED_SPACING
+        # x_t-guided runs end at t=0, where the net is nearly the identity, so the last
+        # guidance move lands on the output as computed; the others end on the net's x0 at
+        # t=T/n ("trailing"; x0 guidance then corrects that x0 itself): a last step to t=0
+        # only re-injects the net's noise estimate, which roughened generated hands
+        # (self-intersection 2.45 % against 0.86 %, seed 100: tools/compare_weights.py with
+        # and without --spacing linspace) and refits (refit3d PA-MPVPE 3.31 against 3.19 mm)
+        x_t_guided = guided and x0_iters == 0
+        timesteps = sampler.set_timesteps(steps, "linspace" if x_t_guided else SPACING
                                           ).tolist()
 
         def guidance_move(x: torch.Tensor, tt: torch.Tensor) -> tuple[torch.Tensor, ...]:
