@@ -13,7 +13,9 @@ EXPECTED = (ValueError, FileNotFoundError, RuntimeError, TimeoutError, OSError,
 
 def sampling(context) -> jobs.Sampling:
     s = context.scene.hhmr
-    return jobs.Sampling(s.n, s.steps, s.seed, strength=s.guidance_strength,
+    # the defaults go unsent, so a backend from before these options still answers
+    return jobs.Sampling(s.n, s.steps, s.seed,
+                         strength=None if s.guidance_strength == 1.0 else s.guidance_strength,
                          space=None if s.guidance_space == "DEFAULT" else s.guidance_space)
 
 

@@ -71,7 +71,7 @@ def bone_influence(regressor: torch.Tensor, skin_weights: torch.Tensor,
     kp = regressor @ template
     w = torch.zeros(template.shape[0], regressor.shape[0], dtype=template.dtype,
                     device=template.device)
-    knuckles = [JOINT_TO_KEYPOINT[j] for j in range(1, skin_weights.shape[1], 3)]
+    knuckles = JOINT_TO_KEYPOINT[1::3]  # each finger's first joint
     for j, head in enumerate(JOINT_TO_KEYPOINT):
         ends = knuckles if j == 0 else [head + 1]  # a finger bone ends at the next keypoint
         along = [_along_segment(template, kp[head], kp[e]) for e in ends]
@@ -203,7 +203,8 @@ class ProjectionOperator:
         self.unit = unit_px
         self.solve_rotation = solve_rotation
         self.rotation: torch.Tensor | None = None  # [B, 3, 3]
-        self.camera: tuple[torch.Tensor, ...] | None = None  # the last one solved, detached
+        # the last camera solved (detached): translation [B, 3] with K, else (scale, shift)
+        self.camera: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None
         self.hold_camera = False
 
     def _inputs(self, b: int, repeat: int = 1):
