@@ -276,6 +276,18 @@ def test_only_x_t_guided_runs_end_at_t0(hand):
     assert net.timesteps[-1] == 99
 
 
+def test_x0_guidance_stays_finite_at_any_strength(hand):
+    """Far beyond the tuned scale, x0 guidance still lands on the skeleton (steps that
+    would diverge are taken back and halved)."""
+    pipe = HandDiffusionPipeline(TemplateDenoiser(hand), hand)
+    target = hand(hand_pose=torch.full((1, 15, 3), 0.15)).joints[0]
+    tuned = X0_GUIDANCE["refit3d"][0]
+    for strength in (1.0, 50.0):
+        h = pipe.refit3d(target, n=2, guidance_scale=tuned * strength, guidance_space="x0")
+        assert torch.isfinite(h.vertices).all()
+        assert (-h.scores < 1.0).all(), strength  # mean joint error under a millimetre
+
+
 def test_guidance_space_defaults_and_checks():
     guidance = HandDiffusionPipeline.guidance
     assert guidance("refit3d", space="x_t") == (DEFAULT_GUIDANCE["refit3d"], 0)

@@ -92,6 +92,10 @@ X0_HOLD_CAMERA = True
 # 0.5: 0.90 %, 0 (replacement alone) 1.60 %); 0.6 brings n=16 under a second on this CPU
 # (`hhmr bench`)
 GUIDED_FRACTION: dict[str, float] = {"inpaint+replace": 0.6}
+# x0 guidance takes back and halves a step that raised a sample's loss, with at most this
+# many extra evaluations per sampling step (`descend`): without it, strengths above about
+# twice the tuned one made refit3d diverge to non-finite meshes
+X0_RETRIES = 8
 # batch sizes a server traces at start: one hypothesis, and the add-on's default of four
 WARM_BATCH_SIZES = (1, 4)
 # timestep spacing of unguided and x0-guided runs (see _sample; x_t-guided runs use
@@ -103,6 +107,45 @@ def _rms_factor(step: torch.Tensor, max_rms: float) -> torch.Tensor:
     """Per-sample factor [B, 1, 1] that brings an update [B, V, 3] to RMS at most max_rms."""
     rms = step.square().mean((1, 2), keepdim=True).sqrt()
     return max_rms / rms.clamp_min(max_rms)
+
+
+def descend(loss_of: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor,
+            step_of: Callable[[torch.Tensor], torch.Tensor],
+            change_of: Callable[[torch.Tensor], torch.Tensor],
+            move_of: Callable[[torch.Tensor], torch.Tensor], scale: float, iters: int,
+            max_step: float | None = None, retries: int | None = None) -> torch.Tensor:
+    """x0 guidance's gradient descent: `iters` steps c = scale * step_of(grad_z loss_of(z))
+    per sample from z = start, z moving by change_of(sum of c) and the mesh by move_of(c)
+    (capped at RMS max_step). A step that raises its sample's loss is taken back and halved
+    (at most `retries` extra evaluations, default X0_RETRIES), so strengths beyond the
+    stable range converge instead of diverging. Returns the sum of the steps taken."""
+    retries = X0_RETRIES if retries is None else retries
+
+    def evaluate(total: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.enable_grad():
+            z = (start + change_of(total)).detach().requires_grad_(True)
+            loss = loss_of(z)
+            return loss.detach(), torch.autograd.grad(loss.sum(), z)[0]
+
+    total = torch.zeros_like(start)
+    loss, grad = evaluate(total)
+    lr = torch.full((start.shape[0], 1, 1), scale, dtype=start.dtype, device=start.device)
+    taken = torch.zeros(start.shape[0], dtype=torch.long, device=start.device)
+    for _ in range(iters + retries):
+        active = taken < iters
+        if not active.any():
+            break
+        step = lr * step_of(grad) * active[:, None, None]
+        if max_step is not None:
+            step = step * _rms_factor(move_of(step), max_step)
+        trial_loss, trial_grad = evaluate(total + step)
+        ok = active & ((trial_loss < loss) | (trial_loss <= 1e-12))
+        keep = ok[:, None, None]
+        total = torch.where(keep, total + step, total)
+        loss, grad = torch.where(ok, trial_loss, loss), torch.where(keep, trial_grad, grad)
+        lr = torch.where((active & ~ok)[:, None, None], lr * 0.5, lr)
+        taken = taken + ok.long()
+    return total
 
 
 def clip_rms(step: torch.Tensor, max_rms: float) -> torch.Tensor:
@@ -244,41 +287,27 @@ class HandDiffusionPipeline:
 
         def x0_move(x0: torch.Tensor) -> torch.Tensor:
             """Guidance on the net's prediction itself: x0_iters gradient steps of
-            ||P x0 - P x_obs||^2, no pass back through the net; through the joints, the
-            gradient is taken in joint space and spread over the surface
-            (`X0_JOINT_INFLUENCE`)."""
-            if influence is not None:
-                return joint_space_move(x0)
-            start = x0
-            for _ in range(x0_iters):
-                with torch.enable_grad():
-                    x_in = x0.detach().requires_grad_(True)
-                    loss = operator.loss(x_in * SCALE).sum()
-                    grad = torch.autograd.grad(loss, x_in)[0]
-                move = -guidance_scale * grad
-                x0 = x0 + (move if max_step is None else clip_rms(move, max_step))
-            return x0 - start
-
-        def joint_space_move(x0: torch.Tensor) -> torch.Tensor:
-            """x0_move's steps x0 -= s W W^T grad_x0 for an operator that reads only the
-            joints J x0: as grad_x0 = J^T grad_J, they run on the 21 joints alone (through
-            J W) and the surface moves once, by W times their sum."""
+            ||P x0 - P x_obs||^2 (`descend`), no pass back through the net. An operator that
+            reads only the joints J x0 takes its steps on the 21 joints (the vertex gradient
+            J^T grad_J, preconditioned by the influence W: x0 -= s W (J W)^T grad_J), and the
+            surface moves once, by W times their sum."""
+            if influence is None:
+                return descend(lambda z: operator.loss(z * SCALE), x0, lambda g: -g,
+                               lambda c: c, lambda c: c, guidance_scale, x0_iters, max_step)
             jw = self.regressor @ influence  # [21, 21]
-            joints = self.regressor @ x0
-            total = torch.zeros_like(joints)
-            for k in range(x0_iters):
+            calls = 0
+
+            def joint_loss(z: torch.Tensor) -> torch.Tensor:
+                nonlocal calls
                 if isinstance(operator, ProjectionOperator):
                     # the camera (rotation included) is solved once per sampling step
-                    operator.hold_camera = X0_HOLD_CAMERA and k > 0
-                with torch.enable_grad():
-                    j_in = joints.detach().requires_grad_(True)
-                    loss = operator.joint_loss(j_in * SCALE).sum()
-                    grad = torch.autograd.grad(loss, j_in)[0]
-                step = -guidance_scale * (jw.T @ grad)
-                if max_step is not None:
-                    step = step * _rms_factor(influence @ step, max_step)
-                total = total + step
-                joints = joints + jw @ step
+                    operator.hold_camera = X0_HOLD_CAMERA and calls > 0
+                calls += 1
+                return operator.joint_loss(z * SCALE)
+
+            total = descend(joint_loss, self.regressor @ x0, lambda g: -(jw.T @ g),
+                            lambda c: jw @ c, lambda c: influence @ c, guidance_scale,
+                            x0_iters, max_step)
             if isinstance(operator, ProjectionOperator):
                 operator.hold_camera = False
             return influence @ total

@@ -45,7 +45,7 @@ class HHMR_SceneSettings(bpy.types.PropertyGroup):
         name="Guidance", default=1.0, min=0.0, soft_max=2.0, precision=2,
         description="How hard sampling pulls towards the evidence (skeleton, keypoints, kept "
                     "vertices), relative to the backend's tuned strength: 1 tuned, 0 none; "
-                    "above 2 it may turn unstable")
+                    "guiding through the network, above 2 it may distort the hand")
     guidance_space: EnumProperty(name="Space", items=[
         ("DEFAULT", "Default", "The backend's choice per task"),
         ("x0", "Prediction", "Correct the network's prediction (fast; the default for "
