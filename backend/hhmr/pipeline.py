@@ -140,6 +140,9 @@ def descend(loss_of: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor
             step = step * _rms_factor(move_of(step), max_step)
         trial_loss, trial_grad = evaluate(total + step)
         ok = active & ((trial_loss < loss) | (trial_loss <= 1e-12))
+        if bool(ok.all()):  # the usual case at tuned strengths
+            total, loss, grad, taken = total + step, trial_loss, trial_grad, taken + 1
+            continue
         keep = ok[:, None, None]
         total = torch.where(keep, total + step, total)
         loss, grad = torch.where(ok, trial_loss, loss), torch.where(keep, trial_grad, grad)
