@@ -145,5 +145,6 @@ def test_batch_in_blender_background(tmp_path, installed_addon):
     assert res.returncode == 0, log
     assert "[2/2] test1.jpg" in log
     # the add-on ran from the install, its pyzmq/msgpack unpacked from the bundled wheels
-    assert (installed_addon / "addons" / "hhmr_blender" / "_deps" / "zmq").is_dir()
+    addon = installed_addon / "addons" / "hhmr_blender"
+    assert (addon / "_deps" / "zmq").is_dir(), f"{sorted(p.name for p in addon.iterdir())}\n{log}"
     check_outputs(out, 4)

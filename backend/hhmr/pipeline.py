@@ -93,8 +93,8 @@ X0_HOLD_CAMERA = True
 # (`hhmr bench`)
 GUIDED_FRACTION: dict[str, float] = {"inpaint+replace": 0.6}
 # x0 guidance takes back and halves a step that raised a sample's loss, with at most this
-# many extra evaluations per sampling step (`descend`): without it, strengths above about
-# twice the tuned one made refit3d diverge to non-finite meshes
+# many extra evaluations per sampling step (`descend`): without it, strengths a few times
+# the tuned one made refit3d diverge to non-finite meshes
 X0_RETRIES = 8
 # batch sizes a server traces at start: one hypothesis, and the add-on's default of four
 WARM_BATCH_SIZES = (1, 4)
