@@ -146,5 +146,6 @@ def test_batch_in_blender_background(tmp_path, installed_addon):
     assert "[2/2] test1.jpg" in log
     # the add-on ran from the install, its pyzmq/msgpack unpacked from the bundled wheels
     addon = installed_addon / "addons" / "hhmr_blender"
+    assert f"add-on: {addon};" in log, log
     assert (addon / "_deps" / "zmq").is_dir(), f"{sorted(p.name for p in addon.iterdir())}\n{log}"
     check_outputs(out, 4)

@@ -87,9 +87,13 @@ def main(argv: list[str]) -> int:
     try:
         import addon_utils
 
-        enable_addon()
+        addon = enable_addon()
         addon_utils.enable("io_scene_gltf2", default_set=True)
+        import zmq
         from hhmr_blender import jobs, local_backend, runner
+
+        print(f"add-on: {Path(addon.__file__).parent}; pyzmq: {Path(zmq.__file__).parent}",
+              flush=True)
 
         prefs = runner.prefs()
         prefs.address, prefs.timeout_s = args.backend, args.timeout
