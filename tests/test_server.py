@@ -190,7 +190,9 @@ def test_oversize_payload_is_refused(server):
 
 
 def test_load_many_clients(server):
-    """8 clients x 50 requests: every reply arrives, each to the client that asked."""
+    """8 clients x 50 requests: every reply arrives, each to the client that asked. A seed
+    repeats its hand whichever requests the server batched it with, up to float rounding
+    (batches of different sizes take different CPU kernels: about 3e-8 m apart)."""
     port = server[0]
     errors: list[str] = []
 
@@ -202,7 +204,7 @@ def test_load_many_clients(server):
             if h.vertices.shape != (1, 803, 3):
                 errors.append(f"client {k} request {i}: shape {h.vertices.shape}")
             again = c.hypotheses("generate", n=1, steps=1, seed=seed) if i == 0 else h
-            if not np.array_equal(again.vertices, h.vertices):
+            if not np.allclose(again.vertices, h.vertices, rtol=0, atol=1e-6):
                 errors.append(f"client {k}: seed {seed} not reproducible")
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]

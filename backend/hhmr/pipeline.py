@@ -244,8 +244,9 @@ class HandDiffusionPipeline:
         `final_iters` moves at the last step, or in x0 space with `x0_iters` gradient steps on
         each prediction; on the first `guided_fraction` of the steps only, if given) and,
         for inpainting, replacement of `known` = (x_obs [B, V, 3] metres, keep [B, V]) at each
-        step. Each block of the batch draws its noise
-        from its own seed, so batching requests never changes their results."""
+        step. Each block of the batch draws its noise from its own seed, so batching requests
+        changes their results by float rounding alone (batch sizes take different CPU
+        kernels)."""
         v = self.hand.num_vertices
         batch = sum(nz.count for nz in noises)
         sampler = DDIMSampler(self.schedule, eta=eta)
