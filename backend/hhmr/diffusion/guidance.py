@@ -220,10 +220,18 @@ class ProjectionOperator:
         if K is not None:
             t = solve_translation(joints, kp, conf, K)
             # a wild early prediction may solve to behind the camera: keep it in front
-            t = torch.cat([t[:, :2], t[:, 2:].clamp_min(MIN_DEPTH)], 1)
-            return project(joints + t[:, None], K), t
-        s, t2 = solve_weak_perspective(joints[..., :2], kp, conf)
-        return s[:, None, None] * joints[..., :2] + t2[:, None], (s, t2)
+            camera = torch.cat([t[:, :2], t[:, 2:].clamp_min(MIN_DEPTH)], 1)
+        else:
+            camera = solve_weak_perspective(joints[..., :2], kp, conf)
+        return ProjectionOperator._apply_camera(joints, camera, K), camera
+
+    @staticmethod
+    def _apply_camera(joints: torch.Tensor, camera, K: torch.Tensor | None) -> torch.Tensor:
+        """Joints [B, J, 3] in pixels [B, J, 2] through a camera from `_camera`."""
+        if K is not None:
+            return project(joints + camera[:, None], K)
+        s, t2 = camera
+        return s[:, None, None] * joints[..., :2] + t2[:, None]
 
     def _project(self, joints: torch.Tensor):
         kp, conf, K = self._inputs(joints.shape[0])
@@ -300,11 +308,8 @@ class ProjectionOperator:
             self.camera = camera.detach() if self.K is not None else \
                 tuple(c.detach() for c in camera)
             return projected, camera
-        if self.K is not None:
-            return project(joints + self.camera[:, None], _expand(self.K, joints.shape[0])), \
-                self.camera
-        s, t2 = self.camera
-        return s[:, None, None] * joints[..., :2] + t2[:, None], self.camera
+        K = None if self.K is None else _expand(self.K, joints.shape[0])
+        return self._apply_camera(joints, self.camera, K), self.camera
 
     def loss(self, x0: torch.Tensor) -> torch.Tensor:
         return self.joint_loss(self.regressor @ x0)
