@@ -9,7 +9,8 @@ unguided and x0-guided runs), --final-iters 1, --inpaint-cap 0.05 (guidance alon
 TASK=SPACE (guidance space per task key, e.g. --space refit3d=x_t --space inpaint=x_t),
 --joint-influence bones|smooth|none (how x0 guidance spreads its joint-space gradient; none:
 the raw gradient), --refit-camera (fit2d solves its camera at every x0 gradient step instead
-of once per sampling step).
+of once per sampling step), --random-first (hypothesis 0 of refit3d and fit2d from random
+noise instead of the noise's mean).
 """
 
 import argparse
@@ -84,7 +85,11 @@ if __name__ == "__main__":
                     help="how x0 guidance spreads its joint-space gradient")
     ap.add_argument("--refit-camera", action="store_true",
                     help="fit2d: solve the camera at every x0 gradient step")
+    ap.add_argument("--random-first", action="store_true",
+                    help="refit3d and fit2d: hypothesis 0 from random noise, not its mean")
     args = ap.parse_args()
+    if args.random_first:
+        pipeline.CENTRAL_FIRST.update(refit3d=False, fit2d=False)
     if args.refit_camera:
         pipeline.X0_HOLD_CAMERA = False
     if args.joint_influence is not None:

@@ -253,6 +253,12 @@ def _nonneg_float(name: str, x: Any, ctx: _Ctx) -> float:
     return float(x)
 
 
+def _boolean(name: str, x: Any, ctx: _Ctx) -> bool:
+    if type(x) is not bool:
+        raise _bad(f"'{name}' must be true or false, got {_describe(x)}")
+    return x
+
+
 def _choice(*options: str) -> Check:
     def check(name: str, x: Any, ctx: _Ctx) -> str:
         if not isinstance(x, str) or x not in options:
@@ -378,6 +384,9 @@ SAMPLING_ARGS: dict[str, Arg] = {
                              "tuned, 0 none (instead of 'guidance')"),
     "guidance_space": Arg(_choice("x_t", "x0"), "where guidance acts: 'x_t' (through the "
                           "net, HHMR's) or 'x0' (on its prediction); default: the server's"),
+    "central_first": Arg(_boolean, "hypothesis 0 starts from the noise's mean, the sampler's "
+                         "central guess (default: true for refit3d, fit2d and reconstruct, "
+                         "false for generate and inpaint)"),
     "seed": Arg(_integer(0, MAX_SEED), "random seed, 0..2**63-1 (default 0)", default=0),
 }
 

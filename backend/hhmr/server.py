@@ -397,7 +397,8 @@ def _guidance_scale(op: str, a: dict) -> float | None:
 
 
 def _opts(a: dict) -> dict:
-    return {"n": a["n"], "steps": a["steps"], "seed": a["seed"]}
+    return {"n": a["n"], "steps": a["steps"], "seed": a["seed"],
+            "central_first": a.get("central_first")}
 
 
 def _hypotheses(h, timings: dict) -> dict:
