@@ -139,7 +139,7 @@ def test_tasks_build_requests_the_protocol_accepts(topo):
     tasks = [jobs.generate(opts),
              jobs.inpaint(topo.template, keep, "left", "Hand", opts),
              jobs.refit3d(np.zeros((21, 3)), np.ones(21, bool), "right", "Hand",
-                          jobs.Sampling(strength=0.5, space="x_t")),
+                          jobs.Sampling(strength=0.5, space="x_t", central_first=False)),
              jobs.reconstruct(jobs.Sampling(guidance=0.1), rgb=np.zeros((8, 8, 3), np.uint8),
                               handedness="left")]
     for t in tasks:
@@ -150,6 +150,7 @@ def test_tasks_build_requests_the_protocol_accepts(topo):
     assert tasks[3].args["guidance"] == 0.1 and "guidance" not in tasks[0].args
     assert tasks[2].args["guidance_strength"] == 0.5 and tasks[2].args["guidance_space"] == "x_t"
     assert "guidance_strength" not in tasks[0].args
+    assert tasks[2].args["central_first"] is False and "central_first" not in tasks[0].args
     with pytest.raises(ValueError, match="select the vertices"):
         jobs.inpaint(topo.template, np.zeros(V, bool), "right", "Hand", opts)
     with pytest.raises(ValueError, match="every vertex"):
@@ -168,6 +169,17 @@ def test_results_are_ranked_and_mirrored_back():
     assert np.allclose(h.vertices[0], res["vertices"][2] * [-1, 1, 1])
     with pytest.raises(P.ProtocolError):
         t.results(hyp_result(3, 7), 8)  # not this mesh
+
+
+def test_central_hypothesis_shows_first():
+    t = jobs.Task("refit3d", {}, target="Hand")
+    res = hyp_result(3, 7)  # scores 0, 1, 2
+    (h,) = t.results({**res, "central": np.array([False, True, False])}, 7)
+    assert list(h.scores) == [1, 2, 0]
+    assert np.allclose(h.vertices[0], res["vertices"][1])
+    for odd in (np.array([True, True, False]), np.array([1, 0, 0]), np.array([True])):
+        (h,) = t.results({**res, "central": odd}, 7)
+        assert list(h.scores) == [2, 1, 0]  # a malformed mark is ignored
 
 
 def test_reconstruct_results_per_hand():

@@ -276,6 +276,30 @@ def test_only_x_t_guided_runs_end_at_t0(hand):
     assert net.timesteps[-1] == 99
 
 
+def test_central_first_hypothesis_starts_from_the_noise_mean(pipe, hand):
+    """refit3d and fit2d start hypothesis 0 from x_T = 0 (the same for every seed and n);
+    the others, and every hypothesis of generate, from the seed's noise."""
+    joints = hand.keypoint_regressor @ hand.v_template
+    a = pipe.refit3d(joints, n=3, steps=3, seed=1)
+    b = pipe.refit3d(joints, n=1, steps=3, seed=2)
+    assert torch.allclose(a.vertices[0], b.vertices[0], atol=1e-5)
+    rand = pipe.refit3d(joints, n=3, steps=3, seed=1, central_first=False)
+    assert torch.equal(rand.vertices[1:], a.vertices[1:])  # the same noise after row 0
+    assert a.extra["central"].tolist() == [True, False, False] and "central" not in rand.extra
+    a.scores = torch.tensor([-3.0, -1.0, -2.0])
+    assert a.order() == [0, 1, 2] and rand.order() == rand.scores.argsort(
+        descending=True).tolist()
+    assert not torch.allclose(rand.vertices[0], a.vertices[0], atol=1e-3)
+    assert not torch.allclose(pipe.refit3d(joints, n=1, steps=3, seed=2,
+                                           central_first=False).vertices[0],
+                              rand.vertices[0], atol=1e-3)
+    g1, g2 = pipe.generate(n=1, steps=2, seed=1), pipe.generate(n=1, steps=2, seed=2)
+    assert not torch.allclose(g1.vertices, g2.vertices, atol=1e-3)
+    assert torch.allclose(pipe.generate(n=1, steps=2, seed=1, central_first=True).vertices,
+                          pipe.generate(n=1, steps=2, seed=2, central_first=True).vertices,
+                          atol=1e-5)
+
+
 def test_x0_guidance_stays_finite_at_any_strength(hand):
     """Far beyond the tuned scale, x0 guidance still lands on the skeleton (steps that
     would diverge are taken back and halved)."""

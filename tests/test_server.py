@@ -57,6 +57,7 @@ def test_every_sampling_request(client):
     joints = info["topology"]["keypoint_regressor"] @ tmpl
     h = client.hypotheses("refit3d", joints=joints.astype(np.float32), n=3, steps=2)
     assert h.joints.shape == (3, 21, 3) and len(h.scores) == 3
+    assert h.extra["central"].tolist() == [True, False, False]  # hypothesis 0, noise's mean
     h_xt = client.hypotheses("refit3d", joints=joints.astype(np.float32), n=3, steps=2,
                              guidance_space="x_t")  # HHMR's space, not the server's default
     assert not np.allclose(h_xt.vertices, h.vertices)

@@ -34,6 +34,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                     help="guidance relative to the backend's tuned strength (default 1)")
     ap.add_argument("--guidance-space", choices=["x_t", "x0"],
                     help="where guidance acts (default: the backend's choice)")
+    ap.add_argument("--first", choices=["central", "random"],
+                    help="hypothesis 1: the sampler's central guess (the backend's default "
+                         "for photos) or a random draw")
     ap.add_argument("--backend", default="tcp://127.0.0.1:5557", help="backend address")
     ap.add_argument("--start-backend", metavar="COMMAND", nargs="?", const="hhmr",
                     help="start a backend with this command (default 'hhmr') on --backend")
@@ -110,7 +113,8 @@ def main(argv: list[str]) -> int:
     for obj in list(bpy.data.objects):
         bpy.data.objects.remove(obj)
     opts = jobs.Sampling(args.n, args.steps, args.seed, strength=args.guidance_strength,
-                         space=args.guidance_space)
+                         space=args.guidance_space,
+                         central_first=None if args.first is None else args.first == "central")
     export_dir = args.export_dir or args.out.parent / args.out.stem
     failed = 0
     t_all = time.perf_counter()

@@ -143,7 +143,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
         meshes, faces, kps, item["hands"] = [], [], [], []
         for k, (det, hyp) in enumerate(hands):
             side = hyp.extra["handedness"]
-            order = hyp.scores.argsort(descending=True).tolist()
+            order = hyp.order()
             files = [str(write_obj(out / f"{path.stem}_hand{k}_{side}_hyp{r}.obj",
                                    hyp.vertices[i].numpy(), faces_for(pipe, side),
                                    comment=f"hhmr reconstruct {path.name}, camera frame"))

@@ -59,7 +59,7 @@ def evaluate_freihand(root: str | Path, split: str = "evaluation", n: int = 1, s
         preds = {"mediapipe_world": torch.from_numpy(det.world)[None]}
         if "skel2d" in modes:
             h = fit_detection(pipe, det.keypoints, side, s["K"], n=n, steps=steps)
-            preds["skel2d"] = h.joints[h.scores.argmax()][None]
+            preds["skel2d"] = h.joints[h.order()[0]][None]
         for method, pred in preds.items():
             vals = {"pa_mpjpe_mm": float(metrics.pa_mpjpe(pred, gt)),
                     "rr_mpjpe_mm": float(metrics.root_relative_mpjpe(pred, gt))}

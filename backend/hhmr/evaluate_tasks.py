@@ -99,12 +99,15 @@ def _other_space(task: str) -> str:
     return "x_t" if GUIDANCE_SPACE[task] == "x0" else "x0"
 
 
-def _guided_methods(task: str, scale: float | None) -> list[tuple[str, float | None, str | None]]:
-    """(name, scale, space): no guidance, the default guidance (at `scale` if given), and
+def _guided_methods(task: str, scale: float | None
+                    ) -> list[tuple[str, float | None, str | None, bool | None]]:
+    """(name, scale, space, central_first): no guidance, the default guidance (at `scale` if
+    given), the same with hypothesis 0 from random noise instead of the noise's mean, and
     the other space at its own default scale."""
     other = _other_space(task)
-    return [("no_guidance", 0.0, None), ("guidance", scale, None),
-            (f"guidance_{other}", None, other)]
+    return [("no_guidance", 0.0, None, None), ("guidance", scale, None, None),
+            ("guidance_random_first", scale, None, False),
+            (f"guidance_{other}", None, other, None)]
 
 
 def _errors(pred_v, pred_j, gt_v, gt_j) -> dict[str, float]:
@@ -142,9 +145,10 @@ def eval_refit3d(pipe, num, seed, steps, n, progress, guidance_scale=None):
                 masks[i, 1 + 4 * f: 5 + 4 * f] = 0
         for i in tqdm(range(num), desc=f"refit3d {variant}", disable=not progress):
             gt_v, gt_j = data.vertices[i:i + 1], data.joints[i:i + 1]
-            for method, s, space in _guided_methods("refit3d", guidance_scale):
+            for method, s, space, central in _guided_methods("refit3d", guidance_scale):
                 h = pipe.refit3d(data.joints[i], masks[i], n=n, steps=steps, guidance_scale=s,
-                                 seed=EVAL_SEED_OFFSET + seed + i, guidance_space=space)
+                                 seed=EVAL_SEED_OFFSET + seed + i, guidance_space=space,
+                                 central_first=central)
                 _add(res, f"{method}/{variant}", h.vertices, h.joints, gt_v, gt_j)
         if variant == "full":
             pred = fit_lbs(hand, pca, None, None, joints3d=data.joints, seed=seed)
@@ -163,9 +167,10 @@ def eval_fit2d(pipe, num, seed, steps, n, progress, guidance_scale=None, noise_p
     for variant, kps in (("gt", data.keypoints2d), ("noisy", noisy)):
         for i in tqdm(range(num), desc=f"fit2d {variant}", disable=not progress):
             gt_v, gt_j = data.vertices[i:i + 1], data.joints[i:i + 1]
-            for method, s, space in _guided_methods("fit2d", guidance_scale):
+            for method, s, space, central in _guided_methods("fit2d", guidance_scale):
                 h = pipe.fit2d(kps[i], conf[i], data.K[i], n=n, steps=steps, guidance_scale=s,
-                               seed=EVAL_SEED_OFFSET + seed + i, guidance_space=space)
+                               seed=EVAL_SEED_OFFSET + seed + i, guidance_space=space,
+                               central_first=central)
                 _add(res, f"{method}/{variant}", h.vertices, h.joints, gt_v, gt_j)
         pred = fit_lbs(hand, pca, kps, conf, K=data.K, seed=seed)
         _add_baseline(res, f"lbs_optimisation/{variant}", pipe, pred, data)
@@ -173,21 +178,33 @@ def eval_fit2d(pipe, num, seed, steps, n, progress, guidance_scale=None, noise_p
 
 
 def eval_sweep(pipe, num, seed, progress, ns=(1, 8, 16), steps_list=(10, 25, 50)):
-    """Min-of-n PA-MPJPE / PA-MPVPE of fit2d (ground-truth keypoints, guidance)."""
+    """fit2d (ground-truth keypoints, guidance) by n and steps: PA-MPJPE / PA-MPVPE of the
+    best of the n hypotheses (min-of-n, HHMR Table 4), and for n > 1 of the two single
+    answers that need no ground truth: hypothesis 0 (central, CENTRAL_FIRST) and the mean
+    of the n meshes (each centred on its joints)."""
     data = held_out(pipe, num, seed)
+    reg = pipe.regressor.cpu()
     out = {}
     for steps in steps_list:
         for n in ns:
-            vals: dict[str, list[float]] = {}
+            vals: dict[str, dict[str, list[float]]] = {}
             for i in tqdm(range(num), desc=f"sweep n={n} steps={steps}",
                           disable=not progress):
                 h = pipe.fit2d(data.keypoints2d[i], None, data.K[i], n=n, steps=steps,
                                seed=EVAL_SEED_OFFSET + seed + i)
-                e = _errors(h.vertices, h.joints, data.vertices[i:i + 1].expand_as(h.vertices),
-                            data.joints[i:i + 1].expand_as(h.joints))
-                for k, v in e.items():
-                    vals.setdefault(k, []).append(v)
-            out[f"guidance/n={n}/steps={steps}"] = _stats(vals)
+                gt_v, gt_j = data.vertices[i:i + 1], data.joints[i:i + 1]
+                picks = {"guidance": (h.vertices, h.joints)}
+                if n > 1:
+                    v = h.vertices - (reg @ h.vertices).mean(1, keepdim=True)
+                    mean = v.mean(0, keepdim=True)
+                    picks["guidance_first"] = (h.vertices[:1], h.joints[:1])
+                    picks["guidance_mean"] = (mean, reg @ mean)
+                for name, (pv, pj) in picks.items():
+                    e = _errors(pv, pj, gt_v.expand_as(pv), gt_j.expand_as(pj))
+                    for k, x in e.items():
+                        vals.setdefault(name, {}).setdefault(k, []).append(x)
+            for name, v in vals.items():
+                out[f"{name}/n={n}/steps={steps}"] = _stats(v)
     return out
 
 

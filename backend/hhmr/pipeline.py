@@ -175,6 +175,16 @@ class Hypotheses:
     timings: dict[str, float] = field(default_factory=dict)
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
+    def order(self) -> list[int]:
+        """Showing order: the central hypothesis (extra "central", CENTRAL_FIRST) first, the
+        sampler's best single guess, then the others by score, highest first."""
+        order = self.scores.argsort(descending=True, stable=True).tolist()
+        central = self.extra.get("central")
+        if central is not None and int(central.sum()) == 1:
+            first = int(central.nonzero()[0, 0])
+            order = [first] + [i for i in order if i != first]
+        return order
+
 
 class HandDiffusionPipeline:
     def __init__(self, net: GraphUNet, hand: HandModel, device: str | torch.device = "cpu",
@@ -382,6 +392,8 @@ class HandDiffusionPipeline:
             parts = verts.split([p.n for p in ps])
             for i, p, v in zip(idx, ps, parts, strict=True):
                 h = p.finish(v)
+                if p.central:  # which hypothesis started from the noise's mean
+                    h.extra["central"] = torch.arange(p.n) == 0
                 h.timings.update(total_ms=(time.perf_counter() - t0) * 1000,
                                  batched_requests=float(len(ps)))
                 out[i] = h

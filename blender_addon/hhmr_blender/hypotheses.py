@@ -17,6 +17,18 @@ def names(n: int) -> list[str]:
     return [f"{PREFIX}{i:0{width}d}" for i in range(n)]
 
 
+def rank(scores: np.ndarray, central: Any = None) -> np.ndarray:
+    """Indices in showing order: the one hypothesis ``central`` marks (bool [n]; anything
+    else is ignored) first, then the rest by score, highest first."""
+    scores = np.asarray(scores, np.float64)
+    order = np.argsort(-scores, kind="stable")
+    c = np.asarray(central) if central is not None else None
+    if c is not None and c.dtype == bool and c.shape == scores.shape and c.sum() == 1:
+        first = int(np.flatnonzero(c)[0])
+        order = np.concatenate([[first], order[order != first]])
+    return order
+
+
 @dataclass
 class HypothesisSet:
     """n meshes for one hand object, best first, in the object's local (rest) frame."""
@@ -35,9 +47,10 @@ class HypothesisSet:
 
     @classmethod
     def ranked(cls, vertices: np.ndarray, joints: np.ndarray, scores: np.ndarray, op: str,
-               **kw: Any) -> HypothesisSet:
-        """Sorted by score, best (highest) first."""
-        order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+               central: Any = None, **kw: Any) -> HypothesisSet:
+        """The backend's central hypothesis first (its best single guess), if it marked one,
+        then the others by score, best (highest) first."""
+        order = rank(scores, central)
         return cls(np.asarray(vertices, np.float32)[order],
                    np.asarray(joints, np.float32)[order],
                    np.asarray(scores, np.float32)[order], op, **kw)

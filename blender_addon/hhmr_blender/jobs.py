@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from . import handdata
-from .hypotheses import HypothesisSet
+from .hypotheses import HypothesisSet, rank
 from .wire import client as wire_client
 from .wire import protocol
 
@@ -22,8 +22,8 @@ ProtocolError = protocol.ProtocolError
 @dataclass
 class Sampling:
     """Options shared by the sampling ops: ``guidance`` a raw scale, or ``strength`` relative
-    to the task's tuned scale (1 tuned, 0 none); ``space`` "x_t" or "x0"; None: the server's
-    default."""
+    to the task's tuned scale (1 tuned, 0 none); ``space`` "x_t" or "x0"; ``central_first``
+    whether hypothesis 0 is the sampler's central guess; None: the server's default."""
 
     n: int = 8
     steps: int = 10
@@ -31,6 +31,7 @@ class Sampling:
     guidance: float | None = None
     strength: float | None = None
     space: str | None = None
+    central_first: bool | None = None
 
     def args(self) -> dict[str, Any]:
         a: dict[str, Any] = {"n": int(self.n), "steps": int(self.steps), "seed": int(self.seed)}
@@ -40,6 +41,8 @@ class Sampling:
             a["guidance_strength"] = float(self.strength)
         if self.space is not None:
             a["guidance_space"] = self.space
+        if self.central_first is not None:
+            a["central_first"] = bool(self.central_first)
         return a
 
 
@@ -62,7 +65,7 @@ class Task:
             return [HypothesisSet.ranked(
                 handdata.from_backend(h.vertices, self.handedness),
                 handdata.from_backend(h.joints, self.handedness), h.scores, self.op,
-                handedness=self.handedness, label=self.label)]
+                h.extra.get("central"), handedness=self.handedness, label=self.label)]
         hands = result.get("hands") if isinstance(result, Mapping) else None
         if not isinstance(hands, list) or not hands:
             raise ProtocolError(protocol.BAD_MESSAGE, "reconstruct: no 'hands' in the result")
@@ -71,12 +74,12 @@ class Task:
             h = protocol.parse_hypotheses(hand, num_vertices)
             side = hand.get("handedness") if hand.get("handedness") in ("left", "right") \
                 else "right"
-            best = int(np.argmax(h.scores))
+            best = int(rank(h.scores, h.extra.get("central"))[0])
             verts, joints, location = handdata.camera_to_object(h.vertices, h.joints, best)
             label = f"{self.label} hand {i}" if len(hands) > 1 else self.label
             out.append(HypothesisSet.ranked(
-                verts, joints, h.scores, self.op, handedness=side, location=location,
-                label=label, extra={"image_size": result.get("image_size"),
+                verts, joints, h.scores, self.op, h.extra.get("central"), handedness=side,
+                location=location, label=label, extra={"image_size": result.get("image_size"),
                                     "K": result.get("K"),
                                     "keypoints2d": hand.get("keypoints2d")}))
         return out

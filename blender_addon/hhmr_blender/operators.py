@@ -16,7 +16,9 @@ def sampling(context) -> jobs.Sampling:
     # the defaults go unsent, so a backend from before these options still answers
     return jobs.Sampling(s.n, s.steps, s.seed,
                          strength=None if s.guidance_strength == 1.0 else s.guidance_strength,
-                         space=None if s.guidance_space == "DEFAULT" else s.guidance_space)
+                         space=None if s.guidance_space == "DEFAULT" else s.guidance_space,
+                         central_first={"DEFAULT": None, "CENTRAL": True,
+                                        "RANDOM": False}[s.first_hypothesis])
 
 
 def run(op: bpy.types.Operator, make_task: Callable[[], jobs.Task]) -> set[str]:

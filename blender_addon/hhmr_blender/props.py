@@ -52,6 +52,14 @@ class HHMR_SceneSettings(bpy.types.PropertyGroup):
                              "skeletons and keypoints)"),
         ("x_t", "Through net", "HHMR's gradient through the network (a backward pass per "
                                "step; the default for inpainting)")])
+    first_hypothesis: EnumProperty(name="First", items=[
+        ("DEFAULT", "Default", "Central for skeleton, keypoint and photo fits; random for "
+                               "generating and inpainting"),
+        ("CENTRAL", "Central", "Hypothesis 1 is the sampler's central guess, the same for "
+                               "every seed: its most accurate single answer"),
+        ("RANDOM", "Random", "Every hypothesis from the seed's random noise")],
+        description="Where the first hypothesis starts: the centre of the noise or a random "
+                    "draw")
     image_source: EnumProperty(name="Image", items=[
         ("FILE", "File", "An image file on disk"),
         ("DATABLOCK", "Image", "An image already in this .blend")])
