@@ -53,7 +53,8 @@ def run_demo(out: Path, num: int = 4, seed: int = 0, size: int = 256,
         ref = pipe.refit3d(tgt_j, n=num - 1, seed=seed)
         rows.append(("refit3d", torch.cat([tgt_v[None], ref.vertices]),
                      torch.cat([tgt_j[None], tgt_j[None].expand(num - 1, -1, -1)]),
-                     ["source"] + [f"err {-s:.1f} mm" for s in ref.scores]))
+                     ["source"] + [("central, " if i == 0 else "") + f"err {-s:.1f} mm"
+                                   for i, s in enumerate(ref.scores)]))
     images, labels, meshes = [], [], []
     lo = min(float(r[1].min()) for r in rows)
     hi = max(float(r[1].max()) for r in rows)

@@ -179,9 +179,9 @@ def eval_fit2d(pipe, num, seed, steps, n, progress, guidance_scale=None, noise_p
 
 def eval_sweep(pipe, num, seed, progress, ns=(1, 8, 16), steps_list=(10, 25, 50)):
     """fit2d (ground-truth keypoints, guidance) by n and steps: PA-MPJPE / PA-MPVPE of the
-    best of the n hypotheses (min-of-n, HHMR Table 4), and for n > 1 of the two single
-    answers that need no ground truth: hypothesis 0 (central, CENTRAL_FIRST) and the mean
-    of the n meshes (each centred on its joints)."""
+    best of the n hypotheses (min-of-n, HHMR Table 4), and for n > 1 of single answers that
+    need no ground truth: hypothesis 0 (central, CENTRAL_FIRST), the one with the best
+    score (reprojection) and the mean of the n meshes (each centred on its joints)."""
     data = held_out(pipe, num, seed)
     reg = pipe.regressor.cpu()
     out = {}
@@ -198,6 +198,8 @@ def eval_sweep(pipe, num, seed, progress, ns=(1, 8, 16), steps_list=(10, 25, 50)
                     v = h.vertices - (reg @ h.vertices).mean(1, keepdim=True)
                     mean = v.mean(0, keepdim=True)
                     picks["guidance_first"] = (h.vertices[:1], h.joints[:1])
+                    top = int(h.scores.argmax())  # the best reprojection
+                    picks["guidance_top_score"] = (h.vertices[top:top + 1], h.joints[top:top + 1])
                     picks["guidance_mean"] = (mean, reg @ mean)
                 for name, (pv, pj) in picks.items():
                     e = _errors(pv, pj, gt_v.expand_as(pv), gt_j.expand_as(pj))

@@ -40,6 +40,9 @@ DEFAULT_WEIGHTS = "hhmr_prior.pt"
 DEFAULT_GUIDANCE = {"inpaint": 0.005, "refit3d": 0.01, "fit2d": 0.0002}
 
 
+# The seed-100 figures in the comments below, but for CENTRAL_FIRST's own, were measured on
+# hypotheses from random noise (`tools/compare_weights.py ... --random-first` reproduces them).
+
 # fit2d fits a global rotation to the keypoints inside the projection operator
 FIT2D_SOLVE_ROTATION = True
 # Per-task guidance settings, keyed by task ("inpaint+replace": inpainting that also replaces
@@ -384,8 +387,8 @@ class HandDiffusionPipeline:
             if ps[0].known is not None:
                 known = (torch.cat([p.known[0] for p in ps]), torch.cat([p.known[1] for p in ps]))
             task = ps[0].kind.split("/")[0] + ("+replace" if known is not None else "")
-            verts = self._sample(cond, [_Noise(p.seed, p.n, p.central) for p in ps], op,
-                                 ps[0].steps,
+            noises = [_Noise(p.seed, p.n, p.central) for p in ps]
+            verts = self._sample(cond, noises, op, ps[0].steps,
                                  ps[0].eta, ps[0].scale, known, MAX_GUIDANCE_STEP.get(task),
                                  FINAL_GUIDANCE_ITERS.get(task, 1), ps[0].x0_iters,
                                  GUIDED_FRACTION.get(task))

@@ -35,7 +35,7 @@ class HypothesisSet:
 
     vertices: np.ndarray  # float32 [n, V, 3]
     joints: np.ndarray  # float32 [n, 21, 3]
-    scores: np.ndarray  # float32 [n], descending
+    scores: np.ndarray  # float32 [n], descending after the central hypothesis (if any)
     op: str
     handedness: str = "right"
     location: np.ndarray | None = None  # where a new object goes (reconstruct), else None
