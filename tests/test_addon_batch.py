@@ -86,7 +86,8 @@ def test_batch_with_bpy_wheel_starts_its_backend(tmp_path):
     res = subprocess.run(
         [sys.executable, str(SCRIPT), "--images", str(folder), "--out", str(out), "--n", "3",
          "--steps", "4", "--guidance-strength", "0.5", "--guidance-space", "x0",
-         "--backend", f"tcp://127.0.0.1:{port}", "--start-backend", shutil.which("hhmr")],
+         "--first", "random", "--backend", f"tcp://127.0.0.1:{port}",
+         "--start-backend", shutil.which("hhmr")],
         capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
     log = res.stdout + res.stderr
     assert res.returncode == 1, log  # blank.png has no hand: reported, the others done

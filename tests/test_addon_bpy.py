@@ -156,6 +156,7 @@ def test_generate_lands_shape_keys_and_keeps_user_keys(ctx):
         assert np.abs(co - k["Basis"][0]).max() > 0.005  # a different hand
     scores = [h.score for h in obj.hhmr.hypotheses]
     assert scores == sorted(scores, reverse=True) and len(scores) == 3
+    assert not any(h.central for h in obj.hhmr.hypotheses)  # random draws for generating
     assert [h.key_name for h in obj.hhmr.hypotheses] == ["hyp_00", "hyp_01", "hyp_02"]
     # a second request replaces our keys, never the user's
     bpy.context.scene.hhmr.n, bpy.context.scene.hhmr.seed = 2, 5
@@ -241,6 +242,12 @@ def test_refit_follows_the_posed_rig(ctx):
     shown = scene.displayed_vertices(obj)  # hyp_00 through the rig
     err = np.linalg.norm(topo.keypoint_regressor @ shown - kp, axis=1)
     assert err.mean() < 0.006, err
+    central = [h.central for h in obj.hhmr.hypotheses]
+    assert central[0] and not any(central[1:])  # the sampler's central guess shows first
+    bpy.context.scene.hhmr.first_hypothesis = "RANDOM"
+    assert bpy.ops.hhmr.refit() == {"FINISHED"}
+    assert not any(h.central for h in obj.hhmr.hypotheses)
+    bpy.context.scene.hhmr.first_hypothesis = "DEFAULT"
     # only the selected bones: the other keypoints are free
     bpy.context.scene.hhmr.only_selected_bones = True
     for pb in rig.pose.bones:

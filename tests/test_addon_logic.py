@@ -175,11 +175,11 @@ def test_central_hypothesis_shows_first():
     t = jobs.Task("refit3d", {}, target="Hand")
     res = hyp_result(3, 7)  # scores 0, 1, 2
     (h,) = t.results({**res, "central": np.array([False, True, False])}, 7)
-    assert list(h.scores) == [1, 2, 0]
+    assert list(h.scores) == [1, 2, 0] and h.central_first
     assert np.allclose(h.vertices[0], res["vertices"][1])
     for odd in (np.array([True, True, False]), np.array([1, 0, 0]), np.array([True])):
         (h,) = t.results({**res, "central": odd}, 7)
-        assert list(h.scores) == [2, 1, 0]  # a malformed mark is ignored
+        assert list(h.scores) == [2, 1, 0] and not h.central_first  # a malformed mark
 
 
 def test_reconstruct_results_per_hand():

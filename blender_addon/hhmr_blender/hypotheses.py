@@ -17,14 +17,21 @@ def names(n: int) -> list[str]:
     return [f"{PREFIX}{i:0{width}d}" for i in range(n)]
 
 
-def rank(scores: np.ndarray, central: Any = None) -> np.ndarray:
-    """Indices in showing order: the one hypothesis ``central`` marks (bool [n]; anything
-    else is ignored) first, then the rest by score, highest first."""
-    scores = np.asarray(scores, np.float64)
-    order = np.argsort(-scores, kind="stable")
+def central_index(scores: np.ndarray, central: Any) -> int | None:
+    """The one hypothesis a backend's ``central`` mark (bool [n]) names; None for no mark or
+    a malformed one."""
     c = np.asarray(central) if central is not None else None
-    if c is not None and c.dtype == bool and c.shape == scores.shape and c.sum() == 1:
-        first = int(np.flatnonzero(c)[0])
+    if c is None or c.dtype != bool or c.shape != np.shape(scores) or c.sum() != 1:
+        return None
+    return int(np.flatnonzero(c)[0])
+
+
+def rank(scores: np.ndarray, central: Any = None) -> np.ndarray:
+    """Indices in showing order: the central hypothesis (if marked) first, then the rest by
+    score, highest first."""
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    first = central_index(scores, central)
+    if first is not None:
         order = np.concatenate([[first], order[order != first]])
     return order
 
@@ -41,6 +48,7 @@ class HypothesisSet:
     location: np.ndarray | None = None  # where a new object goes (reconstruct), else None
     label: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    central_first: bool = False  # the first is the sampler's central guess
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -53,7 +61,8 @@ class HypothesisSet:
         order = rank(scores, central)
         return cls(np.asarray(vertices, np.float32)[order],
                    np.asarray(joints, np.float32)[order],
-                   np.asarray(scores, np.float32)[order], op, **kw)
+                   np.asarray(scores, np.float32)[order], op, **kw,
+                   central_first=central_index(scores, central) is not None)
 
     def check(self, num_vertices: int) -> None:
         """Raise ValueError unless these fit a mesh of ``num_vertices`` and are finite."""

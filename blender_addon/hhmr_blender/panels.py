@@ -11,7 +11,8 @@ class HHMR_UL_hypotheses(bpy.types.UIList):
     def draw_item(self, context, layout, data, item, icon, active_data, active_prop,
                   index=0, flt_flag=0):
         split = layout.split(factor=0.55)
-        split.label(text=item.key_name, icon="SHAPEKEY_DATA")
+        split.label(text=item.key_name,
+                    icon="PIVOT_MEDIAN" if item.central else "SHAPEKEY_DATA")
         split.label(text=f"{item.score:.3g}")
 
 

@@ -26,6 +26,8 @@ class HHMR_Hypothesis(bpy.types.PropertyGroup):
     key_name: StringProperty(name="Shape key")
     score: FloatProperty(name="Score", description="Higher is better (the backend's score)")
     op: StringProperty(name="From")
+    central: BoolProperty(name="Central", description="The sampler's central guess (started "
+                          "from the noise's mean), shown first")
 
 
 class HHMR_ObjectSettings(bpy.types.PropertyGroup):

@@ -232,9 +232,10 @@ def apply_hypotheses(obj: bpy.types.Object, hset: HypothesisSet,
         blocks[t].name = name
     final = [blocks[i].name for i in range(len(blocks) - len(hset), len(blocks))]
     obj.hhmr.hypotheses.clear()
-    for name, score in zip(final, hset.scores, strict=True):
+    for i, (name, score) in enumerate(zip(final, hset.scores, strict=True)):
         item = obj.hhmr.hypotheses.add()
         item.key_name, item.score, item.op = name, float(score), hset.op
+        item.central = hset.central_first and i == 0
     obj.hhmr.active_index = 0  # shows the best
     show(obj, final[0])
     obj.data.update()
