@@ -321,6 +321,13 @@ def test_guidance_space_defaults_and_checks():
         assert (guidance(task)[1] > 0) == (space == "x0")
     with pytest.raises(ValueError, match="guidance space"):
         guidance("fit2d", space="eps")
+    # a strength is relative to the tuned scale of the space it acts in
+    assert guidance("refit3d", strength=2.0) == (2 * X0_GUIDANCE["refit3d"][0],
+                                                 X0_GUIDANCE["refit3d"][1])
+    assert guidance("inpaint+replace", space="x_t", strength=0.5)[0] == \
+        0.5 * DEFAULT_GUIDANCE["inpaint"]
+    with pytest.raises(ValueError, match="not both"):
+        guidance("fit2d", 0.1, strength=1.0)
 
 
 def test_tiny_training_run_lowers_the_loss(tmp_path):

@@ -416,18 +416,25 @@ class HandDiffusionPipeline:
 
     # ---- tasks: plan_* validates and prepares, the task methods run one plan -------------
     @staticmethod
-    def guidance(task: str, scale: float | None = None, space: str | None = None
-                 ) -> tuple[float, int]:
+    def guidance(task: str, scale: float | None = None, space: str | None = None,
+                 strength: float | None = None) -> tuple[float, int]:
         """Guidance scale and x0-space gradient steps per sampling step (0: x_t space) for a
-        task key ("inpaint", "inpaint+replace", "refit3d", "fit2d"); None picks the defaults."""
+        task key ("inpaint", "inpaint+replace", "refit3d", "fit2d"): `scale` as given, or
+        `strength` times the tuned scale of the space (1 tuned, 0 none); None picks the
+        defaults."""
+        if scale is not None and strength is not None:
+            raise ValueError("give a guidance scale or a guidance strength, not both")
         space = space or GUIDANCE_SPACE[task]
         family = task.split("+")[0]
         if space == "x0":
             default, iters = X0_GUIDANCE[family]
-            return (default if scale is None else scale), iters
-        if space != "x_t":
+        elif space == "x_t":
+            default, iters = DEFAULT_GUIDANCE[family], 0
+        else:
             raise ValueError(f"guidance space must be 'x_t' or 'x0', got {space!r}")
-        return (DEFAULT_GUIDANCE[family] if scale is None else scale), 0
+        if scale is None:
+            scale = default * (1.0 if strength is None else float(strength))
+        return scale, iters
 
     @staticmethod
     def central(task: str, central_first: bool | None) -> bool:
@@ -449,7 +456,8 @@ class HandDiffusionPipeline:
     def plan_inpaint(self, vertices, keep_mask, n: int = 4, steps: int = 10,
                      guidance_scale: float | None = None, seed: int = 0, replace: bool = True,
                      eta: float = 0.0, guidance_space: str | None = None,
-                     central_first: bool | None = None) -> Plan:
+                     central_first: bool | None = None, guidance_strength: float | None = None
+                     ) -> Plan:
         vertices = _as_tensor(vertices, (self.hand.num_vertices, 3), "vertices")
         keep = torch.as_tensor(np.asarray(keep_mask)).reshape(-1).float()
         if keep.shape[0] != self.hand.num_vertices:
@@ -457,7 +465,7 @@ class HandDiffusionPipeline:
         offset = self.regressor[0].cpu() @ vertices  # the wrist
         obs = vertices - offset
         s, x0_iters = self.guidance("inpaint+replace" if replace else "inpaint", guidance_scale,
-                                    guidance_space)
+                                    guidance_space, guidance_strength)
 
         def finish(v: torch.Tensor) -> Hypotheses:
             v = v + offset.to(v)
@@ -471,16 +479,17 @@ class HandDiffusionPipeline:
     def inpaint(self, vertices, keep_mask, n: int = 4, steps: int = 10,
                 guidance_scale: float | None = None, seed: int = 0, replace: bool = True,
                 eta: float = 0.0, guidance_space: str | None = None,
-                central_first: bool | None = None) -> Hypotheses:
+                central_first: bool | None = None, guidance_strength: float | None = None
+                ) -> Hypotheses:
         """Keep the vertices where keep_mask is true, regenerate the rest."""
         return self.run([self.plan_inpaint(vertices, keep_mask, n, steps, guidance_scale,
                                            seed, replace, eta, guidance_space,
-                                           central_first)])[0]
+                                           central_first, guidance_strength)])[0]
 
     def plan_refit3d(self, joints21, joint_mask=None, n: int = 4, steps: int = 10,
                      guidance_scale: float | None = None, seed: int = 0, eta: float = 0.0,
-                     guidance_space: str | None = None, central_first: bool | None = None
-                     ) -> Plan:
+                     guidance_space: str | None = None, central_first: bool | None = None,
+                     guidance_strength: float | None = None) -> Plan:
         joints = _as_tensor(joints21, (21, 3), "joints21")
         mask = torch.ones(21) if joint_mask is None else \
             torch.as_tensor(np.asarray(joint_mask)).float()
@@ -490,7 +499,8 @@ class HandDiffusionPipeline:
         wrist_known = bool(mask[0] > 0)
         centre = joints[0] if wrist_known else (mask[:, None] * joints).sum(0) / mask.sum()
         rel = joints - centre
-        s, x0_iters = self.guidance("refit3d", guidance_scale, guidance_space)
+        s, x0_iters = self.guidance("refit3d", guidance_scale, guidance_space,
+                                    guidance_strength)
 
         def finish(v: torch.Tensor) -> Hypotheses:
             # place each hypothesis on the known joints (best translation)
@@ -509,16 +519,17 @@ class HandDiffusionPipeline:
 
     def refit3d(self, joints21, joint_mask=None, n: int = 4, steps: int = 10,
                 guidance_scale: float | None = None, seed: int = 0, eta: float = 0.0,
-                guidance_space: str | None = None, central_first: bool | None = None
-                ) -> Hypotheses:
+                guidance_space: str | None = None, central_first: bool | None = None,
+                guidance_strength: float | None = None) -> Hypotheses:
         """Meshes whose regressed joints match a (partial) 3D skeleton [21, 3] in metres."""
         return self.run([self.plan_refit3d(joints21, joint_mask, n, steps, guidance_scale,
-                                           seed, eta, guidance_space, central_first)])[0]
+                                           seed, eta, guidance_space, central_first,
+                                           guidance_strength)])[0]
 
     def plan_fit2d(self, keypoints2d, confidence=None, K=None, n: int = 4, steps: int = 10,
                    guidance_scale: float | None = None, seed: int = 0, eta: float = 0.0,
-                   guidance_space: str | None = None, central_first: bool | None = None
-                   ) -> Plan:
+                   guidance_space: str | None = None, central_first: bool | None = None,
+                   guidance_strength: float | None = None) -> Plan:
         kp = _as_tensor(keypoints2d, (21, 2), "keypoints2d")
         conf = torch.ones(21) if confidence is None else \
             torch.as_tensor(np.asarray(confidence)).float()
@@ -526,7 +537,7 @@ class HandDiffusionPipeline:
         if (conf > 0).sum() < 4:
             raise ValueError("fit2d needs at least 4 keypoints with confidence > 0")
         Kt = None if K is None else _as_tensor(K, (3, 3), "K")
-        s, x0_iters = self.guidance("fit2d", guidance_scale, guidance_space)
+        s, x0_iters = self.guidance("fit2d", guidance_scale, guidance_space, guidance_strength)
         op_in = {"keypoints": kp[None].repeat(n, 1, 1), "confidence": conf[None].repeat(n, 1),
                  "K": None if Kt is None else Kt[None].repeat(n, 1, 1)}
 
@@ -548,12 +559,13 @@ class HandDiffusionPipeline:
 
     def fit2d(self, keypoints2d, confidence=None, K=None, n: int = 4, steps: int = 10,
               guidance_scale: float | None = None, seed: int = 0, eta: float = 0.0,
-              guidance_space: str | None = None, central_first: bool | None = None
-              ) -> Hypotheses:
+              guidance_space: str | None = None, central_first: bool | None = None,
+              guidance_strength: float | None = None) -> Hypotheses:
         """Meshes matching 2D keypoints [21, 2] (pixels). With intrinsics K [3, 3] the result
         is in the camera frame; without, wrist-relative with a weak-perspective fit."""
         return self.run([self.plan_fit2d(keypoints2d, confidence, K, n, steps, guidance_scale,
-                                         seed, eta, guidance_space, central_first)])[0]
+                                         seed, eta, guidance_space, central_first,
+                                         guidance_strength)])[0]
 
 
 @dataclass

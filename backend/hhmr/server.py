@@ -323,7 +323,7 @@ class Server:
         pipe, opts = self.pipe, _opts(a)
         if op == "generate":
             return pipe.plan_generate(**opts)
-        g = {"guidance_scale": _guidance_scale(op, a), "guidance_space": a.get("guidance_space")}
+        g = _guidance(a)
         if op == "inpaint":
             return pipe.plan_inpaint(a["vertices"], a["keep"], **opts, **g)
         if op == "refit3d":
@@ -345,9 +345,7 @@ class Server:
             rgb = a["rgb"]
         K = a.get("K")
         K = default_intrinsics(rgb.shape[1], rgb.shape[0]) if K is None else K
-        found = reconstruct(self.pipe, rgb, K, a.get("handedness"),
-                            guidance_scale=_guidance_scale("reconstruct", a),
-                            guidance_space=a.get("guidance_space"), **opts)
+        found = reconstruct(self.pipe, rgb, K, a.get("handedness"), **_guidance(a), **opts)
         hands = []
         for det, h in found:
             item = _hypotheses(h, {})
@@ -377,23 +375,11 @@ def hand_topology(hand) -> dict:
     }
 
 
-# the pipeline's guidance key of each op (the server always inpaints with replacement)
-_GUIDANCE_TASK = {"inpaint": "inpaint+replace", "refit3d": "refit3d", "fit2d": "fit2d",
-                  "reconstruct": "fit2d"}
-
-
-def _guidance_scale(op: str, a: dict) -> float | None:
-    """The request's guidance scale: 'guidance' as given, or 'guidance_strength' times the
-    task's tuned scale in the requested space; None: the tuned one."""
-    strength = a.get("guidance_strength")
-    if strength is None:
-        return a.get("guidance")
-    if a.get("guidance") is not None:
-        raise P.ProtocolError(P.BAD_ARGUMENT, "give 'guidance' or 'guidance_strength', not both")
-    from hhmr.pipeline import HandDiffusionPipeline
-
-    tuned, _ = HandDiffusionPipeline.guidance(_GUIDANCE_TASK[op], None, a.get("guidance_space"))
-    return tuned * strength
+def _guidance(a: dict) -> dict:
+    """The request's guidance options as the pipeline's task methods take them (a raw
+    'guidance' scale and a relative 'guidance_strength' together are a ValueError there)."""
+    return {"guidance_scale": a.get("guidance"), "guidance_strength": a.get("guidance_strength"),
+            "guidance_space": a.get("guidance_space")}
 
 
 def _opts(a: dict) -> dict:
