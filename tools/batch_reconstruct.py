@@ -35,8 +35,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--guidance-space", choices=["x_t", "x0"],
                     help="where guidance acts (default: the backend's choice)")
     ap.add_argument("--first", choices=["central", "random"],
-                    help="hypothesis 1: the sampler's central guess (the backend's default "
-                         "for photos) or a random draw")
+                    help="the first hypothesis: the sampler's central guess (the backend's "
+                         "default for photos) or a random draw")
     ap.add_argument("--backend", default="tcp://127.0.0.1:5557", help="backend address")
     ap.add_argument("--start-backend", metavar="COMMAND", nargs="?", const="hhmr",
                     help="start a backend with this command (default 'hhmr') on --backend")

@@ -77,11 +77,11 @@ class Task:
             best = int(rank(h.scores, h.extra.get("central"))[0])
             verts, joints, location = handdata.camera_to_object(h.vertices, h.joints, best)
             label = f"{self.label} hand {i}" if len(hands) > 1 else self.label
+            extra = {"image_size": result.get("image_size"), "K": result.get("K"),
+                     "keypoints2d": hand.get("keypoints2d")}
             out.append(HypothesisSet.ranked(
                 verts, joints, h.scores, self.op, h.extra.get("central"), handedness=side,
-                location=location, label=label, extra={"image_size": result.get("image_size"),
-                                    "K": result.get("K"),
-                                    "keypoints2d": hand.get("keypoints2d")}))
+                location=location, label=label, extra=extra))
         return out
 
 

@@ -57,8 +57,8 @@ class HHMR_SceneSettings(bpy.types.PropertyGroup):
     first_hypothesis: EnumProperty(name="First", items=[
         ("DEFAULT", "Default", "Central for skeleton, keypoint and photo fits; random for "
                                "generating and inpainting"),
-        ("CENTRAL", "Central", "Hypothesis 1 is the sampler's central guess, the same for "
-                               "every seed: its most accurate single answer"),
+        ("CENTRAL", "Central", "The first hypothesis (hyp_00) is the sampler's central guess, "
+                               "the same for every seed: its most accurate single answer"),
         ("RANDOM", "Random", "Every hypothesis from the seed's random noise")],
         description="Where the first hypothesis starts: the centre of the noise or a random "
                     "draw")

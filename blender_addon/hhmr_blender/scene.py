@@ -236,7 +236,7 @@ def apply_hypotheses(obj: bpy.types.Object, hset: HypothesisSet,
         item = obj.hhmr.hypotheses.add()
         item.key_name, item.score, item.op = name, float(score), hset.op
         item.central = hset.central_first and i == 0
-    obj.hhmr.active_index = 0  # shows the best
+    obj.hhmr.active_index = 0  # shows the first (central, else best scored)
     show(obj, final[0])
     obj.data.update()
     return final
