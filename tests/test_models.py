@@ -356,6 +356,33 @@ def test_tiny_training_run_lowers_the_loss(tmp_path):
     assert not torch.equal(final["model"][name], live["model"][name])
 
 
+def test_training_timesteps_can_focus_on_the_sampler_grid():
+    from hhmr.diffusion import CosineSchedule
+    from hhmr.training.train import training_timesteps
+
+    sched = CosineSchedule()
+    plain = training_timesteps(sched, 500, torch.Generator().manual_seed(3))
+    assert torch.equal(plain, sched.sample_timesteps(500, torch.Generator().manual_seed(3)))
+    grid = set(range(99, 1000, 100))
+    focused = training_timesteps(sched, 500, torch.Generator().manual_seed(3), focus=1.0)
+    assert set(focused.tolist()) == grid
+    half = training_timesteps(sched, 2000, torch.Generator().manual_seed(3), focus=0.5)
+    share = sum(t in grid for t in half.tolist()) / 2000
+    assert 0.45 < share < 0.56  # half from the grid, plus uniform draws that land on it
+
+
+def test_config_overrides():
+    from hhmr.training.train import apply_overrides
+
+    cfg = {"train": {"lr": 1e-3}, "model": {"channels": [8]}}
+    out = apply_overrides(cfg, ["train.t_focus=0.5", "train.lr = 2e-4", 'model.name="x"'])
+    assert out["train"] == {"lr": 2e-4, "t_focus": 0.5} and out["model"]["name"] == "x"
+    assert cfg["train"] == {"lr": 1e-3}  # the original is untouched
+    for bad in ("train.lr", "lr=1", "nosection.x=1", "train.lr=abc"):
+        with pytest.raises(ValueError, match="--set"):
+            apply_overrides(cfg, [bad])
+
+
 def test_learning_rate_anneals_with_the_time_limit():
     from hhmr.training.train import lr_at
 

@@ -51,9 +51,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from hhmr.training.train import load_config, train
+    from hhmr.training.train import apply_overrides, load_config, train
 
-    config = load_config(args.config)
+    config = apply_overrides(load_config(args.config), args.set)
     resume = Path(args.resume) if args.resume else None
     if resume is None and (Path(args.out) / "checkpoint.pt").exists() and not args.fresh:
         resume = Path(args.out) / "checkpoint.pt"
@@ -231,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--max-minutes", type=float, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (TOML syntax), e.g. --set train.t_focus=0.5;"
+                        " repeatable; give the same ones again when resuming")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("bench", help="latency and memory of each task")
