@@ -191,6 +191,32 @@ def test_projection_operator_fits_a_global_rotation(hand, gen):
     assert torch.allclose(rotating.rotate(x), x @ r.T, atol=2e-3)
 
 
+def test_rotation_fit_keeps_the_full_searchs_answer_when_it_prunes(hand, gen, monkeypatch):
+    """Going on from each sample's best start only (and stopping once converged) finds the
+    rotation that all ten starts for all iterations find, on a batch of turned noisy hands."""
+    import hhmr.diffusion.guidance as guidance
+    from hhmr.hand.rotations import random_rotations
+
+    reg = hand.keypoint_regressor
+    joints = (reg @ hand.v_template[None])[0]
+    joints = joints - joints[:1]
+    r = random_rotations(6, gen)
+    noisy = joints + 0.004 * torch.randn(6, 21, 3, generator=gen)
+    K = torch.tensor([[600.0, 0, 112], [0, 600, 112], [0, 0, 1]]).expand(6, 3, 3)
+    kp = project(joints @ r.transpose(1, 2) + torch.tensor([0.0, 0.0, 0.6]), K)
+
+    def fit() -> torch.Tensor:
+        return ProjectionOperator(reg, kp, torch.ones(6, 21), K,
+                                  solve_rotation=True).fit_rotation(noisy)
+
+    pruned = fit()
+    monkeypatch.setattr(guidance, "PRUNE_AFTER", 99)
+    monkeypatch.setattr(guidance, "STEP_TOL", 0.0)
+    full = fit()
+    assert torch.allclose(pruned, full, atol=1e-3)
+    assert torch.allclose(full, r, atol=0.05)  # and the fit is the true turn, up to the noise
+
+
 def test_projection_operator_holds_its_camera_when_asked(hand):
     """With hold_camera the operator reuses its last rotation and translation instead of
     solving them again."""

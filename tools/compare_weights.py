@@ -10,7 +10,7 @@ TASK=SPACE (guidance space per task key, e.g. --space refit3d=x_t --space inpain
 --joint-influence bones|smooth|none (how x0 guidance spreads its joint-space gradient; none:
 the raw gradient), --refit-camera (fit2d solves its camera at every x0 gradient step instead
 of once per sampling step), --random-first (hypothesis 0 of refit3d and fit2d from random
-noise instead of the noise's mean).
+noise instead of the noise's mean), --tasks refit3d,fit2d,inpaint,generate (a subset).
 """
 
 import argparse
@@ -24,7 +24,10 @@ from hhmr.pipeline import HandDiffusionPipeline
 SEED = 1_000_100
 
 
-def compare(path: str) -> dict[str, float]:
+TASKS = ("refit3d", "fit2d", "inpaint", "generate")
+
+
+def compare(path: str, tasks: tuple[str, ...] = TASKS) -> dict[str, float]:
     pipe = HandDiffusionPipeline.from_pretrained(path)
     data = held_out(pipe, 20, 100)
     res: dict[str, list[float]] = {}
@@ -37,12 +40,14 @@ def compare(path: str) -> dict[str, float]:
 
     for i in range(20):
         for scale, name in ((None, "guided"), (0.0, "unguided")):
-            add(f"refit3d_{name}", pipe.refit3d(data.joints[i], n=1, seed=SEED + i,
-                                                guidance_scale=scale), i)
-            add(f"fit2d_{name}", pipe.fit2d(data.keypoints2d[i], None, data.K[i], n=1,
-                                            seed=SEED + i, guidance_scale=scale), i)
+            if "refit3d" in tasks:
+                add(f"refit3d_{name}", pipe.refit3d(data.joints[i], n=1, seed=SEED + i,
+                                                    guidance_scale=scale), i)
+            if "fit2d" in tasks:
+                add(f"fit2d_{name}", pipe.fit2d(data.keypoints2d[i], None, data.K[i], n=1,
+                                                seed=SEED + i, guidance_scale=scale), i)
     rng = np.random.default_rng(100)
-    for i in range(10):
+    for i in range(10 if "inpaint" in tasks else 0):
         keep = ~finger_region(pipe, int(rng.integers(5)))
         h = pipe.inpaint(data.vertices[i], keep, n=4, seed=SEED + i, replace=False)
         err = (h.vertices[:, keep] - data.vertices[i][keep]).norm(dim=-1).mean()
@@ -53,6 +58,8 @@ def compare(path: str) -> dict[str, float]:
         res.setdefault("inpaint_replace_si_pct", []).append(
             float(metrics.self_intersection_pct(h.vertices, pipe.hand.faces.cpu()).mean()))
     out = {k: round(float(np.mean(v)), 2) for k, v in res.items()}
+    if "generate" not in tasks:
+        return out
     v = canonical(pipe, pipe.generate(64, seed=SEED).vertices)
     v = v - (pipe.regressor.cpu() @ v)[:, :1]
     out["generate_si_pct"] = round(float(metrics.self_intersection_pct(v, pipe.hand.faces.cpu())
@@ -87,7 +94,12 @@ if __name__ == "__main__":
                     help="fit2d: solve the camera at every x0 gradient step")
     ap.add_argument("--random-first", action="store_true",
                     help="refit3d and fit2d: hypothesis 0 from random noise, not its mean")
+    ap.add_argument("--tasks", default=",".join(TASKS),
+                    help="comma-separated subset of " + ",".join(TASKS))
     args = ap.parse_args()
+    tasks = tuple(args.tasks.split(","))
+    if not set(tasks) <= set(TASKS):
+        ap.error(f"--tasks: each of {', '.join(TASKS)}")
     if args.random_first:
         pipeline.CENTRAL_FIRST.update(refit3d=False, fit2d=False)
     if args.refit_camera:
@@ -111,4 +123,4 @@ if __name__ == "__main__":
     if args.replace_fraction is not None:
         pipeline.GUIDED_FRACTION["inpaint+replace"] = args.replace_fraction
     for p in args.weights:
-        print(json.dumps({"weights": p, **compare(p)}), flush=True)
+        print(json.dumps({"weights": p, **compare(p, tasks)}), flush=True)

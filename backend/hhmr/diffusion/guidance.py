@@ -169,6 +169,10 @@ def solve_weak_perspective(joints_xy: torch.Tensor, keypoints: torch.Tensor,
 MIN_DEPTH = 0.05  # metres
 
 
+PRUNE_AFTER = 5  # rotation fit: iterations from every start before only the best goes on
+STEP_TOL = 1e-5  # rotation fit: a lone start stops once its step is below this (radians)
+
+
 def _rotation_starts(device, dtype) -> torch.Tensor:
     """Axis-angle starts for the rotation search: identity and half/quarter turns."""
     import math
@@ -240,7 +244,9 @@ class ProjectionOperator:
     def fit_rotation(self, joints: torch.Tensor, iters: int | None = None) -> torch.Tensor:
         """Rotation [B, 3, 3] of wrist-relative joints [B, J, 3] that best fits the keypoints:
         Levenberg-Marquardt on a left perturbation exp([d]) R, Jacobian by finite differences,
-        from 10 starts (identity, quarter and half turns) or from the previous fit."""
+        from 10 starts (identity, quarter and half turns) or from the previous fit. After
+        `PRUNE_AFTER` iterations only each sample's best start goes on, and a lone start stops
+        once its steps fall below `STEP_TOL` radians."""
         from hhmr.hand.rotations import axis_angle_to_matrix
 
         b = joints.shape[0]
@@ -250,12 +256,7 @@ class ProjectionOperator:
             rot = starts[None].expand(b, -1, 3, 3).reshape(-1, 3, 3)
         else:
             rot = self.rotation.detach()
-        s = rot.shape[0] // b
         iters = iters or (15 if self.rotation is None else 4)
-        rep = joints.repeat_interleave(s, 0)  # [M, J, 3]
-        m = rep.shape[0]
-        kp, conf, K = self._inputs(b, s)
-        kp4, conf4, K4 = self._inputs(b, 4 * s)
         eps = 1e-3
         perturb = axis_angle_to_matrix(torch.cat([torch.zeros(1, 3), eps * torch.eye(3)]).to(
             joints))  # [4, 3, 3]: the point and three small turns
@@ -264,26 +265,38 @@ class ProjectionOperator:
             projected, _ = self._camera(j @ r.transpose(1, 2), kp_, conf_, K_)
             return (conf_[..., None].sqrt() * (projected - kp_)).flatten(1)
 
-        lam = torch.full((m, 1, 1), 1e-3, dtype=joints.dtype, device=joints.device)
+        def best_start(rot: torch.Tensor, s: int) -> torch.Tensor:
+            """Index of each sample's best start among its s rows of rot."""
+            err = residuals(rot, joints.repeat_interleave(s, 0), *self._inputs(b, s))
+            return err.square().sum(1).reshape(b, s).argmin(1) + \
+                torch.arange(b, device=joints.device) * s
+
+        lam = torch.full((rot.shape[0], 1, 1), 1e-3, dtype=joints.dtype, device=joints.device)
         eye = torch.eye(3, dtype=joints.dtype, device=joints.device)
         with torch.no_grad():
-            for _ in range(iters):
+            for it in range(iters):
+                s = rot.shape[0] // b
+                if s > 1 and it == PRUNE_AFTER:
+                    keep = best_start(rot, s)
+                    rot, lam, s = rot[keep], lam[keep], 1
+                rep = joints.repeat_interleave(s, 0)  # [M, J, 3]
                 trial = (perturb[None] @ rot[:, None]).reshape(-1, 3, 3)  # [4M, 3, 3]
-                res = residuals(trial, rep.repeat_interleave(4, 0), kp4, conf4, K4
-                                ).reshape(m, 4, -1)
+                res = residuals(trial, rep.repeat_interleave(4, 0), *self._inputs(b, 4 * s)
+                                ).reshape(rot.shape[0], 4, -1)
                 r0 = res[:, 0]
                 jac = (res[:, 1:] - r0[:, None]) / eps  # [M, 3, 2J] (transposed Jacobian)
                 jtj = jac @ jac.transpose(1, 2)
                 step = torch.linalg.solve(jtj + lam * (jtj * eye + 1e-6 * eye),
                                           -(jac @ r0[..., None]))[..., 0]
+                if s == 1 and float(step.norm(dim=-1).max()) < STEP_TOL:
+                    break
                 cand = axis_angle_to_matrix(step) @ rot
-                better = residuals(cand, rep, kp, conf, K).square().sum(1) < \
+                better = residuals(cand, rep, *self._inputs(b, s)).square().sum(1) < \
                     r0.square().sum(1)
                 rot = torch.where(better[:, None, None], cand, rot)
                 lam = torch.where(better[:, None, None], lam * 0.3, lam * 10).clamp(1e-7, 1e7)
-            err = residuals(rot, rep, kp, conf, K).square().sum(1)
-        best = err.reshape(b, s).argmin(1) + torch.arange(b, device=joints.device) * s
-        self.rotation = rot[best]
+            s = rot.shape[0] // b
+            self.rotation = rot[best_start(rot, s)] if s > 1 else rot
         return self.rotation
 
     def rotate(self, x: torch.Tensor) -> torch.Tensor:

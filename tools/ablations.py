@@ -1,0 +1,80 @@
+"""Re-measure every sampler ablation in docs/diffusion.md for one weight file, on the tuning seed
+(`tools/compare_weights.py`, seed 100): one subprocess per variant, so each starts from the
+sampler's defaults. Writes a JSON file {variant: {"flags": [...], "results": {...}}} and prints
+a table.
+
+Usage: python tools/ablations.py [WEIGHTS.pt] [--out weights/eval/ablations.json]
+       [--only NAME ...]   (about 25 minutes on the 2-core CPU for all variants)
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+HERE = Path(__file__).resolve().parent
+X_T_EVERYWHERE = ["--space", "refit3d=x_t", "--space", "inpaint=x_t", "--space", "fit2d=x_t"]
+GUIDED = "refit3d,fit2d"
+
+# name: (compare_weights flags, tasks). "default" is the shipped sampler.
+VARIANTS: dict[str, tuple[list[str], str]] = {
+    "default": ([], "refit3d,fit2d,inpaint,generate"),
+    "random_first": (["--random-first"], GUIDED),
+    "x_t_space": (X_T_EVERYWHERE, "refit3d,fit2d,inpaint"),
+    "x_t_space_final_iters_1": (X_T_EVERYWHERE + ["--final-iters", "1"],
+                                "refit3d,fit2d,inpaint"),
+    "joint_influence_smooth": (["--joint-influence", "smooth"], GUIDED),
+    "joint_influence_none": (["--joint-influence", "none"], GUIDED),
+    "refit_camera": (["--refit-camera"], "fit2d"),
+    "spacing_linspace": (["--spacing", "linspace"], "refit3d,fit2d,inpaint,generate"),
+    "replace_fraction_1.0": (["--replace-fraction", "1.0"], "inpaint"),
+    "replace_fraction_0.7": (["--replace-fraction", "0.7"], "inpaint"),
+    "replace_fraction_0.5": (["--replace-fraction", "0.5"], "inpaint"),
+    "replacement_alone": (["--space", "inpaint+replace=x0"], "inpaint"),
+    "replace_cap_none": (["--replace-cap", "none"], "inpaint"),
+}
+
+
+def run(weights: str, flags: list[str], tasks: str) -> dict[str, float]:
+    cmd = [sys.executable, str(HERE / "compare_weights.py"), weights, "--tasks", tasks, *flags]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    line = json.loads(out.strip().splitlines()[-1])
+    line.pop("weights")
+    return line
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("weights", nargs="?", default="weights/hhmr_prior.pt")
+    ap.add_argument("--out", default="weights/eval/ablations.json")
+    ap.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="a subset of variants")
+    args = ap.parse_args()
+    names = args.only or list(VARIANTS)
+    out: dict[str, dict] = {}
+    path = Path(args.out)
+    if args.only and path.exists():  # keep the other variants of the same weights
+        old = json.loads(path.read_text())
+        if old.get("weights") == args.weights:
+            out = old["variants"]
+    start = time.perf_counter()
+    for name in tqdm(names, desc="ablations"):
+        flags, tasks = VARIANTS[name]
+        out[name] = {"flags": flags, "tasks": tasks, "results": run(args.weights, flags, tasks)}
+    out = {k: out[k] for k in VARIANTS if k in out}
+    doc = {"weights": args.weights, "seed": 100,
+           "command": "python tools/ablations.py " + args.weights,
+           "minutes": round((time.perf_counter() - start) / 60, 1), "variants": out}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    keys = sorted({k for v in out.values() for k in v["results"]})
+    print("| variant | " + " | ".join(keys) + " |")
+    for name, v in out.items():
+        print(f"| {name} | " + " | ".join(str(v["results"].get(k, "")) for k in keys) + " |")
+
+
+if __name__ == "__main__":
+    main()
