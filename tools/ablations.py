@@ -5,6 +5,7 @@ a table.
 
 Usage: python tools/ablations.py [WEIGHTS.pt] [--out weights/eval/ablations.json]
        [--only NAME ...]   (about 25 minutes on the 2-core CPU for all variants)
+       python tools/ablations.py --tables [--out ...]   (docs/diffusion.md's tables, no runs)
 """
 
 import argparse
@@ -47,12 +48,64 @@ def run(weights: str, flags: list[str], tasks: str) -> dict[str, float]:
     return line
 
 
+def _pair(r: dict, task: str) -> str:
+    return f"{r[task + '_pa_mpvpe_mm']:.2f}, {r[task + '_pa_mpjpe_mm']:.2f} mm"
+
+
+def tables(doc: dict) -> str:
+    """docs/diffusion.md's tables (PA-MPVPE, PA-MPJPE pairs) from an ablations JSON."""
+    v = {k: x["results"] for k, x in doc["variants"].items()}
+    d = v["default"]
+    lines = ["Guided step (default | x_t space | x0, smooth influence | raw x0 gradient):"]
+    for task in ("refit3d_guided", "fit2d_guided"):
+        row = [_pair(v[k], task) for k in ("default", "x_t_space", "joint_influence_smooth",
+                                          "joint_influence_none")]
+        lines.append(f"| {task} | " + " | ".join(row) + " |")
+    lines.append("| inpaint, guidance alone | " + " | ".join(
+        f"kept region {v[k]['inpaint_kept_err_mm']:.2f} mm, self-intersection "
+        f"{v[k]['inpaint_si_pct']:.2f} %" for k in ("default", "x_t_space")) + " |")
+    lines.append(f"| inpaint with replacement | self-intersection {d['inpaint_replace_si_pct']:.2f}"
+                 " % |")
+    lines.append(f"refit_camera: fit2d {_pair(v['refit_camera'], 'fit2d_guided')}")
+    lines.append(f"unguided: refit3d {_pair(d, 'refit3d_unguided')}, "
+                 f"fit2d {_pair(d, 'fit2d_unguided')}")
+    frac = {k: v[k]["inpaint_replace_si_pct"] for k in
+            ("replace_fraction_1.0", "replace_fraction_0.7", "default", "replace_fraction_0.5",
+             "replacement_alone", "replace_cap_none")}
+    lines.append("inpaint with replacement, self-intersection %: " + ", ".join(
+        f"{k} {x:.2f}" for k, x in frac.items()))
+    a, b = v["x_t_space_final_iters_1"], v["x_t_space"]
+    lines.append(f"x_t final iters 1 -> 2: inpaint kept {a['inpaint_kept_err_mm']:.2f} -> "
+                 f"{b['inpaint_kept_err_mm']:.2f} mm, refit3d PA-MPJPE "
+                 f"{a['refit3d_guided_pa_mpjpe_mm']:.2f} -> {b['refit3d_guided_pa_mpjpe_mm']:.2f}"
+                 f" mm, fit2d PA-MPJPE {a['fit2d_guided_pa_mpjpe_mm']:.2f} -> "
+                 f"{b['fit2d_guided_pa_mpjpe_mm']:.2f} mm")
+    lin = v["spacing_linspace"]
+    lines.append("Timesteps (trailing | linspace):")
+    lines.append("| generate: self-intersection, APD | " + " | ".join(
+        f"{x['generate_si_pct']:.2f} %, {x['generate_apd_mm']:.1f} mm" for x in (d, lin)) + " |")
+    for task in ("refit3d_unguided", "refit3d_guided", "fit2d_guided"):
+        lines.append(f"| {task} | {_pair(d, task)} | {_pair(lin, task)} |")
+    lines.append("| inpaint by guidance alone: self-intersection | " + " | ".join(
+        f"{x['inpaint_si_pct']:.2f} %" for x in (d, lin)) + " |")
+    rnd = v["random_first"]
+    lines.append("Central first (central | random):")
+    for task in ("refit3d_guided", "refit3d_unguided", "fit2d_guided", "fit2d_unguided"):
+        lines.append(f"| {task} | {_pair(d, task)} | {_pair(rnd, task)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("weights", nargs="?", default="weights/hhmr_prior.pt")
     ap.add_argument("--out", default="weights/eval/ablations.json")
     ap.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="a subset of variants")
+    ap.add_argument("--tables", action="store_true",
+                    help="print docs/diffusion.md's tables from --out, run nothing")
     args = ap.parse_args()
+    if args.tables:
+        print(tables(json.loads(Path(args.out).read_text())))
+        return
     names = args.only or list(VARIANTS)
     out: dict[str, dict] = {}
     path = Path(args.out)

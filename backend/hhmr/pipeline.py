@@ -35,41 +35,32 @@ from hhmr.paths import weights_dir
 from hhmr.training.data import SCALE
 
 DEFAULT_WEIGHTS = "hhmr_prior.pt"
-# x_t-space guidance scales per task, picked on held-out seed 100, not the evaluation seed
-# (fit2d: 0.0002 of {0.0001, 0.0002, 0.0005, 0.001, 0.002}, 20 hands, 8800-step weights)
+# The sampler's settings below were picked on held-out seed 100, never the evaluation seed.
+# `python tools/ablations.py` measures each against its alternatives (the variant named in
+# brackets) into weights/eval/ablations.json; docs/diffusion.md gives the tables.
+
+# x_t-space guidance scales per task (fit2d: 0.0002 of {0.0001, 0.0002, 0.0005, 0.001, 0.002}
+# on 20 hands with earlier weights)
 DEFAULT_GUIDANCE = {"inpaint": 0.005, "refit3d": 0.01, "fit2d": 0.0002}
-
-
-# The seed-100 figures in the comments below, but for CENTRAL_FIRST's own, were measured on
-# hypotheses from random noise (`tools/compare_weights.py ... --random-first` reproduces them).
-
 # fit2d fits a global rotation to the keypoints inside the projection operator
 FIT2D_SOLVE_ROTATION = True
 # Per-task guidance settings, keyed by task ("inpaint+replace": inpainting that also replaces
-# the kept vertices, the default); figures from `python tools/compare_weights.py
-# weights/hhmr_prior.pt [--final-iters 1] [--inpaint-cap 0.05] [--replace-cap none]` (seed 100).
+# the kept vertices, the default).
 # Largest guidance move per step, RMS over a sample's vertices in model units (0.1 m): keeps a
-# wild early fit2d prediction from throwing the sample away; inpainting by guidance alone needs
-# its whole last move (in x_t space, capped, its kept region ended 3.91 mm off, uncapped
-# 1.11 mm), but with replacement the kept region is exact anyway and uncapped moves roughen
-# the rest (self-intersection 1.69 % against 0.70 %)
+# wild early fit2d prediction from throwing the sample away; with replacement the kept region
+# is exact anyway and uncapped moves roughen the rest [replace_cap_none]
 MAX_GUIDANCE_STEP: dict[str, float] = {"fit2d": 0.05, "inpaint+replace": 0.05}
 # x_t-space guided moves at the last step, each one more pass through the net with
-# gradients: a second one took the kept-region error of inpainting by guidance alone from
-# 1.11 to 0.62 mm and refit3d's PA-MPJPE from 2.16 to 1.44 mm (both now guide in x0 space);
-# it did not help fit2d
+# gradients [x_t_space against x_t_space_final_iters_1]; it did not help fit2d
 FINAL_GUIDANCE_ITERS: dict[str, int] = {"inpaint": 2, "refit3d": 2}
 # Where guidance acts, per task key: "x_t" is HHMR's (the gradient of the task loss through
 # the net, w.r.t. x_t: a forward and backward pass per step); "x0" moves the net's prediction
 # itself by gradient steps on the task loss and keeps its noise estimate (Manifold Preserving
 # Guided Diffusion, He et al. 2024; for the vertex mask one step of the default scale is
-# DDNM's exact projection), so a guided step costs one forward pass. Seed 100, shipped
-# weights (`python tools/compare_weights.py weights/hhmr_prior.pt`, and with `--space
-# refit3d=x_t --space inpaint=x_t --space fit2d=x_t`), x0 against x_t: refit3d PA-MPVPE 3.19
-# against 3.86 mm; fit2d PA-MPJPE 7.98 against 9.51 mm; inpainting by guidance alone kept
-# error 0.00 against 0.62 mm, self-intersection 0.80 against 5.62 %. Inpainting with
-# replacement stays in x_t: replacement already fixes the kept region, all that x0 guidance
-# would touch; guidance through the net shapes the free region to fit it.
+# DDNM's exact projection), so a guided step costs one forward pass [x_t_space]. Inpainting
+# with replacement stays in x_t: replacement already fixes the kept region, all that x0
+# guidance would touch; guidance through the net shapes the free region to fit it
+# [replacement_alone].
 GUIDANCE_SPACE: dict[str, str] = {"inpaint": "x0", "inpaint+replace": "x_t", "refit3d": "x0",
                                   "fit2d": "x0"}
 # x0-space default scale and gradient steps per sampling step, per task family
@@ -79,21 +70,15 @@ X0_GUIDANCE: dict[str, tuple[float, int]] = {"inpaint": (0.005, 1), "refit3d": (
 # surface: "bones" (`bone_influence`: each vertex follows the end keypoints of the bones it
 # is skinned to), "smooth" (`joint_influence`: the regressor's weights spread by 4 rounds of
 # neighbour averaging) or None (the raw gradient, which moves only the few vertices the
-# regressor reads). Seed 100 (`python tools/compare_weights.py weights/hhmr_prior.pt
-# --joint-influence ...`), bones / smooth / raw: refit3d PA-MPVPE 3.19 / 3.28 / 3.72 mm,
-# fit2d PA-MPJPE 7.98 / 8.13 / 8.52 mm
+# regressor reads) [joint_influence_smooth, joint_influence_none]
 X0_JOINT_INFLUENCE: str | None = "bones"
 # fit2d's x0 guidance solves its rotation and camera at the first of its gradient steps per
-# sampling step only and holds them for the others, so its 20 small steps cost little: seed
-# 100 fit2d PA-MPJPE 7.98 mm, against 8.00 re-solving them at every step (`--refit-camera`),
-# which took n=16 from about 0.7 to 1.0 s on this CPU
+# sampling step only and holds them for the others, so its 20 small steps cost little
+# [refit_camera, which took n=16 from about 0.7 to 1.0 s on this CPU]
 X0_HOLD_CAMERA = True
 # guidance on the first (noisiest) fraction of the steps only: x_t guidance costs a pass
 # back through the net per step, and for inpainting with replacement the early steps matter
-# most (seed 100, `python tools/compare_weights.py weights/hhmr_prior.pt --replace-fraction F`,
-# self-intersection of the inpainted hands: all steps 0.70 %, 0.7: 0.78 %, 0.6: 0.82 %,
-# 0.5: 0.90 %, 0 (replacement alone) 1.60 %); 0.6 brings n=16 under a second on this CPU
-# (`hhmr bench`)
+# most [replace_fraction_*]; 0.6 brings n=16 under a second on this CPU (`hhmr bench`)
 GUIDED_FRACTION: dict[str, float] = {"inpaint+replace": 0.6}
 # x0 guidance takes back and halves a step that raised a sample's loss, with at most this
 # many extra evaluations per sampling step (`descend`): without it, strengths a few times
@@ -103,17 +88,14 @@ X0_RETRIES = 8
 # with deterministic DDIM it lands near the centre of the hands the conditions allow, the
 # best single guess (the first step predicts the conditional mean from no noise at all, and
 # the steps after it refine that mean instead of a random draw's course); hypotheses 1..
-# start from random noise as before. Seed 100 (`python tools/compare_weights.py
-# weights/hhmr_prior.pt`, and with --random-first), n=1, central against random: refit3d
-# PA-MPVPE 2.96 against 3.19 mm; fit2d PA-MPJPE 6.32 against 7.98 mm guided, 8.48 against
-# 10.67 unguided. Off for generation and inpainting, where a hypothesis that repeats across
-# seeds would cost diversity.
+# start from random noise as before [random_first]. Off for generation and inpainting, where
+# a hypothesis that repeats across seeds would cost diversity.
 CENTRAL_FIRST: dict[str, bool] = {"generate": False, "inpaint": False, "refit3d": True,
                                   "fit2d": True}
 # batch sizes a server traces at start: one hypothesis, and the add-on's default of four
 WARM_BATCH_SIZES = (1, 4)
 # timestep spacing of unguided and x0-guided runs (see _sample; x_t-guided runs use
-# "linspace")
+# "linspace") [spacing_linspace]
 SPACING = "trailing"
 
 
@@ -293,9 +275,8 @@ class HandDiffusionPipeline:
         # x_t-guided runs end at t=0, where the net is nearly the identity, so the last
         # guidance move lands on the output as computed; the others end on the net's x0 at
         # t=T/n ("trailing"; x0 guidance then corrects that x0 itself): a last step to t=0
-        # only re-injects the net's noise estimate, which roughened generated hands
-        # (self-intersection 2.45 % against 0.86 %, seed 100: tools/compare_weights.py with
-        # and without --spacing linspace) and refits (refit3d PA-MPVPE 3.31 against 3.19 mm)
+        # only re-injects the net's noise estimate, which roughened generated hands and
+        # refits [spacing_linspace in weights/eval/ablations.json]
         x_t_guided = guided and x0_iters == 0
         timesteps = sampler.set_timesteps(steps, "linspace" if x_t_guided else SPACING
                                           ).tolist()
