@@ -122,7 +122,8 @@ def main() -> None:
         "",
         *training_commands(ckpt),
         f"- Config: `backend/hhmr/configs/prior.toml` (model {cfg['model']}, batch "
-        f"{cfg['train']['batch_size']}, lr {cfg['train']['lr']})",
+        f"{cfg['train']['batch_size']}, lr {cfg['train']['lr']}, timestep focus "
+        f"{cfg['train'].get('t_focus', 0.0)})",
         f"- Device: {ckpt.get('device', 'cpu')} (this project's 2-core CPU machine)",
         f"- Steps: {ckpt['step']}, wall time {ckpt['minutes']:.1f} min",
         "- Weights: " + (f"exponential moving average (decay {ckpt['ema_decay']})"
@@ -142,7 +143,11 @@ def main() -> None:
               "| target | measured | met |", "|---|---|---|"]
     for name, value, goal, ok in targets():
         lines.append(f"| {name} (goal {goal}) | {value} | {'yes' if ok else 'no'} |")
+    lines += ["", "Sampler ablations on the tuning seed (100): `weights/eval/ablations.json`, "
+              "written by `python tools/ablations.py`; docs/diffusion.md gives its tables."]
     for path in sorted(EVAL.glob("*.json")):
+        if path.stem == "ablations":
+            continue
         result = json.loads(path.read_text())
         lines += ["", f"### {path.stem}", "", f"`{result.get('command', '')}`", ""]
         if "results" in result and isinstance(result["results"], dict):
