@@ -51,7 +51,7 @@ FIT2D_SOLVE_ROTATION = True
 # is exact anyway and uncapped moves roughen the rest [replace_cap_none]
 MAX_GUIDANCE_STEP: dict[str, float] = {"fit2d": 0.05, "inpaint+replace": 0.05}
 # x_t-space guided moves at the last step, each one more pass through the net with
-# gradients [x_t_space against x_t_space_final_iters_1]; it did not help fit2d
+# gradients [x_t_space against x_t_space_final_iters_1]; fit2d makes one
 FINAL_GUIDANCE_ITERS: dict[str, int] = {"inpaint": 2, "refit3d": 2}
 # Where guidance acts, per task key: "x_t" is HHMR's (the gradient of the task loss through
 # the net, w.r.t. x_t: a forward and backward pass per step); "x0" moves the net's prediction
