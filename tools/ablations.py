@@ -4,7 +4,7 @@ sampler's defaults. Writes a JSON file {variant: {"flags": [...], "results": {..
 a table.
 
 Usage: python tools/ablations.py [WEIGHTS.pt] [--out weights/eval/ablations.json]
-       [--only NAME ...]   (about 25 minutes on the 2-core CPU for all variants)
+       [--only NAME ...]   (about 20 minutes on the 2-core CPU for all variants)
        python tools/ablations.py --tables [--out ...]   (docs/diffusion.md's tables, no runs)
 """
 
@@ -78,8 +78,7 @@ def tables(doc: dict) -> str:
     lines.append(f"x_t final iters 1 -> 2: inpaint kept {a['inpaint_kept_err_mm']:.2f} -> "
                  f"{b['inpaint_kept_err_mm']:.2f} mm, refit3d PA-MPJPE "
                  f"{a['refit3d_guided_pa_mpjpe_mm']:.2f} -> {b['refit3d_guided_pa_mpjpe_mm']:.2f}"
-                 f" mm, fit2d PA-MPJPE {a['fit2d_guided_pa_mpjpe_mm']:.2f} -> "
-                 f"{b['fit2d_guided_pa_mpjpe_mm']:.2f} mm")
+                 " mm")
     lin = v["spacing_linspace"]
     lines.append("Timesteps (trailing | linspace):")
     lines.append("| generate: self-intersection, APD | " + " | ".join(

@@ -275,8 +275,8 @@ class HandDiffusionPipeline:
         # x_t-guided runs end at t=0, where the net is nearly the identity, so the last
         # guidance move lands on the output as computed; the others end on the net's x0 at
         # t=T/n ("trailing"; x0 guidance then corrects that x0 itself): a last step to t=0
-        # only re-injects the net's noise estimate, which roughened generated hands and
-        # refits [spacing_linspace in weights/eval/ablations.json]
+        # only re-injects the net's noise estimate, which roughened generated and inpainted
+        # hands [spacing_linspace in weights/eval/ablations.json]
         x_t_guided = guided and x0_iters == 0
         timesteps = sampler.set_timesteps(steps, "linspace" if x_t_guided else SPACING
                                           ).tolist()
