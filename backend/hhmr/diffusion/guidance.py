@@ -265,24 +265,30 @@ class ProjectionOperator:
             projected, _ = self._camera(j @ r.transpose(1, 2), kp_, conf_, K_)
             return (conf_[..., None].sqrt() * (projected - kp_)).flatten(1)
 
-        def best_start(rot: torch.Tensor, s: int) -> torch.Tensor:
-            """Index of each sample's best start among its s rows of rot."""
-            err = residuals(rot, joints.repeat_interleave(s, 0), *self._inputs(b, s))
-            return err.square().sum(1).reshape(b, s).argmin(1) + \
-                torch.arange(b, device=joints.device) * s
+        def batch(s: int) -> tuple:
+            """Joints and inputs for s starts per sample, and for 4 trials of each."""
+            rep = joints.repeat_interleave(s, 0)  # [M, J, 3]
+            return (rep, self._inputs(b, s), rep.repeat_interleave(4, 0),
+                    self._inputs(b, 4 * s))
 
+        def best_start(rot: torch.Tensor, rep: torch.Tensor, inputs: list, s: int
+                       ) -> torch.Tensor:
+            """Index of each sample's best start among its s rows of rot."""
+            err = residuals(rot, rep, *inputs).square().sum(1)
+            return err.reshape(b, s).argmin(1) + torch.arange(b, device=joints.device) * s
+
+        s = rot.shape[0] // b
+        rep, inputs, rep4, inputs4 = batch(s)
         lam = torch.full((rot.shape[0], 1, 1), 1e-3, dtype=joints.dtype, device=joints.device)
         eye = torch.eye(3, dtype=joints.dtype, device=joints.device)
         with torch.no_grad():
             for it in range(iters):
-                s = rot.shape[0] // b
                 if s > 1 and it == PRUNE_AFTER:
-                    keep = best_start(rot, s)
+                    keep = best_start(rot, rep, inputs, s)
                     rot, lam, s = rot[keep], lam[keep], 1
-                rep = joints.repeat_interleave(s, 0)  # [M, J, 3]
+                    rep, inputs, rep4, inputs4 = batch(s)
                 trial = (perturb[None] @ rot[:, None]).reshape(-1, 3, 3)  # [4M, 3, 3]
-                res = residuals(trial, rep.repeat_interleave(4, 0), *self._inputs(b, 4 * s)
-                                ).reshape(rot.shape[0], 4, -1)
+                res = residuals(trial, rep4, *inputs4).reshape(rot.shape[0], 4, -1)
                 r0 = res[:, 0]
                 jac = (res[:, 1:] - r0[:, None]) / eps  # [M, 3, 2J] (transposed Jacobian)
                 jtj = jac @ jac.transpose(1, 2)
@@ -291,12 +297,10 @@ class ProjectionOperator:
                 if s == 1 and float(step.norm(dim=-1).max()) < STEP_TOL:
                     break
                 cand = axis_angle_to_matrix(step) @ rot
-                better = residuals(cand, rep, *self._inputs(b, s)).square().sum(1) < \
-                    r0.square().sum(1)
+                better = residuals(cand, rep, *inputs).square().sum(1) < r0.square().sum(1)
                 rot = torch.where(better[:, None, None], cand, rot)
                 lam = torch.where(better[:, None, None], lam * 0.3, lam * 10).clamp(1e-7, 1e7)
-            s = rot.shape[0] // b
-            self.rotation = rot[best_start(rot, s)] if s > 1 else rot
+            self.rotation = rot[best_start(rot, rep, inputs, s)] if s > 1 else rot
         return self.rotation
 
     def rotate(self, x: torch.Tensor) -> torch.Tensor:
