@@ -7,6 +7,7 @@ from hhmr.mesh import (
     build_hierarchy,
     edge_lengths,
     face_normals,
+    intersection,
     load_hierarchy,
     procrustes_align,
     self_intersecting_faces,
@@ -155,3 +156,32 @@ def test_self_intersection_of_hand(hand):
     pose = lim.from_anatomical(angles)
     v = hand(hand_pose=pose).vertices[0].detach().numpy()
     assert self_intersection_fraction(v, f) > 0.02
+
+
+def _brute_force_intersecting_faces(v: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """Every face pair tested: the reference the k-d tree's candidate pairs must match."""
+    tri = v[f]
+    i, j = np.triu_indices(len(f), k=1)
+    apart = ~(f[i][:, :, None] == f[j][:, None, :]).any((1, 2))
+    i, j = i[apart], j[apart]
+    hit = intersection._triangles_intersect(tri[i], tri[j])
+    mask = np.zeros(len(f), dtype=bool)
+    mask[i[hit]] = mask[j[hit]] = True
+    return mask
+
+
+def test_self_intersection_candidates_miss_no_crossing(hand):
+    f = hand.faces.numpy()
+    angles = torch.zeros(3, 15, 3)
+    angles[:, 3:, 0] = torch.tensor([1.2, 1.9, 2.4])[:, None]  # up to fingers through the palm
+    verts = hand(hand_pose=hand.joint_limits.from_anatomical(angles)).vertices.detach().numpy()
+    rng = np.random.default_rng(0)
+    for v in verts:
+        v = v + rng.normal(scale=2e-3, size=v.shape)  # rough surfaces fold locally too
+        expected = _brute_force_intersecting_faces(v, f)
+        assert expected.sum() > 10
+        assert (self_intersecting_faces(v, f) == expected).all()
+    v = verts[1].copy()
+    v[f[0]] = np.nan  # a non-finite face is skipped, the rest still tested
+    got = self_intersecting_faces(v, f)
+    assert not got[0] and got.sum() > 10

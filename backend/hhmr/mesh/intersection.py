@@ -4,12 +4,35 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
+
+LARGE_FACE_QUANTILE = 0.98  # faces above this radius quantile are paired with every face
 
 
 def _candidate_pairs(tri: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Face pairs whose bounding boxes overlap and that share no vertex."""
+    """Face pairs whose bounding boxes overlap and that share no vertex. Two triangles that
+    meet have centroids at most the sum of their circumscribing radii apart: pairs of
+    ordinary faces come from a k-d tree query at twice the largest ordinary radius, and the
+    few large faces are paired with every face."""
+    finite = np.isfinite(tri).all((1, 2))
+    if not finite.all():  # a non-finite face meets nothing; test the others
+        idx = np.flatnonzero(finite)
+        i, j = _candidate_pairs(tri[idx], faces[idx])
+        return idx[i], idx[j]
+    n = len(tri)
+    centre = tri.mean(1)
+    radius = np.linalg.norm(tri - centre[:, None], axis=-1).max(1)
+    if n < 2:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    limit = float(np.quantile(radius, LARGE_FACE_QUANTILE))
+    large = radius > limit
+    small, big = np.flatnonzero(~large), np.flatnonzero(large)
+    pairs = small[cKDTree(centre[small]).query_pairs(2.0 * limit + 1e-12,
+                                                     output_type="ndarray")]
+    bi, bj = np.triu_indices(len(big), k=1)
+    i = np.concatenate([pairs[:, 0], np.repeat(big, len(small)), big[bi]]).astype(np.int64)
+    j = np.concatenate([pairs[:, 1], np.tile(small, len(big)), big[bj]]).astype(np.int64)
     lo, hi = tri.min(1), tri.max(1)
-    i, j = np.triu_indices(len(tri), k=1)
     keep = np.all((lo[i] <= hi[j]) & (lo[j] <= hi[i]), axis=1)
     i, j = i[keep], j[keep]
     shared = (faces[i][:, :, None] == faces[j][:, None, :]).any((1, 2))
