@@ -40,7 +40,7 @@ def test_cosine_schedule():
 
 @pytest.mark.parametrize("steps", [1, 10, 25, 50])
 @pytest.mark.parametrize("eta", [0.0, 1.0])
-@pytest.mark.parametrize("spacing", ["linspace", "trailing"])
+@pytest.mark.parametrize("spacing", ["linspace", "trailing", "quadratic"])
 def test_ddim_with_a_perfect_denoiser_recovers_x0(steps, eta, spacing):
     s = CosineSchedule()
     sampler = DDIMSampler(s, eta=eta)
@@ -52,8 +52,11 @@ def test_ddim_with_a_perfect_denoiser_recovers_x0(steps, eta, spacing):
     assert (timesteps.diff() < 0).all()
     if spacing == "linspace":
         assert steps == 1 or timesteps[-1] == 0
-    else:
+    elif spacing == "trailing":
         assert timesteps[-1] == round(1000 / steps) - 1
+    else:  # denser at low noise: each gap no wider than the one before
+        assert timesteps[-1] == round(999 / steps ** 2)
+        assert (timesteps.diff().diff() >= -1).all()
     for t in timesteps.tolist():
         x = sampler.step(x0, t, x, generator=gen)
         prev = sampler.previous(t)
@@ -62,6 +65,13 @@ def test_ddim_with_a_perfect_denoiser_recovers_x0(steps, eta, spacing):
             eps = s.predict_noise(x, x0, torch.tensor([prev]))
             assert torch.isfinite(eps).all()
     assert torch.equal(x, x0)
+
+
+def test_quadratic_timesteps_strictly_decrease_for_every_count():
+    sampler = DDIMSampler(CosineSchedule())
+    for steps in range(1, 1001):
+        t = sampler.set_timesteps(steps, "quadratic")
+        assert len(t) == steps and t[0] == 999 and (t.diff() < 0).all(), steps
 
 
 def test_ddim_rejects_bad_steps():

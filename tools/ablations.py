@@ -32,6 +32,7 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "joint_influence_none": (["--joint-influence", "none"], GUIDED),
     "refit_camera": (["--refit-camera"], "fit2d"),
     "spacing_linspace": (["--spacing", "linspace"], "refit3d,fit2d,inpaint,generate"),
+    "spacing_quadratic": (["--spacing", "quadratic"], "refit3d,fit2d,inpaint,generate"),
     "replace_fraction_1.0": (["--replace-fraction", "1.0"], "inpaint"),
     "replace_fraction_0.7": (["--replace-fraction", "0.7"], "inpaint"),
     "replace_fraction_0.5": (["--replace-fraction", "0.5"], "inpaint"),
@@ -79,14 +80,14 @@ def tables(doc: dict) -> str:
                  f"{b['inpaint_kept_err_mm']:.2f} mm, refit3d PA-MPJPE "
                  f"{a['refit3d_guided_pa_mpjpe_mm']:.2f} -> {b['refit3d_guided_pa_mpjpe_mm']:.2f}"
                  " mm")
-    lin = v["spacing_linspace"]
-    lines.append("Timesteps (trailing | linspace):")
+    spacings = [d, v["spacing_linspace"], v["spacing_quadratic"]]
+    lines.append("Timesteps (trailing | linspace | quadratic):")
     lines.append("| generate: self-intersection, APD | " + " | ".join(
-        f"{x['generate_si_pct']:.2f} %, {x['generate_apd_mm']:.1f} mm" for x in (d, lin)) + " |")
+        f"{x['generate_si_pct']:.2f} %, {x['generate_apd_mm']:.1f} mm" for x in spacings) + " |")
     for task in ("refit3d_unguided", "refit3d_guided", "fit2d_guided"):
-        lines.append(f"| {task} | {_pair(d, task)} | {_pair(lin, task)} |")
+        lines.append(f"| {task} | " + " | ".join(_pair(x, task) for x in spacings) + " |")
     lines.append("| inpaint by guidance alone: self-intersection | " + " | ".join(
-        f"{x['inpaint_si_pct']:.2f} %" for x in (d, lin)) + " |")
+        f"{x['inpaint_si_pct']:.2f} %" for x in spacings) + " |")
     rnd = v["random_first"]
     lines.append("Central first (central | random):")
     for task in ("refit3d_guided", "refit3d_unguided", "fit2d_guided", "fit2d_unguided"):

@@ -3,8 +3,8 @@ evaluation seed 0): refit3d and fit2d with and without guidance (20 hands, n=1),
 guidance alone (10 hands, n=4), generation (64 hands). Prints one JSON line per file.
 
 Usage: python tools/compare_weights.py WEIGHTS.pt [WEIGHTS.pt ...]   (about a minute each)
-Sampler ablations (the figures in docs/diffusion.md): --spacing linspace (timesteps of
-unguided and x0-guided runs), --final-iters 1, --inpaint-cap 0.05 (guidance alone),
+Sampler ablations (the figures in docs/diffusion.md): --spacing linspace|quadratic
+(timesteps of unguided and x0-guided runs), --final-iters 1, --inpaint-cap 0.05 (guidance alone),
 --replace-cap none, --replace-fraction F (guide only the first fraction of steps), --space
 TASK=SPACE (guidance space per task key, e.g. --space refit3d=x_t --space inpaint=x_t),
 --joint-influence bones|smooth|none (how x0 guidance spreads its joint-space gradient; none:
@@ -79,7 +79,7 @@ def _set_cap(task: str, text: str | None) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("weights", nargs="+")
-    ap.add_argument("--spacing", choices=["linspace", "trailing"],
+    ap.add_argument("--spacing", choices=["linspace", "trailing", "quadratic"],
                     help="timesteps of unguided and x0-guided runs")
     ap.add_argument("--final-iters", type=int, help="guided moves at the last step, all tasks")
     ap.add_argument("--inpaint-cap", help="move cap for inpainting by guidance alone, or none")

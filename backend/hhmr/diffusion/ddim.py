@@ -16,8 +16,10 @@ class DDIMSampler:
         self.timesteps = torch.empty(0, dtype=torch.long)
 
     def set_timesteps(self, num_steps: int, spacing: str = "linspace") -> torch.Tensor:
-        """Evenly spaced timesteps from T-1 down: to 0 ("linspace"), or to T/n - 1
-        ("trailing", Lin et al. 2024: the last step returns the x0 predicted there)."""
+        """Timesteps from T-1 down: evenly spaced to 0 ("linspace") or to T/n - 1
+        ("trailing", Lin et al. 2024: the last step returns the x0 predicted there), or
+        quadratically spaced, denser at low noise, to about T/n^2 ("quadratic", the DDIM
+        paper's quad selection run from the top)."""
         T = self.schedule.num_train_steps
         if not 1 <= num_steps <= T:
             raise ValueError(f"steps must be in [1, {T}]")
@@ -25,6 +27,9 @@ class DDIMSampler:
             t = torch.linspace(T - 1, 0, num_steps).round().long()
         elif spacing == "trailing":
             t = (T - torch.arange(num_steps) * (T / num_steps)).round().long() - 1
+        elif spacing == "quadratic":
+            t = ((T - 1) * (1 - torch.arange(num_steps) / num_steps) ** 2).round().long()
+            t = torch.maximum(t, torch.arange(num_steps - 1, -1, -1))  # strictly decreasing
         else:
             raise ValueError(f"unknown spacing {spacing!r}")
         self.timesteps = t
