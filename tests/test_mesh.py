@@ -139,6 +139,8 @@ def test_self_intersection_of_crossing_triangles():
                   [0.2, 0.2, -0.5], [0.2, 0.2, 0.5], [0.8, 0.8, 0.0]], float)  # pierces it
     f = np.array([[0, 1, 2], [3, 4, 5]])
     assert self_intersecting_faces(v, f).tolist() == [True, True]
+    assert intersection.self_intersecting_pairs(v, f).tolist() == [[0, 1]]
+    assert intersection.self_intersecting_pairs(v[:3], f[:1]).shape == (0, 2)
     apart = v.copy()
     apart[3:, 2] += 2.0
     assert self_intersection_fraction(apart, f) == 0.0

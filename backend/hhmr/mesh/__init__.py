@@ -9,7 +9,11 @@ from hhmr.mesh.geometry import (
     vertex_normals,
 )
 from hhmr.mesh.hierarchy import MeshHierarchy, build_hierarchy, load_hierarchy
-from hhmr.mesh.intersection import self_intersecting_faces, self_intersection_fraction
+from hhmr.mesh.intersection import (
+    self_intersecting_faces,
+    self_intersecting_pairs,
+    self_intersection_fraction,
+)
 
 __all__ = [
     "MeshHierarchy",
@@ -20,6 +24,7 @@ __all__ = [
     "load_hierarchy",
     "procrustes_align",
     "self_intersecting_faces",
+    "self_intersecting_pairs",
     "self_intersection_fraction",
     "unique_edges",
     "vertex_normals",

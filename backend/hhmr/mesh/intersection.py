@@ -19,11 +19,10 @@ def _candidate_pairs(tri: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np
         idx = np.flatnonzero(finite)
         i, j = _candidate_pairs(tri[idx], faces[idx])
         return idx[i], idx[j]
-    n = len(tri)
+    if len(tri) < 2:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     centre = tri.mean(1)
     radius = np.linalg.norm(tri - centre[:, None], axis=-1).max(1)
-    if n < 2:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     limit = float(np.quantile(radius, LARGE_FACE_QUANTILE))
     large = radius > limit
     small, big = np.flatnonzero(~large), np.flatnonzero(large)
@@ -32,6 +31,7 @@ def _candidate_pairs(tri: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np
     bi, bj = np.triu_indices(len(big), k=1)
     i = np.concatenate([pairs[:, 0], np.repeat(big, len(small)), big[bi]]).astype(np.int64)
     j = np.concatenate([pairs[:, 1], np.tile(small, len(big)), big[bj]]).astype(np.int64)
+    i, j = np.minimum(i, j), np.maximum(i, j)
     lo, hi = tri.min(1), tri.max(1)
     keep = np.all((lo[i] <= hi[j]) & (lo[j] <= hi[i]), axis=1)
     i, j = i[keep], j[keep]
@@ -65,19 +65,23 @@ def _triangles_intersect(t1: np.ndarray, t2: np.ndarray) -> np.ndarray:
     return hit
 
 
-def self_intersecting_faces(vertices: np.ndarray | torch.Tensor, faces: np.ndarray
+def self_intersecting_pairs(vertices: np.ndarray | torch.Tensor, faces: np.ndarray
                             | torch.Tensor) -> np.ndarray:
-    """Boolean mask [F]: faces that intersect at least one face they share no vertex with."""
+    """Face index pairs [P, 2] (i < j) that intersect and share no vertex."""
     v = np.asarray(vertices.detach().cpu() if isinstance(vertices, torch.Tensor) else vertices,
                    dtype=np.float64)
     f = np.asarray(faces.cpu() if isinstance(faces, torch.Tensor) else faces, dtype=np.int64)
     tri = v[f]
     i, j = _candidate_pairs(tri, f)
-    mask = np.zeros(len(f), dtype=bool)
-    if len(i):
-        hit = _triangles_intersect(tri[i], tri[j])
-        mask[i[hit]] = True
-        mask[j[hit]] = True
+    hit = _triangles_intersect(tri[i], tri[j]) if len(i) else np.zeros(0, dtype=bool)
+    return np.stack([i[hit], j[hit]], 1)
+
+
+def self_intersecting_faces(vertices: np.ndarray | torch.Tensor, faces: np.ndarray
+                            | torch.Tensor) -> np.ndarray:
+    """Boolean mask [F]: faces that intersect at least one face they share no vertex with."""
+    mask = np.zeros(len(faces), dtype=bool)
+    mask[self_intersecting_pairs(vertices, faces).ravel()] = True
     return mask
 
 
