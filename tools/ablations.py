@@ -119,8 +119,10 @@ def main() -> None:
         out[name] = {"flags": flags, "tasks": tasks, "results": run(args.weights, flags, tasks)}
     out = {k: out[k] for k in VARIANTS if k in out}
     doc = {"weights": args.weights, "seed": 100,
-           "command": "python tools/ablations.py " + args.weights,
-           "minutes": round((time.perf_counter() - start) / 60, 1), "variants": out}
+           "command": "python tools/ablations.py " + args.weights + " [--only NAMES]",
+           "last_run": {"variants": names,
+                        "minutes": round((time.perf_counter() - start) / 60, 1)},
+           "variants": out}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1) + "\n")
     keys = sorted({k for v in out.values() for k in v["results"]})
