@@ -18,6 +18,7 @@ import json
 
 import numpy as np
 from hhmr import metrics, pipeline
+from hhmr.diffusion.ddim import SPACINGS
 from hhmr.evaluate_tasks import canonical, finger_region, held_out
 from hhmr.pipeline import HandDiffusionPipeline
 
@@ -79,7 +80,7 @@ def _set_cap(task: str, text: str | None) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("weights", nargs="+")
-    ap.add_argument("--spacing", choices=["linspace", "trailing", "quadratic"],
+    ap.add_argument("--spacing", choices=SPACINGS,
                     help="timesteps of unguided and x0-guided runs")
     ap.add_argument("--final-iters", type=int, help="guided moves at the last step, all tasks")
     ap.add_argument("--inpaint-cap", help="move cap for inpainting by guidance alone, or none")

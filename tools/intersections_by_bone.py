@@ -15,6 +15,7 @@ import torch
 from hhmr.baselines import PosePCA
 from hhmr.data.poses import PosePrior
 from hhmr.hand import JOINT_NAMES
+from hhmr.hand.topology import finger_of_joint
 from hhmr.mesh import self_intersecting_pairs
 from hhmr.pipeline import HandDiffusionPipeline
 
@@ -28,7 +29,7 @@ def category(a: int, b: int) -> str:
         return "same_bone"
     if a == 0 or b == 0:
         return "palm_finger"
-    return "same_finger" if (a - 1) // 3 == (b - 1) // 3 else "finger_finger"
+    return "same_finger" if finger_of_joint(a) == finger_of_joint(b) else "finger_finger"
 
 
 def classify(verts: torch.Tensor, faces: np.ndarray, face_bone: np.ndarray) -> dict:

@@ -6,6 +6,8 @@ import torch
 
 from hhmr.diffusion.schedule import CosineSchedule
 
+SPACINGS = ("linspace", "trailing", "quadratic")  # the timestep spacings set_timesteps knows
+
 
 class DDIMSampler:
     """`set_timesteps(n)` then, for each t in `timesteps`, `step(x0_pred, t, x_t)`."""
@@ -31,7 +33,7 @@ class DDIMSampler:
             t = ((T - 1) * (1 - torch.arange(num_steps) / num_steps) ** 2).round().long()
             t = torch.maximum(t, torch.arange(num_steps - 1, -1, -1))  # strictly decreasing
         else:
-            raise ValueError(f"unknown spacing {spacing!r}")
+            raise ValueError(f"unknown spacing {spacing!r}; one of {', '.join(SPACINGS)}")
         self.timesteps = t
         return t
 
