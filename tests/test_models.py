@@ -330,14 +330,15 @@ def test_guidance_space_defaults_and_checks():
         guidance("fit2d", 0.1, strength=1.0)
 
 
-def test_tiny_training_run_lowers_the_loss(tmp_path):
+@pytest.mark.parametrize("weighting", ["uniform", "edm"])
+def test_tiny_training_run_lowers_the_loss(tmp_path, weighting):
     from hhmr.paths import weights_dir  # noqa: F401
     from hhmr.training.train import load_config, train
 
     cfg = load_config("backend/hhmr/configs/prior.toml")
     cfg["model"].update(channels=[8, 8, 16, 16], token_dim=16, heads=2, time_dim=16)
     cfg["train"].update(batch_size=16, max_steps=80, checkpoint_every=20, lr=3e-3,
-                        warmup_steps=5)
+                        warmup_steps=5, t_weighting=weighting)
     result = train(cfg, tmp_path, progress=False)
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     hist = ckpt["history"]  # mean losses over each 20-step interval
@@ -369,6 +370,42 @@ def test_training_timesteps_can_focus_on_the_sampler_grid():
     half = training_timesteps(sched, 2000, torch.Generator().manual_seed(3), focus=0.5)
     share = sum(t in grid for t in half.tolist()) / 2000
     assert 0.45 < share < 0.56  # half from the grid, plus uniform draws that land on it
+
+
+def test_timestep_weights_rebalance_the_noise_levels():
+    from hhmr.diffusion import CosineSchedule
+    from hhmr.models.denoiser import X0Denoiser
+    from hhmr.training.losses import timestep_weights
+
+    c_out = X0Denoiser(torch.nn.Identity(), CosineSchedule(), 0.65).coefficients(
+        torch.arange(1000))[1]
+    assert torch.equal(timestep_weights(c_out), torch.ones(1000))
+    w = timestep_weights(c_out, "edm", max_weight=10.0)
+    assert w.mean() == pytest.approx(1.0)
+    assert (w[1:] <= w[:-1] + 1e-6).all()  # the less noise, the more weight ...
+    assert w.max() / w.min() == pytest.approx(10.0, rel=1e-4)  # ... up to the cap
+    # uncapped, the weight is 1/c_out: c_out * weight is the same at every timestep
+    free = timestep_weights(c_out, "edm", max_weight=1e9) * c_out
+    assert torch.allclose(free, free[0].expand(1000), rtol=1e-4)
+    with pytest.raises(ValueError, match="timestep weighting"):
+        timestep_weights(c_out, "snr")
+
+
+def test_mesh_losses_weight_each_sample(hand, gen):
+    from hhmr.training.losses import MeshLosses
+
+    losses = MeshLosses(hand.keypoint_regressor, hand.faces,
+                        {"vertex": 1.0, "joint": 1.0, "normal": 0.5, "edge": 1.0})
+    target = hand.v_template.expand(3, -1, -1) * 10
+    pred = target + 0.01 * torch.randn(target.shape, generator=gen)
+    pred[2] += 0.2 * torch.randn(target.shape[1:], generator=gen)  # one bad sample
+    plain = losses(pred, target)
+    ones = losses(pred, target, torch.ones(3))
+    assert all(torch.allclose(plain[k], ones[k]) for k in plain)
+    without_bad = losses(pred, target, torch.tensor([1.5, 1.5, 0.0]))
+    good_only = losses(pred[:2], target[:2])
+    assert all(torch.allclose(without_bad[k], good_only[k]) for k in plain)
+    assert without_bad["total"] < 0.5 * plain["total"]
 
 
 def test_config_overrides():

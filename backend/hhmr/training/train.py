@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 import tomllib
 from dataclasses import fields
 from pathlib import Path
@@ -19,8 +18,9 @@ from hhmr.mesh.hierarchy import load_hierarchy
 from hhmr.models import GraphUNet, GraphUNetConfig
 from hhmr.models.conditions import DropoutConfig, drop_conditions
 from hhmr.models.denoiser import X0Denoiser
+from hhmr.training.clock import RunClock
 from hhmr.training.data import SCALE, synthetic_batch
-from hhmr.training.losses import MeshLosses
+from hhmr.training.losses import MeshLosses, timestep_weights
 
 EVAL_SEED_OFFSET = 1_000_000  # training draws use seeds below this, evaluation above
 
@@ -59,6 +59,21 @@ def training_timesteps(schedule: CosineSchedule, n: int, generator: torch.Genera
         pick = torch.rand(n, generator=generator) < focus
         t = torch.where(pick, grid[torch.randint(len(grid), (n,), generator=generator)], t)
     return t
+
+
+def loss_weights_per_timestep(net: torch.nn.Module, schedule: CosineSchedule,
+                              tcfg: dict) -> torch.Tensor:
+    """The loss weight of each training timestep [T] (train.t_weighting, "uniform" unless
+    set; "edm" needs the preconditioned denoiser, whose c_out it reads)."""
+    kind = tcfg.get("t_weighting", "uniform")
+    t = torch.arange(schedule.num_train_steps)
+    if kind == "uniform":
+        return torch.ones(len(t))
+    if not isinstance(net, X0Denoiser):
+        raise ValueError(f"t_weighting {kind!r} needs model.sigma_data (the preconditioned net)")
+    with torch.no_grad():
+        c_out = net.coefficients(t.to(net.alpha_bar.device))[1].cpu()
+    return timestep_weights(c_out, kind, tcfg.get("t_weight_max", 10.0))
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -127,17 +142,19 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
     prior = PosePrior(hand)
     schedule = CosineSchedule()
     losses = MeshLosses(hand.keypoint_regressor.to(dev), hand.faces.to(dev), config["loss"])
+    t_weights = loss_weights_per_timestep(net, schedule, tcfg).to(dev)
     dropout = DropoutConfig(**config.get("dropout", {}))
     opt = torch.optim.AdamW(net.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
     use_amp = dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    step, elapsed, history, stages = 0, 0.0, [], []
+    step, elapsed, wall_elapsed, history, stages = 0, 0.0, 0.0, [], []
     ckpt = None
     if resume is not None and Path(resume).exists():
         ckpt = torch.load(resume, map_location=dev, weights_only=False)
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         step, elapsed, history = ckpt["step"], ckpt["elapsed_s"], ckpt.get("history", [])
+        wall_elapsed = ckpt.get("wall_elapsed_s", elapsed)
         # the runs that led here: each command with the step and minutes it ended at
         stages = ckpt.get("stages") or [{"command": ckpt.get("command", "an earlier run"),
                                          "to_step": step, "minutes": round(elapsed / 60, 2)}]
@@ -145,7 +162,7 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
     if ema is not None and ckpt is not None and ckpt.get("ema"):
         ema.state = ckpt["ema"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter() - elapsed
+    clock = RunClock(elapsed, wall_elapsed)  # minutes count the time the CPUs were ours
     bar = tqdm(total=tcfg["max_steps"], initial=step, disable=not progress, unit="step",
                desc="train")
     running, interval = None, []
@@ -153,17 +170,19 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
     def all_stages() -> list[dict]:
         """The earlier runs and this one, as far as it has got."""
         return stages + [{"command": command, "to_step": step,
-                          "minutes": round((time.perf_counter() - start) / 60, 2)}]
+                          "minutes": round(clock.minutes(), 2),
+                          "wall_minutes": round(clock.wall_seconds() / 60, 2)}]
 
     def save(path: Path) -> None:
         torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
                     "ema": None if ema is None else ema.state,
-                    "elapsed_s": time.perf_counter() - start, "config": config,
+                    "elapsed_s": clock.seconds(), "wall_elapsed_s": clock.wall_seconds(),
+                    "config": config,
                     "history": history, "hand": hand.name, "command": command,
                     "stages": all_stages(), "num_vertices": hand.num_vertices}, path)
 
     while step < tcfg["max_steps"]:
-        if (time.perf_counter() - start) / 60 > tcfg["max_minutes"]:
+        if clock.minutes() > tcfg["max_minutes"]:
             break
         gen = torch.Generator().manual_seed(tcfg["seed"] * 100_000 + step)
         batch = synthetic_batch(hand, prior, tcfg["batch_size"], gen)
@@ -176,10 +195,10 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
         noise = torch.randn(x0.shape, generator=gen).to(dev)
         x_t = schedule.add_noise(x0, noise, t)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, tcfg, (time.perf_counter() - start) / 60)
+            group["lr"] = lr_at(step, tcfg, clock.minutes())
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
             pred = net(x_t, t, cond)
-        terms = losses(pred.float(), x0)
+        terms = losses(pred.float(), x0, t_weights[t])
         opt.zero_grad(set_to_none=True)
         scaler.scale(terms["total"]).backward()
         scaler.unscale_(opt)
@@ -197,7 +216,8 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
         bar.set_postfix(loss=f"{running['total']:.4f}", v_mm=f"{running['vertex'] * 100:.2f}")
         if step % tcfg["checkpoint_every"] == 0 or step == tcfg["max_steps"]:
             mean = {k: sum(v[k] for v in interval) / len(interval) for k in interval[0]}
-            history.append({"step": step, "minutes": (time.perf_counter() - start) / 60,
+            history.append({"step": step, "minutes": clock.minutes(),
+                            "wall_minutes": clock.wall_seconds() / 60,
                             **{k: round(v, 5) for k, v in mean.items()}})
             interval = []
             save(out_dir / "checkpoint.pt")
@@ -207,7 +227,8 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
     weights = net.state_dict() if ema is None else ema.state
     final = {"model": {k: v.cpu() for k, v in weights.items()}, "config": config,
              "ema_decay": None if ema is None else ema.decay,
-             "step": step, "minutes": (time.perf_counter() - start) / 60,
+             "step": step, "minutes": clock.minutes(),
+             "wall_minutes": clock.wall_seconds() / 60,
              "history": history, "hand": hand.name, "num_vertices": hand.num_vertices,
              "device": str(dev), "command": command, "stages": all_stages()}
     torch.save(final, out_dir / "final.pt")
