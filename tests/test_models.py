@@ -276,6 +276,51 @@ def test_only_x_t_guided_runs_end_at_t0(hand):
     assert net.timesteps[-1] == 99
 
 
+def test_multistep_solver_only_where_nothing_changes_the_sample_between_steps(
+        hand, monkeypatch):
+    """DPM-Solver++ runs unguided and x0-guided sampling; x_t guidance, inpainting's
+    replacement and eta > 0 change the sample between steps and take DDIM."""
+    from hhmr import pipeline
+    from hhmr.diffusion import DDIMSampler, DPMSolverSampler
+
+    used: list[str] = []
+
+    class SpyDPM(DPMSolverSampler):
+        def step(self, *args, **kwargs):
+            used.append("dpm")
+            return super().step(*args, **kwargs)
+
+    class SpyDDIM(DDIMSampler):
+        def step(self, *args, **kwargs):
+            used.append("ddim")
+            return super().step(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "DPMSolverSampler", SpyDPM)
+    monkeypatch.setattr(pipeline, "DDIMSampler", SpyDDIM)
+    pipe = HandDiffusionPipeline(CountingDenoiser(), hand)
+    joints = hand.keypoint_regressor @ hand.v_template
+    keep = torch.ones(hand.num_vertices, dtype=torch.bool)
+    keep[:300] = False
+    runs = {
+        "generate": (lambda: pipe.generate(1, steps=4), "dpm"),
+        "generate eta 1": (lambda: pipe.generate(1, steps=4, eta=1.0), "ddim"),
+        "refit3d x0": (lambda: pipe.refit3d(joints, n=1, steps=4, guidance_space="x0"), "dpm"),
+        "refit3d x_t": (lambda: pipe.refit3d(joints, n=1, steps=4, guidance_space="x_t"),
+                        "ddim"),
+        "inpaint replace": (lambda: pipe.inpaint(hand.v_template, keep, n=1, steps=4), "ddim"),
+        "inpaint x0 alone": (lambda: pipe.inpaint(hand.v_template, keep, n=1, steps=4,
+                                                  replace=False, guidance_space="x0"), "dpm"),
+    }
+    for name, (run, solver) in runs.items():
+        used.clear()
+        run()
+        assert set(used) == {solver} and len(used) == 4, name
+    monkeypatch.setattr(pipeline, "SOLVER", "ddim")
+    used.clear()
+    pipe.generate(1, steps=4)
+    assert set(used) == {"ddim"}
+
+
 def test_central_first_hypothesis_starts_from_the_noise_mean(pipe, hand):
     """refit3d and fit2d start hypothesis 0 from x_T = 0 (the same for every seed and n);
     the others, and every hypothesis of generate, from the seed's noise."""

@@ -31,8 +31,12 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "joint_influence_smooth": (["--joint-influence", "smooth"], GUIDED),
     "joint_influence_none": (["--joint-influence", "none"], GUIDED),
     "refit_camera": (["--refit-camera"], "fit2d"),
+    "spacing_trailing": (["--spacing", "trailing"], "refit3d,fit2d,inpaint,generate"),
     "spacing_linspace": (["--spacing", "linspace"], "refit3d,fit2d,inpaint,generate"),
     "spacing_quadratic": (["--spacing", "quadratic"], "refit3d,fit2d,inpaint,generate"),
+    "solver_ddim": (["--solver", "ddim"], "refit3d,fit2d,inpaint,generate"),
+    "ddim_trailing": (["--solver", "ddim", "--spacing", "trailing"],
+                      "refit3d,fit2d,inpaint,generate"),
     "replace_fraction_1.0": (["--replace-fraction", "1.0"], "inpaint"),
     "replace_fraction_0.7": (["--replace-fraction", "0.7"], "inpaint"),
     "replace_fraction_0.5": (["--replace-fraction", "0.5"], "inpaint"),
@@ -80,14 +84,19 @@ def tables(doc: dict) -> str:
                  f"{b['inpaint_kept_err_mm']:.2f} mm, refit3d PA-MPJPE "
                  f"{a['refit3d_guided_pa_mpjpe_mm']:.2f} -> {b['refit3d_guided_pa_mpjpe_mm']:.2f}"
                  " mm")
-    spacings = [d, v["spacing_linspace"], v["spacing_quadratic"]]
-    lines.append("Timesteps (trailing | linspace | quadratic):")
-    lines.append("| generate: self-intersection, APD | " + " | ".join(
-        f"{x['generate_si_pct']:.2f} %, {x['generate_apd_mm']:.1f} mm" for x in spacings) + " |")
-    for task in ("refit3d_unguided", "refit3d_guided", "fit2d_guided"):
-        lines.append(f"| {task} | " + " | ".join(_pair(x, task) for x in spacings) + " |")
-    lines.append("| inpaint by guidance alone: self-intersection | " + " | ".join(
-        f"{x['inpaint_si_pct']:.2f} %" for x in spacings) + " |")
+    for title, cols in (
+            ("Timesteps (front | trailing | linspace | quadratic):",
+             [d, v["spacing_trailing"], v["spacing_linspace"], v["spacing_quadratic"]]),
+            ("Solver (DPM-Solver++ front | DDIM front | DDIM trailing):",
+             [d, v["solver_ddim"], v["ddim_trailing"]])):
+        lines.append(title)
+        lines.append("| generate: self-intersection, APD | " + " | ".join(
+            f"{x['generate_si_pct']:.2f} %, {x['generate_apd_mm']:.1f} mm" for x in cols) + " |")
+        for task in ("refit3d_unguided", "refit3d_guided", "fit2d_unguided", "fit2d_guided"):
+            lines.append(f"| {task} | " + " | ".join(_pair(x, task) for x in cols) + " |")
+        lines.append("| inpaint by guidance alone / with replacement: self-intersection | " +
+                     " | ".join(f"{x['inpaint_si_pct']:.2f} / {x['inpaint_replace_si_pct']:.2f} %"
+                                for x in cols) + " |")
     rnd = v["random_first"]
     lines.append("Central first (central | random):")
     for task in ("refit3d_guided", "refit3d_unguided", "fit2d_guided", "fit2d_unguided"):

@@ -3,8 +3,9 @@ evaluation seed 0): refit3d and fit2d with and without guidance (20 hands, n=1),
 guidance alone (10 hands, n=4), generation (64 hands). Prints one JSON line per file.
 
 Usage: python tools/compare_weights.py WEIGHTS.pt [WEIGHTS.pt ...]   (about a minute each)
-Sampler ablations (the figures in docs/diffusion.md): --spacing linspace|quadratic
-(timesteps of unguided and x0-guided runs), --final-iters 1, --inpaint-cap 0.05 (guidance alone),
+Sampler ablations (the figures in docs/diffusion.md): --spacing trailing|linspace|quadratic|front
+(timesteps of unguided and x0-guided runs), --solver ddim|dpm++2m (their solver),
+--final-iters 1, --inpaint-cap 0.05 (guidance alone),
 --replace-cap none, --replace-fraction F (guide only the first fraction of steps), --space
 TASK=SPACE (guidance space per task key, e.g. --space refit3d=x_t --space inpaint=x_t),
 --joint-influence bones|smooth|none (how x0 guidance spreads its joint-space gradient; none:
@@ -82,6 +83,8 @@ if __name__ == "__main__":
     ap.add_argument("weights", nargs="+")
     ap.add_argument("--spacing", choices=SPACINGS,
                     help="timesteps of unguided and x0-guided runs")
+    ap.add_argument("--solver", choices=["ddim", "dpm++2m"],
+                    help="solver of unguided and x0-guided runs")
     ap.add_argument("--final-iters", type=int, help="guided moves at the last step, all tasks")
     ap.add_argument("--inpaint-cap", help="move cap for inpainting by guidance alone, or none")
     ap.add_argument("--replace-cap", help="move cap for inpainting with replacement, or none")
@@ -116,6 +119,8 @@ if __name__ == "__main__":
         pipeline.GUIDANCE_SPACE[task] = space
     if args.spacing:
         pipeline.SPACING = args.spacing
+    if args.solver:
+        pipeline.SOLVER = args.solver
     if args.final_iters is not None:
         pipeline.FINAL_GUIDANCE_ITERS.update(
             {k: args.final_iters for k in ("inpaint", "refit3d", "fit2d")})

@@ -106,6 +106,15 @@ def training_commands(ckpt: dict) -> list[str]:
     return lines + [f"  then {copy}"]
 
 
+def run_time(ckpt: dict) -> str:
+    """The run's budget time: wall time, less the hypervisor's steal for runs that record it
+    (`hhmr.training.clock`)."""
+    if ckpt.get("wall_minutes") is None:
+        return f"wall time {ckpt['minutes']:.1f} min"
+    return (f"{ckpt['minutes']:.1f} min of the CPU (wall time {ckpt['wall_minutes']:.1f} min, "
+            "less the time the VM's host took from its CPUs)")
+
+
 def main() -> None:
     ckpt = torch.load(WEIGHTS, map_location="cpu", weights_only=False)
     params = sum(v.numel() for v in ckpt["model"].values())
@@ -125,7 +134,7 @@ def main() -> None:
         f"{cfg['train']['batch_size']}, lr {cfg['train']['lr']}, timestep focus "
         f"{cfg['train'].get('t_focus', 0.0)})",
         f"- Device: {ckpt.get('device', 'cpu')} (this project's 2-core CPU machine)",
-        f"- Steps: {ckpt['step']}, wall time {ckpt['minutes']:.1f} min",
+        f"- Steps: {ckpt['step']}, " + run_time(ckpt),
         "- Weights: " + (f"exponential moving average (decay {ckpt['ema_decay']})"
                          if ckpt.get("ema_decay") else "the last step's (no moving average)"),
         f"- Parameters: {params / 1e6:.2f} M; file {WEIGHTS.stat().st_size / 1e6:.1f} MB",
@@ -133,7 +142,8 @@ def main() -> None:
         " random gestures, shapes (7 directions), uniformly random orientations, random "
         "pinhole cameras; no dataset, no download.",
         "- Final training losses (mean of the last interval): "
-        + ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k not in ("step", "minutes")),
+        + ", ".join(f"{k} {v:.4f}" for k, v in last.items()
+                    if k not in ("step", "minutes", "wall_minutes")),
         "",
         "## Metrics (held-out synthetic, seeds >= 1e6; mm and %)",
         "",

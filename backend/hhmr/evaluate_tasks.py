@@ -47,8 +47,10 @@ def _si(verts: torch.Tensor, faces) -> list[float]:
     return metrics.self_intersection_pct(verts, faces).tolist()
 
 
-def eval_generate(pipe, num, seed, steps, progress):
-    faces = pipe.hand.faces.cpu()
+def generation_sets(pipe, num: int, seed: int, steps: int = 10) -> dict[str, torch.Tensor]:
+    """num generated hands and as many of each baseline (pose prior, pose PCA with the
+    prior's shapes) for evaluation seed `seed`: vertices [num, V, 3], wrist at the origin,
+    generated hands turned to the template's orientation (the baselines have no rotation)."""
     gen = torch.Generator().manual_seed(EVAL_SEED_OFFSET + seed)
     hand = pipe.hand.cpu()
     ours = canonical(pipe, pipe.generate(num, steps=steps, seed=EVAL_SEED_OFFSET + seed)
@@ -57,13 +59,16 @@ def eval_generate(pipe, num, seed, steps, progress):
     with torch.no_grad():
         prior = hand(None, s.hand_pose, s.betas).vertices
         pca = hand(None, PosePCA(hand).sample(num, gen), s.betas).vertices
-    out = {}
-    for name, v in tqdm([("diffusion", ours), ("pose_prior", prior), ("pca", pca)],
-                        desc="generate", disable=not progress):
-        v = v - (pipe.regressor.cpu() @ v)[:, :1]
-        out[name] = {"apd_mm": float(metrics.apd(v[None])), "si_pct": float(
-            np.mean(_si(v, faces)))}
-    return out
+    reg = pipe.regressor.cpu()
+    return {name: v - (reg @ v)[:, :1]
+            for name, v in (("diffusion", ours), ("pose_prior", prior), ("pca", pca))}
+
+
+def eval_generate(pipe, num, seed, steps, progress):
+    faces = pipe.hand.faces.cpu()
+    sets = generation_sets(pipe, num, seed, steps)
+    return {name: {"apd_mm": float(metrics.apd(v[None])), "si_pct": float(np.mean(_si(v, faces)))}
+            for name, v in tqdm(sets.items(), desc="generate", disable=not progress)}
 
 
 def finger_region(pipe, finger: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hhmr.diffusion import CosineSchedule, DDIMSampler
+from hhmr.diffusion import CosineSchedule, DDIMSampler, DPMSolverSampler
 from hhmr.diffusion.guidance import (
     GuidanceOperator,
     JointOperator,
@@ -96,7 +96,13 @@ CENTRAL_FIRST: dict[str, bool] = {"generate": False, "inpaint": False, "refit3d"
 WARM_BATCH_SIZES = (1, 4)
 # timestep spacing of unguided and x0-guided runs (see _sample; x_t-guided runs use
 # "linspace") [spacing_linspace]
-SPACING = "trailing"
+SPACING = "front"
+# solver of unguided and x0-guided runs: "dpm++2m" (DPM-Solver++(2M), second order from the
+# net's last two predictions, same cost) or "ddim". Runs that change the sample between
+# steps (x_t guidance, inpainting's replacement) or add noise (eta > 0) always use DDIM:
+# the multistep extrapolation would mix in a prediction from before the change
+# [solver_ddim, spacing_trailing]
+SOLVER = "dpm++2m"
 
 
 def _rms_factor(step: torch.Tensor, max_rms: float) -> torch.Tensor:
@@ -246,16 +252,15 @@ class HandDiffusionPipeline:
                 guidance_scale: float, known: tuple[torch.Tensor, torch.Tensor] | None,
                 max_step: float | None = None, final_iters: int = 1, x0_iters: int = 0,
                 guided_fraction: float | None = None) -> torch.Tensor:
-        """DDIM with optional guidance (each move capped at `max_step` RMS; in x_t space with
-        `final_iters` moves at the last step, or in x0 space with `x0_iters` gradient steps on
-        each prediction; on the first `guided_fraction` of the steps only, if given) and,
-        for inpainting, replacement of `known` = (x_obs [B, V, 3] metres, keep [B, V]) at each
-        step. Each block of the batch draws its noise from its own seed, so batching requests
-        changes their results by float rounding alone (batch sizes take different CPU
-        kernels)."""
+        """DPM-Solver++(2M) or DDIM (SOLVER) with optional guidance (each move capped at
+        `max_step` RMS; in x_t space with `final_iters` moves at the last step, or in x0 space
+        with `x0_iters` gradient steps on each prediction; on the first `guided_fraction` of
+        the steps only, if given) and, for inpainting, replacement of `known` = (x_obs
+        [B, V, 3] metres, keep [B, V]) at each step. Each block of the batch draws its noise
+        from its own seed, so batching requests changes their results by float rounding
+        alone (batch sizes take different CPU kernels)."""
         v = self.hand.num_vertices
         batch = sum(nz.count for nz in noises)
-        sampler = DDIMSampler(self.schedule, eta=eta)
 
         def randn() -> torch.Tensor:
             return torch.cat([nz.draw((v, 3)) for nz in noises]).to(self.device)
@@ -278,6 +283,9 @@ class HandDiffusionPipeline:
         # only re-injects the net's noise estimate, which roughened generated and inpainted
         # hands [spacing_linspace in weights/eval/ablations.json]
         x_t_guided = guided and x0_iters == 0
+        multistep = SOLVER == "dpm++2m" and not x_t_guided and known is None and eta == 0
+        sampler = DPMSolverSampler(self.schedule) if multistep else \
+            DDIMSampler(self.schedule, eta=eta)
         timesteps = sampler.set_timesteps(steps, "linspace" if x_t_guided else SPACING
                                           ).tolist()
 

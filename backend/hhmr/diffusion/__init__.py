@@ -1,6 +1,7 @@
-"""Noise schedule, DDIM sampler and condition-aligned guidance; independent of any network."""
+"""Noise schedule, DDIM and DPM-Solver++ samplers, condition-aligned guidance; independent of
+any network."""
 
-from hhmr.diffusion.ddim import DDIMSampler
+from hhmr.diffusion.ddim import DDIMSampler, DPMSolverSampler
 from hhmr.diffusion.guidance import (
     GuidanceOperator,
     JointOperator,
@@ -12,6 +13,7 @@ from hhmr.diffusion.schedule import CosineSchedule
 __all__ = [
     "CosineSchedule",
     "DDIMSampler",
+    "DPMSolverSampler",
     "GuidanceOperator",
     "JointOperator",
     "ProjectionOperator",

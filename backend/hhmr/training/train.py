@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import tomllib
 from dataclasses import fields
 from pathlib import Path
@@ -174,12 +175,16 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
                           "wall_minutes": round(clock.wall_seconds() / 60, 2)}]
 
     def save(path: Path) -> None:
+        """Write through a temporary file, so a run killed while saving keeps its last
+        checkpoint whole."""
+        tmp = path.with_suffix(".tmp")
         torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
                     "ema": None if ema is None else ema.state,
                     "elapsed_s": clock.seconds(), "wall_elapsed_s": clock.wall_seconds(),
                     "config": config,
                     "history": history, "hand": hand.name, "command": command,
-                    "stages": all_stages(), "num_vertices": hand.num_vertices}, path)
+                    "stages": all_stages(), "num_vertices": hand.num_vertices}, tmp)
+        os.replace(tmp, path)
 
     while step < tcfg["max_steps"]:
         if clock.minutes() > tcfg["max_minutes"]:
