@@ -7,14 +7,16 @@ on the tuning seed (100) unless told. Prints one JSON object.
 - apd_size_free_mm: APD after scaling each hand to the set's mean palm length (pose only).
 - apd_by_region_mm: APD over the vertices each region's bones dominate.
 
-Usage: python tools/dispersion.py [WEIGHTS.pt] [--num 64] [--seed 100]   (under a minute)
+Usage: python tools/dispersion.py [WEIGHTS.pt] [--num 64] [--seed 100]
+       [--solver ddim|dpm++2m] [--spacing trailing|front|...] [--steps 10]   (under a minute)
 """
 
 import argparse
 import json
 
 import torch
-from hhmr import metrics
+from hhmr import metrics, pipeline
+from hhmr.diffusion.ddim import SPACINGS
 from hhmr.evaluate_tasks import generation_sets
 from hhmr.hand import FINGERS, KEYPOINT_NAMES
 from hhmr.hand.topology import finger_of_joint
@@ -43,17 +45,23 @@ def main() -> None:
     ap.add_argument("weights", nargs="?", default=None)
     ap.add_argument("--num", type=int, default=64)
     ap.add_argument("--seed", type=int, default=100)
+    ap.add_argument("--solver", choices=["ddim", "dpm++2m"], help="default: the pipeline's")
+    ap.add_argument("--spacing", choices=SPACINGS, help="default: the pipeline's")
+    ap.add_argument("--steps", type=int, default=10)
     args = ap.parse_args()
+    pipeline.SOLVER = args.solver or pipeline.SOLVER
+    pipeline.SPACING = args.spacing or pipeline.SPACING
     pipe = HandDiffusionPipeline.from_pretrained(args.weights)
     bone = pipe.hand.weights.cpu().argmax(1)  # dominant bone of each vertex
     finger = torch.tensor([-1 if int(b) == 0 else finger_of_joint(int(b)) for b in bone])
     regions = {"palm": torch.nonzero(finger == -1).squeeze(1)}
     regions |= {name: torch.nonzero(finger == f).squeeze(1) for f, name in enumerate(FINGERS)}
-    sets = generation_sets(pipe, args.num, args.seed)
+    sets = generation_sets(pipe, args.num, args.seed, args.steps)
     reg = pipe.regressor.cpu()
     out = {name: describe(v, reg, regions) for name, v in sets.items()}
     print(json.dumps({"weights": args.weights or "weights/hhmr_prior.pt", "num": args.num,
-                      "seed": args.seed, **out}))
+                      "seed": args.seed, "steps": args.steps, "solver": pipeline.SOLVER,
+                      "spacing": pipeline.SPACING, **out}))
 
 
 if __name__ == "__main__":
