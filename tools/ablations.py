@@ -15,11 +15,16 @@ import sys
 import time
 from pathlib import Path
 
+from hhmr import pipeline
 from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
 X_T_EVERYWHERE = ["--space", "refit3d=x_t", "--space", "inpaint=x_t", "--space", "fit2d=x_t"]
 GUIDED = "refit3d,fit2d"
+
+# the sampler defaults the flags change (recorded with each variant: a partial run keeps
+# variants measured under earlier defaults)
+DEFAULTS = {"solver": pipeline.SOLVER, "spacing": pipeline.SPACING}
 
 # name: (compare_weights flags, tasks). "default" is the shipped sampler.
 VARIANTS: dict[str, tuple[list[str], str]] = {
@@ -61,7 +66,10 @@ def tables(doc: dict) -> str:
     """docs/diffusion.md's tables (PA-MPVPE, PA-MPJPE pairs) from an ablations JSON."""
     v = {k: x["results"] for k, x in doc["variants"].items()}
     d = v["default"]
-    lines = ["Guided step (default | x_t space | x0, smooth influence | raw x0 gradient):"]
+    old = {k: x.get("defaults", "DDIM, trailing (before 2026-11-22)")
+           for k, x in doc["variants"].items() if x.get("defaults") != DEFAULTS}
+    lines = [f"Measured under other sampler defaults: {old}"] if old else []
+    lines += ["Guided step (default | x_t space | x0, smooth influence | raw x0 gradient):"]
     for task in ("refit3d_guided", "fit2d_guided"):
         row = [_pair(v[k], task) for k in ("default", "x_t_space", "joint_influence_smooth",
                                           "joint_influence_none")]
@@ -125,7 +133,8 @@ def main() -> None:
     start = time.perf_counter()
     for name in tqdm(names, desc="ablations"):
         flags, tasks = VARIANTS[name]
-        out[name] = {"flags": flags, "tasks": tasks, "results": run(args.weights, flags, tasks)}
+        out[name] = {"flags": flags, "tasks": tasks, "defaults": DEFAULTS,
+                     "results": run(args.weights, flags, tasks)}
     out = {k: out[k] for k in VARIANTS if k in out}
     doc = {"weights": args.weights, "seed": 100,
            "command": "python tools/ablations.py " + args.weights + " [--only NAMES]",

@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "{1, 8, 16} and steps in {10, 25, 50}")
     p.add_argument("--num", type=int, default=50, help="held-out samples")
     p.add_argument("--seed", type=int, default=0, help="held-out seed (offset by 1e6)")
-    p.add_argument("--steps", type=int, default=10, help="DDIM steps")
+    p.add_argument("--steps", type=int, default=10, help="sampling steps")
     p.add_argument("--n", type=int, default=1, help="hypotheses per sample (min-of-n)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale override")
     p.add_argument("--weights", default=None, help="model file (default weights/hhmr_prior.pt)")
@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--curve-secret-key", default=None,
                    help="CurveZMQ secret key file (zmq.auth); required off loopback")
     p.add_argument("--max-n", type=int, default=64, help="most hypotheses per request")
-    p.add_argument("--max-steps", type=int, default=200, help="most DDIM steps per request")
+    p.add_argument("--max-steps", type=int, default=200, help="most sampling steps per request")
     p.add_argument("--workers", type=int, default=0,
                    help="N > 0: a broker (ZeroMQ proxy) in front of N worker processes")
     p.add_argument("--broker-only", action="store_true",

@@ -41,7 +41,7 @@ class HHMR_ObjectSettings(bpy.types.PropertyGroup):
 class HHMR_SceneSettings(bpy.types.PropertyGroup):
     n: IntProperty(name="Hypotheses", default=8, min=1, max=64)
     steps: IntProperty(name="Steps", default=10, min=1, max=200,
-                       description="Diffusion (DDIM) steps")
+                       description="Diffusion sampling steps")
     seed: IntProperty(name="Seed", default=0, min=0)
     guidance_strength: FloatProperty(
         name="Guidance", default=1.0, min=0.0, soft_max=2.0, precision=2,
