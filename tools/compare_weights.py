@@ -83,7 +83,7 @@ if __name__ == "__main__":
     ap.add_argument("weights", nargs="+")
     ap.add_argument("--spacing", choices=SPACINGS,
                     help="timesteps of unguided and x0-guided runs")
-    ap.add_argument("--solver", choices=["ddim", "dpm++2m"],
+    ap.add_argument("--solver", choices=pipeline.SOLVERS,
                     help="solver of unguided and x0-guided runs")
     ap.add_argument("--final-iters", type=int, help="guided moves at the last step, all tasks")
     ap.add_argument("--inpaint-cap", help="move cap for inpainting by guidance alone, or none")

@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("weights", nargs="?", default=None)
     ap.add_argument("--num", type=int, default=64)
     ap.add_argument("--seed", type=int, default=100)
-    ap.add_argument("--solver", choices=["ddim", "dpm++2m"], help="default: the pipeline's")
+    ap.add_argument("--solver", choices=pipeline.SOLVERS, help="default: the pipeline's")
     ap.add_argument("--spacing", choices=SPACINGS, help="default: the pipeline's")
     ap.add_argument("--steps", type=int, default=10)
     args = ap.parse_args()

@@ -103,6 +103,7 @@ SPACING = "front"
 # the multistep extrapolation would mix in a prediction from before the change
 # [solver_ddim, spacing_trailing]
 SOLVER = "dpm++2m"
+SOLVERS = ("ddim", "dpm++2m")  # what SOLVER may be
 
 
 def _rms_factor(step: torch.Tensor, max_rms: float) -> torch.Tensor:

@@ -95,8 +95,9 @@ class DPMSolverSampler(DDIMSampler):
         self._last = None
         return super().set_timesteps(num_steps, spacing)
 
-    def _log_snr(self, t: int) -> float:
-        ab = float(self.schedule.alpha_bar(torch.tensor(t)))
+    @staticmethod
+    def _log_snr(ab: float) -> float:
+        """log(alpha / sigma) of a timestep with alpha_bar ab."""
         return 0.5 * (math.log(ab) - math.log1p(-ab))
 
     def step(self, x0_pred: torch.Tensor, t: int, x_t: torch.Tensor,
@@ -105,7 +106,9 @@ class DPMSolverSampler(DDIMSampler):
         prev = self.previous(t)
         if prev < 0:
             return x0_pred
-        lam_t, lam_prev = self._log_snr(t), self._log_snr(prev)
+        ab_t = float(self.schedule.alpha_bar(torch.tensor(t)))
+        ab_prev = float(self.schedule.alpha_bar(torch.tensor(prev)))
+        lam_t, lam_prev = self._log_snr(ab_t), self._log_snr(ab_prev)
         h = lam_prev - lam_t
         d = x0_pred
         if self._last is not None and self._last[2] == t:
@@ -113,7 +116,5 @@ class DPMSolverSampler(DDIMSampler):
             r = (lam_t - lam_before) / h
             d = (1 + 0.5 / r) * x0_pred - (0.5 / r) * x0_before
         self._last = (x0_pred, lam_t, prev)
-        ab_t = float(self.schedule.alpha_bar(torch.tensor(t)))
-        ab_prev = float(self.schedule.alpha_bar(torch.tensor(prev)))
         ratio = ((1 - ab_prev) / (1 - ab_t)) ** 0.5  # sigma_prev / sigma_t
         return ratio * x_t + ab_prev ** 0.5 * (-math.expm1(-h)) * d
