@@ -1,9 +1,11 @@
 """Where hands self-intersect: each intersecting face pair classified by the bones that
 dominate its two faces (skinning weights): within one bone (a fold or collapse of that part),
 two bones of one finger, two fingers, or the palm against a finger. For generated hands, the
-pose prior's and the PCA baseline's, on the tuning seed (100). Prints one JSON object.
+pose prior's and the PCA baseline's: the sets `hhmr evaluate --task generate` measures, on
+the tuning seed (100) unless told. Prints one JSON object.
 
-Usage: python tools/intersections_by_bone.py [WEIGHTS.pt] [--num 64]   (about a minute)
+Usage: python tools/intersections_by_bone.py [WEIGHTS.pt] [--num 64] [--seed 100]
+       [--solver ddim|dpm++2m] [--spacing trailing|front|...]   (about a minute)
 """
 
 import argparse
@@ -12,14 +14,13 @@ from collections import Counter
 
 import numpy as np
 import torch
-from hhmr.baselines import PosePCA
-from hhmr.data.poses import PosePrior
+from hhmr import pipeline
+from hhmr.diffusion.ddim import SPACINGS
+from hhmr.evaluate_tasks import generation_sets
 from hhmr.hand import JOINT_NAMES
 from hhmr.hand.topology import finger_of_joint
 from hhmr.mesh import self_intersecting_pairs
 from hhmr.pipeline import HandDiffusionPipeline
-
-SEED = 1_000_100
 
 
 def category(a: int, b: int) -> str:
@@ -52,20 +53,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("weights", nargs="?", default=None)
     ap.add_argument("--num", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=100)
+    ap.add_argument("--solver", choices=pipeline.SOLVERS, help="default: the pipeline's")
+    ap.add_argument("--spacing", choices=SPACINGS, help="default: the pipeline's")
     args = ap.parse_args()
+    pipeline.SOLVER = args.solver or pipeline.SOLVER
+    pipeline.SPACING = args.spacing or pipeline.SPACING
     pipe = HandDiffusionPipeline.from_pretrained(args.weights)
-    hand = pipe.hand.cpu()
-    faces = hand.faces.cpu().numpy()
-    face_bone = hand.weights.cpu().numpy()[faces].sum(1).argmax(1)
-    gen = torch.Generator().manual_seed(SEED)
-    s = PosePrior(hand, random_orient=False).sample(args.num, generator=gen)
-    with torch.no_grad():
-        meshes = {"diffusion": pipe.generate(args.num, seed=SEED).vertices,
-                  "pose_prior": hand(None, s.hand_pose, s.betas).vertices,
-                  "pca": hand(None, PosePCA(hand).sample(args.num, gen), s.betas).vertices}
-    out = {name: classify(v, faces, face_bone) for name, v in meshes.items()}
+    faces = pipe.hand.faces.cpu().numpy()
+    face_bone = pipe.hand.weights.cpu().numpy()[faces].sum(1).argmax(1)
+    sets = generation_sets(pipe, args.num, args.seed)
+    out = {name: classify(v, faces, face_bone) for name, v in sets.items()}
     print(json.dumps({"weights": args.weights or "weights/hhmr_prior.pt", "num": args.num,
-                      "seed": 100, **out}))
+                      "seed": args.seed, "solver": pipeline.SOLVER,
+                      "spacing": pipeline.SPACING, **out}))
 
 
 if __name__ == "__main__":
