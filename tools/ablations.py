@@ -9,6 +9,7 @@ Usage: python tools/ablations.py [WEIGHTS.pt] [--out weights/eval/ablations.json
 """
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -62,13 +63,19 @@ def _pair(r: dict, task: str) -> str:
     return f"{r[task + '_pa_mpvpe_mm']:.2f}, {r[task + '_pa_mpjpe_mm']:.2f} mm"
 
 
+def weights_digest(path: str) -> str:
+    """The first 12 hex digits of a weight file's SHA-256: which weights a run measured."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
 def tables(doc: dict) -> str:
     """docs/diffusion.md's tables (PA-MPVPE, PA-MPJPE pairs) from an ablations JSON."""
     v = {k: x["results"] for k, x in doc["variants"].items()}
     d = v["default"]
     old = {k: x.get("defaults", "DDIM, trailing (before 2026-11-22)")
            for k, x in doc["variants"].items() if x.get("defaults") != DEFAULTS}
-    lines = [f"Measured under other sampler defaults: {old}"] if old else []
+    lines = [f"Weights: {doc['weights']} (sha256 {doc.get('weights_sha256', 'not recorded')})"]
+    lines += [f"Measured under other sampler defaults: {old}"] if old else []
     lines += ["Guided step (default | x_t space | x0, smooth influence | raw x0 gradient):"]
     for task in ("refit3d_guided", "fit2d_guided"):
         row = [_pair(v[k], task) for k in ("default", "x_t_space", "joint_influence_smooth",
@@ -126,9 +133,10 @@ def main() -> None:
     names = args.only or list(VARIANTS)
     out: dict[str, dict] = {}
     path = Path(args.out)
+    digest = weights_digest(args.weights)
     if args.only and path.exists():  # keep the other variants of the same weights
         old = json.loads(path.read_text())
-        if old.get("weights") == args.weights:
+        if old.get("weights_sha256") == digest:
             out = old["variants"]
     start = time.perf_counter()
     for name in tqdm(names, desc="ablations"):
@@ -136,7 +144,7 @@ def main() -> None:
         out[name] = {"flags": flags, "tasks": tasks, "defaults": DEFAULTS,
                      "results": run(args.weights, flags, tasks)}
     out = {k: out[k] for k in VARIANTS if k in out}
-    doc = {"weights": args.weights, "seed": 100,
+    doc = {"weights": args.weights, "weights_sha256": digest, "seed": 100,
            "command": "python tools/ablations.py " + args.weights + " [--only NAMES]",
            "last_run": {"variants": names,
                         "minutes": round((time.perf_counter() - start) / 60, 1)},
