@@ -132,7 +132,8 @@ def main() -> None:
         *training_commands(ckpt),
         f"- Config: `backend/hhmr/configs/prior.toml` (model {cfg['model']}, batch "
         f"{cfg['train']['batch_size']}, lr {cfg['train']['lr']}, timestep focus "
-        f"{cfg['train'].get('t_focus', 0.0)})",
+        f"{cfg['train'].get('t_focus', 0.0)}, timestep weighting "
+        f"{cfg['train'].get('t_weighting', 'uniform')}, loss weights {cfg['loss']})",
         f"- Device: {ckpt.get('device', 'cpu')} (this project's 2-core CPU machine)",
         f"- Steps: {ckpt['step']}, " + run_time(ckpt),
         "- Weights: " + (f"exponential moving average (decay {ckpt['ema_decay']})"
