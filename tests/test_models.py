@@ -454,6 +454,34 @@ def test_mesh_losses_weight_each_sample(hand, gen):
     good_only = losses(pred[:2], target[:2])
     assert all(torch.allclose(without_bad[k], good_only[k]) for k in plain)
     assert without_bad["total"] < 0.5 * plain["total"]
+    # the squared x0 error is off unless weighted, and then adds its weighted mean
+    assert torch.allclose(plain["vertex_mse"], (pred - target).square().mean())
+    with_mse = MeshLosses(hand.keypoint_regressor, hand.faces,
+                          {**losses.weights, "vertex_mse": 10.0})(pred, target)
+    assert torch.allclose(with_mse["total"], plain["total"] + 10.0 * plain["vertex_mse"])
+
+
+def test_squared_x0_error_is_minimised_by_the_mean_and_l1_by_the_median(hand):
+    """Why `loss.vertex_mse` exists: DDIM assumes the net predicts E[x0 | x_t]. Over a skewed
+    set of targets the best constant prediction under L1 is their median, under the squared
+    error their mean."""
+    from hhmr.training.losses import MeshLosses
+
+    losses = MeshLosses(hand.keypoint_regressor, hand.faces, {})
+    base = hand.v_template[None] * 10
+    offsets = torch.tensor([0.0, 0.0, 0.0, 0.1, 1.0])  # skewed: median 0, mean 0.22
+    target = base + offsets[:, None, None]
+
+    def loss_at(c: float, term: str) -> float:
+        return float(losses(base.expand(5, -1, -1) + c, target)[term])
+
+    median, mean = 0.0, 0.22
+    assert loss_at(median, "vertex") < min(loss_at(median - 0.02, "vertex"),
+                                           loss_at(median + 0.02, "vertex"),
+                                           loss_at(mean, "vertex"))
+    assert loss_at(mean, "vertex_mse") < min(loss_at(mean - 0.02, "vertex_mse"),
+                                             loss_at(mean + 0.02, "vertex_mse"),
+                                             loss_at(median, "vertex_mse"))
 
 
 def test_config_overrides():

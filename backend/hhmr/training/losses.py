@@ -1,6 +1,6 @@
 """Training losses on predicted meshes (model units): x0/vertex L1, joints L1 through the
-regressor, normal consistency and edge lengths against the ground-truth mesh; and the
-per-timestep weights that can rebalance them."""
+regressor, normal consistency and edge lengths against the ground-truth mesh, an optional x0
+squared error; and the per-timestep weights that can rebalance them."""
 
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ class MeshLosses:
         e = self.edges.to(pred.device)
         per_sample = {
             "vertex": (pred - target).abs().mean((1, 2)),
+            # L1 pulls the net to the posterior's median, the squared error to its mean, which
+            # is what DDIM assumes; weighted up, it rules where errors are large (high noise)
+            "vertex_mse": (pred - target).square().mean((1, 2)),
             "joint": (self.regressor @ pred - self.regressor @ target).abs().mean((1, 2)),
             "normal": (1 - (face_normals(pred, self.faces) *
                             face_normals(target, self.faces)).sum(-1)).mean(1),
