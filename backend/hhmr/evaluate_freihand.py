@@ -31,10 +31,14 @@ def load_freihand(root: Path, split: str = "evaluation") -> list[dict]:
              "xyz": np.array(xyz[i], np.float32), "hand": hands[i]} for i in range(len(K))]
 
 
+def _project(xyz: np.ndarray, K: np.ndarray) -> np.ndarray:
+    p = xyz @ K.T
+    return p[:, :2] / p[:, 2:]
+
+
 def _match(dets, xyz: np.ndarray, K: np.ndarray):
     """The detection nearest to the ground-truth hand (mean 2D keypoint distance)."""
-    p = xyz @ K.T
-    gt2d = p[:, :2] / p[:, 2:]
+    gt2d = _project(xyz, K)
     return min(dets, key=lambda d: float(np.linalg.norm(d.keypoints - gt2d, axis=1).mean()))
 
 
@@ -54,6 +58,9 @@ def evaluate_freihand(root: str | Path, split: str = "evaluation", n: int = 1, s
             continue
         detected += 1
         det = _match(dets, s["xyz"], s["K"])
+        # the detector's 2D error: the noise that fitting to its keypoints starts from
+        err2d = np.linalg.norm(det.keypoints - _project(s["xyz"], s["K"]), axis=1)
+        rows["mediapipe_world"].setdefault("keypoint_2d_px", []).append(float(err2d.mean()))
         side = s["hand"] or det.handedness
         gt = torch.from_numpy(s["xyz"])[None]
         preds = {"mediapipe_world": torch.from_numpy(det.world)[None]}
