@@ -8,7 +8,8 @@ on the tuning seed (100) unless told. Prints one JSON object.
 - apd_by_region_mm: APD over the vertices each region's bones dominate.
 
 Usage: python tools/dispersion.py [WEIGHTS.pt] [--num 64] [--seed 100]
-       [--solver ddim|dpm++2m] [--spacing trailing|front|...] [--steps 10]   (under a minute)
+       [--solver ddim|dpm++2m] [--spacing trailing|front|...] [--steps 10]
+       [--eta 0.0]   (eta > 0 adds fresh noise at each step and samples with DDIM; under a minute)
 """
 
 import argparse
@@ -48,6 +49,7 @@ def main() -> None:
     ap.add_argument("--solver", choices=pipeline.SOLVERS, help="default: the pipeline's")
     ap.add_argument("--spacing", choices=SPACINGS, help="default: the pipeline's")
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--eta", type=float, default=0.0)
     args = ap.parse_args()
     pipeline.SOLVER = args.solver or pipeline.SOLVER
     pipeline.SPACING = args.spacing or pipeline.SPACING
@@ -56,11 +58,12 @@ def main() -> None:
     finger = torch.tensor([-1 if int(b) == 0 else finger_of_joint(int(b)) for b in bone])
     regions = {"palm": torch.nonzero(finger == -1).squeeze(1)}
     regions |= {name: torch.nonzero(finger == f).squeeze(1) for f, name in enumerate(FINGERS)}
-    sets = generation_sets(pipe, args.num, args.seed, args.steps)
+    sets = generation_sets(pipe, args.num, args.seed, args.steps, args.eta)
     reg = pipe.regressor.cpu()
     out = {name: describe(v, reg, regions) for name, v in sets.items()}
     print(json.dumps({"weights": args.weights or "weights/hhmr_prior.pt", "num": args.num,
-                      "seed": args.seed, "steps": args.steps, "solver": pipeline.SOLVER,
+                      "seed": args.seed, "steps": args.steps, "eta": args.eta,
+                      "solver": "ddim" if args.eta > 0 else pipeline.SOLVER,
                       "spacing": pipeline.SPACING, **out}))
 
 

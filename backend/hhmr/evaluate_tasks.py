@@ -47,14 +47,15 @@ def _si(verts: torch.Tensor, faces) -> list[float]:
     return metrics.self_intersection_pct(verts, faces).tolist()
 
 
-def generation_sets(pipe, num: int, seed: int, steps: int = 10) -> dict[str, torch.Tensor]:
+def generation_sets(pipe, num: int, seed: int, steps: int = 10, eta: float = 0.0
+                    ) -> dict[str, torch.Tensor]:
     """num generated hands and as many of each baseline (pose prior, pose PCA with the
     prior's shapes) for evaluation seed `seed`: vertices [num, V, 3], wrist at the origin,
     generated hands turned to the template's orientation (the baselines have no rotation)."""
     gen = torch.Generator().manual_seed(EVAL_SEED_OFFSET + seed)
     hand = pipe.hand.cpu()
-    ours = canonical(pipe, pipe.generate(num, steps=steps, seed=EVAL_SEED_OFFSET + seed)
-                     .vertices)
+    ours = canonical(pipe, pipe.generate(num, steps=steps, seed=EVAL_SEED_OFFSET + seed,
+                                         eta=eta).vertices)
     s = PosePrior(hand, random_orient=False).sample(num, generator=gen)
     with torch.no_grad():
         prior = hand(None, s.hand_pose, s.betas).vertices
