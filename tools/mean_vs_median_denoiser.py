@@ -1,10 +1,13 @@
-"""Why the training loss has a squared x0 term (`loss.vertex_mse`): DDIM and DPM-Solver assume
-the net predicts the posterior mean E[x0 | x_t]; an L1 loss teaches the posterior median.
+"""What an L1 loss's median denoiser does to a sampler's spread, the idea behind the optional
+squared x0 term (`loss.vertex_mse`, 0 in the config: run v8 with it spread less, see
+docs/diffusion.md). DDIM and DPM-Solver assume the net predicts the posterior mean
+E[x0 | x_t]; an L1 loss teaches the posterior median.
 
 On a skewed 1D distribution (a shifted gamma, like a finger's flexion: most hands near one
 end, a long tail) this runs the exact posterior-mean and posterior-median denoisers, computed
-on a grid, through the project's cosine schedule and DDIM sampler, and prints the spread and
-centre of the samples against the data's. No network is involved: the gap is the estimator's.
+on a grid, through the project's cosine schedule and its DPM-Solver++ and DDIM samplers, and
+prints the spread and centre of the samples against the data's. No network is involved: the
+gap is the estimator's.
 
 Usage: python tools/mean_vs_median_denoiser.py [--samples 10000]   (seconds)
 """
@@ -56,8 +59,7 @@ def main() -> None:
                 x0 = posterior_denoiser(grid, prior, a, kind)(x.numpy())
                 x = sampler.step(torch.from_numpy(x0), int(t), x)
             print(f"{name} {spacing} {steps:2d} steps, posterior {kind:6s}: "
-                  f"s.d. {float(x.std()):.3f}, "
-                  f"mean {float(x.mean()):.3f}")
+                  f"s.d. {float(x.std()):.3f}, mean {float(x.mean()):.3f}")
 
 
 if __name__ == "__main__":
