@@ -80,6 +80,18 @@ def test_timesteps_strictly_decrease_for_every_count(spacing):
         assert t[-1] >= 0, steps
 
 
+def test_front_timesteps_can_end_earlier():
+    sampler = DPMSolverSampler(CosineSchedule())
+    for steps in (2, 10, 50):
+        t = sampler.set_timesteps(steps, "front", last=20)
+        assert t[0] == 999 and t[-1] == 20 and (t.diff() < 0).all()
+        assert (t.diff().diff() <= 1).all()  # still dense at high noise
+    assert sampler.set_timesteps(10, "front", last=99).equal(sampler.set_timesteps(10, "front"))
+    for spacing, last in (("trailing", 20), ("front", -1), ("front", 999)):
+        with pytest.raises(ValueError, match="last"):
+            sampler.set_timesteps(10, spacing, last=last)
+
+
 def _sample_gaussian(sampler, steps: int, spacing: str, sd: float) -> float:
     """Standard deviation of 20000 draws of N(0, sd^2) data sampled with the exact denoiser."""
     s = sampler.schedule

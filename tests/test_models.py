@@ -263,7 +263,10 @@ def test_inpainting_with_replacement_guides_only_its_early_steps(hand):
 
 def test_only_x_t_guided_runs_end_at_t0(hand):
     """x_t guidance's last move must land on the output (linspace, ending at t=0); unguided
-    and x0-guided runs return the net's x0 at t=T/n (trailing)."""
+    and x0-guided runs return the net's x0 at t=T/n (trailing), but for generation, which
+    returns it at its FINAL_TIMESTEP, or at T/n when that is lower."""
+    from hhmr.pipeline import FINAL_TIMESTEP
+
     net = CountingDenoiser()
     pipe = HandDiffusionPipeline(net, hand)
     joints = hand.keypoint_regressor @ hand.v_template
@@ -271,9 +274,12 @@ def test_only_x_t_guided_runs_end_at_t0(hand):
         net.timesteps = []
         pipe.refit3d(joints, n=1, steps=10, guidance_space=space)
         assert net.timesteps[0] == 999 and net.timesteps[-1] == last, space
-    net.timesteps = []
-    pipe.generate(1, steps=10)
-    assert net.timesteps[-1] == 99
+    final = FINAL_TIMESTEP["generate"]
+    assert 0 <= final < 99
+    for steps, last in ((10, final), (200, min(final, 4)), (1, 999)):
+        net.timesteps = []
+        pipe.generate(1, steps=steps)
+        assert len(net.timesteps) == steps and net.timesteps[-1] == last, steps
 
 
 def test_multistep_solver_only_where_nothing_changes_the_sample_between_steps(

@@ -25,7 +25,8 @@ GUIDED = "refit3d,fit2d"
 
 # the sampler defaults the flags change (recorded with each variant: a partial run keeps
 # variants measured under earlier defaults)
-DEFAULTS = {"solver": pipeline.SOLVER, "spacing": pipeline.SPACING}
+DEFAULTS = {"solver": pipeline.SOLVER, "spacing": pipeline.SPACING,
+            "generate_last": pipeline.FINAL_TIMESTEP.get("generate")}
 
 # name: (compare_weights flags, tasks). "default" is the shipped sampler.
 VARIANTS: dict[str, tuple[list[str], str]] = {
@@ -43,6 +44,9 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "solver_ddim": (["--solver", "ddim"], "refit3d,fit2d,inpaint,generate"),
     "ddim_trailing": (["--solver", "ddim", "--spacing", "trailing"],
                       "refit3d,fit2d,inpaint,generate"),
+    "generate_last_99": (["--generate-last", "99"], "generate"),
+    "generate_last_40": (["--generate-last", "40"], "generate"),
+    "generate_last_10": (["--generate-last", "10"], "generate"),
     "replace_fraction_1.0": (["--replace-fraction", "1.0"], "inpaint"),
     "replace_fraction_0.7": (["--replace-fraction", "0.7"], "inpaint"),
     "replace_fraction_0.5": (["--replace-fraction", "0.5"], "inpaint"),

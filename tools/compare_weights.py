@@ -11,7 +11,8 @@ TASK=SPACE (guidance space per task key, e.g. --space refit3d=x_t --space inpain
 --joint-influence bones|smooth|none (how x0 guidance spreads its joint-space gradient; none:
 the raw gradient), --refit-camera (fit2d solves its camera at every x0 gradient step instead
 of once per sampling step), --random-first (hypothesis 0 of refit3d and fit2d from random
-noise instead of the noise's mean), --tasks refit3d,fit2d,inpaint,generate (a subset).
+noise instead of the noise's mean), --generate-last T (generation's last timestep; 99 was the
+default before 2026-12-01), --tasks refit3d,fit2d,inpaint,generate (a subset).
 """
 
 import argparse
@@ -98,6 +99,8 @@ if __name__ == "__main__":
                     help="fit2d: solve the camera at every x0 gradient step")
     ap.add_argument("--random-first", action="store_true",
                     help="refit3d and fit2d: hypothesis 0 from random noise, not its mean")
+    ap.add_argument("--generate-last", type=int, metavar="T",
+                    help="generation's last timestep (pipeline.FINAL_TIMESTEP)")
     ap.add_argument("--tasks", default=",".join(TASKS),
                     help="comma-separated subset of " + ",".join(TASKS))
     args = ap.parse_args()
@@ -121,6 +124,8 @@ if __name__ == "__main__":
         pipeline.SPACING = args.spacing
     if args.solver:
         pipeline.SOLVER = args.solver
+    if args.generate_last is not None:
+        pipeline.FINAL_TIMESTEP["generate"] = args.generate_last
     if args.final_iters is not None:
         pipeline.FINAL_GUIDANCE_ITERS.update(
             {k: args.final_iters for k in ("inpaint", "refit3d", "fit2d")})

@@ -10,6 +10,7 @@ on the tuning seed (100) unless told. Prints one JSON object.
 Usage: python tools/dispersion.py [WEIGHTS.pt] [--num 64] [--seed 100]
        [--solver ddim|dpm++2m] [--spacing trailing|front|...] [--steps 10]
        [--eta 0.0]   (eta > 0 adds fresh noise at each step and samples with DDIM; under a minute)
+       [--generate-last T]   (generation's last timestep, pipeline.FINAL_TIMESTEP)
 """
 
 import argparse
@@ -50,7 +51,10 @@ def main() -> None:
     ap.add_argument("--spacing", choices=SPACINGS, help="default: the pipeline's")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--eta", type=float, default=0.0)
+    ap.add_argument("--generate-last", type=int, metavar="T")
     args = ap.parse_args()
+    if args.generate_last is not None:
+        pipeline.FINAL_TIMESTEP["generate"] = args.generate_last
     pipeline.SOLVER = args.solver or pipeline.SOLVER
     pipeline.SPACING = args.spacing or pipeline.SPACING
     pipe = HandDiffusionPipeline.from_pretrained(args.weights)
@@ -64,7 +68,8 @@ def main() -> None:
     print(json.dumps({"weights": args.weights or "weights/hhmr_prior.pt", "num": args.num,
                       "seed": args.seed, "steps": args.steps, "eta": args.eta,
                       "solver": "ddim" if args.eta > 0 else pipeline.SOLVER,
-                      "spacing": pipeline.SPACING, **out}))
+                      "spacing": pipeline.SPACING,
+                      "generate_last": pipeline.FINAL_TIMESTEP.get("generate"), **out}))
 
 
 if __name__ == "__main__":

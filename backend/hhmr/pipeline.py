@@ -104,6 +104,12 @@ SPACING = "front"
 # [solver_ddim, spacing_trailing]
 SOLVER = "dpm++2m"
 SOLVERS = ("ddim", "dpm++2m")  # what SOLVER may be
+# Tasks whose "front" runs end at this timestep (or at the spacing's own last one, T/n - 1,
+# when that is lower) and return the net's x0 there. The x0 at t=99 is the mean of the hands
+# a noisy hand could be (17 mm of noise per coordinate), narrower than a draw: right for a
+# fit's best guess, too narrow for generation, whose hands should spread like the data's
+# [generate_last_99]
+FINAL_TIMESTEP: dict[str, int] = {"generate": 20}
 
 
 def _rms_factor(step: torch.Tensor, max_rms: float) -> torch.Tensor:
@@ -252,12 +258,14 @@ class HandDiffusionPipeline:
                 operator: GuidanceOperator | None, steps: int, eta: float,
                 guidance_scale: float, known: tuple[torch.Tensor, torch.Tensor] | None,
                 max_step: float | None = None, final_iters: int = 1, x0_iters: int = 0,
-                guided_fraction: float | None = None) -> torch.Tensor:
+                guided_fraction: float | None = None, final_t: int | None = None
+                ) -> torch.Tensor:
         """DPM-Solver++(2M) or DDIM (SOLVER) with optional guidance (each move capped at
         `max_step` RMS; in x_t space with `final_iters` moves at the last step, or in x0 space
         with `x0_iters` gradient steps on each prediction; on the first `guided_fraction` of
-        the steps only, if given) and, for inpainting, replacement of `known` = (x_obs
-        [B, V, 3] metres, keep [B, V]) at each step. Each block of the batch draws its noise
+        the steps only, if given; "front" runs end at `final_t` if that is earlier) and,
+        for inpainting, replacement of `known` = (x_obs [B, V, 3] metres, keep [B, V]) at
+        each step. Each block of the batch draws its noise
         from its own seed, so batching requests changes their results by float rounding
         alone (batch sizes take different CPU kernels)."""
         v = self.hand.num_vertices
@@ -287,8 +295,11 @@ class HandDiffusionPipeline:
         multistep = SOLVER == "dpm++2m" and not x_t_guided and known is None and eta == 0
         sampler = DPMSolverSampler(self.schedule) if multistep else \
             DDIMSampler(self.schedule, eta=eta)
-        timesteps = sampler.set_timesteps(steps, "linspace" if x_t_guided else SPACING
-                                          ).tolist()
+        spacing = "linspace" if x_t_guided else SPACING
+        T = self.schedule.num_train_steps
+        last = None if final_t is None or spacing != "front" or steps < 2 else \
+            min(final_t, round(T / steps) - 1)
+        timesteps = sampler.set_timesteps(steps, spacing, last).tolist()
 
         def guidance_move(x: torch.Tensor, tt: torch.Tensor) -> tuple[torch.Tensor, ...]:
             """x0 and the guidance move -s grad_x ||P f(x) - P x_obs||^2 (capped)."""
@@ -381,7 +392,7 @@ class HandDiffusionPipeline:
             verts = self._sample(cond, noises, op, ps[0].steps,
                                  ps[0].eta, ps[0].scale, known, MAX_GUIDANCE_STEP.get(task),
                                  FINAL_GUIDANCE_ITERS.get(task, 1), ps[0].x0_iters,
-                                 GUIDED_FRACTION.get(task))
+                                 GUIDED_FRACTION.get(task), FINAL_TIMESTEP.get(task))
             parts = verts.split([p.n for p in ps])
             for i, p, v in zip(idx, ps, parts, strict=True):
                 h = p.finish(v)

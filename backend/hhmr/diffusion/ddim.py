@@ -21,16 +21,19 @@ class DDIMSampler:
         self.eta = eta
         self.timesteps = torch.empty(0, dtype=torch.long)
 
-    def set_timesteps(self, num_steps: int, spacing: str = "linspace") -> torch.Tensor:
+    def set_timesteps(self, num_steps: int, spacing: str = "linspace",
+                      last: int | None = None) -> torch.Tensor:
         """Timesteps from T-1 down: evenly spaced to 0 ("linspace") or to T/n - 1
         ("trailing", Lin et al. 2024: the last step returns the x0 predicted there), or
         quadratically spaced, denser at low noise, to about T/n^2 ("quadratic", the DDIM
         paper's quad selection run from the top), or from T-1 to trailing's last timestep
-        with steps that grow on the way, dense at high noise ("front", FRONT_POWER): 10
-        steps are 999, 966, 905, ..., 245, 99."""
+        (or to `last`, when given) with steps that grow on the way, dense at high noise
+        ("front", FRONT_POWER): 10 steps are 999, 966, 905, ..., 245, 99."""
         T = self.schedule.num_train_steps
         if not 1 <= num_steps <= T:
             raise ValueError(f"steps must be in [1, {T}]")
+        if last is not None and (spacing != "front" or not 0 <= last < T - 1):
+            raise ValueError(f"last must be in [0, {T - 2}] and goes with the front spacing")
         if spacing == "linspace":
             t = torch.linspace(T - 1, 0, num_steps).round().long()
         elif spacing == "trailing":
@@ -39,7 +42,7 @@ class DDIMSampler:
             t = ((T - 1) * (1 - torch.arange(num_steps) / num_steps) ** 2).round().long()
             t = torch.maximum(t, torch.arange(num_steps - 1, -1, -1))  # strictly decreasing
         elif spacing == "front":
-            last = round(T / num_steps) - 1
+            last = round(T / num_steps) - 1 if last is None else last
             u = torch.arange(num_steps, dtype=torch.float64) / max(num_steps - 1, 1)
             t = (last + (T - 1 - last) * (1 - u ** FRONT_POWER)).round().long()
             t = torch.minimum(t, torch.arange(T - 1, T - 1 - num_steps, -1))  # strictly down
@@ -91,9 +94,10 @@ class DPMSolverSampler(DDIMSampler):
         super().__init__(schedule, 0.0)
         self._last: tuple[torch.Tensor, float, float] | None = None
 
-    def set_timesteps(self, num_steps: int, spacing: str = "linspace") -> torch.Tensor:
+    def set_timesteps(self, num_steps: int, spacing: str = "linspace",
+                      last: int | None = None) -> torch.Tensor:
         self._last = None
-        return super().set_timesteps(num_steps, spacing)
+        return super().set_timesteps(num_steps, spacing, last)
 
     @staticmethod
     def _log_snr(ab: float) -> float:
