@@ -109,7 +109,7 @@ SOLVERS = ("ddim", "dpm++2m")  # what SOLVER may be
 # a noisy hand could be (17 mm of noise per coordinate), narrower than a draw: right for a
 # fit's best guess, too narrow for generation, whose hands should spread like the data's
 # [generate_last_99]
-FINAL_TIMESTEP: dict[str, int] = {"generate": 20}
+FINAL_TIMESTEP: dict[str, int] = {"generate": 10}
 
 
 def _rms_factor(step: torch.Tensor, max_rms: float) -> torch.Tensor:
