@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -293,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    args.command_line = "hhmr " + " ".join(argv)
+    args.command_line = "hhmr " + shlex.join(argv)  # quoted: it can be pasted into a shell
     try:
         return int(args.func(args) or 0)
     except (FileNotFoundError, ValueError, ImportError) as err:
