@@ -92,11 +92,12 @@ def test_front_timesteps_can_end_earlier():
             sampler.set_timesteps(10, spacing, last=last)
 
 
-def _sample_gaussian(sampler, steps: int, spacing: str, sd: float) -> float:
+def _sample_gaussian(sampler, steps: int, spacing: str, sd: float, last: int | None = None
+                     ) -> float:
     """Standard deviation of 20000 draws of N(0, sd^2) data sampled with the exact denoiser."""
     s = sampler.schedule
     x = torch.randn(20000, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    for t in sampler.set_timesteps(steps, spacing).tolist():
+    for t in sampler.set_timesteps(steps, spacing, last).tolist():
         ab = float(s.alpha_bar(torch.tensor(t)))
         x0 = ab ** 0.5 * sd ** 2 / (ab * sd ** 2 + 1 - ab) * x  # E[x0 | x_t] for Gaussian data
         x = sampler.step(x0, t, x)
@@ -114,6 +115,15 @@ def test_dpm_solver_keeps_the_data_scale_that_ten_ddim_steps_shrink():
     ddim200 = _sample_gaussian(DDIMSampler(sched), 200, "trailing", sd) / sd
     assert ddim10 < 0.9 and dpm10 > 0.95 and ddim200 > 0.98
     assert abs(_sample_gaussian(DPMSolverSampler(sched), 50, "trailing", sd) / sd - 1) < 0.02
+
+
+def test_ending_front_timesteps_early_makes_dpm_solver_overshoot():
+    """Ten front steps ending at t=99 keep Gaussian data's scale within 3 %; ending at t=10
+    makes the last step so long that DPM-Solver++'s extrapolation widens it by over 10 %
+    (why generation keeps t=99)."""
+    sd, sampler = 0.65, DPMSolverSampler(CosineSchedule())
+    assert abs(_sample_gaussian(sampler, 10, "front", sd) / sd - 1) < 0.03
+    assert _sample_gaussian(sampler, 10, "front", sd, last=10) / sd > 1.1
 
 
 def test_dpm_solver_is_deterministic_and_starts_afresh():

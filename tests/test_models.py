@@ -261,11 +261,11 @@ def test_inpainting_with_replacement_guides_only_its_early_steps(hand):
     assert net.guided == 11
 
 
-def test_only_x_t_guided_runs_end_at_t0(hand):
+def test_only_x_t_guided_runs_end_at_t0(hand, monkeypatch):
     """x_t guidance's last move must land on the output (linspace, ending at t=0); unguided
-    and x0-guided runs return the net's x0 at t=T/n (trailing), but for generation, which
-    returns it at its FINAL_TIMESTEP, or at T/n when that is lower."""
-    from hhmr.pipeline import FINAL_TIMESTEP
+    and x0-guided runs return the net's x0 at t=T/n (trailing), or at a task's
+    FINAL_TIMESTEP when that is lower."""
+    from hhmr import pipeline
 
     net = CountingDenoiser()
     pipe = HandDiffusionPipeline(net, hand)
@@ -274,9 +274,11 @@ def test_only_x_t_guided_runs_end_at_t0(hand):
         net.timesteps = []
         pipe.refit3d(joints, n=1, steps=10, guidance_space=space)
         assert net.timesteps[0] == 999 and net.timesteps[-1] == last, space
-    final = FINAL_TIMESTEP["generate"]
-    assert 0 <= final < 99
-    for steps, last in ((10, final), (200, min(final, 4)), (1, 999)):
+    net.timesteps = []
+    pipe.generate(1, steps=10)
+    assert net.timesteps[-1] == 99
+    monkeypatch.setitem(pipeline.FINAL_TIMESTEP, "generate", 10)
+    for steps, last in ((10, 10), (200, 4), (1, 999)):
         net.timesteps = []
         pipe.generate(1, steps=steps)
         assert len(net.timesteps) == steps and net.timesteps[-1] == last, steps
