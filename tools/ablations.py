@@ -26,7 +26,7 @@ GUIDED = "refit3d,fit2d"
 # the sampler defaults the flags change (recorded with each variant: a partial run keeps
 # variants measured under earlier defaults)
 DEFAULTS = {"solver": pipeline.SOLVER, "spacing": pipeline.SPACING,
-            "generate_last": pipeline.FINAL_TIMESTEP.get("generate")}
+            **{f"{task}_last": t for task, t in pipeline.FINAL_TIMESTEP.items()}}
 
 # name: (compare_weights flags, tasks). "default" is the shipped sampler.
 VARIANTS: dict[str, tuple[list[str], str]] = {
