@@ -10,6 +10,7 @@ from hhmr.diffusion import (
     ProjectionOperator,
     VertexMaskOperator,
 )
+from hhmr.diffusion.ddim import gaussian_sample_sd
 from hhmr.diffusion.guidance import (
     bone_influence,
     joint_influence,
@@ -92,29 +93,17 @@ def test_front_timesteps_can_end_earlier():
             sampler.set_timesteps(10, spacing, last=last)
 
 
-def _sample_gaussian(sampler, steps: int, spacing: str, sd: float, last: int | None = None
-                     ) -> float:
-    """Standard deviation of 20000 draws of N(0, sd^2) data sampled with the exact denoiser."""
-    s = sampler.schedule
-    x = torch.randn(20000, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    for t in sampler.set_timesteps(steps, spacing, last).tolist():
-        ab = float(s.alpha_bar(torch.tensor(t)))
-        x0 = ab ** 0.5 * sd ** 2 / (ab * sd ** 2 + 1 - ab) * x  # E[x0 | x_t] for Gaussian data
-        x = sampler.step(x0, t, x)
-    return float(x.std())
-
-
 def test_dpm_solver_keeps_the_data_scale_that_ten_ddim_steps_shrink():
     """DDIM's first-order steps shrink samples (each by about the cosine of the angle it
     turns through); at 10 steps, Gaussian data comes out more than 10 % too narrow. The
     second-order solver, at the same cost, loses less than 5 %; both converge with more
     steps."""
     sd, sched = 0.65, CosineSchedule()
-    ddim10 = _sample_gaussian(DDIMSampler(sched), 10, "trailing", sd) / sd
-    dpm10 = _sample_gaussian(DPMSolverSampler(sched), 10, "trailing", sd) / sd
-    ddim200 = _sample_gaussian(DDIMSampler(sched), 200, "trailing", sd) / sd
+    ddim10 = gaussian_sample_sd(DDIMSampler(sched), 10, "trailing", sd) / sd
+    dpm10 = gaussian_sample_sd(DPMSolverSampler(sched), 10, "trailing", sd) / sd
+    ddim200 = gaussian_sample_sd(DDIMSampler(sched), 200, "trailing", sd) / sd
     assert ddim10 < 0.9 and dpm10 > 0.95 and ddim200 > 0.98
-    assert abs(_sample_gaussian(DPMSolverSampler(sched), 50, "trailing", sd) / sd - 1) < 0.02
+    assert abs(gaussian_sample_sd(DPMSolverSampler(sched), 50, "trailing", sd) / sd - 1) < 0.02
 
 
 def test_ending_front_timesteps_early_makes_dpm_solver_overshoot():
@@ -122,8 +111,8 @@ def test_ending_front_timesteps_early_makes_dpm_solver_overshoot():
     makes the last step so long that DPM-Solver++'s extrapolation widens it by over 10 %
     (why generation keeps t=99)."""
     sd, sampler = 0.65, DPMSolverSampler(CosineSchedule())
-    assert abs(_sample_gaussian(sampler, 10, "front", sd) / sd - 1) < 0.03
-    assert _sample_gaussian(sampler, 10, "front", sd, last=10) / sd > 1.1
+    assert abs(gaussian_sample_sd(sampler, 10, "front", sd) / sd - 1) < 0.03
+    assert gaussian_sample_sd(sampler, 10, "front", sd, last=10) / sd > 1.1
 
 
 def test_dpm_solver_is_deterministic_and_starts_afresh():
@@ -131,8 +120,8 @@ def test_dpm_solver_is_deterministic_and_starts_afresh():
     with pytest.raises(ValueError, match="eta"):
         DPMSolverSampler(sched, eta=1.0)
     sampler = DPMSolverSampler(sched)
-    first = _sample_gaussian(sampler, 10, "front", 0.65)
-    assert _sample_gaussian(sampler, 10, "front", 0.65) == first  # no memory across runs
+    first = gaussian_sample_sd(sampler, 10, "front", 0.65)
+    assert gaussian_sample_sd(sampler, 10, "front", 0.65) == first  # no memory across runs
 
 
 def test_ddim_rejects_bad_steps():

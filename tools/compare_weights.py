@@ -11,8 +11,8 @@ TASK=SPACE (guidance space per task key, e.g. --space refit3d=x_t --space inpain
 --joint-influence bones|smooth|none (how x0 guidance spreads its joint-space gradient; none:
 the raw gradient), --refit-camera (fit2d solves its camera at every x0 gradient step instead
 of once per sampling step), --random-first (hypothesis 0 of refit3d and fit2d from random
-noise instead of the noise's mean), --generate-last T (generation's last timestep; 99 was the
-default before 2026-12-01), --tasks refit3d,fit2d,inpaint,generate (a subset).
+noise instead of the noise's mean), --generate-last T (end generation's timesteps at T; by default
+they end at T/n - 1, 99 for ten steps), --tasks refit3d,fit2d,inpaint,generate (a subset).
 """
 
 import argparse

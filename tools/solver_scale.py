@@ -8,17 +8,8 @@ Usage: python tools/solver_scale.py [--steps 10] [--last 99 40 20 10 5 0]   (sec
 import argparse
 import json
 
-import torch
 from hhmr.diffusion import CosineSchedule, DDIMSampler, DPMSolverSampler
-
-
-def sampled_scale(sampler: DDIMSampler, steps: int, last: int, sd: float = 0.65) -> float:
-    s = sampler.schedule
-    x = torch.randn(20000, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    for t in sampler.set_timesteps(steps, "front", last).tolist():
-        ab = float(s.alpha_bar(torch.tensor(t)))
-        x = sampler.step(ab ** 0.5 * sd ** 2 / (ab * sd ** 2 + 1 - ab) * x, t, x)
-    return float(x.std()) / sd
+from hhmr.diffusion.ddim import gaussian_sample_sd
 
 
 def main() -> None:
@@ -26,10 +17,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--last", type=int, nargs="+", default=[99, 40, 20, 10, 5, 0])
     args = ap.parse_args()
-    sched = CosineSchedule()
+    sched, sd = CosineSchedule(), 0.65
+    samplers = {"dpm++2m": DPMSolverSampler(sched), "ddim": DDIMSampler(sched)}
     print(json.dumps({"steps": args.steps, "scale": {
-        last: {"dpm++2m": round(sampled_scale(DPMSolverSampler(sched), args.steps, last), 4),
-               "ddim": round(sampled_scale(DDIMSampler(sched), args.steps, last), 4)}
+        last: {name: round(gaussian_sample_sd(sampler, args.steps, "front", sd, last) / sd, 4)
+               for name, sampler in samplers.items()}
         for last in args.last}}))
 
 

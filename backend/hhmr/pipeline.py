@@ -265,9 +265,9 @@ class HandDiffusionPipeline:
         with `x0_iters` gradient steps on each prediction; on the first `guided_fraction` of
         the steps only, if given; "front" runs end at `final_t` if that is earlier) and,
         for inpainting, replacement of `known` = (x_obs [B, V, 3] metres, keep [B, V]) at
-        each step. Each block of the batch draws its noise
-        from its own seed, so batching requests changes their results by float rounding
-        alone (batch sizes take different CPU kernels)."""
+        each step. Each block of the batch draws its noise from its own seed, so batching
+        requests changes their results by float rounding alone (batch sizes take different
+        CPU kernels)."""
         v = self.hand.num_vertices
         batch = sum(nz.count for nz in noises)
 
@@ -297,7 +297,7 @@ class HandDiffusionPipeline:
             DDIMSampler(self.schedule, eta=eta)
         spacing = "linspace" if x_t_guided else SPACING
         T = self.schedule.num_train_steps
-        last = None if final_t is None or spacing != "front" or steps < 2 else \
+        last = None if final_t is None or spacing != "front" else \
             min(final_t, round(T / steps) - 1)
         timesteps = sampler.set_timesteps(steps, spacing, last).tolist()
 

@@ -122,3 +122,15 @@ class DPMSolverSampler(DDIMSampler):
         self._last = (x0_pred, lam_t, prev)
         ratio = ((1 - ab_prev) / (1 - ab_t)) ** 0.5  # sigma_prev / sigma_t
         return ratio * x_t + ab_prev ** 0.5 * (-math.expm1(-h)) * d
+
+
+def gaussian_sample_sd(sampler: DDIMSampler, steps: int, spacing: str, sd: float = 0.65,
+                       last: int | None = None, count: int = 20000) -> float:
+    """Standard deviation of `count` draws of N(0, sd^2) data sampled with the exact denoiser
+    E[x0 | x_t]: the scale a sampler keeps (sd is right), free of any network."""
+    s = sampler.schedule
+    x = torch.randn(count, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for t in sampler.set_timesteps(steps, spacing, last).tolist():
+        ab = float(s.alpha_bar(torch.tensor(t)))
+        x = sampler.step(ab ** 0.5 * sd ** 2 / (ab * sd ** 2 + 1 - ab) * x, t, x)
+    return float(x.std())
