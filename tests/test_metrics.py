@@ -68,6 +68,20 @@ def test_apd():
         metrics.apd(a[:, :1])
 
 
+def test_nearest_distance_is_fidelity_one_way_and_coverage_the_other():
+    ref = torch.zeros(3, 4, 3)
+    ref[1, :, 0], ref[2, :, 0] = 0.010, 0.020  # real hands at 0, 10 and 20 mm
+    narrow = torch.zeros(2, 4, 3)
+    narrow[1, :, 0] = 0.001  # two generated hands near the first real one
+    assert metrics.nearest_distance(narrow, ref).tolist() == pytest.approx([0.0, 1.0])
+    # seen from the real hands, the narrow set misses the far ones: 0, 9 and 19 mm
+    assert metrics.nearest_distance(ref, narrow).mean().item() == pytest.approx(28 / 3)
+    wide = ref.clone()
+    wide[..., 1] += 0.002  # 2 mm off every real hand, but reaching all of them
+    assert metrics.nearest_distance(wide, ref).mean().item() == pytest.approx(2.0)
+    assert metrics.nearest_distance(ref, wide).mean().item() == pytest.approx(2.0)
+
+
 def test_self_intersection_pct(hand):
     v = hand.v_template[None].repeat(2, 1, 1)
     assert metrics.self_intersection_pct(v, hand.faces).tolist() == [0.0, 0.0]

@@ -383,8 +383,9 @@ def test_guidance_space_defaults_and_checks():
         guidance("fit2d", 0.1, strength=1.0)
 
 
-@pytest.mark.parametrize("weighting", ["uniform", "edm"])
-def test_tiny_training_run_lowers_the_loss(tmp_path, weighting):
+@pytest.mark.parametrize(("weighting", "skip"),
+                         [("uniform", "isotropic"), ("edm", "isotropic"), ("edm", "gaussian")])
+def test_tiny_training_run_lowers_the_loss(tmp_path, weighting, skip):
     from hhmr.paths import weights_dir  # noqa: F401
     from hhmr.training.train import load_config, train
 
@@ -392,6 +393,7 @@ def test_tiny_training_run_lowers_the_loss(tmp_path, weighting):
     cfg["model"].update(channels=[8, 8, 16, 16], token_dim=16, heads=2, time_dim=16)
     cfg["train"].update(batch_size=16, max_steps=80, checkpoint_every=20, lr=3e-3,
                         warmup_steps=5, t_weighting=weighting)
+    cfg["model"].update(skip=skip, gaussian_rank=64)
     # a net this small hardly moves its normal term in 80 steps; at the shipped config's
     # weight (0.5) that term would hide the drop of the others
     cfg["loss"]["normal"] = 0.1
@@ -411,6 +413,12 @@ def test_tiny_training_run_lowers_the_loss(tmp_path, weighting):
     name = "net.out.weight"
     assert torch.equal(final["model"][name], live["ema"][name])
     assert not torch.equal(final["model"][name], live["model"][name])
+    if skip == "gaussian":  # fitted once at the start, kept on resume, shipped
+        fitted = final["model"]["gaussian.eigvals"]
+        assert fitted[0] > 100 * fitted[-1] > 0
+        assert torch.equal(fitted, ckpt["model"]["gaussian.eigvals"])
+        pipe = HandDiffusionPipeline.from_pretrained(tmp_path / "final.pt")
+        assert torch.equal(pipe.net.gaussian.eigvals, fitted)
 
 
 def test_training_timesteps_can_focus_on_the_sampler_grid():

@@ -21,8 +21,15 @@ import json
 import numpy as np
 from hhmr import metrics, pipeline
 from hhmr.diffusion.ddim import SPACINGS
-from hhmr.evaluate_tasks import canonical, finger_region, held_out
+from hhmr.evaluate_tasks import (
+    canonical,
+    describe_set,
+    finger_region,
+    held_out,
+    reference_hands,
+)
 from hhmr.pipeline import HandDiffusionPipeline
+from hhmr.training.train import EVAL_SEED_OFFSET
 
 SEED = 1_000_100
 
@@ -65,9 +72,9 @@ def compare(path: str, tasks: tuple[str, ...] = TASKS) -> dict[str, float]:
         return out
     v = canonical(pipe, pipe.generate(64, seed=SEED).vertices)
     v = v - (pipe.regressor.cpu() @ v)[:, :1]
-    out["generate_si_pct"] = round(float(metrics.self_intersection_pct(v, pipe.hand.faces.cpu())
-                                         .mean()), 2)
-    out["generate_apd_mm"] = round(float(metrics.apd(v[None])), 1)
+    row = describe_set(pipe, v, reference_hands(pipe, SEED - EVAL_SEED_OFFSET))
+    for key, digits in (("si_pct", 2), ("apd_mm", 1), ("fidelity_mm", 2), ("coverage_mm", 2)):
+        out[f"generate_{key}"] = round(row[key], digits)
     return out
 
 

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "weights" / "hhmr_prior.pt"
 EVAL = ROOT / "weights" / "eval"
 KEYS = ("pa_mpjpe_mm", "pa_mpvpe_mm", "rr_mpjpe_mm", "keypoint_2d_px", "kept_err_mm", "apd_mm",
-        "si_pct", "detection_rate", "samples")
+        "si_pct", "fidelity_mm", "coverage_mm", "detection_rate", "samples")
 
 
 def table(result: dict) -> list[str]:

@@ -65,10 +65,39 @@ def generation_sets(pipe, num: int, seed: int, steps: int = 10, eta: float = 0.0
             for name, v in (("diffusion", ours), ("pose_prior", prior), ("pca", pca))}
 
 
+REFERENCE_HANDS = 2000  # held-out prior hands that generated sets are compared with
+REFERENCE_SEED = 500_000  # their seed, past the evaluation seed's: apart from every set
+
+
+def reference_hands(pipe, seed: int, num: int = REFERENCE_HANDS) -> torch.Tensor:
+    """Held-out pose-prior hands [num, V, 3] for fidelity and coverage, turned to the
+    template's orientation, wrist at the origin."""
+    gen = torch.Generator().manual_seed(EVAL_SEED_OFFSET + REFERENCE_SEED + seed)
+    hand = pipe.hand.cpu()
+    s = PosePrior(hand, random_orient=False).sample(num, generator=gen)
+    with torch.no_grad():
+        v = canonical(pipe, hand(None, s.hand_pose, s.betas).vertices)
+    return v - (pipe.regressor.cpu() @ v)[:, :1]
+
+
+def describe_set(pipe, verts: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    """APD and self-intersection % of a set of hands [N, V, 3] (wrist at the origin), and
+    against real hands: fidelity (mean distance from each hand to the nearest real one) and
+    coverage (from each real hand to the nearest of the set), mm, after turning each hand to
+    the template's orientation. APD alone rewards spread in any direction; the other two
+    fall only for hands that look like, and reach as far as, the real ones."""
+    turned = canonical(pipe, verts)
+    turned = turned - (pipe.regressor.cpu() @ turned)[:, :1]
+    return {"apd_mm": float(metrics.apd(verts[None])),
+            "si_pct": float(np.mean(_si(verts, pipe.hand.faces.cpu()))),
+            "fidelity_mm": float(metrics.nearest_distance(turned, reference).mean()),
+            "coverage_mm": float(metrics.nearest_distance(reference, turned).mean())}
+
+
 def eval_generate(pipe, num, seed, steps, progress):
-    faces = pipe.hand.faces.cpu()
     sets = generation_sets(pipe, num, seed, steps)
-    return {name: {"apd_mm": float(metrics.apd(v[None])), "si_pct": float(np.mean(_si(v, faces)))}
+    reference = reference_hands(pipe, seed)
+    return {name: describe_set(pipe, v, reference)
             for name, v in tqdm(sets.items(), desc="generate", disable=not progress)}
 
 

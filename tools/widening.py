@@ -1,0 +1,107 @@
+"""Ways to widen generated hands, measured against real ones: APD and self-intersection
+beside fidelity and coverage (`hhmr evaluate --task generate` describes them; lower is better
+for both), on the tuning seed (100) unless told. Prints one JSON object, a row per variant:
+
+- "shipped": the pipeline as it is.
+- "gaussian_above_T": at timesteps >= T the sampler takes x0 from the training hands'
+  Gaussian (hhmr.diffusion.gaussian, fitted to 16000 training hands) instead of the net:
+  the analytic first steps of Wang & Vastola (2023).
+- "autoguidance_W": x0 = D_bad + W (D - D_bad) with an older, weaker net as D_bad (Karras et
+  al. 2024, "Guiding a diffusion model with a bad version of itself"); only with --bad.
+- "eta_E": DDIM with noise eta E at every step.
+
+Usage: python tools/widening.py [WEIGHTS.pt] [--bad OLD.pt] [--num 128] [--seed 100]
+  e.g. git show adc2fd0:weights/hhmr_prior.pt > /tmp/v2.pt  (run v2, an earlier net)
+       python tools/widening.py --bad /tmp/v2.pt          (a few minutes)
+"""
+
+import argparse
+import json
+
+import torch
+from hhmr.data.poses import PosePrior
+from hhmr.diffusion.gaussian import GaussianDenoiser
+from hhmr.evaluate_tasks import describe_set, generation_sets, reference_hands
+from hhmr.pipeline import HandDiffusionPipeline
+from hhmr.training.train import fit_gaussian
+from torch import nn
+
+
+class GaussianAbove(nn.Module):
+    """The net below timestep `above`, the Gaussian's x0 at and above it."""
+
+    def __init__(self, net: nn.Module, gaussian: GaussianDenoiser, above: int,
+                 alpha_bar: torch.Tensor) -> None:
+        super().__init__()
+        self.net, self.gaussian, self.above, self.alpha_bar = net, gaussian, above, alpha_bar
+
+    def context(self, cond, batch):
+        return self.net.context(cond, batch)
+
+    def forward(self, x_t, t, context):
+        t = t.reshape(-1).expand(x_t.shape[0])
+        if int(t[0]) < self.above:
+            return self.net(x_t, t, context)
+        return self.gaussian(x_t, self.alpha_bar[t.long()].to(x_t))
+
+
+class AutoGuided(nn.Module):
+    """D_bad + weight (D - D_bad)."""
+
+    def __init__(self, net: nn.Module, bad: nn.Module, weight: float) -> None:
+        super().__init__()
+        self.net, self.bad, self.weight = net, bad, weight
+
+    def context(self, cond, batch):
+        return self.net.context(cond, batch), self.bad.context(cond, batch)
+
+    def forward(self, x_t, t, context):
+        worse = self.bad(x_t, t, context[1])
+        return worse + self.weight * (self.net(x_t, t, context[0]) - worse)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("weights", nargs="?", default=None)
+    ap.add_argument("--bad", default=None, help="weaker weights for autoguidance")
+    ap.add_argument("--num", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=100)
+    ap.add_argument("--above", type=int, nargs="*", default=[950, 900, 800])
+    ap.add_argument("--guide", type=float, nargs="*", default=[1.5, 2.0])
+    ap.add_argument("--eta", type=float, nargs="*", default=[1.0])
+    args = ap.parse_args()
+    pipe = HandDiffusionPipeline.from_pretrained(args.weights, trace=False)
+    net, hand = pipe.net, pipe.hand.cpu()
+    reference = reference_hands(pipe, args.seed)
+    result = {"weights": args.weights or "weights/hhmr_prior.pt", "bad": args.bad,
+              "num": args.num, "seed": args.seed, "variants": {}}
+
+    def measure(name: str, eta: float = 0.0) -> None:
+        sets = generation_sets(pipe, args.num, args.seed, eta=eta)
+        if not result["variants"]:
+            for base in ("pose_prior", "pca"):
+                row = describe_set(pipe, sets[base], reference)
+                result["variants"][base] = {k: round(v, 3) for k, v in row.items()}
+        row = describe_set(pipe, sets["diffusion"], reference)
+        result["variants"][name] = {k: round(v, 3) for k, v in row.items()}
+        print(name, result["variants"][name], flush=True)
+
+    measure("shipped")
+    for e in args.eta:
+        measure(f"eta_{e:g}", eta=e)
+    gaussian = fit_gaussian(GaussianDenoiser(hand.num_vertices * 3, 256), hand,
+                            PosePrior(hand), seed=0)
+    alpha_bar = pipe.schedule.alphas_cumprod.float()
+    for above in args.above:
+        pipe.net = GaussianAbove(net, gaussian, above, alpha_bar)
+        measure(f"gaussian_above_{above}")
+    if args.bad:
+        bad = HandDiffusionPipeline.from_pretrained(args.bad, trace=False).net
+        for w in args.guide:
+            pipe.net = AutoGuided(net, bad, w)
+            measure(f"autoguidance_{w:g}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
