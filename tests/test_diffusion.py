@@ -365,24 +365,3 @@ def test_gaussian_denoiser_is_the_exact_posterior_mean_of_gaussian_data():
     rms = float((est - x0).square().mean().sqrt())
     assert rms == pytest.approx(float(den.error_rms(ab[None])), rel=0.01)
     assert rms < float((0.9 * est + 0.1 * mean - x0).square().mean().sqrt())
-
-
-def test_gaussian_skip_with_isotropic_data_is_the_edm_skip():
-    from hhmr.diffusion.gaussian import GaussianDenoiser
-    from hhmr.models.denoiser import X0Denoiser
-
-    s, dim = 0.65, 12
-    den = GaussianDenoiser(dim, 4)
-    den.basis.copy_(torch.eye(dim)[:, :4])
-    den.eigvals.fill_(s ** 2)
-    den.rest.fill_(s ** 2)
-    t = torch.tensor([0, 10, 300, 700, 999])
-    iso = X0Denoiser(torch.nn.Identity(), CosineSchedule(), s)
-    c_skip, c_out, _ = iso.coefficients(t)
-    x_t = torch.randn(len(t), dim // 3, 3)
-    zero_net = lambda x, tt, c: torch.zeros_like(x)  # noqa: E731
-    gauss = X0Denoiser(zero_net, CosineSchedule(), s, den)
-    assert torch.allclose(gauss(x_t, t), c_skip[:, None, None] * x_t, atol=1e-6)
-    assert torch.allclose(gauss.coefficients(t)[1], c_out, atol=1e-6)
-    with pytest.raises(ValueError, match="rank"):
-        GaussianDenoiser(dim, dim + 1)

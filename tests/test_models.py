@@ -383,9 +383,8 @@ def test_guidance_space_defaults_and_checks():
         guidance("fit2d", 0.1, strength=1.0)
 
 
-@pytest.mark.parametrize(("weighting", "skip"),
-                         [("uniform", "isotropic"), ("edm", "isotropic"), ("edm", "gaussian")])
-def test_tiny_training_run_lowers_the_loss(tmp_path, weighting, skip):
+@pytest.mark.parametrize("weighting", ["uniform", "edm"])
+def test_tiny_training_run_lowers_the_loss(tmp_path, weighting):
     from hhmr.paths import weights_dir  # noqa: F401
     from hhmr.training.train import load_config, train
 
@@ -393,7 +392,6 @@ def test_tiny_training_run_lowers_the_loss(tmp_path, weighting, skip):
     cfg["model"].update(channels=[8, 8, 16, 16], token_dim=16, heads=2, time_dim=16)
     cfg["train"].update(batch_size=16, max_steps=80, checkpoint_every=20, lr=3e-3,
                         warmup_steps=5, t_weighting=weighting)
-    cfg["model"].update(skip=skip, gaussian_rank=64)
     # a net this small hardly moves its normal term in 80 steps; at the shipped config's
     # weight (0.5) that term would hide the drop of the others
     cfg["loss"]["normal"] = 0.1
@@ -413,12 +411,6 @@ def test_tiny_training_run_lowers_the_loss(tmp_path, weighting, skip):
     name = "net.out.weight"
     assert torch.equal(final["model"][name], live["ema"][name])
     assert not torch.equal(final["model"][name], live["model"][name])
-    if skip == "gaussian":  # fitted once at the start, kept on resume, shipped
-        fitted = final["model"]["gaussian.eigvals"]
-        assert fitted[0] > 100 * fitted[-1] > 0
-        assert torch.equal(fitted, ckpt["model"]["gaussian.eigvals"])
-        pipe = HandDiffusionPipeline.from_pretrained(tmp_path / "final.pt")
-        assert torch.equal(pipe.net.gaussian.eigvals, fitted)
 
 
 def test_training_timesteps_can_focus_on_the_sampler_grid():
@@ -521,3 +513,15 @@ def test_learning_rate_anneals_with_the_time_limit():
     assert lr_at(50, cfg, minutes=30) == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5))
     assert lr_at(50, cfg, minutes=60) == pytest.approx(5e-5)  # the time limit ends the run
     assert lr_at(100_000, dict(cfg, max_minutes=None)) == pytest.approx(5e-5)
+
+
+def test_generation_sets_are_described_against_real_hands(pipe):
+    from hhmr.evaluate_tasks import describe_set, reference_hands
+
+    real = reference_hands(pipe, seed=3, num=40)
+    same = describe_set(pipe, real[:20], real)
+    assert same["fidelity_mm"] == pytest.approx(0.0, abs=1e-3)  # every hand is a real one
+    assert same["coverage_mm"] > 0.5  # but half the real hands are missing
+    one = describe_set(pipe, real[:1].repeat(20, 1, 1), real)
+    assert one["apd_mm"] == pytest.approx(0.0, abs=1e-3)
+    assert one["coverage_mm"] > same["coverage_mm"]

@@ -163,6 +163,10 @@ def main() -> None:
         lines += ["", f"### {path.stem}", "", f"`{result.get('command', '')}`", ""]
         if "results" in result and isinstance(result["results"], dict):
             lines += table(result)
+            if path.stem == "generate":
+                lines += ["", "fidelity: mean distance (mm) from each hand to the nearest of 2000 "
+                          "held-out prior hands; coverage: from each of those to the nearest "
+                          "hand of the set; lower is better for both (docs/diffusion.md)."]
         elif result.get("op") == "generate":  # service bench
             lines += ["| clients | requests | p50 ms | p99 ms | requests/s |",
                       "|---|---|---|---|---|"]

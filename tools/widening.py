@@ -23,7 +23,7 @@ from hhmr.data.poses import PosePrior
 from hhmr.diffusion.gaussian import GaussianDenoiser
 from hhmr.evaluate_tasks import describe_set, generation_sets, reference_hands
 from hhmr.pipeline import HandDiffusionPipeline
-from hhmr.training.train import fit_gaussian
+from hhmr.training.data import fit_gaussian
 from torch import nn
 
 

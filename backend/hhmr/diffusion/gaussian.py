@@ -5,7 +5,7 @@ E[x0 | x_t] = mu + U diag(sqrt(ab) lam / (ab lam + 1 - ab)) U^T (x_t - sqrt(ab) 
 data are Gaussian, and for any data it is the best linear estimate, whose squared error per
 direction is lam (1 - ab) / (ab lam + 1 - ab) whatever the distribution. Kept to the `rank`
 leading directions plus one variance for all the others (the mean of their eigenvalues).
-Independent of any network: a denoiser's skip term (models.denoiser) or a baseline.
+Independent of any network; `tools/widening.py` samples with it at high noise.
 """
 
 from __future__ import annotations

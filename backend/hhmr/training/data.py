@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from hhmr.data.poses import PosePrior
+from hhmr.diffusion.gaussian import GaussianDenoiser
 from hhmr.diffusion.guidance import project
 from hhmr.hand.base import HandModel
 from hhmr.models.conditions import Conditions, normalize_keypoints
@@ -59,3 +60,17 @@ def synthetic_batch(model: HandModel, prior: PosePrior, n: int, generator: torch
         keypoints2d_conf=conf,
     )
     return Batch(verts, joints, kp, K, transl, cond)
+
+
+def fit_gaussian(gaussian: GaussianDenoiser, model: HandModel, prior: PosePrior, seed: int = 0,
+                 num: int = 16000, chunk: int = 2000) -> GaussianDenoiser:
+    """Fit a Gaussian denoiser to `num` training hands in model units (training seeds, apart
+    from the batches'; random orientations as in the batches)."""
+    hands = []
+    for i in range(0, num, chunk):
+        gen = torch.Generator().manual_seed(seed * 100_000 + 99_000 + i // chunk)
+        s = prior.sample(min(chunk, num - i), generator=gen)
+        with torch.no_grad():
+            out = model(s.global_orient, s.hand_pose, s.betas)
+        hands.append((out.vertices - out.joints[:, :1]) / SCALE)
+    return gaussian.fit(torch.cat(hands))

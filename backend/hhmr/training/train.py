@@ -13,7 +13,6 @@ from tqdm import tqdm
 
 from hhmr.data.poses import PosePrior
 from hhmr.diffusion.ddim import DDIMSampler
-from hhmr.diffusion.gaussian import GaussianDenoiser
 from hhmr.diffusion.schedule import CosineSchedule
 from hhmr.hand import load_hand_model
 from hhmr.mesh.hierarchy import load_hierarchy
@@ -25,7 +24,6 @@ from hhmr.training.data import SCALE, synthetic_batch
 from hhmr.training.losses import MeshLosses, timestep_weights
 
 EVAL_SEED_OFFSET = 1_000_000  # training draws use seeds below this, evaluation above
-SKIPS = ("isotropic", "gaussian")  # model.skip: X0Denoiser's skip term
 
 
 def load_config(path: str | Path) -> dict:
@@ -95,28 +93,9 @@ def build_model(config: dict, hand=None) -> tuple[GraphUNet, object]:
     cfg = GraphUNetConfig.from_dict({k: v for k, v in config["model"].items() if k in known})
     net = GraphUNet(hierarchy, cfg)
     sigma = config["model"].get("sigma_data")
-    if sigma is None:
-        return net, hand
-    skip = config["model"].get("skip", "isotropic")  # skip-preconditioned x0 prediction
-    if skip not in SKIPS:
-        raise ValueError(f"model.skip must be one of {', '.join(SKIPS)}, got {skip!r}")
-    gaussian = None if skip == "isotropic" else \
-        GaussianDenoiser(hand.num_vertices * 3, config["model"].get("gaussian_rank", 256))
-    return X0Denoiser(net, CosineSchedule(), sigma, gaussian), hand
-
-
-def fit_gaussian(gaussian: GaussianDenoiser, hand, prior: PosePrior, seed: int,
-                 num: int = 16000, chunk: int = 2000) -> GaussianDenoiser:
-    """Fit a Gaussian skip (model.skip = "gaussian") to `num` training hands in model units
-    (training seeds, random orientations as in the batches)."""
-    hands = []
-    for i in range(0, num, chunk):
-        gen = torch.Generator().manual_seed(seed * 100_000 + 99_000 + i // chunk)
-        s = prior.sample(min(chunk, num - i), generator=gen)
-        with torch.no_grad():
-            out = hand(s.global_orient, s.hand_pose, s.betas)
-        hands.append((out.vertices - out.joints[:, :1]) / SCALE)
-    return gaussian.fit(torch.cat(hands))
+    if sigma is not None:  # skip-preconditioned x0 prediction
+        return X0Denoiser(net, CosineSchedule(), sigma), hand
+    return net, hand
 
 
 def lr_at(step: int, cfg: dict, minutes: float = 0.0) -> float:
@@ -164,6 +143,7 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
     prior = PosePrior(hand)
     schedule = CosineSchedule()
     losses = MeshLosses(hand.keypoint_regressor.to(dev), hand.faces.to(dev), config["loss"])
+    t_weights = loss_weights_per_timestep(net, schedule, tcfg).to(dev)
     dropout = DropoutConfig(**config.get("dropout", {}))
     opt = torch.optim.AdamW(net.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
     use_amp = dev.type == "cuda"
@@ -179,14 +159,11 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
         # the runs that led here: each command with the step and minutes it ended at
         stages = ckpt.get("stages") or [{"command": ckpt.get("command", "an earlier run"),
                                          "to_step": step, "minutes": round(elapsed / 60, 2)}]
-    clock = RunClock(elapsed, wall_elapsed)  # minutes count the time the CPUs were ours
-    if ckpt is None and getattr(net, "gaussian", None) is not None:
-        fit_gaussian(net.gaussian, hand, prior, tcfg["seed"])  # a resumed run has it
-    t_weights = loss_weights_per_timestep(net, schedule, tcfg).to(dev)
     ema = EMA(net, tcfg["ema_decay"]) if tcfg.get("ema_decay") else None
     if ema is not None and ckpt is not None and ckpt.get("ema"):
         ema.state = ckpt["ema"]
     out_dir.mkdir(parents=True, exist_ok=True)
+    clock = RunClock(elapsed, wall_elapsed)  # minutes count the time the CPUs were ours
     bar = tqdm(total=tcfg["max_steps"], initial=step, disable=not progress, unit="step",
                desc="train")
     running, interval = None, []
