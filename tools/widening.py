@@ -20,6 +20,7 @@ import json
 
 import torch
 from hhmr.data.poses import PosePrior
+from hhmr.diffusion import CosineSchedule
 from hhmr.diffusion.gaussian import GaussianDenoiser
 from hhmr.evaluate_tasks import describe_set, generation_sets, reference_hands
 from hhmr.pipeline import HandDiffusionPipeline
@@ -31,9 +32,9 @@ class GaussianAbove(nn.Module):
     """The net below timestep `above`, the Gaussian's x0 at and above it."""
 
     def __init__(self, net: nn.Module, gaussian: GaussianDenoiser, above: int,
-                 alpha_bar: torch.Tensor) -> None:
+                 schedule: CosineSchedule) -> None:
         super().__init__()
-        self.net, self.gaussian, self.above, self.alpha_bar = net, gaussian, above, alpha_bar
+        self.net, self.gaussian, self.above, self.schedule = net, gaussian, above, schedule
 
     def context(self, cond, batch):
         return self.net.context(cond, batch)
@@ -42,7 +43,7 @@ class GaussianAbove(nn.Module):
         t = t.reshape(-1).expand(x_t.shape[0])
         if int(t[0]) < self.above:
             return self.net(x_t, t, context)
-        return self.gaussian(x_t, self.alpha_bar[t.long()].to(x_t))
+        return self.gaussian(x_t, self.schedule.alpha_bar(t).to(x_t))
 
 
 class AutoGuided(nn.Module):
@@ -76,14 +77,16 @@ def main() -> None:
     result = {"weights": args.weights or "weights/hhmr_prior.pt", "bad": args.bad,
               "num": args.num, "seed": args.seed, "variants": {}}
 
+    def record(name: str, verts: torch.Tensor) -> None:
+        row = describe_set(pipe, verts, reference)
+        result["variants"][name] = {k: round(v, 3) for k, v in row.items()}
+
     def measure(name: str, eta: float = 0.0) -> None:
         sets = generation_sets(pipe, args.num, args.seed, eta=eta)
         if not result["variants"]:
             for base in ("pose_prior", "pca"):
-                row = describe_set(pipe, sets[base], reference)
-                result["variants"][base] = {k: round(v, 3) for k, v in row.items()}
-        row = describe_set(pipe, sets["diffusion"], reference)
-        result["variants"][name] = {k: round(v, 3) for k, v in row.items()}
+                record(base, sets[base])
+        record(name, sets["diffusion"])
         print(name, result["variants"][name], flush=True)
 
     measure("shipped")
@@ -91,9 +94,8 @@ def main() -> None:
         measure(f"eta_{e:g}", eta=e)
     gaussian = fit_gaussian(GaussianDenoiser(hand.num_vertices * 3, 256), hand,
                             PosePrior(hand), seed=0)
-    alpha_bar = pipe.schedule.alphas_cumprod.float()
     for above in args.above:
-        pipe.net = GaussianAbove(net, gaussian, above, alpha_bar)
+        pipe.net = GaussianAbove(net, gaussian, above, pipe.schedule)
         measure(f"gaussian_above_{above}")
     if args.bad:
         bad = HandDiffusionPipeline.from_pretrained(args.bad, trace=False).net
