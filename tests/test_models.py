@@ -1,6 +1,7 @@
 """GraphUNet, condition tokens, masking, the task API on a tiny untrained net, training."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -383,13 +384,15 @@ def test_guidance_space_defaults_and_checks():
         guidance("fit2d", 0.1, strength=1.0)
 
 
-@pytest.mark.parametrize("weighting", ["uniform", "edm"])
-def test_tiny_training_run_lowers_the_loss(tmp_path, weighting):
+@pytest.mark.parametrize("weighting,frame", [("uniform", "camera"), ("edm", "camera"),
+                                             ("edm", "template")])
+def test_tiny_training_run_lowers_the_loss(tmp_path, weighting, frame):
     from hhmr.paths import weights_dir  # noqa: F401
     from hhmr.training.train import load_config, train
 
     cfg = load_config("backend/hhmr/configs/prior.toml")
-    cfg["model"].update(channels=[8, 8, 16, 16], token_dim=16, heads=2, time_dim=16)
+    cfg["model"].update(channels=[8, 8, 16, 16], token_dim=16, heads=2, time_dim=16,
+                        frame=frame)
     cfg["train"].update(batch_size=16, max_steps=80, checkpoint_every=20, lr=3e-3,
                         warmup_steps=5, t_weighting=weighting)
     # a net this small hardly moves its normal term in 80 steps; at the shipped config's
@@ -525,3 +528,76 @@ def test_generation_sets_are_described_against_real_hands(pipe):
     one = describe_set(pipe, real[:1].repeat(20, 1, 1), real)
     assert one["apd_mm"] == pytest.approx(0.0, abs=1e-3)
     assert one["coverage_mm"] > same["coverage_mm"]
+
+
+def _random_rotations(n, gen):
+    q, r = torch.linalg.qr(torch.randn(n, 3, 3, generator=gen))
+    q = q * torch.sign(torch.diagonal(r, dim1=1, dim2=2))[:, None]
+    return q * torch.sign(torch.linalg.det(q))[:, None, None]
+
+
+def test_template_frame_is_a_rotation_that_turns_with_the_hand(hand, gen):
+    from hhmr.models.denoiser import template_frame
+
+    tmpl = hand.v_template - hand.v_template.mean(0)
+    r = _random_rotations(6, gen)
+    x = tmpl @ r.transpose(1, 2) + 0.002 * torch.randn(6, *tmpl.shape, generator=gen)
+    q = template_frame(x, tmpl)
+    assert torch.allclose(q @ q.transpose(1, 2), torch.eye(3).expand(6, 3, 3), atol=1e-5)
+    assert torch.allclose(torch.linalg.det(q), torch.ones(6), atol=1e-5)
+    assert (q - r).abs().max() < 0.01  # recovers the turn
+    noise = torch.randn(6, *tmpl.shape, generator=gen)  # and any x, turned, turns its frame
+    turned = template_frame(noise @ r.transpose(1, 2), tmpl)
+    assert torch.allclose(turned, r @ template_frame(noise, tmpl), atol=1e-4)
+
+
+def test_template_frame_denoiser_is_equivariant_to_turns(hand, gen):
+    from hhmr.training.train import build_model
+
+    cfg = {"model": {**TINY.to_dict(), "sigma_data": 0.65, "frame": "template"}}
+    torch.manual_seed(0)
+    den, _ = build_model(cfg, hand)
+    cam, _ = build_model({"model": {**cfg["model"], "frame": "camera"}}, hand)
+    assert den.net.conditions.frame_inputs and not cam.net.conditions.frame_inputs
+    b = 4
+    x = torch.randn(b, hand.num_vertices, 3, generator=gen)
+    t = torch.tensor([999, 600, 200, 10])
+    r = _random_rotations(b, gen)
+    j = torch.randn(b, 21, 3, generator=gen)
+    for cond in (None, Conditions(joints3d=j, joints3d_mask=torch.ones(b, 21))):
+        turned = None if cond is None else \
+            Conditions(joints3d=j @ r.transpose(1, 2), joints3d_mask=torch.ones(b, 21))
+        with torch.no_grad():
+            out = den(x, t, cond)
+            out_turned = den(x @ r.transpose(1, 2), t, turned)
+            ctx_out = den(x, t, den.context(cond, b))
+        assert torch.allclose(out_turned, out @ r.transpose(1, 2), atol=1e-4)
+        assert torch.equal(ctx_out, out)
+    with torch.no_grad():  # the camera-frame net is not equivariant
+        plain = cam(x, t)
+        assert not torch.allclose(cam(x @ r.transpose(1, 2), t), plain @ r.transpose(1, 2),
+                                  atol=1e-3)
+    # 2D keypoints stay in the camera: the net sees the frame with them
+    kp = Conditions(keypoints2d=torch.randn(b, 21, 2, generator=gen),
+                    keypoints2d_conf=torch.ones(b, 21))
+    with torch.no_grad():
+        tokens = den.net.conditions(replace(kp, frame=r), b)
+        other = den.net.conditions(replace(kp, frame=r.flip(0)), b)
+    assert not torch.allclose(tokens[:, 21:42], other[:, 21:42])
+    with pytest.raises(TypeError, match="FrameContext"):
+        den(x, t, cam.context(None, b))
+
+
+def test_template_frame_pipeline_runs_every_task(hand):
+    from hhmr.training.train import build_model
+
+    torch.manual_seed(0)
+    den, _ = build_model({"model": {**TINY.to_dict(), "sigma_data": 0.65,
+                                    "frame": "template"}}, hand)
+    p = HandDiffusionPipeline(den.requires_grad_(False), hand)
+    gen_h = p.generate(3, seed=1)
+    assert gen_h.vertices.shape == (3, hand.num_vertices, 3)
+    assert torch.isfinite(gen_h.vertices).all()
+    joints = hand(None, torch.zeros(1, 15, 3), None).joints[0]
+    fit = p.refit3d(joints, n=2)
+    assert torch.isfinite(fit.vertices).all() and fit.vertices.shape[0] == 2

@@ -4,9 +4,17 @@ x0 = c_skip(t) * x_t + c_out(t) * F(c_in(t) * x_t, t, c), with
 c_skip = sqrt(ab) s^2 / (ab s^2 + 1 - ab), c_out = s sqrt(1 - ab) / sqrt(ab s^2 + 1 - ab),
 c_in = 1 / sqrt(ab s^2 + 1 - ab) for data standard deviation s: at low noise the prediction
 starts from x_t itself, so the network only learns the correction.
+
+frame "template" makes the denoiser equivariant to turns of the hand about the wrist: each
+step turns x_t (and the 3D skeleton) by the rotation Q that best aligns the template with
+x_t (Kabsch), denoises there and turns x0 back, x0(x_t) = Q D(x_t Q) Q^T in row form. The net
+then never has to learn the hand's orientation, the largest part of the data's variance;
+conditions that live in the camera (2D keypoints, image tokens) get Q as an input.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -15,15 +23,44 @@ from hhmr.diffusion.schedule import CosineSchedule
 from hhmr.models.conditions import Conditions
 from hhmr.models.graph_unet import Context
 
+FRAMES = ("camera", "template")
+
+
+def template_frame(x: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
+    """Rotations Q [B, 3, 3] with x [B, V, 3] ~ template [V, 3] @ Q^T at least squares (Kabsch
+    about the origin, no reflection); equivariant: x @ R^T gives R Q."""
+    h = template.to(x.dtype).T @ x  # [B, 3, 3] = sum_i t_i x_i^T
+    u, _, vt = torch.linalg.svd(h.double())
+    d = torch.linalg.det(vt.transpose(1, 2) @ u.transpose(1, 2))
+    fix = torch.ones(x.shape[0], 3, dtype=u.dtype, device=x.device)
+    fix[:, 2] = torch.where(d < 0, -1.0, 1.0)
+    return (vt.transpose(1, 2) @ (fix[..., None] * u.transpose(1, 2))).to(x.dtype)
+
+
+@dataclass
+class FrameContext:
+    """What a template-frame denoiser keeps for a sampling run: the conditions themselves
+    (the 3D skeleton turns with each step's frame, so its tokens are made at every step)."""
+
+    cond: Conditions | None
+    batch: int
+
 
 class X0Denoiser(nn.Module):
-    def __init__(self, net: nn.Module, schedule: CosineSchedule, sigma_data: float = 0.65
-                 ) -> None:
+    def __init__(self, net: nn.Module, schedule: CosineSchedule, sigma_data: float = 0.65,
+                 frame: str = "camera", template: torch.Tensor | None = None) -> None:
         super().__init__()
+        if frame not in FRAMES:
+            raise ValueError(f"frame must be one of {FRAMES}, got {frame!r}")
+        if frame == "template" and template is None:
+            raise ValueError("frame 'template' needs the template vertices [V, 3]")
         self.net = net
         self.sigma_data = sigma_data
+        self.frame = frame
         ab = torch.cat([torch.ones(1, dtype=torch.float64), schedule.alphas_cumprod])
         self.register_buffer("alpha_bar", ab.float(), persistent=False)  # index t + 1
+        self.register_buffer("template", None if template is None else template.float(),
+                             persistent=False)
 
     def coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
         ab = self.alpha_bar[(t.long() + 1).clamp(0, len(self.alpha_bar) - 1)]
@@ -31,11 +68,31 @@ class X0Denoiser(nn.Module):
         denom = (ab * s2 + 1 - ab).sqrt()
         return ab.sqrt() * s2 / denom ** 2, self.sigma_data * (1 - ab).sqrt() / denom, 1 / denom
 
-    def context(self, cond: Conditions | None, batch: int) -> Context:
+    def context(self, cond: Conditions | None, batch: int) -> Context | FrameContext:
+        if self.frame == "template":
+            return FrameContext(cond, batch)
         return self.net.context(cond, batch)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor,
-                cond: Conditions | Context | None = None) -> torch.Tensor:
+                cond: Conditions | Context | FrameContext | None = None) -> torch.Tensor:
         t = t.reshape(-1).expand(x_t.shape[0])
         c_skip, c_out, c_in = (c[:, None, None].to(x_t.dtype) for c in self.coefficients(t))
-        return c_skip * x_t + c_out * self.net(c_in * x_t, t, cond)
+        if self.frame == "camera":
+            return c_skip * x_t + c_out * self.net(c_in * x_t, t, cond)
+        if isinstance(cond, Context):
+            raise TypeError("a template-frame denoiser takes Conditions or its FrameContext")
+        if isinstance(cond, FrameContext):
+            cond = cond.cond
+        with torch.no_grad():
+            q = template_frame(x_t.detach(), self.template)
+        x_c = x_t @ q
+        out = c_skip * x_c + c_out * self.net(c_in * x_c, t, in_frame(cond, q))
+        return out @ q.transpose(1, 2)
+
+
+def in_frame(cond: Conditions | None, q: torch.Tensor) -> Conditions:
+    """Conditions as a template-frame net sees them: the 3D skeleton turned by Q^T, and Q
+    itself for the conditions that stay in the camera frame."""
+    cond = cond or Conditions()
+    joints = None if cond.joints3d is None else cond.joints3d @ q
+    return replace(cond, joints3d=joints, frame=q)

@@ -30,6 +30,7 @@ class GraphUNetConfig:
     time_dim: int = 128
     num_patches: int = 16
     image_dim: int = 256
+    frame: str = "camera"  # or "template": the denoiser turns x_t into the template's frame
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -173,7 +174,8 @@ class GraphUNet(nn.Module):
         self.cfg = cfg
         self.num_vertices = hierarchy.sizes[0]
         ch, sizes = cfg.channels, hierarchy.sizes
-        self.conditions = ConditionEncoder(cfg.token_dim, cfg.num_patches, cfg.image_dim)
+        self.conditions = ConditionEncoder(cfg.token_dim, cfg.num_patches, cfg.image_dim,
+                                           frame_inputs=cfg.frame == "template")
         self.time = nn.Sequential(nn.Linear(cfg.time_dim, cfg.time_dim), nn.SiLU(),
                                   nn.Linear(cfg.time_dim, cfg.time_dim))
         self.inp = nn.Linear(3, ch[0])

@@ -94,7 +94,11 @@ def build_model(config: dict, hand=None) -> tuple[GraphUNet, object]:
     net = GraphUNet(hierarchy, cfg)
     sigma = config["model"].get("sigma_data")
     if sigma is not None:  # skip-preconditioned x0 prediction
-        return X0Denoiser(net, CosineSchedule(), sigma), hand
+        v = hand.v_template
+        template = (v - (hand.keypoint_regressor @ v)[0]) / SCALE  # wrist at the origin
+        return X0Denoiser(net, CosineSchedule(), sigma, cfg.frame, template), hand
+    if cfg.frame != "camera":
+        raise ValueError(f"model.frame {cfg.frame!r} needs model.sigma_data")
     return net, hand
 
 
