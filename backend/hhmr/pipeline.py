@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -193,7 +194,10 @@ class HandDiffusionPipeline:
         # overhead; by default on the CPU, where it was measured); traces copy the weights:
         # set trace=False while changing them
         trace = self.device.type == "cpu" if trace is None else trace
-        self.traced = TracedDenoiser(self.net) if trace else None
+        # a template-frame denoiser turns x_t before and after the net: trace the net inside
+        self.frame_net = getattr(self.net, "frame", "camera") == "template"
+        traced_net = self.net.net if self.frame_net else self.net
+        self.traced = TracedDenoiser(traced_net) if trace else None
         self.hand = hand.to(self.device)
         self.schedule = CosineSchedule()
         self.regressor = hand.keypoint_regressor.to(self.device)
@@ -284,8 +288,11 @@ class HandDiffusionPipeline:
         with torch.no_grad():
             context = prepare(cond, batch) if prepare is not None else cond
         # unguided steps: through the frozen trace when there is one for this kind of net
-        plain = self.traced if self.traced is not None and isinstance(context, Context) \
-            else self.net
+        plain = self.net
+        if self.traced is not None and self.frame_net:
+            plain = partial(self.net, inner=self.traced)
+        elif self.traced is not None and isinstance(context, Context):
+            plain = self.traced
         # x_t-guided runs end at t=0, where the net is nearly the identity, so the last
         # guidance move lands on the output as computed; the others end on the net's x0 at
         # t=T/n ("trailing"; x0 guidance then corrects that x0 itself): a last step to t=0

@@ -14,6 +14,7 @@ conditions that live in the camera (2D keypoints, image tokens) get Q as an inpu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -74,7 +75,10 @@ class X0Denoiser(nn.Module):
         return self.net.context(cond, batch)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor,
-                cond: Conditions | Context | FrameContext | None = None) -> torch.Tensor:
+                cond: Conditions | Context | FrameContext | None = None,
+                inner: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
+        """x0 [B, V, 3]; `inner` (template frame only) runs the net on (x, t, Context) in its
+        place, e.g. a frozen trace of it (`hhmr.models.tracing`)."""
         t = t.reshape(-1).expand(x_t.shape[0])
         c_skip, c_out, c_in = (c[:, None, None].to(x_t.dtype) for c in self.coefficients(t))
         if self.frame == "camera":
@@ -86,7 +90,8 @@ class X0Denoiser(nn.Module):
         with torch.no_grad():
             q = template_frame(x_t.detach(), self.template)
         x_c = x_t @ q
-        out = c_skip * x_c + c_out * self.net(c_in * x_c, t, in_frame(cond, q))
+        ctx = self.net.context(in_frame(cond, q), x_t.shape[0])
+        out = c_skip * x_c + c_out * (inner or self.net)(c_in * x_c, t, ctx)
         return out @ q.transpose(1, 2)
 
 
