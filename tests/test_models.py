@@ -385,7 +385,7 @@ def test_guidance_space_defaults_and_checks():
 
 
 @pytest.mark.parametrize("weighting,frame", [("uniform", "camera"), ("edm", "camera"),
-                                             ("edm", "template")])
+                                             ("edm", "template"), ("edm", "template_or_camera")])
 def test_tiny_training_run_lowers_the_loss(tmp_path, weighting, frame):
     from hhmr.paths import weights_dir  # noqa: F401
     from hhmr.training.train import load_config, train
@@ -604,3 +604,31 @@ def test_template_frame_pipeline_runs_every_task(hand):
     joints = hand(None, torch.zeros(1, 15, 3), None).joints[0]
     fit = p.refit3d(joints, n=2)
     assert torch.isfinite(fit.vertices).all() and fit.vertices.shape[0] == 2
+
+
+def test_template_or_camera_frame_keeps_2d_conditioned_samples_in_the_camera(hand, gen):
+    from hhmr.models.denoiser import has_camera_condition
+    from hhmr.training.train import build_model
+
+    torch.manual_seed(0)
+    den, _ = build_model({"model": {**TINY.to_dict(), "sigma_data": 0.65,
+                                    "frame": "template_or_camera"}}, hand)
+    assert not den.net.conditions.frame_inputs
+    b = 4
+    x = torch.randn(b, hand.num_vertices, 3, generator=gen)
+    t = torch.tensor([999, 600, 200, 10])
+    r = _random_rotations(b, gen)
+    conf = torch.ones(b, 21)
+    conf[2:] = 0  # samples 2 and 3: every keypoint dropped, as training's masking does
+    kp = Conditions(keypoints2d=torch.randn(b, 21, 2, generator=gen), keypoints2d_conf=conf)
+    assert has_camera_condition(kp, b).tolist() == [True, True, False, False]
+    assert has_camera_condition(Conditions(), b).tolist() == [False] * b
+    c_skip, c_out, c_in = (c[:, None, None] for c in den.coefficients(t))
+    with torch.no_grad():
+        out = den(x, t, kp)
+        camera = c_skip * x + c_out * den.net(c_in * x, t, kp)  # no turn at all
+        turned = den(x @ r.transpose(1, 2), t, kp)
+    assert torch.allclose(out[:2], camera[:2], atol=1e-5)
+    assert not torch.allclose(out[2:], camera[2:], atol=1e-3)
+    # the samples without a camera condition turn with the hand
+    assert torch.allclose(turned[2:], out[2:] @ r[2:].transpose(1, 2), atol=1e-4)

@@ -195,7 +195,7 @@ class HandDiffusionPipeline:
         # set trace=False while changing them
         trace = self.device.type == "cpu" if trace is None else trace
         # a template-frame denoiser turns x_t before and after the net: trace the net inside
-        self.frame_net = getattr(self.net, "frame", "camera") == "template"
+        self.frame_net = getattr(self.net, "frame", "camera") != "camera"
         traced_net = self.net.net if self.frame_net else self.net
         self.traced = TracedDenoiser(traced_net) if trace else None
         self.hand = hand.to(self.device)

@@ -10,6 +10,8 @@ step turns x_t (and the 3D skeleton) by the rotation Q that best aligns the temp
 x_t (Kabsch), denoises there and turns x0 back, x0(x_t) = Q D(x_t Q) Q^T in row form. The net
 then never has to learn the hand's orientation, the largest part of the data's variance;
 conditions that live in the camera (2D keypoints, image tokens) get Q as an input.
+frame "template_or_camera" keeps the camera frame (Q = I) for the samples that have such a
+condition, whose tokens then need no Q, and takes the template frame for the others.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from hhmr.diffusion.schedule import CosineSchedule
 from hhmr.models.conditions import Conditions
 from hhmr.models.graph_unet import Context
 
-FRAMES = ("camera", "template")
+FRAMES = ("camera", "template", "template_or_camera")
 
 
 def template_frame(x: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
@@ -53,8 +55,8 @@ class X0Denoiser(nn.Module):
         super().__init__()
         if frame not in FRAMES:
             raise ValueError(f"frame must be one of {FRAMES}, got {frame!r}")
-        if frame == "template" and template is None:
-            raise ValueError("frame 'template' needs the template vertices [V, 3]")
+        if frame != "camera" and template is None:
+            raise ValueError(f"frame {frame!r} needs the template vertices [V, 3]")
         self.net = net
         self.sigma_data = sigma_data
         self.frame = frame
@@ -70,7 +72,7 @@ class X0Denoiser(nn.Module):
         return ab.sqrt() * s2 / denom ** 2, self.sigma_data * (1 - ab).sqrt() / denom, 1 / denom
 
     def context(self, cond: Conditions | None, batch: int) -> Context | FrameContext:
-        if self.frame == "template":
+        if self.frame != "camera":
             return FrameContext(cond, batch)
         return self.net.context(cond, batch)
 
@@ -89,6 +91,9 @@ class X0Denoiser(nn.Module):
             cond = cond.cond
         with torch.no_grad():
             q = template_frame(x_t.detach(), self.template)
+            if self.frame == "template_or_camera" and cond is not None:
+                camera = has_camera_condition(cond, x_t.shape[0])[:, None, None]
+                q = torch.where(camera, torch.eye(3, dtype=q.dtype, device=q.device), q)
         x_c = x_t @ q
         ctx = self.net.context(in_frame(cond, q), x_t.shape[0])
         out = c_skip * x_c + c_out * (inner or self.net)(c_in * x_c, t, ctx)
@@ -101,3 +106,20 @@ def in_frame(cond: Conditions | None, q: torch.Tensor) -> Conditions:
     cond = cond or Conditions()
     joints = None if cond.joints3d is None else cond.joints3d @ q
     return replace(cond, joints3d=joints, frame=q)
+
+
+def has_camera_condition(cond: Conditions, batch: int) -> torch.Tensor:
+    """[B] bool: the samples with a known 2D keypoint or image token (conditions that live in
+    the camera frame)."""
+    out = torch.zeros(batch, dtype=torch.bool)
+    if cond.keypoints2d is not None:
+        conf = cond.keypoints2d_conf
+        out = out.to(cond.keypoints2d.device) | (
+            torch.ones(batch, dtype=torch.bool, device=cond.keypoints2d.device)
+            if conf is None else (conf > 0).any(1))
+    if cond.image_tokens is not None:
+        mask = cond.image_mask
+        out = out.to(cond.image_tokens.device) | (
+            torch.ones(batch, dtype=torch.bool, device=cond.image_tokens.device)
+            if mask is None else (mask > 0).any(1))
+    return out

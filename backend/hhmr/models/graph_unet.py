@@ -30,7 +30,10 @@ class GraphUNetConfig:
     time_dim: int = 128
     num_patches: int = 16
     image_dim: int = 256
-    frame: str = "camera"  # or "template": the denoiser turns x_t into the template's frame
+    # "camera", or the denoiser turns x_t into the template's frame: "template" (always; the
+    # 2D keypoint and image tokens read the frame), "template_or_camera" (not for samples
+    # with 2D keypoints or image tokens, which stay in the camera frame)
+    frame: str = "camera"
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
