@@ -92,7 +92,7 @@ class X0Denoiser(nn.Module):
         with torch.no_grad():
             q = template_frame(x_t.detach(), self.template)
             if self.frame == "template_or_camera" and cond is not None:
-                camera = has_camera_condition(cond, x_t.shape[0])[:, None, None]
+                camera = has_camera_condition(cond, x_t.shape[0]).to(q.device)[:, None, None]
                 q = torch.where(camera, torch.eye(3, dtype=q.dtype, device=q.device), q)
         x_c = x_t @ q
         ctx = self.net.context(in_frame(cond, q), x_t.shape[0])
@@ -109,17 +109,11 @@ def in_frame(cond: Conditions | None, q: torch.Tensor) -> Conditions:
 
 
 def has_camera_condition(cond: Conditions, batch: int) -> torch.Tensor:
-    """[B] bool: the samples with a known 2D keypoint or image token (conditions that live in
-    the camera frame)."""
+    """[B] bool (on the CPU): the samples with a known 2D keypoint or image token, the
+    conditions that live in the camera frame."""
     out = torch.zeros(batch, dtype=torch.bool)
-    if cond.keypoints2d is not None:
-        conf = cond.keypoints2d_conf
-        out = out.to(cond.keypoints2d.device) | (
-            torch.ones(batch, dtype=torch.bool, device=cond.keypoints2d.device)
-            if conf is None else (conf > 0).any(1))
-    if cond.image_tokens is not None:
-        mask = cond.image_mask
-        out = out.to(cond.image_tokens.device) | (
-            torch.ones(batch, dtype=torch.bool, device=cond.image_tokens.device)
-            if mask is None else (mask > 0).any(1))
+    for values, known in ((cond.keypoints2d, cond.keypoints2d_conf),
+                          (cond.image_tokens, cond.image_mask)):
+        if values is not None:
+            out |= True if known is None else (known > 0).any(1).cpu()
     return out
