@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from hhmr.hand.rotations import random_rotations
 from hhmr.mesh.hierarchy import MeshHierarchy
 from hhmr.models import Conditions, GraphUNet, GraphUNetConfig
 from hhmr.models.conditions import DropoutConfig, drop_conditions, normalize_keypoints
@@ -530,17 +531,11 @@ def test_generation_sets_are_described_against_real_hands(pipe):
     assert one["coverage_mm"] > same["coverage_mm"]
 
 
-def _random_rotations(n, gen):
-    q, r = torch.linalg.qr(torch.randn(n, 3, 3, generator=gen))
-    q = q * torch.sign(torch.diagonal(r, dim1=1, dim2=2))[:, None]
-    return q * torch.sign(torch.linalg.det(q))[:, None, None]
-
-
 def test_template_frame_is_a_rotation_that_turns_with_the_hand(hand, gen):
     from hhmr.models.denoiser import template_frame
 
     tmpl = hand.v_template - hand.v_template.mean(0)
-    r = _random_rotations(6, gen)
+    r = random_rotations(6, gen)
     x = tmpl @ r.transpose(1, 2) + 0.002 * torch.randn(6, *tmpl.shape, generator=gen)
     q = template_frame(x, tmpl)
     assert torch.allclose(q @ q.transpose(1, 2), torch.eye(3).expand(6, 3, 3), atol=1e-5)
@@ -562,7 +557,7 @@ def test_template_frame_denoiser_is_equivariant_to_turns(hand, gen):
     b = 4
     x = torch.randn(b, hand.num_vertices, 3, generator=gen)
     t = torch.tensor([999, 600, 200, 10])
-    r = _random_rotations(b, gen)
+    r = random_rotations(b, gen)
     j = torch.randn(b, 21, 3, generator=gen)
     for cond in (None, Conditions(joints3d=j, joints3d_mask=torch.ones(b, 21))):
         turned = None if cond is None else \
@@ -617,7 +612,7 @@ def test_template_or_camera_frame_keeps_2d_conditioned_samples_in_the_camera(han
     b = 4
     x = torch.randn(b, hand.num_vertices, 3, generator=gen)
     t = torch.tensor([999, 600, 200, 10])
-    r = _random_rotations(b, gen)
+    r = random_rotations(b, gen)
     conf = torch.ones(b, 21)
     conf[2:] = 0  # samples 2 and 3: every keypoint dropped, as training's masking does
     kp = Conditions(keypoints2d=torch.randn(b, 21, 2, generator=gen), keypoints2d_conf=conf)

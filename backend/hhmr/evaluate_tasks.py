@@ -11,6 +11,7 @@ from tqdm import tqdm
 from hhmr import metrics
 from hhmr.baselines import PosePCA, fit_lbs
 from hhmr.data.poses import PosePrior
+from hhmr.mesh.geometry import kabsch
 from hhmr.pipeline import GUIDANCE_SPACE, HandDiffusionPipeline
 from hhmr.training.data import synthetic_batch
 from hhmr.training.train import EVAL_SEED_OFFSET
@@ -31,11 +32,7 @@ def canonical(pipe: HandDiffusionPipeline, verts: torch.Tensor) -> torch.Tensor:
     tmpl = (reg @ pipe.hand.v_template.cpu())[PALM]
     kp = (reg @ verts)[:, PALM]
     mu_k, mu_t = kp.mean(1, keepdim=True), tmpl.mean(0)
-    u, _, vt = torch.linalg.svd((kp - mu_k).transpose(1, 2) @ (tmpl - mu_t))
-    d = torch.sign(torch.linalg.det(u @ vt))
-    fix = torch.ones(len(verts), 3)
-    fix[:, 2] = d
-    rot = u @ (fix[..., None] * vt)
+    rot, _ = kabsch((kp - mu_k).transpose(1, 2) @ (tmpl - mu_t))
     return (verts - mu_k) @ rot + mu_t
 
 

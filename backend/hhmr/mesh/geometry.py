@@ -67,19 +67,26 @@ def boundary_loops(faces: np.ndarray) -> list[list[int]]:
     return loops
 
 
+def kabsch(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rotation R [..., 3, 3] (no reflection) that maximises tr(R^T cov) for cov = p^T t
+    of point sets p, t [..., N, 3], so that p @ R ~ t; and cov's singular values with the
+    reflection's sign [..., 3]."""
+    u, s, vt = torch.linalg.svd(cov)
+    d = torch.where(torch.linalg.det(u @ vt) < 0, -1.0, 1.0).to(s.dtype)
+    ones = torch.ones_like(d)
+    signs = torch.stack([ones, ones, d], dim=-1)
+    return u @ (signs[..., None] * vt), s * signs
+
+
 def procrustes_align(
     pred: torch.Tensor, target: torch.Tensor, scale: bool = True
 ) -> torch.Tensor:
     """Align pred [..., N, 3] to target with the best similarity (or rigid) transform."""
     mu_p, mu_t = pred.mean(-2, keepdim=True), target.mean(-2, keepdim=True)
     p, t = pred - mu_p, target - mu_t
-    cov = p.transpose(-1, -2) @ t
-    u, s, vt = torch.linalg.svd(cov)
-    d = torch.sign(torch.linalg.det(u @ vt))
-    ones = torch.ones_like(d)
-    signs = torch.stack([ones, ones, d], dim=-1)
-    rot = u @ (signs[..., None] * vt)  # p @ rot ~ t
-    k = (s * signs).sum(-1) / (p * p).sum((-1, -2)).clamp_min(1e-12) if scale else ones
+    rot, s = kabsch(p.transpose(-1, -2) @ t)  # p @ rot ~ t
+    ones = torch.ones(s.shape[:-1], dtype=s.dtype, device=s.device)
+    k = s.sum(-1) / (p * p).sum((-1, -2)).clamp_min(1e-12) if scale else ones
     return k[..., None, None] * (p @ rot) + mu_t
 
 

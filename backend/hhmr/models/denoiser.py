@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from hhmr.diffusion.schedule import CosineSchedule
+from hhmr.mesh.geometry import kabsch
 from hhmr.models.conditions import Conditions
 from hhmr.models.graph_unet import Context
 
@@ -32,12 +33,8 @@ FRAMES = ("camera", "template", "template_or_camera")
 def template_frame(x: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
     """Rotations Q [B, 3, 3] with x [B, V, 3] ~ template [V, 3] @ Q^T at least squares (Kabsch
     about the origin, no reflection); equivariant: x @ R^T gives R Q."""
-    h = template.to(x.dtype).T @ x  # [B, 3, 3] = sum_i t_i x_i^T
-    u, _, vt = torch.linalg.svd(h.double())
-    d = torch.linalg.det(vt.transpose(1, 2) @ u.transpose(1, 2))
-    fix = torch.ones(x.shape[0], 3, dtype=u.dtype, device=x.device)
-    fix[:, 2] = torch.where(d < 0, -1.0, 1.0)
-    return (vt.transpose(1, 2) @ (fix[..., None] * u.transpose(1, 2))).to(x.dtype)
+    rot, _ = kabsch((template.to(x.dtype).T @ x).double())  # template @ rot ~ x
+    return rot.transpose(1, 2).to(x.dtype)
 
 
 @dataclass
