@@ -385,17 +385,18 @@ def test_guidance_space_defaults_and_checks():
         guidance("fit2d", 0.1, strength=1.0)
 
 
-@pytest.mark.parametrize("weighting,frame", [("uniform", "camera"), ("edm", "camera"),
-                                             ("edm", "template"), ("edm", "template_or_camera")])
-def test_tiny_training_run_lowers_the_loss(tmp_path, weighting, frame):
+@pytest.mark.parametrize("weighting,frame,rank", [
+    ("uniform", "camera", 0), ("edm", "camera", 0), ("edm", "template", 0),
+    ("edm", "template_or_camera", 0), ("edm", "template_or_camera", 8)])
+def test_tiny_training_run_lowers_the_loss(tmp_path, weighting, frame, rank):
     from hhmr.paths import weights_dir  # noqa: F401
     from hhmr.training.train import load_config, train
 
     cfg = load_config("backend/hhmr/configs/prior.toml")
     cfg["model"].update(channels=[8, 8, 16, 16], token_dim=16, heads=2, time_dim=16,
-                        frame=frame)
+                        frame=frame, linear_rank=rank)
     cfg["train"].update(batch_size=16, max_steps=80, checkpoint_every=20, lr=3e-3,
-                        warmup_steps=5, t_weighting=weighting)
+                        warmup_steps=5, t_weighting=weighting, linear_fit_hands=200)
     # a net this small hardly moves its normal term in 80 steps; at the shipped config's
     # weight (0.5) that term would hide the drop of the others
     cfg["loss"]["normal"] = 0.1
@@ -415,6 +416,11 @@ def test_tiny_training_run_lowers_the_loss(tmp_path, weighting, frame):
     name = "net.out.weight"
     assert torch.equal(final["model"][name], live["ema"][name])
     assert not torch.equal(final["model"][name], live["model"][name])
+    if rank:  # the linear estimate was fitted once, saved, and kept on resume
+        fitted = ckpt["model"]["linear.eigvals"]
+        assert fitted.shape == (rank,) and (fitted > 0).all()
+        assert torch.equal(live["model"]["linear.eigvals"], fitted)
+        assert torch.equal(final["model"]["linear.basis"], live["model"]["linear.basis"])
 
 
 def test_training_timesteps_can_focus_on_the_sampler_grid():
@@ -627,3 +633,75 @@ def test_template_or_camera_frame_keeps_2d_conditioned_samples_in_the_camera(han
     assert not torch.allclose(out[2:], camera[2:], atol=1e-3)
     # the samples without a camera condition turn with the hand
     assert torch.allclose(turned[2:], out[2:] @ r[2:].transpose(1, 2), atol=1e-4)
+
+
+class _PassLinearInput(torch.nn.Module):
+    """F = the linear input channel: the denoiser then returns the linear estimate itself."""
+
+    def __init__(self, net) -> None:
+        super().__init__()
+        self.net = net
+
+    def context(self, cond, batch):
+        return self.net.context(cond, batch)
+
+    def forward(self, x, t, cond=None):
+        assert x.shape[-1] == 6
+        return x[..., 3:]
+
+
+@pytest.mark.parametrize("frame", ["camera", "template", "template_or_camera"])
+def test_linear_input_is_the_gaussian_estimate_in_the_hands_own_frame(hand, gen, frame):
+    from hhmr.data.poses import PosePrior
+    from hhmr.models.denoiser import template_frame
+    from hhmr.training.data import training_hands
+    from hhmr.training.train import build_model
+
+    torch.manual_seed(0)
+    den, _ = build_model({"model": {**TINY.to_dict(), "sigma_data": 0.65, "frame": frame,
+                                    "linear_rank": 16}}, hand)
+    assert den.net.inp.in_features == 6
+    hands = training_hands(hand, PosePrior(hand), num=300, chunk=150)
+    den.fit_linear(hands)
+    aligned = hands @ template_frame(hands, den.template)
+    assert torch.allclose(den.linear.mean.reshape(-1, 3), aligned.mean(0), atol=1e-5)
+    b = 4
+    x0 = training_hands(hand, PosePrior(hand), seed=3, num=b)
+    t = torch.tensor([966, 700, 300, 20])
+    ab = den.alpha_bar[t + 1][:, None, None]
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * torch.randn(x0.shape, generator=gen)
+    q = template_frame(x_t, den.template)
+    expected = den.linear(x_t @ q, ab.reshape(-1)) @ q.transpose(1, 2)
+    with torch.no_grad():
+        trained = den(x_t, t)
+    den.net = _PassLinearInput(den.net)
+    with torch.no_grad():
+        out = den(x_t, t)
+        r = random_rotations(b, gen)
+        turned = den(x_t @ r.transpose(1, 2), t)
+    assert torch.allclose(out, expected, atol=1e-4)
+    assert torch.allclose(turned, out @ r.transpose(1, 2), atol=1e-4)  # in any frame
+    assert not torch.allclose(trained, out, atol=1e-2)  # an untrained net adds its own F
+    # at t=700 it is a whole hand, not x_t shrunk: far nearer the truth than the skip alone
+    c_skip = den.coefficients(t)[0][:, None, None]
+    err = (out - x0).norm(dim=-1).mean(1)
+    assert err[1] < 0.3 * (c_skip * x_t - x0).norm(dim=-1).mean(1)[1]
+
+
+def test_linear_input_pipeline_traces_as_it_runs_eagerly(hand):
+    from hhmr.data.poses import PosePrior
+    from hhmr.training.data import training_hands
+    from hhmr.training.train import build_model
+
+    torch.manual_seed(0)
+    den, _ = build_model({"model": {**TINY.to_dict(), "sigma_data": 0.65,
+                                    "frame": "template_or_camera", "linear_rank": 16}}, hand)
+    den.fit_linear(training_hands(hand, PosePrior(hand), num=200))
+    p = HandDiffusionPipeline(den.requires_grad_(False), hand, trace=True)
+    eager = HandDiffusionPipeline(den, hand, trace=False)
+    gen_h = p.generate(3, seed=1)
+    assert torch.isfinite(gen_h.vertices).all() and p.traced._cache
+    assert torch.allclose(gen_h.vertices, eager.generate(3, seed=1).vertices, atol=1e-5)
+    joints = hand(None, torch.zeros(1, 15, 3), None).joints[0]
+    for fit in (p.refit3d(joints, n=2), p.fit2d(torch.rand(21, 2) * 100, n=2)):
+        assert torch.isfinite(fit.vertices).all() and fit.vertices.shape[0] == 2

@@ -125,12 +125,15 @@ class DPMSolverSampler(DDIMSampler):
 
 
 def gaussian_sample_sd(sampler: DDIMSampler, steps: int, spacing: str, sd: float = 0.65,
-                       last: int | None = None, count: int = 20000) -> float:
+                       last: int | None = None, count: int = 20000, gain: float = 1.0,
+                       gain_from: int = 0) -> float:
     """Standard deviation of `count` draws of N(0, sd^2) data sampled with the exact denoiser
-    E[x0 | x_t]: the scale a sampler keeps (sd is right), free of any network."""
+    E[x0 | x_t]: the scale a sampler keeps (sd is right), free of any network. `gain` scales
+    that denoiser at timesteps >= gain_from: a net that reads x_t a little shrunk there."""
     s = sampler.schedule
     x = torch.randn(count, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     for t in sampler.set_timesteps(steps, spacing, last).tolist():
         ab = float(s.alpha_bar(torch.tensor(t)))
-        x = sampler.step(ab ** 0.5 * sd ** 2 / (ab * sd ** 2 + 1 - ab) * x, t, x)
+        k = gain if t >= gain_from else 1.0
+        x = sampler.step(k * ab ** 0.5 * sd ** 2 / (ab * sd ** 2 + 1 - ab) * x, t, x)
     return float(x.std())

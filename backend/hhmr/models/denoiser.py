@@ -12,6 +12,14 @@ then never has to learn the hand's orientation, the largest part of the data's v
 conditions that live in the camera (2D keypoints, image tokens) get Q as an input.
 frame "template_or_camera" keeps the camera frame (Q = I) for the samples that have such a
 condition, whose tokens then need no Q, and takes the template frame for the others.
+
+linear_rank > 0 gives the net a second input beside c_in x_t: the best linear estimate of x0
+from x_t (`GaussianDenoiser`, fitted to training hands turned to the template's frame and
+applied in x_t's own Kabsch frame), as the output F that would return it,
+(x0_lin - c_skip x_t) / c_out. At high noise, where a hand's size and pose are settled, the
+net's own reading of x_t is a little shrunk against that estimate, and the sampler's ODE
+turns a few per cent of shrinkage there into a narrower distribution; with the estimate as
+an input, passing it through is one linear map, and the net learns what it lacks.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from hhmr.diffusion.gaussian import GaussianDenoiser
 from hhmr.diffusion.schedule import CosineSchedule
 from hhmr.mesh.geometry import kabsch
 from hhmr.models.conditions import Conditions
@@ -48,12 +57,13 @@ class FrameContext:
 
 class X0Denoiser(nn.Module):
     def __init__(self, net: nn.Module, schedule: CosineSchedule, sigma_data: float = 0.65,
-                 frame: str = "camera", template: torch.Tensor | None = None) -> None:
+                 frame: str = "camera", template: torch.Tensor | None = None,
+                 linear_rank: int = 0) -> None:
         super().__init__()
         if frame not in FRAMES:
             raise ValueError(f"frame must be one of {FRAMES}, got {frame!r}")
-        if frame != "camera" and template is None:
-            raise ValueError(f"frame {frame!r} needs the template vertices [V, 3]")
+        if (frame != "camera" or linear_rank) and template is None:
+            raise ValueError("a template frame or a linear input needs the template [V, 3]")
         self.net = net
         self.sigma_data = sigma_data
         self.frame = frame
@@ -61,6 +71,26 @@ class X0Denoiser(nn.Module):
         self.register_buffer("alpha_bar", ab.float(), persistent=False)  # index t + 1
         self.register_buffer("template", None if template is None else template.float(),
                              persistent=False)
+        # saved with the weights: fitted once, when a fresh training run starts (fit_linear)
+        self.linear = GaussianDenoiser(template.numel(), linear_rank) if linear_rank else None
+
+    @torch.no_grad()
+    def fit_linear(self, hands: torch.Tensor) -> None:
+        """Fit the linear estimate to training hands [N, V, 3] (model units, any orientation),
+        turned to the template's frame."""
+        hands = hands.to(self.template)
+        self.linear.fit(hands @ template_frame(hands, self.template))
+
+    def _linear_input(self, x_t: torch.Tensor, x_c: torch.Tensor, q_k: torch.Tensor,
+                      q: torch.Tensor | None, t: torch.Tensor, c_skip: torch.Tensor,
+                      c_out: torch.Tensor) -> torch.Tensor:
+        """(x0_lin - c_skip x_c) / c_out in the net's frame (x_c = x_t @ q), x0_lin taken in
+        x_t's Kabsch frame q_k."""
+        ab = self.alpha_bar[(t.long() + 1).clamp(0, len(self.alpha_bar) - 1)]
+        lin = self.linear(x_t @ q_k, ab) @ q_k.transpose(1, 2)
+        if q is not None:
+            lin = lin @ q
+        return (lin - c_skip * x_c) / c_out
 
     def coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
         ab = self.alpha_bar[(t.long() + 1).clamp(0, len(self.alpha_bar) - 1)]
@@ -80,20 +110,27 @@ class X0Denoiser(nn.Module):
         place, e.g. a frozen trace of it (`hhmr.models.tracing`)."""
         t = t.reshape(-1).expand(x_t.shape[0])
         c_skip, c_out, c_in = (c[:, None, None].to(x_t.dtype) for c in self.coefficients(t))
-        if self.frame == "camera":
-            return c_skip * x_t + c_out * self.net(c_in * x_t, t, cond)
-        if isinstance(cond, Context):
-            raise TypeError("a template-frame denoiser takes Conditions or its FrameContext")
-        if isinstance(cond, FrameContext):
-            cond = cond.cond
-        with torch.no_grad():
-            q = template_frame(x_t.detach(), self.template)
+        q_k = q = None
+        if self.frame != "camera" or self.linear is not None:
+            with torch.no_grad():
+                q_k = template_frame(x_t.detach(), self.template)
+        if self.frame != "camera":
+            if isinstance(cond, Context):
+                raise TypeError("a template-frame denoiser takes Conditions or its FrameContext")
+            if isinstance(cond, FrameContext):
+                cond = cond.cond
+            q = q_k
             if self.frame == "template_or_camera" and cond is not None:
                 camera = has_camera_condition(cond, x_t.shape[0]).to(q.device)[:, None, None]
                 q = torch.where(camera, torch.eye(3, dtype=q.dtype, device=q.device), q)
-        x_c = x_t @ q
+        x_c = x_t if q is None else x_t @ q
+        inp = c_in * x_c
+        if self.linear is not None:
+            inp = torch.cat([inp, self._linear_input(x_t, x_c, q_k, q, t, c_skip, c_out)], -1)
+        if q is None:
+            return c_skip * x_t + c_out * (inner or self.net)(inp, t, cond)
         ctx = self.net.context(in_frame(cond, q), x_t.shape[0])
-        out = c_skip * x_c + c_out * (inner or self.net)(c_in * x_c, t, ctx)
+        out = c_skip * x_c + c_out * (inner or self.net)(inp, t, ctx)
         return out @ q.transpose(1, 2)
 
 

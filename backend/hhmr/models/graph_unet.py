@@ -34,6 +34,9 @@ class GraphUNetConfig:
     # 2D keypoint and image tokens read the frame), "template_or_camera" (not for samples
     # with 2D keypoints or image tokens, which stay in the camera frame)
     frame: str = "camera"
+    # rank of the linear x0 estimate the denoiser feeds the net beside x_t (0: none;
+    # hhmr.models.denoiser, "linear input")
+    linear_rank: int = 0
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -181,7 +184,8 @@ class GraphUNet(nn.Module):
                                            frame_inputs=cfg.frame == "template")
         self.time = nn.Sequential(nn.Linear(cfg.time_dim, cfg.time_dim), nn.SiLU(),
                                   nn.Linear(cfg.time_dim, cfg.time_dim))
-        self.inp = nn.Linear(3, ch[0])
+        self.in_channels = 6 if cfg.linear_rank else 3  # x_t, then the linear estimate's input
+        self.inp = nn.Linear(self.in_channels, ch[0])
         self.vertex_embedding = nn.ParameterList(
             [nn.Parameter(torch.randn(n, c) * 0.02) for n, c in zip(sizes, ch, strict=True)])
         levels = range(hierarchy.num_levels)
@@ -216,8 +220,8 @@ class GraphUNet(nn.Module):
     def forward(self, x_t: torch.Tensor, t: torch.Tensor,
                 cond: Conditions | Context | None = None) -> torch.Tensor:
         b = x_t.shape[0]
-        if x_t.shape[1:] != (self.num_vertices, 3):
-            raise ValueError(f"x_t must be [B, {self.num_vertices}, 3]")
+        if x_t.shape[1:] != (self.num_vertices, self.in_channels):
+            raise ValueError(f"x_t must be [B, {self.num_vertices}, {self.in_channels}]")
         ctx = cond if isinstance(cond, Context) else self.context(cond, b)
         if ctx.batch != b:
             raise ValueError(f"context for batch {ctx.batch}, x_t has batch {b}")

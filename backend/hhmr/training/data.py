@@ -62,9 +62,9 @@ def synthetic_batch(model: HandModel, prior: PosePrior, n: int, generator: torch
     return Batch(verts, joints, kp, K, transl, cond)
 
 
-def fit_gaussian(gaussian: GaussianDenoiser, model: HandModel, prior: PosePrior, seed: int = 0,
-                 num: int = 16000, chunk: int = 2000) -> GaussianDenoiser:
-    """Fit a Gaussian denoiser to `num` training hands in model units (training seeds, apart
+def training_hands(model: HandModel, prior: PosePrior, seed: int = 0, num: int = 16000,
+                   chunk: int = 2000) -> torch.Tensor:
+    """`num` training hands [num, V, 3], wrist-relative, in model units (training seeds, apart
     from the batches'; random orientations as in the batches)."""
     hands = []
     for i in range(0, num, chunk):
@@ -73,4 +73,10 @@ def fit_gaussian(gaussian: GaussianDenoiser, model: HandModel, prior: PosePrior,
         with torch.no_grad():
             out = model(s.global_orient, s.hand_pose, s.betas)
         hands.append((out.vertices - out.joints[:, :1]) / SCALE)
-    return gaussian.fit(torch.cat(hands))
+    return torch.cat(hands)
+
+
+def fit_gaussian(gaussian: GaussianDenoiser, model: HandModel, prior: PosePrior, seed: int = 0,
+                 num: int = 16000, chunk: int = 2000) -> GaussianDenoiser:
+    """Fit a Gaussian denoiser to `num` training hands (`training_hands`)."""
+    return gaussian.fit(training_hands(model, prior, seed, num, chunk))

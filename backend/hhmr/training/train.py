@@ -20,7 +20,7 @@ from hhmr.models import GraphUNet, GraphUNetConfig
 from hhmr.models.conditions import DropoutConfig, drop_conditions
 from hhmr.models.denoiser import X0Denoiser
 from hhmr.training.clock import RunClock
-from hhmr.training.data import SCALE, synthetic_batch
+from hhmr.training.data import SCALE, synthetic_batch, training_hands
 from hhmr.training.losses import MeshLosses, timestep_weights
 
 EVAL_SEED_OFFSET = 1_000_000  # training draws use seeds below this, evaluation above
@@ -96,9 +96,10 @@ def build_model(config: dict, hand=None) -> tuple[GraphUNet, object]:
     if sigma is not None:  # skip-preconditioned x0 prediction
         v = hand.v_template
         template = (v - (hand.keypoint_regressor @ v)[0]) / SCALE  # wrist at the origin
-        return X0Denoiser(net, CosineSchedule(), sigma, cfg.frame, template), hand
-    if cfg.frame != "camera":
-        raise ValueError(f"model.frame {cfg.frame!r} needs model.sigma_data")
+        return X0Denoiser(net, CosineSchedule(), sigma, cfg.frame, template,
+                          cfg.linear_rank), hand
+    if cfg.frame != "camera" or cfg.linear_rank:
+        raise ValueError("model.frame and model.linear_rank need model.sigma_data")
     return net, hand
 
 
@@ -146,6 +147,10 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
     net.to(dev)
     prior = PosePrior(hand)
     schedule = CosineSchedule()
+    fresh = resume is None or not Path(resume).exists()
+    if fresh and getattr(net, "linear", None) is not None:  # model.linear_rank: fit it once
+        hands = training_hands(hand, prior, tcfg["seed"], tcfg.get("linear_fit_hands", 16000))
+        net.fit_linear(hands.to(dev))
     losses = MeshLosses(hand.keypoint_regressor.to(dev), hand.faces.to(dev), config["loss"])
     t_weights = loss_weights_per_timestep(net, schedule, tcfg).to(dev)
     dropout = DropoutConfig(**config.get("dropout", {}))
@@ -154,7 +159,7 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     step, elapsed, wall_elapsed, history, stages = 0, 0.0, 0.0, [], []
     ckpt = None
-    if resume is not None and Path(resume).exists():
+    if not fresh:
         ckpt = torch.load(resume, map_location=dev, weights_only=False)
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
