@@ -10,7 +10,8 @@ denoised, against the hands themselves. Prints one JSON object.
   goes (an exact denoiser keeps the one_step figure at `--to` from any start).
 
 Each row: APD (after turning each hand to the template's orientation, as `hhmr evaluate`
-does), self-intersection % and the mean distance to the hand it came from (mm).
+does), self-intersection %, the mean distance to the hand it came from (mm) and the s.d. of
+the palm lengths (wrist to middle MCP, mm: hand size).
 
 Usage: python tools/denoising_spread.py [WEIGHTS.pt] [--num 64] [--seed 100]
        [--t 0 10 20 40 99 150] [--from 99 382 626 826 999 --to 99]   (about a minute)
@@ -25,10 +26,13 @@ from hhmr import metrics
 from hhmr.data.poses import PosePrior
 from hhmr.diffusion import DDIMSampler
 from hhmr.evaluate_tasks import canonical
+from hhmr.hand import KEYPOINT_NAMES
 from hhmr.models import Conditions
 from hhmr.pipeline import HandDiffusionPipeline
 from hhmr.training.data import SCALE
 from hhmr.training.train import EVAL_SEED_OFFSET
+
+MIDDLE_MCP = KEYPOINT_NAMES.index("middle_mcp")
 
 
 def describe(pipe: HandDiffusionPipeline, verts: torch.Tensor, source: torch.Tensor) -> dict:
@@ -37,7 +41,10 @@ def describe(pipe: HandDiffusionPipeline, verts: torch.Tensor, source: torch.Ten
     si = metrics.self_intersection_pct(verts, pipe.hand.faces.cpu())
     aligned = canonical(pipe, verts)
     aligned = aligned - (reg @ aligned)[:, :1]
+    joints = reg @ verts
+    palm = (joints[:, MIDDLE_MCP] - joints[:, 0]).norm(dim=-1) * 1000
     return {"apd_mm": round(float(metrics.apd(aligned[None])), 2),
+            "palm_sd_mm": round(float(palm.std()), 2),
             "si_pct": round(float(np.mean(si.tolist())), 3),
             "dist_mm": round(float((verts - source).norm(dim=-1).mean()) * 1000, 2)}
 
