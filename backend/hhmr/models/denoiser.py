@@ -16,10 +16,10 @@ condition, whose tokens then need no Q, and takes the template frame for the oth
 linear_rank > 0 gives the net a second input beside c_in x_t: the best linear estimate of x0
 from x_t (`GaussianDenoiser`, fitted to training hands turned to the template's frame and
 applied in x_t's own Kabsch frame), as the output F that would return it,
-(x0_lin - c_skip x_t) / c_out. At high noise, where a hand's size and pose are settled, the
-net's own reading of x_t is a little shrunk against that estimate, and the sampler's ODE
-turns a few per cent of shrinkage there into a narrower distribution; with the estimate as
-an input, passing it through is one linear map, and the net learns what it lacks.
+(x0_lin - c_skip x_t) / c_out; passing it through is one linear map. Built because camera-
+and template-frame nets read hand size from x_t a little worse than that estimate does; run
+v12 reads it as well, yet generates no wider sizes (docs/diffusion.md, "Run v12"). Off (0)
+by default.
 """
 
 from __future__ import annotations
