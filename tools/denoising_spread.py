@@ -26,13 +26,10 @@ from hhmr import metrics
 from hhmr.data.poses import PosePrior
 from hhmr.diffusion import DDIMSampler
 from hhmr.evaluate_tasks import canonical
-from hhmr.hand import KEYPOINT_NAMES
 from hhmr.models import Conditions
 from hhmr.pipeline import HandDiffusionPipeline
 from hhmr.training.data import SCALE
 from hhmr.training.train import EVAL_SEED_OFFSET
-
-MIDDLE_MCP = KEYPOINT_NAMES.index("middle_mcp")
 
 
 def describe(pipe: HandDiffusionPipeline, verts: torch.Tensor, source: torch.Tensor) -> dict:
@@ -41,8 +38,7 @@ def describe(pipe: HandDiffusionPipeline, verts: torch.Tensor, source: torch.Ten
     si = metrics.self_intersection_pct(verts, pipe.hand.faces.cpu())
     aligned = canonical(pipe, verts)
     aligned = aligned - (reg @ aligned)[:, :1]
-    joints = reg @ verts
-    palm = (joints[:, MIDDLE_MCP] - joints[:, 0]).norm(dim=-1) * 1000
+    palm = metrics.palm_lengths(reg @ verts) * 1000
     return {"apd_mm": round(float(metrics.apd(aligned[None])), 2),
             "palm_sd_mm": round(float(palm.std()), 2),
             "si_pct": round(float(np.mean(si.tolist())), 3),

@@ -22,13 +22,11 @@ import json
 import torch
 from hhmr.data.poses import PosePrior
 from hhmr.diffusion.gaussian import GaussianDenoiser
-from hhmr.hand import KEYPOINT_NAMES
-from hhmr.models.denoiser import template_frame
+from hhmr.metrics import palm_lengths
+from hhmr.models.denoiser import linear_estimate, template_frame, turned_to_template
 from hhmr.pipeline import HandDiffusionPipeline
-from hhmr.training.data import SCALE, training_hands
+from hhmr.training.data import SCALE, model_template, training_hands
 from hhmr.training.train import EVAL_SEED_OFFSET
-
-MIDDLE_MCP = KEYPOINT_NAMES.index("middle_mcp")
 
 
 def main() -> None:
@@ -43,16 +41,14 @@ def main() -> None:
     pipe = HandDiffusionPipeline.from_pretrained(args.weights, trace=False)
     hand, den, sched = pipe.hand.cpu(), pipe.net, pipe.schedule
     prior = PosePrior(hand)
-    v = hand.v_template
-    template = (v - (hand.keypoint_regressor @ v)[0]) / SCALE  # as the denoiser's frame
+    template = model_template(hand)
     train = training_hands(hand, prior, 0, args.fit_hands)
-    linear = GaussianDenoiser(train[0].numel(), 256).fit(train @ template_frame(train, template))
+    linear = GaussianDenoiser(train[0].numel(), 256).fit(turned_to_template(train, template))
     x0 = training_hands(hand, prior, EVAL_SEED_OFFSET + args.seed, args.num)
     reg = hand.keypoint_regressor
 
     def palm(x: torch.Tensor) -> torch.Tensor:
-        joints = reg @ x
-        return (joints[:, MIDDLE_MCP] - joints[:, 0]).norm(dim=-1) * SCALE * 1000  # mm
+        return palm_lengths(reg @ x) * SCALE * 1000  # mm
 
     def row(pred: torch.Tensor) -> dict:
         corr = torch.corrcoef(torch.stack([palm(pred), palm(x0)]))[0, 1]
@@ -69,8 +65,7 @@ def main() -> None:
         ab = sched.alpha_bar(tt).to(x_t)
         with torch.no_grad():
             net = den(x_t, tt, None)
-            q = template_frame(x_t, template)
-            lin = linear(x_t @ q, ab) @ q.transpose(1, 2)
+            lin = linear_estimate(linear, x_t, ab, template_frame(x_t, template))
         result["t"][t] = {"net": row(net), "linear": row(lin)}
         print(t, result["t"][t], flush=True)
     print(json.dumps(result))

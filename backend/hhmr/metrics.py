@@ -10,10 +10,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from hhmr.hand.topology import KEYPOINT_NAMES
 from hhmr.mesh.geometry import procrustes_align
 from hhmr.mesh.intersection import self_intersection_fraction
 
 MM = 1000.0
+
+MIDDLE_MCP = KEYPOINT_NAMES.index("middle_mcp")
 
 
 def mean_per_point_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -60,6 +63,11 @@ def min_of_n(metric, pred: torch.Tensor, target: torch.Tensor, **kw) -> torch.Te
     """Best (lowest) value of `metric` over hypotheses: pred [B, H, N, 3], target [B, N, 3]."""
     values = metric(pred, target[:, None].expand_as(pred), **kw)
     return values.min(dim=1).values
+
+
+def palm_lengths(keypoints: torch.Tensor) -> torch.Tensor:
+    """Hand size: wrist to middle MCP of keypoints [..., 21, 3] -> [...], in their units."""
+    return (keypoints[..., MIDDLE_MCP, :] - keypoints[..., 0, :]).norm(dim=-1)
 
 
 def apd(hypotheses: torch.Tensor) -> torch.Tensor:

@@ -46,6 +46,18 @@ def template_frame(x: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
     return rot.transpose(1, 2).to(x.dtype)
 
 
+def turned_to_template(hands: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
+    """Hands [N, V, 3] turned into the template's frame (each by its own Kabsch rotation)."""
+    return hands @ template_frame(hands, template)
+
+
+def linear_estimate(linear: GaussianDenoiser, x_t: torch.Tensor, ab: torch.Tensor,
+                    q: torch.Tensor) -> torch.Tensor:
+    """A template-frame Gaussian's x0 estimate, applied in the frame Q of x_t [B, V, 3] and
+    turned back: Q^T-rotated G(x_t Q)."""
+    return linear(x_t @ q, ab) @ q.transpose(1, 2)
+
+
 @dataclass
 class FrameContext:
     """What a template-frame denoiser keeps for a sampling run: the conditions themselves
@@ -78,22 +90,23 @@ class X0Denoiser(nn.Module):
     def fit_linear(self, hands: torch.Tensor) -> None:
         """Fit the linear estimate to training hands [N, V, 3] (model units, any orientation),
         turned to the template's frame."""
-        hands = hands.to(self.template)
-        self.linear.fit(hands @ template_frame(hands, self.template))
+        self.linear.fit(turned_to_template(hands.to(self.template), self.template))
 
     def _linear_input(self, x_t: torch.Tensor, x_c: torch.Tensor, q_k: torch.Tensor,
                       q: torch.Tensor | None, t: torch.Tensor, c_skip: torch.Tensor,
                       c_out: torch.Tensor) -> torch.Tensor:
         """(x0_lin - c_skip x_c) / c_out in the net's frame (x_c = x_t @ q), x0_lin taken in
         x_t's Kabsch frame q_k."""
-        ab = self.alpha_bar[(t.long() + 1).clamp(0, len(self.alpha_bar) - 1)]
-        lin = self.linear(x_t @ q_k, ab) @ q_k.transpose(1, 2)
+        lin = linear_estimate(self.linear, x_t, self._alpha_bar(t), q_k)
         if q is not None:
             lin = lin @ q
         return (lin - c_skip * x_c) / c_out
 
+    def _alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
+        return self.alpha_bar[(t.long() + 1).clamp(0, len(self.alpha_bar) - 1)]
+
     def coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        ab = self.alpha_bar[(t.long() + 1).clamp(0, len(self.alpha_bar) - 1)]
+        ab = self._alpha_bar(t)
         s2 = self.sigma_data ** 2
         denom = (ab * s2 + 1 - ab).sqrt()
         return ab.sqrt() * s2 / denom ** 2, self.sigma_data * (1 - ab).sqrt() / denom, 1 / denom

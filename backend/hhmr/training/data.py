@@ -62,6 +62,12 @@ def synthetic_batch(model: HandModel, prior: PosePrior, n: int, generator: torch
     return Batch(verts, joints, kp, K, transl, cond)
 
 
+def model_template(model: HandModel) -> torch.Tensor:
+    """The rest hand [V, 3] as the model sees hands: wrist at the origin, model units."""
+    v = model.v_template
+    return (v - (model.keypoint_regressor @ v)[0]) / SCALE
+
+
 def training_hands(model: HandModel, prior: PosePrior, seed: int = 0, num: int = 16000,
                    chunk: int = 2000) -> torch.Tensor:
     """`num` training hands [num, V, 3], wrist-relative, in model units (training seeds, apart

@@ -20,7 +20,7 @@ from hhmr.models import GraphUNet, GraphUNetConfig
 from hhmr.models.conditions import DropoutConfig, drop_conditions
 from hhmr.models.denoiser import X0Denoiser
 from hhmr.training.clock import RunClock
-from hhmr.training.data import SCALE, synthetic_batch, training_hands
+from hhmr.training.data import SCALE, model_template, synthetic_batch, training_hands
 from hhmr.training.losses import MeshLosses, timestep_weights
 
 EVAL_SEED_OFFSET = 1_000_000  # training draws use seeds below this, evaluation above
@@ -94,9 +94,7 @@ def build_model(config: dict, hand=None) -> tuple[GraphUNet, object]:
     net = GraphUNet(hierarchy, cfg)
     sigma = config["model"].get("sigma_data")
     if sigma is not None:  # skip-preconditioned x0 prediction
-        v = hand.v_template
-        template = (v - (hand.keypoint_regressor @ v)[0]) / SCALE  # wrist at the origin
-        return X0Denoiser(net, CosineSchedule(), sigma, cfg.frame, template,
+        return X0Denoiser(net, CosineSchedule(), sigma, cfg.frame, model_template(hand),
                           cfg.linear_rank), hand
     if cfg.frame != "camera" or cfg.linear_rank:
         raise ValueError("model.frame and model.linear_rank need model.sigma_data")
