@@ -115,6 +115,43 @@ def run_time(ckpt: dict) -> str:
             "less the time the VM's host took from its CPUs)")
 
 
+EXPERIMENT_COLUMNS = (
+    ("refit3d guided / unguided PA-MPVPE", "refit3d_guided_pa_mpvpe_mm",
+     "refit3d_unguided_pa_mpvpe_mm"),
+    ("fit2d guided / unguided PA-MPJPE", "fit2d_guided_pa_mpjpe_mm", "fit2d_unguided_pa_mpjpe_mm"),
+    ("inpaint SI % (guidance / replacement)", "inpaint_si_pct", "inpaint_replace_si_pct"),
+    ("generate APD / SI %", "generate_apd_mm", "generate_si_pct"),
+    ("generate fidelity / coverage", "generate_fidelity_mm", "generate_coverage_mm"),
+)
+
+
+def experiments() -> list[str]:
+    """Checkpoints kept in weights/checkpoints/ (not shipped): how each was trained, and the
+    tuning-seed figures `tools/compare_weights.py` wrote into weights/eval/checkpoints.jsonl."""
+    paths = sorted((ROOT / "weights" / "checkpoints").glob("prior_v*_final.pt"))
+    rows_file = EVAL / "checkpoints.jsonl"
+    if not paths or not rows_file.exists():
+        return []
+    rows = {r["weights"]: r for r in map(json.loads, rows_file.read_text().splitlines())}
+    names = ["weights/hhmr_prior.pt"] + [str(p.relative_to(ROOT)) for p in paths]
+    lines = ["", "## Experimental checkpoints (not shipped)", ""]
+    for path in paths:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        lines.append(f"- `{path.relative_to(ROOT)}`: `{ckpt.get('command')}`; steps "
+                     f"{ckpt['step']}, " + run_time(ckpt))
+    lines += ["", "Tuning seed (100), n=1, 10 steps, mm unless marked: `python "
+              "tools/compare_weights.py " + " ".join(names) + " > weights/eval/checkpoints.jsonl`"
+              " (docs/diffusion.md, runs v11 and v12, says what they show).", "",
+              "| weights | " + " | ".join(c[0] for c in EXPERIMENT_COLUMNS) + " |",
+              "|---" * (len(EXPERIMENT_COLUMNS) + 1) + "|"]
+    for name in names:
+        r = rows.get(name)
+        if r is not None:
+            lines.append(f"| `{name}` | " + " | ".join(
+                f"{r.get(a)} / {r.get(b)}" for _, a, b in EXPERIMENT_COLUMNS) + " |")
+    return lines
+
+
 def main() -> None:
     ckpt = torch.load(WEIGHTS, map_location="cpu", weights_only=False)
     params = sum(v.numel() for v in ckpt["model"].values())
@@ -177,6 +214,7 @@ def main() -> None:
             lines += [f"| {r['task']} | {r['n']} | {r['guidance']} | {r['median_ms']} | "
                       f"{r['peak_mb']} |" for r in result["results"]]
             lines += ["", f"device {result['device']}, {result['threads']} threads"]
+    lines += experiments()
     (ROOT / "weights" / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
     print("wrote weights/MODEL_CARD.md")
 

@@ -14,6 +14,8 @@ a net below the linear estimate there reads size shrunk, which the sampler compo
 
 Usage: python tools/size_readout.py [WEIGHTS.pt] [--num 256] [--seed 100]
        [--t 999 966 905 826 732 626 509 382 245]   (about a minute)
+Noise is drawn afresh for each t in the order given, so a row's figures depend on the t's
+listed before it: compare rows from runs with the same --t list.
 """
 
 import argparse
