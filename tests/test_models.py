@@ -705,3 +705,72 @@ def test_linear_input_pipeline_traces_as_it_runs_eagerly(hand):
     joints = hand(None, torch.zeros(1, 15, 3), None).joints[0]
     for fit in (p.refit3d(joints, n=2), p.fit2d(torch.rand(21, 2) * 100, n=2)):
         assert torch.isfinite(fit.vertices).all() and fit.vertices.shape[0] == 2
+
+
+class ScaledTemplate(TemplateDenoiser):
+    """Predicts the template times `factor` at every step, and records its timesteps."""
+
+    def __init__(self, hand, factor: float) -> None:
+        super().__init__(hand)
+        self.factor, self.timesteps = factor, []
+
+    def forward(self, x_t, t, cond=None):
+        self.timesteps.append(int(t.reshape(-1)[0]))
+        return self.factor * super().forward(x_t, t, cond)
+
+
+def test_generation_is_autoguided_by_the_guide_net(hand, monkeypatch):
+    """With a guide, generation's x0 is D_guide + w (D - D_guide) on the default's
+    timesteps only; weight 1 (or no guide) is the net alone; other tasks never call the
+    guide; a weight without a guide is an error."""
+    from hhmr import pipeline
+    from hhmr.diffusion import AutoGuidance
+
+    monkeypatch.setitem(pipeline.AUTOGUIDANCE, "generate", AutoGuidance(2.0))
+    net, guide = ScaledTemplate(hand, 1.0), ScaledTemplate(hand, 0.8)
+    pipe = HandDiffusionPipeline(net, hand, guide=guide)
+    template = net.x0 * 0.1  # metres
+    # constant predictions: DPM-Solver++ returns the last x0, 0.8 + 2 (1 - 0.8) = 1.2
+    assert torch.allclose(pipe.generate(2, steps=10).vertices, 1.2 * template, atol=1e-5)
+    assert guide.timesteps == net.timesteps and len(net.timesteps) == 10
+    assert torch.allclose(pipe.generate(2, steps=10, autoguidance=1.5).vertices,
+                          1.1 * template, atol=1e-5)
+    monkeypatch.setitem(pipeline.AUTOGUIDANCE, "generate", AutoGuidance(2.0, t_min=500))
+    net.timesteps, guide.timesteps = [], []
+    pipe.generate(2, steps=10)
+    assert guide.timesteps == [t for t in net.timesteps if t >= 500] != net.timesteps
+    for plain in (pipe.generate(2, steps=10, autoguidance=1.0),
+                  HandDiffusionPipeline(net, hand).generate(2, steps=10)):
+        assert torch.allclose(plain.vertices, template, atol=1e-5)
+    guide.timesteps = []
+    pipe.refit3d(hand.keypoint_regressor @ hand.v_template, n=1, steps=10)
+    assert guide.timesteps == []
+    with pytest.raises(ValueError, match="guide"):
+        HandDiffusionPipeline(net, hand).generate(1, steps=2, autoguidance=2.0)
+
+
+def test_a_guide_identical_to_the_net_changes_nothing(tiny_net, hand):
+    """Through the frozen traces too: D_guide = D gives D at any weight."""
+    plain = HandDiffusionPipeline(tiny_net, hand).generate(3, steps=4, seed=5).vertices
+    same = HandDiffusionPipeline(tiny_net, hand, guide=tiny_net).generate(
+        3, steps=4, seed=5, autoguidance=2.0).vertices
+    assert torch.allclose(plain, same, atol=1e-5)
+
+
+def test_the_shipped_weights_come_with_their_guide(tmp_path):
+    """from_pretrained() loads weights/hhmr_guide.pt with the shipped weights only: a copy
+    of them elsewhere, or guide=False, gets none; evaluation reports both samplers."""
+    import shutil
+
+    from hhmr.evaluate_tasks import eval_generate
+    from hhmr.paths import weights_dir
+
+    shipped = HandDiffusionPipeline.from_pretrained()
+    assert shipped.guide is not None and shipped.autoguidance("generate") is not None
+    assert HandDiffusionPipeline.from_pretrained(guide=False).guide is None
+    copy = tmp_path / "copy.pt"
+    shutil.copy(weights_dir() / "hhmr_prior.pt", copy)
+    assert HandDiffusionPipeline.from_pretrained(copy).guide is None
+    rows = eval_generate(shipped, 4, 0, 2, progress=False)
+    assert set(rows) == {"diffusion", "diffusion_no_autoguidance", "pose_prior", "pca"}
+    assert rows["diffusion"]["apd_mm"] != rows["diffusion_no_autoguidance"]["apd_mm"]

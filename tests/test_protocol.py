@@ -168,15 +168,17 @@ def test_envelope_errors():
 
 def test_valid_requests_and_defaults():
     r = roundtrip(req("generate"))
-    assert r == P.Request("r1", "generate", {"n": 4, "steps": 10, "guidance": None,
-                                             "guidance_strength": None,
+    assert r == P.Request("r1", "generate", {"autoguidance": None, "n": 4, "steps": 10,
+                                             "guidance": None, "guidance_strength": None,
                                              "guidance_space": None, "seed": 0,
                                              "central_first": None})
     assert roundtrip(req("generate"), P.Limits(max_n=2)).args["n"] == 2
     r = roundtrip(req("generate", n=64, steps=200, guidance=2, guidance_space="x0",
-                      seed=2**63 - 1, central_first=True))
+                      seed=2**63 - 1, central_first=True, autoguidance=1))
     assert r.args == {"n": 64, "steps": 200, "guidance": 2.0, "guidance_strength": None,
-                      "guidance_space": "x0", "seed": 2**63 - 1, "central_first": True}
+                      "guidance_space": "x0", "seed": 2**63 - 1, "central_first": True,
+                      "autoguidance": 1.0}
+    assert rejects(req("refit3d", joints=joints(), autoguidance=2)) == P.BAD_ARGUMENT
     verts = np.zeros((V, 3), np.float64)
     r = roundtrip(req("inpaint", vertices=verts, keep=np.ones(V, np.uint8)), num_vertices=V)
     assert r.args["vertices"].dtype == np.float32 and r.args["keep"].dtype == bool
@@ -229,6 +231,7 @@ def test_image_pixel_limits():
     {"guidance_strength": -1}, {"guidance_strength": float("nan")},
     {"guidance_space": "eps"}, {"guidance_space": 0}, {"guidance_space": "X0"},
     {"central_first": 1}, {"central_first": "yes"},
+    {"autoguidance": -1}, {"autoguidance": float("nan")}, {"autoguidance": "more"},
 ])
 def test_sampling_options_rejected(args):
     assert rejects(req("generate", **args)) == P.BAD_ARGUMENT

@@ -50,6 +50,8 @@ def test_every_sampling_request(client):
     tmpl = info["topology"]["template"]
     h = client.hypotheses("generate", n=2, steps=2, seed=1)
     assert h.vertices.shape == (2, 803, 3) and h.vertices.dtype == np.float32
+    alone = client.hypotheses("generate", n=2, steps=2, seed=1, autoguidance=1.0)
+    assert not np.allclose(alone.vertices, h.vertices, atol=1e-4)  # the shipped guide acts
     keep = np.ones(803, bool)
     keep[:200] = False
     h = client.hypotheses("inpaint", vertices=tmpl, keep=keep, n=2, steps=2)

@@ -12,11 +12,15 @@ TASK=SPACE (guidance space per task key, e.g. --space refit3d=x_t --space inpain
 the raw gradient), --refit-camera (fit2d solves its camera at every x0 gradient step instead
 of once per sampling step), --random-first (hypothesis 0 of refit3d and fit2d from random
 noise instead of the noise's mean), --generate-last T (end generation's timesteps at T; by default
-they end at T/n - 1, 99 for ten steps), --tasks refit3d,fit2d,inpaint,generate (a subset).
+they end at T/n - 1, 99 for ten steps), --guide FILE|none (generation's autoguidance net; by
+default weights/hhmr_guide.pt with the shipped weights, none with others), --autoguidance W
+and --autoguidance-from T (its weight and first timestep, pipeline.AUTOGUIDANCE),
+--tasks refit3d,fit2d,inpaint,generate (a subset).
 """
 
 import argparse
 import json
+from dataclasses import replace
 
 import numpy as np
 from hhmr import metrics, pipeline
@@ -37,8 +41,9 @@ SEED = 1_000_100
 TASKS = ("refit3d", "fit2d", "inpaint", "generate")
 
 
-def compare(path: str, tasks: tuple[str, ...] = TASKS) -> dict[str, float]:
-    pipe = HandDiffusionPipeline.from_pretrained(path)
+def compare(path: str, tasks: tuple[str, ...] = TASKS, guide: str | bool | None = None
+            ) -> dict[str, float]:
+    pipe = HandDiffusionPipeline.from_pretrained(path, guide=guide)
     data = held_out(pipe, 20, 100)
     res: dict[str, list[float]] = {}
 
@@ -108,6 +113,10 @@ if __name__ == "__main__":
                     help="refit3d and fit2d: hypothesis 0 from random noise, not its mean")
     ap.add_argument("--generate-last", type=int, metavar="T",
                     help="generation's last timestep (pipeline.FINAL_TIMESTEP)")
+    ap.add_argument("--guide", default=None, help="autoguidance net for generation, or none")
+    ap.add_argument("--autoguidance", type=float, metavar="W", help="autoguidance weight")
+    ap.add_argument("--autoguidance-from", type=int, metavar="T",
+                    help="autoguidance's first timestep")
     ap.add_argument("--tasks", default=",".join(TASKS),
                     help="comma-separated subset of " + ",".join(TASKS))
     args = ap.parse_args()
@@ -140,5 +149,10 @@ if __name__ == "__main__":
     _set_cap("inpaint+replace", args.replace_cap)
     if args.replace_fraction is not None:
         pipeline.GUIDED_FRACTION["inpaint+replace"] = args.replace_fraction
+    auto = pipeline.AUTOGUIDANCE["generate"]
+    pipeline.AUTOGUIDANCE["generate"] = replace(
+        auto, weight=auto.weight if args.autoguidance is None else args.autoguidance,
+        t_min=auto.t_min if args.autoguidance_from is None else args.autoguidance_from)
+    guide = False if args.guide == "none" else args.guide
     for p in args.weights:
-        print(json.dumps({"weights": p, **compare(p, tasks)}), flush=True)
+        print(json.dumps({"weights": p, **compare(p, tasks, guide)}), flush=True)

@@ -13,6 +13,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "weights" / "hhmr_prior.pt"
+GUIDE = ROOT / "weights" / "hhmr_guide.pt"
 EVAL = ROOT / "weights" / "eval"
 KEYS = ("pa_mpjpe_mm", "pa_mpvpe_mm", "rr_mpjpe_mm", "keypoint_2d_px", "kept_err_mm", "apd_mm",
         "si_pct", "fidelity_mm", "coverage_mm", "detection_rate", "samples")
@@ -92,11 +93,11 @@ def targets() -> list[tuple[str, str, str, bool]]:
     return rows
 
 
-def training_commands(ckpt: dict) -> list[str]:
+def training_commands(ckpt: dict, target: str = "weights/hhmr_prior.pt") -> list[str]:
     """The command (or the chain of resumed runs) that made the weights."""
     command = ckpt.get("command", "hhmr train --out runs/prior")
     out = command.split("--out ")[1].split()[0] if "--out " in command else "runs/prior"
-    copy = f"`cp {out}/final.pt weights/hhmr_prior.pt`"
+    copy = f"`cp {out}/final.pt {target}`"
     stages = ckpt.get("stages") or []
     if len(stages) < 2:
         return [f"- Command: `{command}`, then {copy}"]
@@ -152,12 +153,44 @@ def experiments() -> list[str]:
     return lines
 
 
+def guide_section() -> list[str]:
+    """The autoguidance net (weights/hhmr_guide.pt): how it was trained, the setting the
+    pipeline uses, and the tuning-seed sweep `tools/autoguidance_sweep.py` wrote."""
+    if not GUIDE.exists():
+        return []
+    from hhmr.pipeline import AUTOGUIDANCE
+
+    ckpt = torch.load(GUIDE, map_location="cpu", weights_only=False)
+    params = sum(v.numel() for v in ckpt["model"].values())
+    auto = AUTOGUIDANCE["generate"]
+    lines = ["", "## Guide net for generation: `weights/hhmr_guide.pt`", "",
+             "A weaker net of the same kind: generation's autoguidance (Karras et al. 2024) "
+             f"takes x0 = D_guide + w (D - D_guide), with w = {auto.weight:g} at timesteps "
+             f"{auto.t_min}..{auto.t_max} (`AUTOGUIDANCE` in `hhmr.pipeline`; "
+             "docs/diffusion.md). Only generation uses it.", "",
+             *training_commands(ckpt, "weights/hhmr_guide.pt"),
+             f"- Model: {ckpt['config']['model']}",
+             f"- Steps: {ckpt['step']}, " + run_time(ckpt),
+             f"- Parameters: {params / 1e6:.2f} M; file {GUIDE.stat().st_size / 1e6:.1f} MB"]
+    sweep = EVAL / "autoguidance.json"
+    if sweep.exists():
+        r = json.loads(sweep.read_text())
+        keys = ("apd_mm", "si_pct", "fidelity_mm", "coverage_mm", "palm_sd_mm")
+        lines += ["", f"Tuning seed ({r['seed']}), {r['num']} hands: `{r['command']}` "
+                  "(variant wW_fromT: weight W at timesteps >= T; the default sampler's 10 "
+                  "front steps are 999, 966, 905, 826, 732, 626, 509, 382, 245, 99)", "",
+                  "| variant | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join(f"{v[k]:.2f}" for k in keys) + " |"
+                  for name, v in r["variants"].items()]
+    return lines
+
+
 def main() -> None:
     ckpt = torch.load(WEIGHTS, map_location="cpu", weights_only=False)
     params = sum(v.numel() for v in ckpt["model"].values())
     cfg = ckpt["config"]
     last = ckpt["history"][-1] if ckpt.get("history") else {}
-    lines = [
+    lines: list[str] = [
         "# Model card: `weights/hhmr_prior.pt`",
         "",
         "The guided graph-diffusion prior over the open hand (803 vertices): a GraphUNet that "
@@ -182,6 +215,9 @@ def main() -> None:
         "- Final training losses (mean of the last interval): "
         + ", ".join(f"{k} {v:.4f}" for k, v in last.items()
                     if k not in ("step", "minutes", "wall_minutes")),
+    ]
+    lines += guide_section()
+    lines += [
         "",
         "## Metrics (held-out synthetic, seeds >= 1e6; mm and %)",
         "",
@@ -194,7 +230,7 @@ def main() -> None:
     lines += ["", "Sampler ablations on the tuning seed (100): `weights/eval/ablations.json`, "
               "written by `python tools/ablations.py`; docs/diffusion.md gives its tables."]
     for path in sorted(EVAL.glob("*.json")):
-        if path.stem == "ablations":
+        if path.stem in ("ablations", "autoguidance"):
             continue
         result = json.loads(path.read_text())
         lines += ["", f"### {path.stem}", "", f"`{result.get('command', '')}`", ""]

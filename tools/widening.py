@@ -2,12 +2,13 @@
 beside fidelity and coverage (`hhmr evaluate --task generate` describes them; lower is better
 for both), on the tuning seed (100) unless told. Prints one JSON object, a row per variant:
 
-- "shipped": the pipeline as it is.
+- "shipped": the pipeline as it is, without autoguidance (the net alone).
 - "gaussian_above_T": at timesteps >= T the sampler takes x0 from the training hands'
   Gaussian (hhmr.diffusion.gaussian, fitted to 16000 training hands) instead of the net:
   the analytic first steps of Wang & Vastola (2023).
 - "autoguidance_W": x0 = D_bad + W (D - D_bad) with an older, weaker net as D_bad (Karras et
-  al. 2024, "Guiding a diffusion model with a bad version of itself"); only with --bad.
+  al. 2024, "Guiding a diffusion model with a bad version of itself"; the pipeline's
+  autoguidance at every timestep, hhmr.diffusion.autoguidance); only with --bad.
 - "eta_E": DDIM with noise eta E at every step.
 
 Usage: python tools/widening.py [WEIGHTS.pt] [--bad OLD.pt] [--num 128] [--seed 100]
@@ -19,8 +20,9 @@ import argparse
 import json
 
 import torch
+from hhmr import pipeline
 from hhmr.data.poses import PosePrior
-from hhmr.diffusion import CosineSchedule
+from hhmr.diffusion import AutoGuidance, CosineSchedule
 from hhmr.diffusion.gaussian import GaussianDenoiser
 from hhmr.evaluate_tasks import describe_set, generation_sets, reference_hands
 from hhmr.pipeline import HandDiffusionPipeline
@@ -46,21 +48,6 @@ class GaussianAbove(nn.Module):
         return self.gaussian(x_t, self.schedule.alpha_bar(t).to(x_t))
 
 
-class AutoGuided(nn.Module):
-    """D_bad + weight (D - D_bad)."""
-
-    def __init__(self, net: nn.Module, bad: nn.Module, weight: float) -> None:
-        super().__init__()
-        self.net, self.bad, self.weight = net, bad, weight
-
-    def context(self, cond, batch):
-        return self.net.context(cond, batch), self.bad.context(cond, batch)
-
-    def forward(self, x_t, t, context):
-        worse = self.bad(x_t, t, context[1])
-        return worse + self.weight * (self.net(x_t, t, context[0]) - worse)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("weights", nargs="?", default=None)
@@ -71,7 +58,9 @@ def main() -> None:
     ap.add_argument("--guide", type=float, nargs="*", default=[1.5, 2.0])
     ap.add_argument("--eta", type=float, nargs="*", default=[1.0])
     args = ap.parse_args()
-    pipe = HandDiffusionPipeline.from_pretrained(args.weights, trace=False)
+    pipe = HandDiffusionPipeline.from_pretrained(args.weights, trace=False,
+                                                 guide=args.bad or False)
+    pipeline.AUTOGUIDANCE["generate"] = AutoGuidance(1.0)  # every timestep, weight per variant
     net, hand = pipe.net, pipe.hand.cpu()
     reference = reference_hands(pipe, args.seed)
     result = {"weights": args.weights or "weights/hhmr_prior.pt", "bad": args.bad,
@@ -81,8 +70,8 @@ def main() -> None:
         row = describe_set(pipe, verts, reference)
         result["variants"][name] = {k: round(v, 3) for k, v in row.items()}
 
-    def measure(name: str, eta: float = 0.0) -> None:
-        sets = generation_sets(pipe, args.num, args.seed, eta=eta)
+    def measure(name: str, eta: float = 0.0, autoguidance: float = 1.0) -> None:
+        sets = generation_sets(pipe, args.num, args.seed, eta=eta, autoguidance=autoguidance)
         if not result["variants"]:
             for base in ("pose_prior", "pca"):
                 record(base, sets[base])
@@ -97,11 +86,10 @@ def main() -> None:
     for above in args.above:
         pipe.net = GaussianAbove(net, gaussian, above, pipe.schedule)
         measure(f"gaussian_above_{above}")
+    pipe.net = net
     if args.bad:
-        bad = HandDiffusionPipeline.from_pretrained(args.bad, trace=False).net
         for w in args.guide:
-            pipe.net = AutoGuided(net, bad, w)
-            measure(f"autoguidance_{w:g}")
+            measure(f"autoguidance_{w:g}", autoguidance=w)
     print(json.dumps(result))
 
 

@@ -40,7 +40,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         result = evaluate_task(args.task, num=args.num, seed=args.seed, steps=args.steps,
                                n=args.n, weights=args.weights, progress=not args.json,
-                               guidance_scale=args.guidance)
+                               guidance_scale=args.guidance, guide=_guide_arg(args.guide))
     result["command"] = args.command_line
     if args.json:
         print(json.dumps(result, indent=2))
@@ -109,6 +109,11 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"hhmr serve: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def _guide_arg(text: str | None) -> str | bool | None:
+    """--guide: a file, "none" (False: no guide) or None (the pipeline's default)."""
+    return False if text == "none" else text
 
 
 def _reconstruct(args: argparse.Namespace) -> int:
@@ -216,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=1, help="hypotheses per sample (min-of-n)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale override")
     p.add_argument("--weights", default=None, help="model file (default weights/hhmr_prior.pt)")
+    p.add_argument("--guide", default=None,
+                   help="autoguidance net for generation (default: weights/hhmr_guide.pt with "
+                        "the shipped weights, none with others); 'none' turns it off")
     p.add_argument("--freihand-root", default=None,
                    help="evaluate reconstruct on real photos in FreiHAND layout instead")
     p.add_argument("--split", default="evaluation")

@@ -44,15 +44,16 @@ def _si(verts: torch.Tensor, faces) -> list[float]:
     return metrics.self_intersection_pct(verts, faces).tolist()
 
 
-def generation_sets(pipe, num: int, seed: int, steps: int = 10, eta: float = 0.0
-                    ) -> dict[str, torch.Tensor]:
+def generation_sets(pipe, num: int, seed: int, steps: int = 10, eta: float = 0.0,
+                    autoguidance: float | None = None) -> dict[str, torch.Tensor]:
     """num generated hands and as many of each baseline (pose prior, pose PCA with the
     prior's shapes) for evaluation seed `seed`: vertices [num, V, 3], wrist at the origin,
-    generated hands turned to the template's orientation (the baselines have no rotation)."""
+    generated hands turned to the template's orientation (the baselines have no rotation).
+    `autoguidance`: the generation's weight (None: the pipeline's default, 1: off)."""
     gen = torch.Generator().manual_seed(EVAL_SEED_OFFSET + seed)
     hand = pipe.hand.cpu()
     ours = canonical(pipe, pipe.generate(num, steps=steps, seed=EVAL_SEED_OFFSET + seed,
-                                         eta=eta).vertices)
+                                         eta=eta, autoguidance=autoguidance).vertices)
     s = PosePrior(hand, random_orient=False).sample(num, generator=gen)
     with torch.no_grad():
         prior = hand(None, s.hand_pose, s.betas).vertices
@@ -92,7 +93,13 @@ def describe_set(pipe, verts: torch.Tensor, reference: torch.Tensor) -> dict[str
 
 
 def eval_generate(pipe, num, seed, steps, progress):
+    """The default sampler ("diffusion", autoguided when the pipeline has a guide net), the
+    net alone ("diffusion_no_autoguidance", with a guide net only) and the baselines."""
     sets = generation_sets(pipe, num, seed, steps)
+    if pipe.autoguidance("generate") is not None:
+        alone = generation_sets(pipe, num, seed, steps, autoguidance=1.0)["diffusion"]
+        sets = {"diffusion": sets["diffusion"], "diffusion_no_autoguidance": alone,
+                **{k: v for k, v in sets.items() if k != "diffusion"}}
     reference = reference_hands(pipe, seed)
     return {name: describe_set(pipe, v, reference)
             for name, v in tqdm(sets.items(), desc="generate", disable=not progress)}
@@ -244,8 +251,10 @@ def eval_sweep(pipe, num, seed, progress, ns=(1, 8, 16), steps_list=(10, 25, 50)
 
 def evaluate_task(task: str, num: int, seed: int, steps: int = 10, n: int = 1,
                   weights: str | None = None, progress: bool = True,
-                  guidance_scale: float | None = None) -> dict:
-    pipe = HandDiffusionPipeline.from_pretrained(weights)
+                  guidance_scale: float | None = None, guide: str | bool | None = None
+                  ) -> dict:
+    """`guide`: the autoguidance net's file, False for none, None for the default."""
+    pipe = HandDiffusionPipeline.from_pretrained(weights, guide=guide)
     t0 = time.perf_counter()
     if task == "generate":
         results = eval_generate(pipe, num, seed, steps, progress)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hhmr.diffusion import CosineSchedule, DDIMSampler, DPMSolverSampler
+from hhmr.diffusion import AutoGuidance, CosineSchedule, DDIMSampler, DPMSolverSampler
 from hhmr.diffusion.guidance import (
     GuidanceOperator,
     JointOperator,
@@ -36,6 +36,9 @@ from hhmr.paths import weights_dir
 from hhmr.training.data import SCALE
 
 DEFAULT_WEIGHTS = "hhmr_prior.pt"
+# the weaker net of the same kind that autoguides the default weights (AUTOGUIDANCE); paired
+# with them, so other weights get no guide unless one is given
+DEFAULT_GUIDE = "hhmr_guide.pt"
 # The sampler's settings below were picked on held-out seed 100, never the evaluation seed.
 # `python tools/ablations.py` measures each against its alternatives (the variant named in
 # brackets) into weights/eval/ablations.json; docs/diffusion.md gives the tables.
@@ -111,6 +114,11 @@ SOLVERS = ("ddim", "dpm++2m")  # what SOLVER may be
 # step, which overshoots: with an exact denoiser, Gaussian data comes out 19 % too wide at
 # t=10 (`python tools/solver_scale.py`) [generate_last_*]
 FINAL_TIMESTEP: dict[str, int] = {}
+# Autoguidance per task (hhmr.diffusion.autoguidance): x0 = D_guide + w (D - D_guide) with
+# the weaker guide net on timesteps t_min..t_max, when the pipeline has a guide. Generation
+# only: the net alone generates hands narrower than the data (docs/diffusion.md)
+# [autoguidance_*]
+AUTOGUIDANCE: dict[str, AutoGuidance] = {"generate": AutoGuidance(2.0, 0)}
 
 
 def _rms_factor(step: torch.Tensor, max_rms: float) -> torch.Tensor:
@@ -187,17 +195,16 @@ class Hypotheses:
 
 class HandDiffusionPipeline:
     def __init__(self, net: GraphUNet, hand: HandModel, device: str | torch.device = "cpu",
-                 trace: bool | None = None) -> None:
+                 trace: bool | None = None, guide: torch.nn.Module | None = None) -> None:
+        """`guide`: a weaker net of the same kind for autoguidance (AUTOGUIDANCE)."""
         self.device = torch.device(device)
-        self.net = net.to(self.device).eval()
         # unguided steps run the net through frozen TorchScript traces (same results, less
         # overhead; by default on the CPU, where it was measured); traces copy the weights:
         # set trace=False while changing them
-        trace = self.device.type == "cpu" if trace is None else trace
-        # a template-frame denoiser turns x_t before and after the net: trace the net inside
-        self.frame_net = getattr(self.net, "frame", "camera") != "camera"
-        traced_net = self.net.net if self.frame_net else self.net
-        self.traced = TracedDenoiser(traced_net) if trace else None
+        self.trace = self.device.type == "cpu" if trace is None else trace
+        self.net, self.traced = self._prepare(net)
+        self.guide, self.guide_traced = self._prepare(guide) if guide is not None else \
+            (None, None)
         self.hand = hand.to(self.device)
         self.schedule = CosineSchedule()
         self.regressor = hand.keypoint_regressor.to(self.device)
@@ -209,24 +216,31 @@ class HandDiffusionPipeline:
         self.template_edge_len = (v[self.edges[:, 0]] - v[self.edges[:, 1]]).norm(dim=-1)
         self._influence: dict[str, torch.Tensor] = {}  # per kind, see X0_JOINT_INFLUENCE
 
+    def _prepare(self, net: torch.nn.Module) -> tuple[torch.nn.Module, TracedDenoiser | None]:
+        """The net on the device in eval mode, and its trace for unguided steps (a
+        template-frame denoiser turns x_t before and after the net: the net inside is
+        traced)."""
+        net = net.to(self.device).eval()
+        inner = net.net if getattr(net, "frame", "camera") != "camera" else net
+        return net, TracedDenoiser(inner) if self.trace else None
+
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu",
-                        trace: bool | None = None) -> HandDiffusionPipeline:
-        from hhmr.training.train import build_model
-
-        path = Path(path) if path else weights_dir() / DEFAULT_WEIGHTS
-        if not path.exists():
-            raise FileNotFoundError(f"model weights {path} are missing: train them with "
-                                    "`hhmr train` or reinstall HHMR")
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+                        trace: bool | None = None, guide: str | Path | bool | None = None
+                        ) -> HandDiffusionPipeline:
+        """Weights from `path` (default: the shipped ones). `guide`: the autoguidance net's
+        weights; None takes the shipped guide with the shipped weights (if it is there) and
+        none with others, False none."""
         hand = load_hand_model()
-        if ckpt.get("num_vertices") != hand.num_vertices:
-            raise ValueError(f"{path} was trained for {ckpt.get('num_vertices')} vertices, "
-                             f"the hand has {hand.num_vertices}: retrain")
-        net, _ = build_model(ckpt["config"], hand)
-        net.load_state_dict(ckpt["model"])
-        # inference only: no parameter gradients (guidance differentiates w.r.t. x_t alone)
-        return cls(net.requires_grad_(False), hand, device, trace)
+        shipped = weights_dir() / DEFAULT_WEIGHTS
+        path = Path(path) if path else shipped
+        net = _load_net(path, hand)
+        if guide is None:
+            default = weights_dir() / DEFAULT_GUIDE
+            is_shipped = path.exists() and shipped.exists() and path.samefile(shipped)
+            guide = default if is_shipped and default.exists() else False
+        guide_net = _load_net(Path(guide), hand) if guide is not False else None
+        return cls(net, hand, device, trace, guide_net)
 
     def warm_up(self, batch_sizes: tuple[int, ...] = WARM_BATCH_SIZES) -> float:
         """Build the frozen traces for these batch sizes now (a server's first requests
@@ -262,12 +276,13 @@ class HandDiffusionPipeline:
                 operator: GuidanceOperator | None, steps: int, eta: float,
                 guidance_scale: float, known: tuple[torch.Tensor, torch.Tensor] | None,
                 max_step: float | None = None, final_iters: int = 1, x0_iters: int = 0,
-                guided_fraction: float | None = None, final_t: int | None = None
-                ) -> torch.Tensor:
+                guided_fraction: float | None = None, final_t: int | None = None,
+                autoguide: AutoGuidance | None = None) -> torch.Tensor:
         """DPM-Solver++(2M) or DDIM (SOLVER) with optional guidance (each move capped at
         `max_step` RMS; in x_t space with `final_iters` moves at the last step, or in x0 space
         with `x0_iters` gradient steps on each prediction; on the first `guided_fraction` of
-        the steps only, if given; "front" runs end at `final_t` if that is earlier) and,
+        the steps only, if given; "front" runs end at `final_t` if that is earlier),
+        autoguidance by the guide net on the unguided steps where `autoguide` is active and,
         for inpainting, replacement of `known` = (x_obs [B, V, 3] metres, keep [B, V]) at
         each step. Each block of the batch draws its noise from its own seed, so batching
         requests changes their results by float rounding alone (batch sizes take different
@@ -284,15 +299,12 @@ class HandDiffusionPipeline:
         guided = operator is not None and guidance_scale > 0
         # a denoiser may precompute what the conditions give every step (GraphUNet: the
         # tokens' keys and values); others take the conditions themselves
-        prepare = getattr(self.net, "context", None)
-        with torch.no_grad():
-            context = prepare(cond, batch) if prepare is not None else cond
-        # unguided steps: through the frozen trace when there is one for this kind of net
-        plain = self.net
-        if self.traced is not None and self.frame_net:
-            plain = partial(self.net, inner=self.traced)
-        elif self.traced is not None and isinstance(context, Context):
-            plain = self.traced
+        plain, context = self._unguided(self.net, self.traced, cond, batch)
+        if autoguide is not None and self.guide is None:
+            raise ValueError("autoguidance needs a guide net (HandDiffusionPipeline(guide=))")
+        if autoguide is not None:
+            guide_plain, guide_context = self._unguided(self.guide, self.guide_traced, cond,
+                                                        batch)
         # x_t-guided runs end at t=0, where the net is nearly the identity, so the last
         # guidance move lands on the output as computed; the others end on the net's x0 at
         # t=T/n ("trailing"; x0 guidance then corrects that x0 itself): a last step to t=0
@@ -358,6 +370,8 @@ class HandDiffusionPipeline:
             else:
                 with torch.no_grad():
                     x0 = plain(x, tt, context)
+                    if autoguide is not None and autoguide.active(t):
+                        x0 = autoguide.combine(x0, guide_plain(x, tt, guide_context))
             eps_noise = randn() if eta > 0 else None
             x_next = sampler.step(x0, t, x, noise=eps_noise)
             if now and x0_iters > 0:
@@ -380,6 +394,22 @@ class HandDiffusionPipeline:
                 x = torch.where(keep[..., None] > 0, obs, x)
         return x.detach() * SCALE
 
+    @staticmethod
+    def _unguided(net: torch.nn.Module, traced: TracedDenoiser | None, cond: Conditions,
+                  batch: int) -> tuple[Callable[..., torch.Tensor], object]:
+        """The callable for unguided steps, (x_t, t, context) -> x0, through the frozen trace
+        when there is one for this kind of net, and its context: what the conditions give
+        every step (GraphUNet: the tokens' keys and values; other nets take the conditions
+        themselves)."""
+        prepare = getattr(net, "context", None)
+        with torch.no_grad():
+            context = prepare(cond, batch) if prepare is not None else cond
+        if traced is not None and getattr(net, "frame", "camera") != "camera":
+            return partial(net, inner=traced), context
+        if traced is not None and isinstance(context, Context):
+            return traced, context
+        return net, context
+
     def run(self, plans: list[Plan]) -> list[Hypotheses]:
         """Run several prepared requests; compatible ones share one batch on the device."""
         out: dict[int, Hypotheses] = {}
@@ -399,7 +429,8 @@ class HandDiffusionPipeline:
             verts = self._sample(cond, noises, op, ps[0].steps,
                                  ps[0].eta, ps[0].scale, known, MAX_GUIDANCE_STEP.get(task),
                                  FINAL_GUIDANCE_ITERS.get(task, 1), ps[0].x0_iters,
-                                 GUIDED_FRACTION.get(task), FINAL_TIMESTEP.get(task))
+                                 GUIDED_FRACTION.get(task), FINAL_TIMESTEP.get(task),
+                                 ps[0].autoguide)
             parts = verts.split([p.n for p in ps])
             for i, p, v in zip(idx, ps, parts, strict=True):
                 h = p.finish(v)
@@ -450,16 +481,36 @@ class HandDiffusionPipeline:
         default (CENTRAL_FIRST)."""
         return CENTRAL_FIRST[task] if central_first is None else bool(central_first)
 
+    def autoguidance(self, task: str, weight: float | None = None) -> AutoGuidance | None:
+        """A task's autoguidance: the default (AUTOGUIDANCE) when the pipeline has a guide
+        net, or `weight` on the default's timesteps (1: off); None when off."""
+        default = AUTOGUIDANCE.get(task)
+        if weight is None:
+            return default if self.guide is not None else None
+        auto = AutoGuidance(float(weight), *((default.t_min, default.t_max) if default
+                                             else (0, self.schedule.num_train_steps - 1)))
+        if not auto.active(auto.t_max):
+            return None
+        if self.guide is None:
+            raise ValueError("autoguidance needs a guide net: none is loaded")
+        return auto
+
     def plan_generate(self, n: int = 4, steps: int = 10, seed: int = 0, eta: float = 0.0,
-                      central_first: bool | None = None) -> Plan:
+                      central_first: bool | None = None, autoguidance: float | None = None
+                      ) -> Plan:
         return Plan("generate", n, steps, seed, 0.0, eta, Conditions(), {}, None,
                     lambda v: self._hyp(v, self.regularity(v)),
-                    central=self.central("generate", central_first))
+                    central=self.central("generate", central_first),
+                    autoguide=self.autoguidance("generate", autoguidance))
 
     def generate(self, n: int = 4, steps: int = 10, seed: int = 0, eta: float = 0.0,
-                 central_first: bool | None = None) -> Hypotheses:
-        """n unconditional hands (wrist at the origin, random orientations)."""
-        return self.run([self.plan_generate(n, steps, seed, eta, central_first)])[0]
+                 central_first: bool | None = None, autoguidance: float | None = None
+                 ) -> Hypotheses:
+        """n unconditional hands (wrist at the origin, random orientations). `autoguidance`:
+        the weight w of x0 = D_guide + w (D - D_guide), default AUTOGUIDANCE's when a guide
+        net is loaded; 1 turns it off."""
+        return self.run([self.plan_generate(n, steps, seed, eta, central_first,
+                                            autoguidance)])[0]
 
     def plan_inpaint(self, vertices, keep_mask, n: int = 4, steps: int = 10,
                      guidance_scale: float | None = None, seed: int = 0, replace: bool = True,
@@ -613,11 +664,12 @@ class Plan:
     finish: Callable[[torch.Tensor], Hypotheses]
     x0_iters: int = 0  # guidance in x0 space with this many gradient steps; 0: x_t space
     central: bool = False  # hypothesis 0 starts from the noise's mean (CENTRAL_FIRST)
+    autoguide: AutoGuidance | None = None  # autoguidance by the pipeline's guide net
 
     def key(self) -> tuple:
         """Plans with equal keys can share one batch."""
         return (self.kind, self.steps, self.scale, self.eta, self.known is not None,
-                self.x0_iters)
+                self.x0_iters, self.autoguide)
 
     def make_operator(self, pipe: HandDiffusionPipeline, parts: list[dict]
                       ) -> GuidanceOperator | None:
@@ -636,6 +688,23 @@ class Plan:
             return ProjectionOperator(pipe.regressor, cat("keypoints"), cat("confidence"),
                                       cat("K"), solve_rotation=FIT2D_SOLVE_ROTATION)
         return None
+
+
+def _load_net(path: Path, hand: HandModel) -> torch.nn.Module:
+    """A trained denoiser from a `hhmr train` file, for inference only (no parameter
+    gradients: guidance differentiates w.r.t. x_t alone)."""
+    from hhmr.training.train import build_model
+
+    if not path.exists():
+        raise FileNotFoundError(f"model weights {path} are missing: train them with "
+                                "`hhmr train` or reinstall HHMR")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if ckpt.get("num_vertices") != hand.num_vertices:
+        raise ValueError(f"{path} was trained for {ckpt.get('num_vertices')} vertices, "
+                         f"the hand has {hand.num_vertices}: retrain")
+    net, _ = build_model(ckpt["config"], hand)
+    net.load_state_dict(ckpt["model"])
+    return net.requires_grad_(False)
 
 
 def _cat_conditions(conds: list[Conditions]) -> Conditions:

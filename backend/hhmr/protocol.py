@@ -417,7 +417,10 @@ OPS: dict[str, OpSpec] = {
     "status": OpSpec({}, "the server's queue: running and queued request ids"),
     "cancel": OpSpec({"target": Arg(_request_id, "id of the request to cancel", True)},
                      "cancel a running or queued request"),
-    "generate": OpSpec(dict(SAMPLING_ARGS), "sample hands unconditionally", sampling=True),
+    "generate": OpSpec({
+        "autoguidance": Arg(_nonneg_float, "weight of the guide net (1: the net alone; "
+                            "default: the server's tuned one; higher spreads hands more)"),
+        **SAMPLING_ARGS}, "sample hands unconditionally", sampling=True),
     "inpaint": OpSpec({
         "vertices": Arg(_array(("V", 3), "float"), "float [V, 3] mesh vertices", True),
         "keep": Arg(_array(("V",), "mask"), "bool or uint8 [V]: vertices to keep", True),

@@ -322,7 +322,7 @@ class Server:
     def _plan(self, op: str, a: dict):
         pipe, opts = self.pipe, _opts(a)
         if op == "generate":
-            return pipe.plan_generate(**opts)
+            return pipe.plan_generate(**opts, autoguidance=a.get("autoguidance"))
         g = _guidance(a)
         if op == "inpaint":
             return pipe.plan_inpaint(a["vertices"], a["keep"], **opts, **g)

@@ -1,6 +1,7 @@
-"""Noise schedule, DDIM and DPM-Solver++ samplers, condition-aligned guidance; independent of
-any network."""
+"""Noise schedule, DDIM and DPM-Solver++ samplers, condition-aligned guidance, autoguidance;
+independent of any network."""
 
+from hhmr.diffusion.autoguidance import AutoGuidance
 from hhmr.diffusion.ddim import DDIMSampler, DPMSolverSampler
 from hhmr.diffusion.guidance import (
     GuidanceOperator,
@@ -11,6 +12,7 @@ from hhmr.diffusion.guidance import (
 from hhmr.diffusion.schedule import CosineSchedule
 
 __all__ = [
+    "AutoGuidance",
     "CosineSchedule",
     "DDIMSampler",
     "DPMSolverSampler",
