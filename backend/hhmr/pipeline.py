@@ -118,7 +118,7 @@ FINAL_TIMESTEP: dict[str, int] = {}
 # the weaker guide net on timesteps t_min..t_max, when the pipeline has a guide. Generation
 # only: the net alone generates hands narrower than the data (docs/diffusion.md)
 # [autoguidance_*]
-AUTOGUIDANCE: dict[str, AutoGuidance] = {"generate": AutoGuidance(2.0, 0)}
+AUTOGUIDANCE: dict[str, AutoGuidance] = {"generate": AutoGuidance(1.9, 250)}
 
 
 def _rms_factor(step: torch.Tensor, max_rms: float) -> torch.Tensor:
