@@ -167,7 +167,8 @@ def guide_section() -> list[str]:
              "A weaker net of the same kind: generation's autoguidance (Karras et al. 2024) "
              f"takes x0 = D_guide + w (D - D_guide), with w = {auto.weight:g} at timesteps "
              f"{auto.t_min}..{auto.t_max} (`AUTOGUIDANCE` in `hhmr.pipeline`; "
-             "docs/diffusion.md). Only generation uses it.", "",
+             "docs/diffusion.md). Only generation uses it. Its training time comes on top "
+             "of the prior's.", "",
              *training_commands(ckpt, "weights/hhmr_guide.pt"),
              f"- Model: {ckpt['config']['model']}",
              f"- Steps: {ckpt['step']}, " + run_time(ckpt),

@@ -31,7 +31,8 @@ def run_bench(ns: tuple[int, ...] = (1, 8, 16), steps: int = 10, repeats: int = 
     keep = torch.ones(pipe.hand.num_vertices, dtype=torch.bool)
     keep[pipe.hand.weights.cpu()[:, 4:7].sum(1) > 0.5] = False  # regenerate the index finger
     tasks = {
-        "generate": lambda n, s: pipe.generate(n, steps=steps),
+        "generate": lambda n, s: pipe.generate(n, steps=steps),  # autoguided with a guide net
+        "generate_net_alone": lambda n, s: pipe.generate(n, steps=steps, autoguidance=1.0),
         "inpaint": lambda n, s: pipe.inpaint(data.vertices[0], keep, n=n, steps=steps,
                                              guidance_scale=s),
         "refit3d": lambda n, s: pipe.refit3d(data.joints[0], n=n, steps=steps,
@@ -39,9 +40,11 @@ def run_bench(ns: tuple[int, ...] = (1, 8, 16), steps: int = 10, repeats: int = 
         "fit2d": lambda n, s: pipe.fit2d(data.keypoints2d[0], None, data.K[0], n=n,
                                          steps=steps, guidance_scale=s),
     }
+    if pipe.guide is None:
+        del tasks["generate_net_alone"]  # the same as "generate"
     rows = []
     for task, fn in tasks.items():
-        for guided in ((False,) if task == "generate" else (False, True)):
+        for guided in ((False,) if task.startswith("generate") else (False, True)):
             for n in ns:
                 scale = None if guided else 0.0
                 fn(n, scale)  # warm-up
