@@ -166,6 +166,12 @@ def test_generate_lands_shape_keys_and_keeps_user_keys(ctx):
     assert np.array_equal(k2["my smile"][0], mine[0]) and k2["my smile"][1] == mine[1]
     assert not np.allclose(k2["hyp_00"][0], k["hyp_00"][0])
     assert np.array_equal(k2["Basis"][0], k["Basis"][0])
+    bpy.context.scene.hhmr.variety = "TYPICAL"  # the network alone: other hands, same seed
+    try:
+        assert bpy.ops.hhmr.generate() == {"FINISHED"}
+    finally:
+        bpy.context.scene.hhmr.variety = "DEFAULT"
+    assert not np.allclose(keys(obj)["hyp_00"][0], k2["hyp_00"][0], atol=1e-4)
 
 
 def test_show_apply_delete(ctx):

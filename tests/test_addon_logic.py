@@ -151,6 +151,12 @@ def test_tasks_build_requests_the_protocol_accepts(topo):
     assert tasks[2].args["guidance_strength"] == 0.5 and tasks[2].args["guidance_space"] == "x_t"
     assert "guidance_strength" not in tasks[0].args
     assert tasks[2].args["central_first"] is False and "central_first" not in tasks[0].args
+    assert "autoguidance" not in tasks[0].args  # the backend's default goes unsent
+    for variety, weight in jobs.VARIETY_WEIGHTS.items():
+        t = jobs.generate(opts, variety=variety)
+        assert P.validate_request(P.make_request(t.op, t.args)).args["autoguidance"] == weight
+    with pytest.raises(ValueError, match="variety"):
+        jobs.generate(opts, variety="HUGE")
     with pytest.raises(ValueError, match="select the vertices"):
         jobs.inpaint(topo.template, np.zeros(V, bool), "right", "Hand", opts)
     with pytest.raises(ValueError, match="every vertex"):

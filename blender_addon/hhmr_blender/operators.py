@@ -51,7 +51,8 @@ class HHMR_OT_generate(_Request):
     def execute(self, context):
         hand = scene.hand_of(context.active_object)
         return run(self, lambda: jobs.generate(sampling(context),
-                                               hand.name if hand else None))
+                                               hand.name if hand else None,
+                                               context.scene.hhmr.variety))
 
 
 class HHMR_OT_reconstruct(_Request):

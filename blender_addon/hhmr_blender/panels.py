@@ -46,6 +46,7 @@ class HHMR_PT_main(_Panel):
         col.prop(s, "guidance_strength", slider=True)
         col.prop(s, "guidance_space")
         col.prop(s, "first_hypothesis")
+        layout.prop(s, "variety")
         row = layout.row(align=True)
         row.operator("hhmr.add_hand", icon="VIEW_PAN").handedness = "right"
         row.operator("hhmr.generate", icon="OUTLINER_OB_POINTCLOUD")

@@ -62,6 +62,11 @@ class HHMR_SceneSettings(bpy.types.PropertyGroup):
         ("RANDOM", "Random", "Every hypothesis from the seed's random noise")],
         description="Where the first hypothesis starts: the centre of the noise or a random "
                     "draw")
+    variety: EnumProperty(name="Variety", items=[
+        ("DEFAULT", "Default", "The backend's tuned spread: as varied as real hands"),
+        ("TYPICAL", "Typical", "The network alone: the most typical hands, less varied"),
+        ("WIDE", "Wide", "More varied hands, a little less realistic")],
+        description="How widely generated hands vary (the backend's autoguidance weight)")
     image_source: EnumProperty(name="Image", items=[
         ("FILE", "File", "An image file on disk"),
         ("DATABLOCK", "Image", "An image already in this .blend")])
