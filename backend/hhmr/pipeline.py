@@ -116,8 +116,8 @@ SOLVERS = ("ddim", "dpm++2m")  # what SOLVER may be
 FINAL_TIMESTEP: dict[str, int] = {}
 # Autoguidance per task (hhmr.diffusion.autoguidance): x0 = D_guide + w (D - D_guide) with
 # the weaker guide net on timesteps t_min..t_max, when the pipeline has a guide. Generation
-# only: the net alone generates hands narrower than the data (docs/diffusion.md)
-# [autoguidance_*]
+# only: the net alone generates hands narrower than the data (docs/diffusion.md); weight and
+# interval picked with `python tools/autoguidance_sweep.py` (weights/eval/autoguidance.json)
 AUTOGUIDANCE: dict[str, AutoGuidance] = {"generate": AutoGuidance(1.9, 250)}
 
 
@@ -297,8 +297,6 @@ class HandDiffusionPipeline:
         cond = Conditions(**{k: None if t is None else t.to(self.device)
                              for k, t in cond.__dict__.items()})
         guided = operator is not None and guidance_scale > 0
-        # a denoiser may precompute what the conditions give every step (GraphUNet: the
-        # tokens' keys and values); others take the conditions themselves
         plain, context = self._unguided(self.net, self.traced, cond, batch)
         if autoguide is not None and self.guide is None:
             raise ValueError("autoguidance needs a guide net (HandDiffusionPipeline(guide=))")

@@ -198,9 +198,11 @@ class Server:
 
     def info(self) -> dict:
         hand = self.pipe.hand
+        auto = self.pipe.autoguidance("generate")
         return {
             "server": "hhmr", "version": __version__, "protocol": P.PROTOCOL_VERSION,
             "device": str(self.device), "model": hand.name,
+            "autoguidance": None if auto is None else auto.weight,
             "limits": self.limits.to_dict(),
             "ops": list(P.OPS),
             "topology": hand_topology(hand),
