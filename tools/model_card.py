@@ -140,9 +140,10 @@ def experiments() -> list[str]:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
         lines.append(f"- `{path.relative_to(ROOT)}`: `{ckpt.get('command')}`; steps "
                      f"{ckpt['step']}, " + run_time(ckpt))
-    lines += ["", "Tuning seed (100), n=1, 10 steps, mm unless marked: `python "
-              "tools/compare_weights.py " + " ".join(names) + " > weights/eval/checkpoints.jsonl`"
-              " (docs/diffusion.md, runs v11 and v12, says what they show).", "",
+    lines += ["", "Tuning seed (100), n=1, 10 steps, mm unless marked, each net alone (no "
+              "autoguidance): `python tools/compare_weights.py --guide none " + " ".join(names)
+              + " > weights/eval/checkpoints.jsonl` (docs/diffusion.md, runs v11 and v12, says "
+              "what they show).", "",
               "| weights | " + " | ".join(c[0] for c in EXPERIMENT_COLUMNS) + " |",
               "|---" * (len(EXPERIMENT_COLUMNS) + 1) + "|"]
     for name in names:
