@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from hhmr import metrics, pipeline
 from hhmr.diffusion.autoguidance import AutoGuidance
-from hhmr.evaluate_tasks import describe_set, generation_sets, reference_hands
+from hhmr.evaluate_tasks import describe_set, generated_hands, generation_sets, reference_hands
 from hhmr.paths import weights_dir
 from hhmr.pipeline import HandDiffusionPipeline
 
@@ -59,16 +59,16 @@ def main() -> None:
         result["variants"][name] = {k: round(v, 3) for k, v in row.items()}
         print(name, result["variants"][name], flush=True)
 
+    sets = generation_sets(pipe, args.num, args.seed, autoguidance=1.0)
+    for base in ("pose_prior", "pca"):
+        record(base, sets[base])
     for t_min in args.t_min:
         for w in args.weight:
             if w == 1.0 and t_min != args.t_min[0]:
                 continue  # weight 1 is the net alone at every t_min
             pipeline.AUTOGUIDANCE["generate"] = AutoGuidance(w, t_min)
-            sets = generation_sets(pipe, args.num, args.seed)
-            if not result["variants"]:
-                for base in ("pose_prior", "pca"):
-                    record(base, sets[base])
-            record("net_alone" if w == 1.0 else f"w{w:g}_from{t_min}", sets["diffusion"])
+            record("net_alone" if w == 1.0 else f"w{w:g}_from{t_min}",
+                   generated_hands(pipe, args.num, args.seed))
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:

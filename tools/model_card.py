@@ -154,16 +154,22 @@ def experiments() -> list[str]:
     return lines
 
 
+def size_line(ckpt: dict, path: Path) -> str:
+    params = sum(v.numel() for v in ckpt["model"].values())
+    return f"- Parameters: {params / 1e6:.2f} M; file {path.stat().st_size / 1e6:.1f} MB"
+
+
 def guide_section() -> list[str]:
     """The autoguidance net (weights/hhmr_guide.pt): how it was trained, the setting the
     pipeline uses, and the tuning-seed sweep `tools/autoguidance_sweep.py` wrote."""
     if not GUIDE.exists():
         return []
-    from hhmr.pipeline import AUTOGUIDANCE
+    from hhmr import pipeline
+    from hhmr.diffusion import CosineSchedule, DPMSolverSampler
 
     ckpt = torch.load(GUIDE, map_location="cpu", weights_only=False)
-    params = sum(v.numel() for v in ckpt["model"].values())
-    auto = AUTOGUIDANCE["generate"]
+    auto = pipeline.AUTOGUIDANCE["generate"]
+    front = DPMSolverSampler(CosineSchedule()).set_timesteps(10, pipeline.SPACING).tolist()
     lines = ["", "## Guide net for generation: `weights/hhmr_guide.pt`", "",
              "A weaker net of the same kind: generation's autoguidance (Karras et al. 2024) "
              f"takes x0 = D_guide + w (D - D_guide), with w = {auto.weight:g} at timesteps "
@@ -173,14 +179,14 @@ def guide_section() -> list[str]:
              *training_commands(ckpt, "weights/hhmr_guide.pt"),
              f"- Model: {ckpt['config']['model']}",
              f"- Steps: {ckpt['step']}, " + run_time(ckpt),
-             f"- Parameters: {params / 1e6:.2f} M; file {GUIDE.stat().st_size / 1e6:.1f} MB"]
+             size_line(ckpt, GUIDE)]
     sweep = EVAL / "autoguidance.json"
     if sweep.exists():
         r = json.loads(sweep.read_text())
         keys = ("apd_mm", "si_pct", "fidelity_mm", "coverage_mm", "palm_sd_mm")
         lines += ["", f"Tuning seed ({r['seed']}), {r['num']} hands: `{r['command']}` "
                   "(variant wW_fromT: weight W at timesteps >= T; the default sampler's 10 "
-                  "front steps are 999, 966, 905, 826, 732, 626, 509, 382, 245, 99)", "",
+                  f"steps are {', '.join(map(str, front))})", "",
                   "| variant | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
         lines += [f"| {name} | " + " | ".join(f"{v[k]:.2f}" for k in keys) + " |"
                   for name, v in r["variants"].items()]
@@ -189,7 +195,6 @@ def guide_section() -> list[str]:
 
 def main() -> None:
     ckpt = torch.load(WEIGHTS, map_location="cpu", weights_only=False)
-    params = sum(v.numel() for v in ckpt["model"].values())
     cfg = ckpt["config"]
     last = ckpt["history"][-1] if ckpt.get("history") else {}
     lines: list[str] = [
@@ -210,7 +215,7 @@ def main() -> None:
         f"- Steps: {ckpt['step']}, " + run_time(ckpt),
         "- Weights: " + (f"exponential moving average (decay {ckpt['ema_decay']})"
                          if ckpt.get("ema_decay") else "the last step's (no moving average)"),
-        f"- Parameters: {params / 1e6:.2f} M; file {WEIGHTS.stat().st_size / 1e6:.1f} MB",
+        size_line(ckpt, WEIGHTS),
         "- Data: synthetic only, streamed from the pose prior (`hhmr.data.poses`, seeds < 1e6):"
         " random gestures, shapes (7 directions), uniformly random orientations, random "
         "pinhole cameras; no dataset, no download.",

@@ -44,23 +44,31 @@ def _si(verts: torch.Tensor, faces) -> list[float]:
     return metrics.self_intersection_pct(verts, faces).tolist()
 
 
-def generation_sets(pipe, num: int, seed: int, steps: int = 10, eta: float = 0.0,
-                    autoguidance: float | None = None) -> dict[str, torch.Tensor]:
-    """num generated hands and as many of each baseline (pose prior, pose PCA with the
-    prior's shapes) for evaluation seed `seed`: vertices [num, V, 3], wrist at the origin,
-    generated hands turned to the template's orientation (the baselines have no rotation).
-    `autoguidance`: the generation's weight (None: the pipeline's default, 1: off)."""
-    gen = torch.Generator().manual_seed(EVAL_SEED_OFFSET + seed)
-    hand = pipe.hand.cpu()
+def generated_hands(pipe, num: int, seed: int, steps: int = 10, eta: float = 0.0,
+                    autoguidance: float | None = None) -> torch.Tensor:
+    """num generated hands [num, V, 3] for evaluation seed `seed`, turned to the template's
+    orientation, wrist at the origin. `autoguidance`: the generation's weight (None: the
+    pipeline's default, 1: off)."""
     ours = canonical(pipe, pipe.generate(num, steps=steps, seed=EVAL_SEED_OFFSET + seed,
                                          eta=eta, autoguidance=autoguidance).vertices)
+    return ours - (pipe.regressor.cpu() @ ours)[:, :1]
+
+
+def generation_sets(pipe, num: int, seed: int, steps: int = 10, eta: float = 0.0,
+                    autoguidance: float | None = None) -> dict[str, torch.Tensor]:
+    """`generated_hands` and as many of each baseline (pose prior, pose PCA with the prior's
+    shapes; no rotation) for evaluation seed `seed`: vertices [num, V, 3], wrist at the
+    origin."""
+    gen = torch.Generator().manual_seed(EVAL_SEED_OFFSET + seed)
+    hand = pipe.hand.cpu()
+    ours = generated_hands(pipe, num, seed, steps, eta, autoguidance)
     s = PosePrior(hand, random_orient=False).sample(num, generator=gen)
     with torch.no_grad():
         prior = hand(None, s.hand_pose, s.betas).vertices
         pca = hand(None, PosePCA(hand).sample(num, gen), s.betas).vertices
     reg = pipe.regressor.cpu()
-    return {name: v - (reg @ v)[:, :1]
-            for name, v in (("diffusion", ours), ("pose_prior", prior), ("pca", pca))}
+    return {"diffusion": ours, **{name: v - (reg @ v)[:, :1]
+                                  for name, v in (("pose_prior", prior), ("pca", pca))}}
 
 
 REFERENCE_HANDS = 2000  # held-out prior hands that generated sets are compared with
@@ -97,7 +105,7 @@ def eval_generate(pipe, num, seed, steps, progress):
     net alone ("diffusion_no_autoguidance", with a guide net only) and the baselines."""
     sets = generation_sets(pipe, num, seed, steps)
     if pipe.autoguidance("generate") is not None:
-        alone = generation_sets(pipe, num, seed, steps, autoguidance=1.0)["diffusion"]
+        alone = generated_hands(pipe, num, seed, steps, autoguidance=1.0)
         sets = {"diffusion": sets["diffusion"], "diffusion_no_autoguidance": alone,
                 **{k: v for k, v in sets.items() if k != "diffusion"}}
     reference = reference_hands(pipe, seed)

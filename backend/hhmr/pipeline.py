@@ -237,7 +237,7 @@ class HandDiffusionPipeline:
         net = _load_net(path, hand)
         if guide is None:
             default = weights_dir() / DEFAULT_GUIDE
-            is_shipped = path.exists() and shipped.exists() and path.samefile(shipped)
+            is_shipped = shipped.exists() and path.samefile(shipped)  # _load_net found path
             guide = default if is_shipped and default.exists() else False
         guide_net = _load_net(Path(guide), hand) if guide is not False else None
         return cls(net, hand, device, trace, guide_net)
@@ -298,9 +298,9 @@ class HandDiffusionPipeline:
                              for k, t in cond.__dict__.items()})
         guided = operator is not None and guidance_scale > 0
         plain, context = self._unguided(self.net, self.traced, cond, batch)
-        if autoguide is not None and self.guide is None:
-            raise ValueError("autoguidance needs a guide net (HandDiffusionPipeline(guide=))")
         if autoguide is not None:
+            if self.guide is None:
+                raise ValueError("autoguidance needs a guide net (HandDiffusionPipeline(guide=))")
             guide_plain, guide_context = self._unguided(self.guide, self.guide_traced, cond,
                                                         batch)
         # x_t-guided runs end at t=0, where the net is nearly the identity, so the last
@@ -487,7 +487,7 @@ class HandDiffusionPipeline:
             return default if self.guide is not None else None
         auto = AutoGuidance(float(weight), *((default.t_min, default.t_max) if default
                                              else (0, self.schedule.num_train_steps - 1)))
-        if not auto.active(auto.t_max):
+        if auto.weight == 1.0:  # the net alone
             return None
         if self.guide is None:
             raise ValueError("autoguidance needs a guide net: none is loaded")
