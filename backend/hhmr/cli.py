@@ -26,17 +26,17 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     if args.freihand_root:
-        from hhmr.evaluate_freihand import evaluate_freihand
+        from hhmr.evaluation.photos import evaluate_freihand
 
         modes = (args.mode,) if args.mode else ("skel2d",)
         result = evaluate_freihand(args.freihand_root, args.split, n=args.n, steps=args.steps,
                                    weights=args.weights, progress=not args.json, modes=modes)
     elif args.task == "prior":
-        from hhmr.evaluate import evaluate_prior
+        from hhmr.evaluation.prior import evaluate_prior
 
         result = evaluate_prior(num=args.num, seed=args.seed, progress=not args.json)
     else:
-        from hhmr.evaluate_tasks import evaluate_task
+        from hhmr.evaluation.tasks import evaluate_task
 
         result = evaluate_task(args.task, num=args.num, seed=args.seed, steps=args.steps,
                                n=args.n, weights=args.weights, progress=not args.json,
@@ -67,7 +67,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from hhmr.bench import run_bench, run_service_bench
+    from hhmr.evaluation.bench import run_bench, run_service_bench
 
     if args.service:
         result = run_service_bench(args.requests, device=args.device, weights=args.weights,
@@ -122,9 +122,9 @@ def _reconstruct(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from hhmr.io import write_obj
-    from hhmr.pipeline import HandDiffusionPipeline
     from hhmr.reconstruct import NoHandError, default_intrinsics, faces_for, reconstruct
     from hhmr.render import render_overlay
+    from hhmr.sampling import HandDiffusionPipeline
 
     pipe = HandDiffusionPipeline.from_pretrained(args.weights)
     out = Path(args.out)
@@ -233,7 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("train", help="train the diffusion prior on synthetic hands")
-    p.add_argument("--config", default=str(Path(__file__).parent / "configs" / "prior.toml"))
+    p.add_argument("--config", default="configs/prior.toml",
+                   help="training recipe: configs/prior.toml (the shipped prior, default), "
+                        "configs/guide.toml (its guide net) or a TOML file of your own")
     p.add_argument("--out", default="runs/prior", help="checkpoints go here")
     p.add_argument("--resume", default=None, help="checkpoint to resume from")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")

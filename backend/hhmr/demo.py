@@ -33,14 +33,14 @@ def run_demo(out: Path, num: int = 4, seed: int = 0, size: int = 256,
         ("prior", hands.vertices[:num], hands.joints[:num], sample.gestures[:num])]
     note = None
     try:
-        from hhmr.pipeline import HandDiffusionPipeline
+        from hhmr.sampling import HandDiffusionPipeline
 
         pipe = HandDiffusionPipeline.from_pretrained(weights)
     except FileNotFoundError as err:
         pipe, note = None, f"diffusion rows skipped: {err}"
     if pipe is not None:
         gen = pipe.generate(num, seed=seed)
-        from hhmr.evaluate_tasks import canonical
+        from hhmr.evaluation.tasks import canonical
 
         rows.append(("generated", canonical(pipe, gen.vertices), None,
                      [f"score {s:.3f}" for s in gen.scores]))

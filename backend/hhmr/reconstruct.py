@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from hhmr.hand.mirror import mirror_faces
-from hhmr.pipeline import HandDiffusionPipeline, Hypotheses
+from hhmr.sampling import HandDiffusionPipeline, Hypotheses
 
 DEFAULT_FOV_DEG = 50.0  # horizontal field of view assumed when K is not given
 

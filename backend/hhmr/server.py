@@ -80,8 +80,8 @@ class Server:
 
     # ---- set-up --------------------------------------------------------------------------
     def load(self) -> None:
-        from hhmr.pipeline import HandDiffusionPipeline
-        from hhmr.training.train import pick_device
+        from hhmr.device import pick_device
+        from hhmr.sampling import HandDiffusionPipeline
 
         self.device = pick_device(self.device_name)
         self.pipe = HandDiffusionPipeline.from_pretrained(self.weights, device=str(self.device))

@@ -26,9 +26,6 @@ class Conditions:
     keypoints2d_conf: torch.Tensor | None = None  # [B, 21] in [0, 1]; 0 = unknown
     image_tokens: torch.Tensor | None = None  # [B, P + 1, image_dim]: P patches + global
     image_mask: torch.Tensor | None = None  # [B, P + 1]
-    # [B, 3, 3]: set by a template-frame denoiser at each step (models.denoiser), never by
-    # callers; the camera-frame conditions (2D keypoints, image) read it
-    frame: torch.Tensor | None = None
 
     def batch_size(self) -> int | None:
         for t in (self.joints3d, self.keypoints2d, self.image_tokens):
@@ -57,7 +54,7 @@ def normalize_keypoints(kp: torch.Tensor, conf: torch.Tensor) -> torch.Tensor:
 @dataclass
 class DropoutConfig:
     p_modality: float = 0.3
-    p_all: float = 0.15
+    p_all: float = 0.2
     p_finger: float = 0.1
     p_joint: float = 0.05
     p_patch: float = 0.2
@@ -71,22 +68,17 @@ def mlp(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class ConditionEncoder(nn.Module):
-    """Maps `Conditions` to tokens [B, 21 + 21 + P + 1, dim]. With `frame_inputs` (a
-    template-frame denoiser) the 2D keypoints and image tokens also read the frame Q, the
-    turn between the camera and the frame the net works in."""
+    """Maps `Conditions` to tokens [B, 21 + 21 + P + 1, dim]."""
 
-    def __init__(self, dim: int = 128, num_patches: int = 16, image_dim: int = 256,
-                 frame_inputs: bool = False) -> None:
+    def __init__(self, dim: int = 128, num_patches: int = 16, image_dim: int = 256) -> None:
         super().__init__()
         self.dim, self.num_patches, self.image_dim = dim, num_patches, image_dim
-        self.frame_inputs = frame_inputs
         self.joint_embedding = nn.Parameter(torch.randn(21, dim) * 0.02)
         self.modality_embedding = nn.Parameter(torch.randn(3, dim) * 0.02)
         self.patch_embedding = nn.Parameter(torch.randn(num_patches + 1, dim) * 0.02)
         self.skel3d = mlp(3, dim)
-        self.skel2d = mlp(3 + 9 * frame_inputs, dim)
+        self.skel2d = mlp(3, dim)
         self.image = nn.Linear(image_dim, dim)
-        self.image_frame = nn.Linear(9, dim) if frame_inputs else None
         self.null3d = nn.Parameter(torch.randn(21, dim) * 0.02)
         self.null2d = nn.Parameter(torch.randn(21, dim) * 0.02)
         self.null_image = nn.Parameter(torch.randn(num_patches + 1, dim) * 0.02)
@@ -97,10 +89,6 @@ class ConditionEncoder(nn.Module):
 
     def forward(self, cond: Conditions, batch_size: int) -> torch.Tensor:
         b, dev = batch_size, self.null3d.device
-        frame = None
-        if self.frame_inputs:
-            q = cond.frame if cond.frame is not None else torch.eye(3, device=dev).expand(b, 3, 3)
-            frame = q.reshape(b, 9)
         toks = []
         if cond.joints3d is not None:
             mask = cond.joints3d_mask if cond.joints3d_mask is not None else \
@@ -112,10 +100,8 @@ class ConditionEncoder(nn.Module):
         if cond.keypoints2d is not None:
             conf = cond.keypoints2d_conf if cond.keypoints2d_conf is not None else \
                 torch.ones(b, 21, device=dev)
-            feats = [cond.keypoints2d, conf[..., None]]
-            if frame is not None:
-                feats.append(frame[:, None].expand(-1, 21, -1).to(cond.keypoints2d.dtype))
-            t = self.skel2d(torch.cat(feats, -1)) + self.joint_embedding
+            t = self.skel2d(torch.cat([cond.keypoints2d, conf[..., None]], -1)) + \
+                self.joint_embedding
             toks.append(torch.where(conf[..., None] > 0, t, self.null2d.expand(b, -1, -1)))
         else:
             toks.append(self.null2d.expand(b, -1, -1))
@@ -123,8 +109,6 @@ class ConditionEncoder(nn.Module):
             mask = cond.image_mask if cond.image_mask is not None else \
                 torch.ones(b, self.num_patches + 1, device=dev)
             t = self.image(cond.image_tokens) + self.patch_embedding
-            if frame is not None:
-                t = t + self.image_frame(frame.to(t.dtype))[:, None]
             toks.append(torch.where(mask[..., None] > 0, t, self.null_image.expand(b, -1, -1)))
         else:
             toks.append(self.null_image.expand(b, -1, -1))

@@ -10,7 +10,7 @@ block transposes; only the input and output are batch-first.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -22,22 +22,14 @@ from hhmr.models.graph_ops import ChebConv, Resample
 
 @dataclass
 class GraphUNetConfig:
-    channels: tuple[int, ...] = (48, 96, 128, 128)  # per hierarchy level
-    attention_levels: tuple[int, ...] = (1, 2, 3)
+    channels: tuple[int, ...] = (32, 64, 128, 128)  # per hierarchy level
+    attention_levels: tuple[int, ...] = (2, 3)  # levels with self- and cross-attention
     token_dim: int = 128
     heads: int = 4
-    cheb_k: int = 3
+    cheb_k: int = 2
     time_dim: int = 128
     num_patches: int = 16
     image_dim: int = 256
-    # "camera", or the denoiser turns x_t into the template's frame: "template" (always; the
-    # 2D keypoint and image tokens read the frame), "template_or_camera" (not for samples
-    # with 2D keypoints or image tokens, which stay in the camera frame)
-    frame: str = "camera"
-    # rank of the linear x0 estimate the denoiser feeds the net beside x_t (0: none;
-    # hhmr.models.denoiser, "linear input")
-    linear_rank: int = 0
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -180,12 +172,10 @@ class GraphUNet(nn.Module):
         self.cfg = cfg
         self.num_vertices = hierarchy.sizes[0]
         ch, sizes = cfg.channels, hierarchy.sizes
-        self.conditions = ConditionEncoder(cfg.token_dim, cfg.num_patches, cfg.image_dim,
-                                           frame_inputs=cfg.frame == "template")
+        self.conditions = ConditionEncoder(cfg.token_dim, cfg.num_patches, cfg.image_dim)
         self.time = nn.Sequential(nn.Linear(cfg.time_dim, cfg.time_dim), nn.SiLU(),
                                   nn.Linear(cfg.time_dim, cfg.time_dim))
-        self.in_channels = 6 if cfg.linear_rank else 3  # x_t, then the linear estimate's input
-        self.inp = nn.Linear(self.in_channels, ch[0])
+        self.inp = nn.Linear(3, ch[0])
         self.vertex_embedding = nn.ParameterList(
             [nn.Parameter(torch.randn(n, c) * 0.02) for n, c in zip(sizes, ch, strict=True)])
         levels = range(hierarchy.num_levels)
@@ -220,8 +210,8 @@ class GraphUNet(nn.Module):
     def forward(self, x_t: torch.Tensor, t: torch.Tensor,
                 cond: Conditions | Context | None = None) -> torch.Tensor:
         b = x_t.shape[0]
-        if x_t.shape[1:] != (self.num_vertices, self.in_channels):
-            raise ValueError(f"x_t must be [B, {self.num_vertices}, {self.in_channels}]")
+        if x_t.shape[1:] != (self.num_vertices, 3):
+            raise ValueError(f"x_t must be [B, {self.num_vertices}, 3]")
         ctx = cond if isinstance(cond, Context) else self.context(cond, b)
         if ctx.batch != b:
             raise ValueError(f"context for batch {ctx.batch}, x_t has batch {b}")

@@ -7,12 +7,10 @@ from dataclasses import dataclass
 import torch
 
 from hhmr.data.poses import PosePrior
-from hhmr.diffusion.gaussian import GaussianDenoiser
 from hhmr.diffusion.guidance import project
 from hhmr.hand.base import HandModel
+from hhmr.models import SCALE
 from hhmr.models.conditions import Conditions, normalize_keypoints
-
-SCALE = 0.1  # metres per model unit: x0 = wrist-relative vertices / SCALE
 
 
 @dataclass
@@ -60,29 +58,3 @@ def synthetic_batch(model: HandModel, prior: PosePrior, n: int, generator: torch
         keypoints2d_conf=conf,
     )
     return Batch(verts, joints, kp, K, transl, cond)
-
-
-def model_template(model: HandModel) -> torch.Tensor:
-    """The rest hand [V, 3] as the model sees hands: wrist at the origin, model units."""
-    v = model.v_template
-    return (v - (model.keypoint_regressor @ v)[0]) / SCALE
-
-
-def training_hands(model: HandModel, prior: PosePrior, seed: int = 0, num: int = 16000,
-                   chunk: int = 2000) -> torch.Tensor:
-    """`num` training hands [num, V, 3], wrist-relative, in model units (training seeds, apart
-    from the batches'; random orientations as in the batches)."""
-    hands = []
-    for i in range(0, num, chunk):
-        gen = torch.Generator().manual_seed(seed * 100_000 + 99_000 + i // chunk)
-        s = prior.sample(min(chunk, num - i), generator=gen)
-        with torch.no_grad():
-            out = model(s.global_orient, s.hand_pose, s.betas)
-        hands.append((out.vertices - out.joints[:, :1]) / SCALE)
-    return torch.cat(hands)
-
-
-def fit_gaussian(gaussian: GaussianDenoiser, model: HandModel, prior: PosePrior, seed: int = 0,
-                 num: int = 16000, chunk: int = 2000) -> GaussianDenoiser:
-    """Fit a Gaussian denoiser to `num` training hands (`training_hands`)."""
-    return gaussian.fit(training_hands(model, prior, seed, num, chunk))

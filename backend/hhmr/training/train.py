@@ -5,28 +5,34 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from dataclasses import fields
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from hhmr.data.poses import PosePrior
+from hhmr.device import pick_device
 from hhmr.diffusion.ddim import DDIMSampler
 from hhmr.diffusion.schedule import CosineSchedule
 from hhmr.hand import load_hand_model
-from hhmr.mesh.hierarchy import load_hierarchy
-from hhmr.models import GraphUNet, GraphUNetConfig
+from hhmr.models import SCALE, X0Denoiser
 from hhmr.models.conditions import DropoutConfig, drop_conditions
-from hhmr.models.denoiser import X0Denoiser
+from hhmr.models.loading import build_denoiser
+from hhmr.sampling.config import SamplingConfig
 from hhmr.training.clock import RunClock
-from hhmr.training.data import SCALE, model_template, synthetic_batch, training_hands
+from hhmr.training.data import synthetic_batch
 from hhmr.training.losses import MeshLosses, timestep_weights
 
 EVAL_SEED_OFFSET = 1_000_000  # training draws use seeds below this, evaluation above
 
 
 def load_config(path: str | Path) -> dict:
+    """A TOML training config; `configs/NAME.toml` also finds the shipped ones (prior, guide)
+    from any folder."""
+    path = Path(path)
+    if not path.exists() and not path.is_absolute():
+        shipped = Path(__file__).resolve().parents[1] / path
+        path = shipped if shipped.exists() else path
     with open(path, "rb") as f:
         return tomllib.load(f)
 
@@ -64,9 +70,9 @@ def training_timesteps(schedule: CosineSchedule, n: int, generator: torch.Genera
 
 def loss_weights_per_timestep(net: torch.nn.Module, schedule: CosineSchedule,
                               tcfg: dict) -> torch.Tensor:
-    """The loss weight of each training timestep [T] (train.t_weighting, "uniform" unless
+    """The loss weight of each training timestep [T] (train.t_weighting, "edm" unless
     set; "edm" needs the preconditioned denoiser, whose c_out it reads)."""
-    kind = tcfg.get("t_weighting", "uniform")
+    kind = tcfg.get("t_weighting", "edm")
     t = torch.arange(schedule.num_train_steps)
     if kind == "uniform":
         return torch.ones(len(t))
@@ -75,30 +81,6 @@ def loss_weights_per_timestep(net: torch.nn.Module, schedule: CosineSchedule,
     with torch.no_grad():
         c_out = net.coefficients(t.to(net.alpha_bar.device))[1].cpu()
     return timestep_weights(c_out, kind, tcfg.get("t_weight_max", 10.0))
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but CUDA is not available")
-    return torch.device(name)
-
-
-def build_model(config: dict, hand=None) -> tuple[GraphUNet, object]:
-    hand = hand or load_hand_model()
-    hierarchy = load_hierarchy(hand.v_template.numpy(), hand.faces.numpy(),
-                               hand.hierarchy_path)
-    known = {f.name for f in fields(GraphUNetConfig)}
-    cfg = GraphUNetConfig.from_dict({k: v for k, v in config["model"].items() if k in known})
-    net = GraphUNet(hierarchy, cfg)
-    sigma = config["model"].get("sigma_data")
-    if sigma is not None:  # skip-preconditioned x0 prediction
-        return X0Denoiser(net, CosineSchedule(), sigma, cfg.frame, model_template(hand),
-                          cfg.linear_rank), hand
-    if cfg.frame != "camera" or cfg.linear_rank:
-        raise ValueError("model.frame and model.linear_rank need model.sigma_data")
-    return net, hand
 
 
 def lr_at(step: int, cfg: dict, minutes: float = 0.0) -> float:
@@ -141,14 +123,12 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
         tcfg["max_minutes"] = max_minutes
     dev = pick_device(device)
     torch.manual_seed(tcfg["seed"])
-    net, hand = build_model(config)
+    hand = load_hand_model()
+    net = build_denoiser(config["model"], hand)
     net.to(dev)
     prior = PosePrior(hand)
     schedule = CosineSchedule()
     fresh = resume is None or not Path(resume).exists()
-    if fresh and getattr(net, "linear", None) is not None:  # model.linear_rank: fit it once
-        hands = training_hands(hand, prior, tcfg["seed"], tcfg.get("linear_fit_hands", 16000))
-        net.fit_linear(hands.to(dev))
     losses = MeshLosses(hand.keypoint_regressor.to(dev), hand.faces.to(dev), config["loss"])
     t_weights = loss_weights_per_timestep(net, schedule, tcfg).to(dev)
     dropout = DropoutConfig(**config.get("dropout", {}))
@@ -242,6 +222,7 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
              "step": step, "minutes": clock.minutes(),
              "wall_minutes": clock.wall_seconds() / 60,
              "history": history, "hand": hand.name, "num_vertices": hand.num_vertices,
-             "device": str(dev), "command": command, "stages": all_stages()}
+             "device": str(dev), "command": command, "stages": all_stages(),
+             "sampling": SamplingConfig().to_dict()}
     torch.save(final, out_dir / "final.pt")
     return {"steps": step, "minutes": final["minutes"], "last": history[-1] if history else {}}

@@ -9,10 +9,11 @@ import torch
 from tqdm import tqdm
 
 from hhmr import metrics
-from hhmr.baselines import PosePCA, fit_lbs
 from hhmr.data.poses import PosePrior
+from hhmr.evaluation.baselines import PosePCA, fit_lbs
 from hhmr.mesh.geometry import kabsch
-from hhmr.pipeline import GUIDANCE_SPACE, HandDiffusionPipeline
+from hhmr.sampling import HandDiffusionPipeline
+from hhmr.sampling.config import TASKS
 from hhmr.training.data import synthetic_batch
 from hhmr.training.train import EVAL_SEED_OFFSET
 
@@ -122,7 +123,7 @@ def eval_inpaint(pipe, num, seed, steps, n, progress, guidance_scale=None):
     data = held_out(pipe, num, seed)
     faces = pipe.hand.faces.cpu()
     rng = np.random.default_rng(seed)
-    other = _other_space("inpaint")
+    other = _other_space(pipe, "inpaint_without_replacement")
     methods = (("guidance", False, None), (f"guidance_{other}", False, other),
                ("guidance+replace", True, None))
     res = {m[0]: {"kept_err_mm": [], "apd_mm": [], "si_pct": []} for m in methods}
@@ -141,17 +142,17 @@ def eval_inpaint(pipe, num, seed, steps, n, progress, guidance_scale=None):
     return {k: _stats(v) for k, v in res.items()}
 
 
-def _other_space(task: str) -> str:
+def _other_space(pipe, task: str) -> str:
     """The guidance space a task does not use by default (evaluated beside the default)."""
-    return "x_t" if GUIDANCE_SPACE[task] == "x0" else "x0"
+    return "x_t" if pipe.config.task(task).space == "x0" else "x0"
 
 
-def _guided_methods(task: str, scale: float | None
+def _guided_methods(pipe, task: str, scale: float | None
                     ) -> list[tuple[str, float | None, str | None, bool | None]]:
     """(name, scale, space, central_first): no guidance, the default guidance (at `scale` if
     given), the same with hypothesis 0 from random noise instead of the noise's mean, and
     the other space at its own default scale."""
-    other = _other_space(task)
+    other = _other_space(pipe, task)
     return [("no_guidance", 0.0, None, None), ("guidance", scale, None, None),
             ("guidance_random_first", scale, None, False),
             (f"guidance_{other}", None, other, None)]
@@ -192,7 +193,7 @@ def eval_refit3d(pipe, num, seed, steps, n, progress, guidance_scale=None):
                 masks[i, 1 + 4 * f: 5 + 4 * f] = 0
         for i in tqdm(range(num), desc=f"refit3d {variant}", disable=not progress):
             gt_v, gt_j = data.vertices[i:i + 1], data.joints[i:i + 1]
-            for method, s, space, central in _guided_methods("refit3d", guidance_scale):
+            for method, s, space, central in _guided_methods(pipe, "refit3d", guidance_scale):
                 h = pipe.refit3d(data.joints[i], masks[i], n=n, steps=steps, guidance_scale=s,
                                  seed=EVAL_SEED_OFFSET + seed + i, guidance_space=space,
                                  central_first=central)
@@ -214,7 +215,7 @@ def eval_fit2d(pipe, num, seed, steps, n, progress, guidance_scale=None, noise_p
     for variant, kps in (("gt", data.keypoints2d), ("noisy", noisy)):
         for i in tqdm(range(num), desc=f"fit2d {variant}", disable=not progress):
             gt_v, gt_j = data.vertices[i:i + 1], data.joints[i:i + 1]
-            for method, s, space, central in _guided_methods("fit2d", guidance_scale):
+            for method, s, space, central in _guided_methods(pipe, "fit2d", guidance_scale):
                 h = pipe.fit2d(kps[i], conf[i], data.K[i], n=n, steps=steps, guidance_scale=s,
                                seed=EVAL_SEED_OFFSET + seed + i, guidance_space=space,
                                central_first=central)
@@ -277,6 +278,7 @@ def evaluate_task(task: str, num: int, seed: int, steps: int = 10, n: int = 1,
     else:
         raise ValueError(f"unknown task {task!r}")
     return {"task": task, "num": num, "seed": seed, "steps": steps, "n": n,
-            "guidance_space": dict(GUIDANCE_SPACE), "results": results,
+            "guidance_space": {name: pipe.config.task(name).space for name in TASKS
+                               if name != "generate"}, "results": results,
             "seconds": time.perf_counter() - t0}
 

@@ -13,8 +13,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from hhmr import metrics
-from hhmr.pipeline import HandDiffusionPipeline
 from hhmr.reconstruct import detect_hands, fit_detection
+from hhmr.sampling import HandDiffusionPipeline
 
 MODES = ("skel2d",)
 

@@ -10,7 +10,7 @@ import time
 import torch
 
 from hhmr.data.poses import PosePrior
-from hhmr.pipeline import HandDiffusionPipeline
+from hhmr.sampling import HandDiffusionPipeline
 from hhmr.training.data import synthetic_batch
 
 
@@ -22,7 +22,7 @@ def _peak_mb(device: torch.device) -> float:
 
 def run_bench(ns: tuple[int, ...] = (1, 8, 16), steps: int = 10, repeats: int = 5,
               device: str = "auto", weights: str | None = None) -> dict:
-    from hhmr.training.train import pick_device
+    from hhmr.device import pick_device
 
     dev = pick_device(device)
     pipe = HandDiffusionPipeline.from_pretrained(weights, device=str(dev))
