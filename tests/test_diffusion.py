@@ -324,7 +324,7 @@ def test_projection_operator_holds_its_camera_when_asked(hand):
 def test_descend_takes_back_steps_that_raise_the_loss(gen):
     """x0 guidance's descent: plain gradient steps at a stable scale; at a scale that would
     diverge, every kept step lowers the loss and the result still converges."""
-    from hhmr.pipeline import descend
+    from hhmr.sampling import descend
 
     target = torch.randn(3, 5, 2, generator=gen)
     weight = torch.tensor([1.0, 2.0, 3.0])[:, None, None]  # per-sample curvature

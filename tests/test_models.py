@@ -9,7 +9,7 @@ from hhmr.hand.rotations import random_rotations
 from hhmr.mesh.hierarchy import MeshHierarchy
 from hhmr.models import Conditions, GraphUNet, GraphUNetConfig
 from hhmr.models.conditions import DropoutConfig, drop_conditions, normalize_keypoints
-from hhmr.pipeline import (
+from hhmr.sampling import (
     DEFAULT_GUIDANCE,
     GUIDANCE_SPACE,
     GUIDED_FRACTION,
@@ -526,7 +526,7 @@ def test_learning_rate_anneals_with_the_time_limit():
 
 
 def test_generation_sets_are_described_against_real_hands(pipe):
-    from hhmr.evaluate_tasks import describe_set, reference_hands
+    from hhmr.evaluation.tasks import describe_set, reference_hands
 
     real = reference_hands(pipe, seed=3, num=40)
     same = describe_set(pipe, real[:20], real)
@@ -762,7 +762,7 @@ def test_the_shipped_weights_come_with_their_guide(tmp_path):
     of them elsewhere, or guide=False, gets none; evaluation reports both samplers."""
     import shutil
 
-    from hhmr.evaluate_tasks import eval_generate
+    from hhmr.evaluation.tasks import eval_generate
     from hhmr.paths import weights_dir
 
     shipped = HandDiffusionPipeline.from_pretrained()

@@ -22,7 +22,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def pipe():
-    from hhmr.pipeline import HandDiffusionPipeline
+    from hhmr.sampling import HandDiffusionPipeline
 
     return HandDiffusionPipeline.from_pretrained()
 
@@ -58,7 +58,7 @@ def test_freihand_style_photos(pipe):
 
 
 def test_left_hands_come_back_left(pipe):
-    from hhmr.evaluate_freihand import _match, load_freihand
+    from hhmr.evaluation.photos import _match, load_freihand
     from hhmr.reconstruct import detect_hands, fit_detection
 
     checked, lefts = 0, 0

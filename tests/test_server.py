@@ -15,7 +15,7 @@ from backend_process import free_port, start_server
 from hhmr import protocol as P
 from hhmr.client import HHMRClient, RemoteError
 from hhmr.paths import weights_dir
-from hhmr.pipeline import AUTOGUIDANCE
+from hhmr.sampling import AUTOGUIDANCE
 
 WEIGHTS = weights_dir() / "hhmr_prior.pt"
 pytestmark = pytest.mark.skipif(not WEIGHTS.exists(), reason="no trained weights")

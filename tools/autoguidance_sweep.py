@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from hhmr import metrics, pipeline
 from hhmr.diffusion.autoguidance import AutoGuidance
-from hhmr.evaluate_tasks import describe_set, generated_hands, generation_sets, reference_hands
+from hhmr.evaluation.tasks import describe_set, generated_hands, generation_sets, reference_hands
 from hhmr.paths import weights_dir
-from hhmr.pipeline import HandDiffusionPipeline
+from hhmr.sampling import HandDiffusionPipeline
 
 
 def sha256(path: Path) -> str:

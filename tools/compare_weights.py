@@ -25,14 +25,14 @@ from dataclasses import replace
 import numpy as np
 from hhmr import metrics, pipeline
 from hhmr.diffusion.ddim import SPACINGS
-from hhmr.evaluate_tasks import (
+from hhmr.evaluation.tasks import (
     canonical,
     describe_set,
     finger_region,
     held_out,
     reference_hands,
 )
-from hhmr.pipeline import HandDiffusionPipeline
+from hhmr.sampling import HandDiffusionPipeline
 from hhmr.training.train import EVAL_SEED_OFFSET
 
 SEED = 1_000_100

@@ -25,9 +25,9 @@ import torch
 from hhmr import metrics
 from hhmr.data.poses import PosePrior
 from hhmr.diffusion import DDIMSampler
-from hhmr.evaluate_tasks import canonical
+from hhmr.evaluation.tasks import canonical
 from hhmr.models import Conditions
-from hhmr.pipeline import HandDiffusionPipeline
+from hhmr.sampling import HandDiffusionPipeline
 from hhmr.training.data import SCALE
 from hhmr.training.train import EVAL_SEED_OFFSET
 

@@ -19,10 +19,10 @@ import json
 import torch
 from hhmr import metrics, pipeline
 from hhmr.diffusion.ddim import SPACINGS
-from hhmr.evaluate_tasks import generation_sets
+from hhmr.evaluation.tasks import generation_sets
 from hhmr.hand import FINGERS, KEYPOINT_NAMES
 from hhmr.hand.topology import finger_of_joint
-from hhmr.pipeline import HandDiffusionPipeline
+from hhmr.sampling import HandDiffusionPipeline
 
 MIDDLE_MCP = KEYPOINT_NAMES.index("middle_mcp")
 

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from hhmr import pipeline
 from hhmr.diffusion.ddim import SPACINGS
-from hhmr.evaluate_tasks import generation_sets
+from hhmr.evaluation.tasks import generation_sets
 from hhmr.hand import JOINT_NAMES
 from hhmr.hand.topology import finger_of_joint
 from hhmr.mesh import self_intersecting_pairs
-from hhmr.pipeline import HandDiffusionPipeline
+from hhmr.sampling import HandDiffusionPipeline
 
 
 def category(a: int, b: int) -> str:

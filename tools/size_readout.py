@@ -26,7 +26,7 @@ from hhmr.data.poses import PosePrior
 from hhmr.diffusion.gaussian import GaussianDenoiser
 from hhmr.metrics import palm_lengths
 from hhmr.models.denoiser import linear_estimate, template_frame, turned_to_template
-from hhmr.pipeline import HandDiffusionPipeline
+from hhmr.sampling import HandDiffusionPipeline
 from hhmr.training.data import SCALE, model_template, training_hands
 from hhmr.training.train import EVAL_SEED_OFFSET
 

@@ -24,8 +24,8 @@ from hhmr import pipeline
 from hhmr.data.poses import PosePrior
 from hhmr.diffusion import AutoGuidance, CosineSchedule
 from hhmr.diffusion.gaussian import GaussianDenoiser
-from hhmr.evaluate_tasks import describe_set, generation_sets, reference_hands
-from hhmr.pipeline import HandDiffusionPipeline
+from hhmr.evaluation.tasks import describe_set, generation_sets, reference_hands
+from hhmr.sampling import HandDiffusionPipeline
 from hhmr.training.data import fit_gaussian
 from torch import nn
 
