@@ -35,6 +35,9 @@ from hhmr.models.tracing import TracedDenoiser
 from hhmr.paths import weights_dir
 from hhmr.training.data import SCALE
 
+# progress(step, total), called before each sampling step; it may raise to cancel the run
+Progress = Callable[[int, int], None]
+
 DEFAULT_WEIGHTS = "hhmr_prior.pt"
 # the weaker net of the same kind that autoguides the default weights (AUTOGUIDANCE); paired
 # with them, so other weights get no guide unless one is given
@@ -408,8 +411,17 @@ class HandDiffusionPipeline:
             return traced, context
         return net, context
 
-    def run(self, plans: list[Plan]) -> list[Hypotheses]:
-        """Run several prepared requests; compatible ones share one batch on the device."""
+    def run(self, plans: list[Plan], progress: Progress | None = None) -> list[Hypotheses]:
+        """Run several prepared requests; compatible ones share one batch on the device.
+        `progress(step, total)` is called before each sampling step and may raise to cancel;
+        it is installed as `callback` for this call only."""
+        saved, self.callback = self.callback, progress
+        try:
+            return self._run(plans)
+        finally:
+            self.callback = saved
+
+    def _run(self, plans: list[Plan]) -> list[Hypotheses]:
         out: dict[int, Hypotheses] = {}
         groups: dict[tuple, list[int]] = {}
         for i, p in enumerate(plans):
@@ -502,13 +514,13 @@ class HandDiffusionPipeline:
                     autoguide=self.autoguidance("generate", autoguidance))
 
     def generate(self, n: int = 4, steps: int = 10, seed: int = 0, eta: float = 0.0,
-                 central_first: bool | None = None, autoguidance: float | None = None
-                 ) -> Hypotheses:
+                 central_first: bool | None = None, autoguidance: float | None = None,
+                 progress: Progress | None = None) -> Hypotheses:
         """n unconditional hands (wrist at the origin, random orientations). `autoguidance`:
         the weight w of x0 = D_guide + w (D - D_guide), default AUTOGUIDANCE's when a guide
         net is loaded; 1 turns it off."""
         return self.run([self.plan_generate(n, steps, seed, eta, central_first,
-                                            autoguidance)])[0]
+                                            autoguidance)], progress)[0]
 
     def plan_inpaint(self, vertices, keep_mask, n: int = 4, steps: int = 10,
                      guidance_scale: float | None = None, seed: int = 0, replace: bool = True,
@@ -536,12 +548,12 @@ class HandDiffusionPipeline:
     def inpaint(self, vertices, keep_mask, n: int = 4, steps: int = 10,
                 guidance_scale: float | None = None, seed: int = 0, replace: bool = True,
                 eta: float = 0.0, guidance_space: str | None = None,
-                central_first: bool | None = None, guidance_strength: float | None = None
-                ) -> Hypotheses:
+                central_first: bool | None = None, guidance_strength: float | None = None,
+                progress: Progress | None = None) -> Hypotheses:
         """Keep the vertices where keep_mask is true, regenerate the rest."""
         return self.run([self.plan_inpaint(vertices, keep_mask, n, steps, guidance_scale,
                                            seed, replace, eta, guidance_space,
-                                           central_first, guidance_strength)])[0]
+                                           central_first, guidance_strength)], progress)[0]
 
     def plan_refit3d(self, joints21, joint_mask=None, n: int = 4, steps: int = 10,
                      guidance_scale: float | None = None, seed: int = 0, eta: float = 0.0,
@@ -577,11 +589,12 @@ class HandDiffusionPipeline:
     def refit3d(self, joints21, joint_mask=None, n: int = 4, steps: int = 10,
                 guidance_scale: float | None = None, seed: int = 0, eta: float = 0.0,
                 guidance_space: str | None = None, central_first: bool | None = None,
-                guidance_strength: float | None = None) -> Hypotheses:
+                guidance_strength: float | None = None, progress: Progress | None = None
+                ) -> Hypotheses:
         """Meshes whose regressed joints match a (partial) 3D skeleton [21, 3] in metres."""
         return self.run([self.plan_refit3d(joints21, joint_mask, n, steps, guidance_scale,
                                            seed, eta, guidance_space, central_first,
-                                           guidance_strength)])[0]
+                                           guidance_strength)], progress)[0]
 
     def plan_fit2d(self, keypoints2d, confidence=None, K=None, n: int = 4, steps: int = 10,
                    guidance_scale: float | None = None, seed: int = 0, eta: float = 0.0,
@@ -617,12 +630,13 @@ class HandDiffusionPipeline:
     def fit2d(self, keypoints2d, confidence=None, K=None, n: int = 4, steps: int = 10,
               guidance_scale: float | None = None, seed: int = 0, eta: float = 0.0,
               guidance_space: str | None = None, central_first: bool | None = None,
-              guidance_strength: float | None = None) -> Hypotheses:
+              guidance_strength: float | None = None, progress: Progress | None = None
+              ) -> Hypotheses:
         """Meshes matching 2D keypoints [21, 2] (pixels). With intrinsics K [3, 3] the result
         is in the camera frame; without, wrist-relative with a weak-perspective fit."""
         return self.run([self.plan_fit2d(keypoints2d, confidence, K, n, steps, guidance_scale,
                                          seed, eta, guidance_space, central_first,
-                                         guidance_strength)])[0]
+                                         guidance_strength)], progress)[0]
 
 
 @dataclass
