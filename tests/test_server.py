@@ -72,12 +72,15 @@ def test_every_sampling_request(client):
     off = client.hypotheses("refit3d", joints=joints.astype(np.float32), n=3, steps=2,
                             guidance_strength=0.0)
     plain = client.hypotheses("refit3d", joints=joints.astype(np.float32), n=3, steps=2,
-                              guidance=0.0)
+                              guidance_scale=0.0)
     assert np.allclose(off.vertices, plain.vertices)
+    legacy = client.hypotheses("refit3d", joints=joints.astype(np.float32), n=3, steps=2,
+                               guidance=0.0)  # the deprecated alias of older add-ons
+    assert np.allclose(legacy.vertices, plain.vertices)
     assert not np.allclose(off.vertices, h.vertices)
     with pytest.raises(RemoteError, match="not both") as err:
         client.hypotheses("refit3d", joints=joints.astype(np.float32), n=1, steps=2,
-                          guidance=0.1, guidance_strength=1.0)
+                          guidance_scale=0.1, guidance_strength=1.0)
     assert err.value.code == P.BAD_ARGUMENT
     K = np.array([[500, 0, 112], [0, 500, 112], [0, 0, 1]], np.float32)
     p = (joints + [0, 0, 0.5]) @ K.T

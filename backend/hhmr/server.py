@@ -379,8 +379,9 @@ def hand_topology(hand) -> dict:
 
 def _guidance(a: dict) -> dict:
     """The request's guidance options as the pipeline's task methods take them (a raw
-    'guidance' scale and a relative 'guidance_strength' together are a ValueError there)."""
-    return {"guidance_scale": a.get("guidance"), "guidance_strength": a.get("guidance_strength"),
+    'guidance_scale' and a relative 'guidance_strength' together are a ValueError there)."""
+    return {"guidance_scale": a.get("guidance_scale"),
+            "guidance_strength": a.get("guidance_strength"),
             "guidance_space": a.get("guidance_space")}
 
 
