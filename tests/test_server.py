@@ -254,6 +254,34 @@ def test_killed_server_gives_a_timeout_not_a_hang():
 
 
 
+def test_broker_socket_needs_no_server():
+    """The broker's client-facing ROUTER comes from hhmr.server.sockets, which the server
+    shares: no Server, no model."""
+    import hhmr.server.broker as broker
+    from hhmr.server import bind_router, check_bind
+
+    assert not hasattr(broker, "Server")
+    ctx = zmq.Context()
+    address = f"tcp://127.0.0.1:{free_port()}"
+    front = bind_router(ctx, address, 1000)
+    peer = ctx.socket(zmq.DEALER)
+    try:
+        assert front.type == zmq.ROUTER and front.getsockopt(zmq.MAXMSGSIZE) == 2000
+        with pytest.raises(OSError, match="already in use"):
+            bind_router(ctx, address, 1000)
+        peer.setsockopt(zmq.LINGER, 0)
+        peer.connect(address)
+        peer.send(b"hello")
+        assert front.poll(5000)
+        assert front.recv_multipart()[-1] == b"hello"
+    finally:
+        peer.close()
+        front.close()
+        ctx.term()
+    with pytest.raises(ValueError, match="CurveZMQ"):
+        check_bind("tcp://0.0.0.0:5999", None)
+
+
 def test_broker_with_workers_serves_concurrent_clients():
     port = free_port()
     exe = shutil.which("hhmr")
