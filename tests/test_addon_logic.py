@@ -139,15 +139,17 @@ def test_tasks_build_requests_the_protocol_accepts(topo):
     tasks = [jobs.generate(opts),
              jobs.inpaint(topo.template, keep, "left", "Hand", opts),
              jobs.refit3d(np.zeros((21, 3)), np.ones(21, bool), "right", "Hand",
-                          jobs.Sampling(strength=0.5, space="x_t", central_first=False)),
-             jobs.reconstruct(jobs.Sampling(guidance=0.1), rgb=np.zeros((8, 8, 3), np.uint8),
-                              handedness="left")]
+                          jobs.Sampling(guidance_strength=0.5, guidance_space="x_t",
+                                        central_first=False)),
+             jobs.reconstruct(jobs.Sampling(guidance_scale=0.1),
+                              rgb=np.zeros((8, 8, 3), np.uint8), handedness="left")]
     for t in tasks:
         msg = P.unpack(P.pack(P.make_request(t.op, t.args)))
         req = P.validate_request(msg, num_vertices=V)
         assert req.op == t.op
     assert np.allclose(tasks[1].args["vertices"][:, 0], -topo.template[:, 0])  # mirrored
-    assert tasks[3].args["guidance"] == 0.1 and "guidance" not in tasks[0].args
+    assert tasks[3].args["guidance_scale"] == 0.1 and "guidance_scale" not in tasks[0].args
+    assert all("guidance" not in t.args for t in tasks)  # the deprecated name goes unsent
     assert tasks[2].args["guidance_strength"] == 0.5 and tasks[2].args["guidance_space"] == "x_t"
     assert "guidance_strength" not in tasks[0].args
     assert tasks[2].args["central_first"] is False and "central_first" not in tasks[0].args

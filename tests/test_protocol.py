@@ -169,13 +169,13 @@ def test_envelope_errors():
 def test_valid_requests_and_defaults():
     r = roundtrip(req("generate"))
     assert r == P.Request("r1", "generate", {"autoguidance": None, "n": 4, "steps": 10,
-                                             "guidance": None, "guidance_strength": None,
+                                             "guidance_scale": None, "guidance_strength": None,
                                              "guidance_space": None, "seed": 0,
                                              "central_first": None})
     assert roundtrip(req("generate"), P.Limits(max_n=2)).args["n"] == 2
-    r = roundtrip(req("generate", n=64, steps=200, guidance=2, guidance_space="x0",
+    r = roundtrip(req("generate", n=64, steps=200, guidance_scale=2, guidance_space="x0",
                       seed=2**63 - 1, central_first=True, autoguidance=1))
-    assert r.args == {"n": 64, "steps": 200, "guidance": 2.0, "guidance_strength": None,
+    assert r.args == {"n": 64, "steps": 200, "guidance_scale": 2.0, "guidance_strength": None,
                       "guidance_space": "x0", "seed": 2**63 - 1, "central_first": True,
                       "autoguidance": 1.0}
     assert rejects(req("refit3d", joints=joints(), autoguidance=2)) == P.BAD_ARGUMENT
@@ -193,6 +193,19 @@ def test_valid_requests_and_defaults():
     r = roundtrip(req("reconstruct", rgb=rgb, handedness="left", K=K))
     assert r.args["image"] is None and r.args["rgb"].shape == (8, 6, 3)
     assert roundtrip(req("cancel", target="r0")).args == {"target": "r0"}
+
+
+def test_guidance_is_a_deprecated_alias_of_guidance_scale():
+    """Older clients send the raw scale as 'guidance': it arrives as 'guidance_scale'."""
+    for op, extra in [("generate", {}), ("refit3d", {"joints": joints()})]:
+        r = roundtrip(req(op, guidance=0.5, **extra))
+        assert r.args["guidance_scale"] == 0.5 and "guidance" not in r.args
+    assert roundtrip(req("generate", guidance=None, guidance_scale=0.5)).args[
+        "guidance_scale"] == 0.5  # a nil argument counts as absent
+    assert rejects(req("generate", guidance=0.5, guidance_scale=0.5)) == P.BAD_ARGUMENT
+    with pytest.raises(P.ProtocolError, match="deprecated alias 'guidance', not both"):
+        P.validate_request(req("refit3d", joints=joints(), guidance=1, guidance_scale=2))
+    assert rejects(req("info", guidance=0.5)) == P.BAD_ARGUMENT  # only where the op takes it
 
 
 def _image_bytes(fmt: str, w: int, h: int) -> bytes:
@@ -226,8 +239,9 @@ def test_image_pixel_limits():
 @pytest.mark.parametrize("args", [
     {"n": 0}, {"n": 65}, {"steps": 0}, {"steps": 201}, {"seed": -1},
     {"n": "4"}, {"n": 4.0}, {"n": True}, {"steps": [10]},
-    {"guidance": -0.1}, {"guidance": float("nan")}, {"guidance": float("inf")},
-    {"guidance": "high"}, {"guidance": True},
+    {"guidance_scale": -0.1}, {"guidance_scale": float("nan")},
+    {"guidance_scale": float("inf")}, {"guidance_scale": "high"}, {"guidance_scale": True},
+    {"guidance": -0.1}, {"guidance": "high"}, {"guidance": 0.1, "guidance_scale": 0.1},
     {"guidance_strength": -1}, {"guidance_strength": float("nan")},
     {"guidance_space": "eps"}, {"guidance_space": 0}, {"guidance_space": "X0"},
     {"central_first": 1}, {"central_first": "yes"},
@@ -328,7 +342,8 @@ def test_bad_replies_and_hypotheses():
 
 # ---------------------------------------------------------------------------- fuzz
 
-_WORDS = [*P.OPS, "v", "id", "op", "args", "n", "steps", "guidance", "seed", "vertices", "keep",
+_WORDS = [*P.OPS, "v", "id", "op", "args", "n", "steps", "guidance_scale", "guidance", "seed",
+          "vertices", "keep",
           "joints", "joint_mask", "keypoints", "confidence", "K", "image", "rgb", "handedness",
           "target", "left", "right", "__nd__", "dtype", "shape", "data", "<f4", "|b1", "|O", ""]
 
@@ -373,7 +388,8 @@ def _valid_request(rng: random.Random) -> dict[str, Any]:
     args: dict[str, Any] = {}
     if P.OPS[op].sampling:
         args = {k: v for k, v in [("n", rng.randint(1, 64)), ("steps", rng.randint(1, 200)),
-                                  ("guidance", rng.uniform(0, 5)), ("seed", rng.randrange(99))]
+                                  ("guidance_scale", rng.uniform(0, 5)),
+                                  ("seed", rng.randrange(99))]
                 if rng.random() < 0.5}
     if op == "inpaint":
         args |= {"vertices": g.normal(size=(V, 3)).astype(np.float32), "keep": g.random(V) < .5}

@@ -72,12 +72,15 @@ def test_every_sampling_request(client):
     off = client.hypotheses("refit3d", joints=joints.astype(np.float32), n=3, steps=2,
                             guidance_strength=0.0)
     plain = client.hypotheses("refit3d", joints=joints.astype(np.float32), n=3, steps=2,
-                              guidance=0.0)
+                              guidance_scale=0.0)
     assert np.allclose(off.vertices, plain.vertices)
+    legacy = client.hypotheses("refit3d", joints=joints.astype(np.float32), n=3, steps=2,
+                               guidance=0.0)  # the deprecated alias of older add-ons
+    assert np.allclose(legacy.vertices, plain.vertices)
     assert not np.allclose(off.vertices, h.vertices)
     with pytest.raises(RemoteError, match="not both") as err:
         client.hypotheses("refit3d", joints=joints.astype(np.float32), n=1, steps=2,
-                          guidance=0.1, guidance_strength=1.0)
+                          guidance_scale=0.1, guidance_strength=1.0)
     assert err.value.code == P.BAD_ARGUMENT
     K = np.array([[500, 0, 112], [0, 500, 112], [0, 0, 1]], np.float32)
     p = (joints + [0, 0, 0.5]) @ K.T
@@ -249,6 +252,34 @@ def test_killed_server_gives_a_timeout_not_a_hang():
         job.wait(30)
     assert time.time() - t0 < 10
 
+
+
+def test_broker_socket_needs_no_server():
+    """The broker's client-facing ROUTER comes from hhmr.server.sockets, which the server
+    shares: no Server, no model."""
+    import hhmr.server.broker as broker
+    from hhmr.server import bind_router, check_bind
+
+    assert not hasattr(broker, "Server")
+    ctx = zmq.Context()
+    address = f"tcp://127.0.0.1:{free_port()}"
+    front = bind_router(ctx, address, 1000)
+    peer = ctx.socket(zmq.DEALER)
+    try:
+        assert front.type == zmq.ROUTER and front.getsockopt(zmq.MAXMSGSIZE) == 2000
+        with pytest.raises(OSError, match="already in use"):
+            bind_router(ctx, address, 1000)
+        peer.setsockopt(zmq.LINGER, 0)
+        peer.connect(address)
+        peer.send(b"hello")
+        assert front.poll(5000)
+        assert front.recv_multipart()[-1] == b"hello"
+    finally:
+        peer.close()
+        front.close()
+        ctx.term()
+    with pytest.raises(ValueError, match="CurveZMQ"):
+        check_bind("tcp://0.0.0.0:5999", None)
 
 
 def test_broker_with_workers_serves_concurrent_clients():

@@ -112,8 +112,9 @@ def main(argv: list[str]) -> int:
         return 2
     for obj in list(bpy.data.objects):
         bpy.data.objects.remove(obj)
-    opts = jobs.Sampling(args.n, args.steps, args.seed, strength=args.guidance_strength,
-                         space=args.guidance_space,
+    opts = jobs.Sampling(args.n, args.steps, args.seed,
+                         guidance_strength=args.guidance_strength,
+                         guidance_space=args.guidance_space,
                          central_first=None if args.first is None else args.first == "central")
     export_dir = args.export_dir or args.out.parent / args.out.stem
     failed = 0

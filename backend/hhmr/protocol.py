@@ -220,6 +220,7 @@ class Arg:
     doc: str
     required: bool = False
     default: Any = None  # a value, or a callable of the validation context
+    aliases: tuple[str, ...] = ()  # deprecated older names, still accepted for this argument
 
 
 def _bad(message: str) -> ProtocolError:
@@ -378,10 +379,11 @@ SAMPLING_ARGS: dict[str, Arg] = {
              default=lambda c: min(4, c.limits.max_n)),
     "steps": Arg(_integer(1, "max_steps"), "diffusion steps, 1..max_steps (default 10)",
                  default=lambda c: min(10, c.limits.max_steps)),
-    "guidance": Arg(_nonneg_float, "guidance scale >= 0, in the task's own units (default: "
-                    "the server's tuned one)"),
+    "guidance_scale": Arg(_nonneg_float, "guidance scale >= 0, in the task's own units "
+                          "(default: the server's tuned one); 'guidance' is its deprecated "
+                          "alias", aliases=("guidance",)),
     "guidance_strength": Arg(_nonneg_float, "guidance relative to the task's tuned scale: 1 "
-                             "tuned, 0 none (instead of 'guidance')"),
+                             "tuned, 0 none (instead of 'guidance_scale')"),
     "guidance_space": Arg(_choice("x_t", "x0"), "where guidance acts: 'x_t' (through the "
                           "net, HHMR's) or 'x0' (on its prediction); default: the server's"),
     "central_first": Arg(_boolean, "hypothesis 0 starts from the noise's mean, the sampler's "
@@ -484,6 +486,7 @@ def _validate(msg: Any, limits: Limits, num_vertices: int | None) -> Request:
         args = {}
     if not isinstance(args, dict):
         raise ProtocolError(BAD_ARGUMENT, f"'args' must be a map, got {_describe(args)}")
+    args = _resolve_aliases(spec, args)
     unknown = [k for k in args if k not in spec.args]
     if unknown:
         raise _bad(f"unknown argument {unknown[0]!r:.40} for op '{op}'; "
@@ -501,6 +504,23 @@ def _validate(msg: Any, limits: Limits, num_vertices: int | None) -> Request:
     if spec.check is not None:
         spec.check(out, ctx)
     return Request(rid, op, out)
+
+
+def _resolve_aliases(spec: OpSpec, args: dict[Any, Any]) -> dict[Any, Any]:
+    """The args with each deprecated alias renamed to its argument (a nil one dropped); an
+    argument given under both names is a BAD_ARGUMENT."""
+    out = dict(args)
+    for name, arg in spec.args.items():
+        for old in arg.aliases:
+            if old not in out:
+                continue
+            value = out.pop(old)
+            if value is None:
+                continue
+            if out.get(name) is not None:
+                raise _bad(f"give '{name}' or its deprecated alias '{old}', not both")
+            out[name] = value
+    return out
 
 
 def decode_request(data: bytes, limits: Limits | None = None, *,

@@ -9,6 +9,7 @@ back as a left hand, in the camera frame of the photo.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,15 +65,15 @@ def detect_hands(rgb: np.ndarray, max_hands: int = 4, min_confidence: float = 0.
 
 
 def fit_detection(pipe: HandDiffusionPipeline, kp: np.ndarray, handedness: str,
-                  K: np.ndarray, confidence: np.ndarray | None = None, **opts
-                  ) -> Hypotheses:
+                  K: np.ndarray, confidence: np.ndarray | None = None,
+                  progress: Callable[[int, int], None] | None = None, **opts) -> Hypotheses:
     """fit2d in the camera frame; a left hand is fitted mirrored and mirrored back."""
     kp = np.asarray(kp, dtype=np.float32).copy()
     if handedness == "left":
         kp[:, 0] = 2 * K[0, 2] - kp[:, 0]
     h = pipe.fit2d(torch.from_numpy(kp), None if confidence is None else
                    torch.as_tensor(confidence), torch.from_numpy(np.asarray(K, np.float32)),
-                   **opts)
+                   progress=progress, **opts)
     if handedness == "left":
         flip = torch.tensor([-1.0, 1.0, 1.0])
         h.vertices, h.joints = h.vertices * flip, h.joints * flip
@@ -87,8 +88,11 @@ def faces_for(pipe: HandDiffusionPipeline, handedness: str) -> np.ndarray:
 
 
 def reconstruct(pipe: HandDiffusionPipeline, rgb: np.ndarray, K: np.ndarray | None = None,
-                handedness: str | None = None, **opts) -> list[tuple[Detection, Hypotheses]]:
-    """All hands found in an image, each with its hypotheses (camera frame, metres)."""
+                handedness: str | None = None,
+                progress: Callable[[int, int], None] | None = None, **opts
+                ) -> list[tuple[Detection, Hypotheses]]:
+    """All hands found in an image, each with its hypotheses (camera frame, metres).
+    `progress(step, total)` goes to each hand's fit2d; it may raise to cancel."""
     h, w = rgb.shape[:2]
     K = default_intrinsics(w, h) if K is None else np.asarray(K, dtype=np.float32)
     found = detect_hands(rgb)
@@ -98,5 +102,6 @@ def reconstruct(pipe: HandDiffusionPipeline, rgb: np.ndarray, K: np.ndarray | No
     results = []
     for det in found:
         side = handedness if handedness and len(found) == 1 else det.handedness
-        results.append((det, fit_detection(pipe, det.keypoints, side, K, **opts)))
+        results.append((det, fit_detection(pipe, det.keypoints, side, K, progress=progress,
+                                           **opts)))
     return results

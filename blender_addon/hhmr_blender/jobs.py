@@ -21,26 +21,27 @@ ProtocolError = protocol.ProtocolError
 
 @dataclass
 class Sampling:
-    """Options shared by the sampling ops: ``guidance`` a raw scale, or ``strength`` relative
-    to the task's tuned scale (1 tuned, 0 none); ``space`` "x_t" or "x0"; ``central_first``
-    whether hypothesis 0 is the sampler's central guess; None: the server's default."""
+    """Options shared by the sampling ops, named as on the wire: ``guidance_scale`` a raw
+    scale, or ``guidance_strength`` relative to the task's tuned scale (1 tuned, 0 none);
+    ``guidance_space`` "x_t" or "x0"; ``central_first`` whether hypothesis 0 is the sampler's
+    central guess; None: the server's default (left unsent)."""
 
     n: int = 8
     steps: int = 10
     seed: int = 0
-    guidance: float | None = None
-    strength: float | None = None
-    space: str | None = None
+    guidance_scale: float | None = None
+    guidance_strength: float | None = None
+    guidance_space: str | None = None
     central_first: bool | None = None
 
     def args(self) -> dict[str, Any]:
         a: dict[str, Any] = {"n": int(self.n), "steps": int(self.steps), "seed": int(self.seed)}
-        if self.guidance is not None:
-            a["guidance"] = float(self.guidance)
-        if self.strength is not None:
-            a["guidance_strength"] = float(self.strength)
-        if self.space is not None:
-            a["guidance_space"] = self.space
+        if self.guidance_scale is not None:
+            a["guidance_scale"] = float(self.guidance_scale)
+        if self.guidance_strength is not None:
+            a["guidance_strength"] = float(self.guidance_strength)
+        if self.guidance_space is not None:
+            a["guidance_space"] = self.guidance_space
         if self.central_first is not None:
             a["central_first"] = bool(self.central_first)
         return a

@@ -14,9 +14,9 @@ EXPECTED = (ValueError, FileNotFoundError, RuntimeError, TimeoutError, OSError,
 def sampling(context) -> jobs.Sampling:
     s = context.scene.hhmr
     # the defaults go unsent, so a backend from before these options still answers
-    return jobs.Sampling(s.n, s.steps, s.seed,
-                         strength=None if s.guidance_strength == 1.0 else s.guidance_strength,
-                         space=None if s.guidance_space == "DEFAULT" else s.guidance_space,
+    strength = None if s.guidance_strength == 1.0 else s.guidance_strength
+    space = None if s.guidance_space == "DEFAULT" else s.guidance_space
+    return jobs.Sampling(s.n, s.steps, s.seed, guidance_strength=strength, guidance_space=space,
                          central_first={"DEFAULT": None, "CENTRAL": True,
                                         "RANDOM": False}[s.first_hypothesis])
 

@@ -105,7 +105,7 @@ def eval_generate(pipe, num, seed, steps, progress):
     """The default sampler ("diffusion", autoguided when the pipeline has a guide net), the
     net alone ("diffusion_no_autoguidance", with a guide net only) and the baselines."""
     sets = generation_sets(pipe, num, seed, steps)
-    if pipe.autoguidance("generate") is not None:
+    if pipe.autoguidance() is not None:
         alone = generated_hands(pipe, num, seed, steps, autoguidance=1.0)
         sets = {"diffusion": sets["diffusion"], "diffusion_no_autoguidance": alone,
                 **{k: v for k, v in sets.items() if k != "diffusion"}}

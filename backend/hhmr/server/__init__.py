@@ -1,0 +1,23 @@
+"""`hhmr serve`: the ZeroMQ + msgpack backend service.
+
+A socket thread (`frontend`) receives, validates and answers requests and queues the sampling
+ops for a compute thread (`compute`), which batches them on the device and sends progress and
+results back; `broker` puts ZeroMQ's proxy in front of several such processes, and `sockets`
+holds what the server and the broker share.
+"""
+
+from hhmr.server.broker import serve_broker
+from hhmr.server.compute import (
+    MAX_BATCH,
+    Cancelled,
+    ComputeThread,
+    QueuedRequest,
+    plan_request,
+    reconstruct_request,
+)
+from hhmr.server.frontend import Server, hand_topology, serve
+from hhmr.server.sockets import bind_router, check_bind, connect_dealer, is_loopback
+
+__all__ = ["MAX_BATCH", "Cancelled", "ComputeThread", "QueuedRequest", "Server", "bind_router",
+           "check_bind", "connect_dealer", "hand_topology", "is_loopback", "plan_request",
+           "reconstruct_request", "serve", "serve_broker"]

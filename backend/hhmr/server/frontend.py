@@ -1,0 +1,163 @@
+"""The socket thread of `hhmr serve`: it binds the client-facing socket (a ROUTER, or a
+worker's DEALER connected to a broker), decodes and validates each request, answers `info`,
+`status` and `cancel` itself and queues the sampling ops for the compute thread.
+
+It also forwards the compute thread's progress and final replies to the clients. Malformed
+input gets an error reply and the server keeps serving; one log line per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+import zmq
+
+from hhmr import __version__
+from hhmr import protocol as P
+from hhmr.server.compute import ComputeThread, QueuedRequest
+from hhmr.server.sockets import bind_router, check_bind, connect_dealer, on_signals
+
+log = logging.getLogger("hhmr.serve")
+
+
+class Server:
+    """One `hhmr serve` process: `open` binds, `load` loads the model, `serve_forever` runs
+    the socket loop (this thread) and the compute thread until `stop` is set."""
+
+    def __init__(self, bind: str = "tcp://127.0.0.1:5557", device: str = "auto",
+                 limits: P.Limits | None = None, weights: str | None = None,
+                 curve_secret_key: str | None = None, connect: str | None = None) -> None:
+        self.bind = bind
+        self.connect = connect  # worker mode: a DEALER connected to a broker's backend
+        self.limits = limits or P.Limits()
+        self.device_name = device
+        self.weights = weights
+        self.curve_secret_key = curve_secret_key
+        if connect is None:
+            check_bind(bind, curve_secret_key)
+        self.stop = threading.Event()
+        self.compute = ComputeThread(self.stop)
+        self.ctx = zmq.Context()
+        self.pipe = None
+        self.started = time.time()
+        self.served = 0
+
+    def load(self) -> None:
+        from hhmr.device import pick_device
+        from hhmr.sampling import HandDiffusionPipeline
+
+        self.device = pick_device(self.device_name)
+        self.pipe = HandDiffusionPipeline.from_pretrained(self.weights, device=str(self.device))
+        seconds = self.pipe.warm_up()
+        log.info("model ready on %s (warm-up %.1f s)", self.device, seconds)
+
+    def open(self) -> None:
+        """Bind the client-facing socket (first, so a busy port fails before loading)."""
+        if self.connect is not None:
+            self.front = connect_dealer(self.ctx, self.connect)
+        else:
+            self.front = bind_router(self.ctx, self.bind, self.limits.max_message_bytes,
+                                     self.curve_secret_key)
+
+    def serve_forever(self) -> None:
+        front = self.front
+        results = self.ctx.socket(zmq.PULL)
+        address = f"inproc://results-{id(self)}"
+        results.bind(address)
+        self.compute.start(self.pipe, self.ctx, address)
+        poller = zmq.Poller()
+        poller.register(front, zmq.POLLIN)
+        poller.register(results, zmq.POLLIN)
+        log.info("hhmr %s serving %s on %s", __version__, self.connect or self.bind,
+                 self.device)
+        try:
+            while not self.stop.is_set():
+                events = dict(poller.poll(200))
+                if results in events:
+                    while True:
+                        try:
+                            front.send_multipart(results.recv_multipart(zmq.NOBLOCK))
+                        except zmq.Again:
+                            break
+                if front in events:
+                    frames = front.recv_multipart()
+                    for reply in self._handle(frames):
+                        front.send_multipart(frames[:-1] + [P.pack(reply)])
+        finally:
+            self.stop.set()
+            self.compute.cancel_all()
+            self.compute.join(timeout=10)
+            front.close()
+            results.close()
+            self.ctx.term()
+            log.info("stopped after %d requests", self.served)
+
+    def _handle(self, frames: list[bytes]) -> list[dict]:
+        """Replies to send now for one incoming message (none when a request was queued)."""
+        t0 = time.perf_counter()
+        self.served += 1
+        try:
+            req = P.decode_request(frames[-1], self.limits,
+                                   num_vertices=self.pipe.hand.num_vertices)
+        except P.ProtocolError as err:
+            log.info("? %s error %s: %s", err.request_id, err.code, err.message[:120])
+            return [P.error_reply(err.request_id, err.code, err.message)]
+        if req.op == "info":
+            reply = P.ok_reply(req.id, self.info())
+        elif req.op == "status":
+            running, queued = self.compute.ids()
+            reply = P.ok_reply(req.id, {"running": running, "queued": queued,
+                                        "served": self.served,
+                                        "uptime_s": time.time() - self.started})
+        elif req.op == "cancel":
+            target = req.args["target"]
+            reply = P.ok_reply(req.id, {"target": target, "found": self.compute.cancel(target)})
+        else:
+            self.compute.submit(QueuedRequest(frames[:-1], req))
+            return []
+        log.info("%s %s ok %.1f ms", req.id, req.op, (time.perf_counter() - t0) * 1000)
+        return [reply]
+
+    def info(self) -> dict:
+        hand = self.pipe.hand
+        auto = self.pipe.autoguidance()
+        return {
+            "server": "hhmr", "version": __version__, "protocol": P.PROTOCOL_VERSION,
+            "device": str(self.device), "model": hand.name,
+            "autoguidance": None if auto is None else auto.weight,
+            "limits": self.limits.to_dict(),
+            "ops": list(P.OPS),
+            "topology": hand_topology(hand),
+        }
+
+
+def hand_topology(hand) -> dict:
+    """The ``topology`` of the info reply: what a client needs to build and rig the mesh."""
+    return {
+        "num_vertices": hand.num_vertices,
+        "faces": hand.faces.cpu().numpy().astype(np.int32),
+        "template": hand.v_template.cpu().numpy().astype(np.float32),
+        "keypoint_names": list(hand.keypoint_names),
+        "parents": list(hand.parents),
+        "skin_weights": hand.weights.cpu().numpy().astype(np.float32),
+        "rest_joints": (hand.joint_regressor16() @ hand.v_template).cpu().numpy()
+        .astype(np.float32),
+        "keypoint_regressor": hand.keypoint_regressor.cpu().numpy().astype(np.float32),
+        "joint_frames": hand.joint_limits.frames.cpu().numpy().astype(np.float32),
+    }
+
+
+def serve(bind: str, device: str = "auto", weights: str | None = None,
+          curve_secret_key: str | None = None, connect: str | None = None,
+          limits: P.Limits | None = None) -> None:
+    """Run a server (or, with `connect`, a worker of a broker) until SIGINT or SIGTERM."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    server = Server(bind, device, limits=limits, weights=weights,
+                    curve_secret_key=curve_secret_key, connect=connect)
+    server.open()
+    server.load()
+    on_signals(server.stop)
+    server.serve_forever()
