@@ -7,22 +7,23 @@ on the tuning seed (100) unless told. Prints one JSON object.
 - apd_size_free_mm: APD after scaling each hand to the set's mean palm length (pose only).
 - apd_by_region_mm: APD over the vertices each region's bones dominate.
 
-Usage: python tools/dispersion.py [WEIGHTS.pt] [--num 64] [--seed 100]
+Usage: python research/dispersion.py [WEIGHTS.pt] [--num 64] [--seed 100]
        [--solver ddim|dpm++2m] [--spacing trailing|front|...] [--steps 10]
        [--eta 0.0]   (eta > 0 adds fresh noise at each step and samples with DDIM; under a minute)
-       [--generate-last T]   (generation's last timestep, pipeline.FINAL_TIMESTEP)
+--solver and --spacing change the weights' saved settings (`SamplingConfig.sampler`).
 """
 
 import argparse
 import json
+from dataclasses import replace
 
 import torch
-from hhmr import metrics, pipeline
-from hhmr.diffusion.ddim import SPACINGS
+from hhmr import metrics
 from hhmr.evaluation.tasks import generation_sets
 from hhmr.hand import FINGERS, KEYPOINT_NAMES
 from hhmr.hand.topology import finger_of_joint
 from hhmr.sampling import HandDiffusionPipeline
+from hhmr.sampling.config import SOLVERS, SPACINGS
 
 MIDDLE_MCP = KEYPOINT_NAMES.index("middle_mcp")
 
@@ -47,17 +48,16 @@ def main() -> None:
     ap.add_argument("weights", nargs="?", default=None)
     ap.add_argument("--num", type=int, default=64)
     ap.add_argument("--seed", type=int, default=100)
-    ap.add_argument("--solver", choices=pipeline.SOLVERS, help="default: the pipeline's")
-    ap.add_argument("--spacing", choices=SPACINGS, help="default: the pipeline's")
+    ap.add_argument("--solver", choices=SOLVERS, help="default: the weights' setting")
+    ap.add_argument("--spacing", choices=SPACINGS, help="default: the weights' setting")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--eta", type=float, default=0.0)
-    ap.add_argument("--generate-last", type=int, metavar="T")
     args = ap.parse_args()
-    if args.generate_last is not None:
-        pipeline.FINAL_TIMESTEP["generate"] = args.generate_last
-    pipeline.SOLVER = args.solver or pipeline.SOLVER
-    pipeline.SPACING = args.spacing or pipeline.SPACING
     pipe = HandDiffusionPipeline.from_pretrained(args.weights)
+    sampler = pipe.config.sampler
+    sampler = replace(sampler, solver=args.solver or sampler.solver,
+                      spacing=args.spacing or sampler.spacing)
+    pipe = pipe.with_config(replace(pipe.config, sampler=sampler))
     bone = pipe.hand.weights.cpu().argmax(1)  # dominant bone of each vertex
     finger = torch.tensor([-1 if int(b) == 0 else finger_of_joint(int(b)) for b in bone])
     regions = {"palm": torch.nonzero(finger == -1).squeeze(1)}
@@ -67,9 +67,8 @@ def main() -> None:
     out = {name: describe(v, reg, regions) for name, v in sets.items()}
     print(json.dumps({"weights": args.weights or "weights/hhmr_prior.pt", "num": args.num,
                       "seed": args.seed, "steps": args.steps, "eta": args.eta,
-                      "solver": "ddim" if args.eta > 0 else pipeline.SOLVER,
-                      "spacing": pipeline.SPACING,
-                      "generate_last": pipeline.FINAL_TIMESTEP.get("generate"), **out}))
+                      "solver": "ddim" if args.eta > 0 else sampler.solver,
+                      "spacing": sampler.spacing, **out}))
 
 
 if __name__ == "__main__":

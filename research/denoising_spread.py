@@ -13,7 +13,7 @@ Each row: APD (after turning each hand to the template's orientation, as `hhmr e
 does), self-intersection %, the mean distance to the hand it came from (mm) and the s.d. of
 the palm lengths (wrist to middle MCP, mm: hand size).
 
-Usage: python tools/denoising_spread.py [WEIGHTS.pt] [--num 64] [--seed 100]
+Usage: python research/denoising_spread.py [WEIGHTS.pt] [--num 64] [--seed 100]
        [--t 0 10 20 40 99 150] [--from 99 382 626 826 999 --to 99]   (about a minute)
 """
 
@@ -26,9 +26,8 @@ from hhmr import metrics
 from hhmr.data.poses import PosePrior
 from hhmr.diffusion import DDIMSampler
 from hhmr.evaluation.tasks import canonical
-from hhmr.models import Conditions
+from hhmr.models import SCALE, Conditions
 from hhmr.sampling import HandDiffusionPipeline
-from hhmr.training.data import SCALE
 from hhmr.training.train import EVAL_SEED_OFFSET
 
 

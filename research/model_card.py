@@ -1,7 +1,9 @@
 """Write weights/MODEL_CARD.md from the weights file and the JSON that `hhmr evaluate` and
 `hhmr bench` wrote into weights/eval/ (so every figure in the card comes from a command).
 
-    python tools/model_card.py
+    python research/model_card.py [--out weights/MODEL_CARD.md]
+
+The sampler settings it quotes are the ones saved in the weights file (`SamplingConfig`).
 """
 
 from __future__ import annotations
@@ -35,8 +37,12 @@ def _load(name: str) -> dict | None:
 
 
 def _spaces(r: dict, task: str) -> tuple[str, str]:
-    """The default guidance space of a task in an evaluation and the other one."""
-    space = r.get("guidance_space", {}).get(task, "x_t")
+    """The default guidance space of a task in an evaluation and the other one (evaluations
+    written before hhmr.sampling name inpainting by guidance alone "inpaint")."""
+    spaces = r.get("guidance_space", {})
+    if task == "inpaint_without_replacement" and task not in spaces:
+        task = "inpaint" if "inpaint+replace" in spaces else task
+    space = spaces.get(task, "x_t")
     return space, "x0" if space == "x_t" else "x_t"
 
 
@@ -63,7 +69,7 @@ def targets() -> list[tuple[str, str, str, bool]]:
         rows.append(("fit2d both better than LBS optimisation", f"{g:.2f}, {ng:.2f} vs "
                      f"{opt:.2f} mm", "lower", max(g, ng) < opt))
     if r := _load("inpaint"):
-        space, other = _spaces(r, "inpaint")
+        space, other = _spaces(r, "inpaint_without_replacement")
         for name, sp in (("guidance", space), (f"guidance_{other}", other)):
             if name in r["results"]:
                 v = r["results"][name]
@@ -128,7 +134,7 @@ EXPERIMENT_COLUMNS = (
 
 def experiments() -> list[str]:
     """Checkpoints kept in weights/checkpoints/ (not shipped): how each was trained, and the
-    tuning-seed figures `tools/compare_weights.py` wrote into weights/eval/checkpoints.jsonl."""
+    tuning-seed figures `research/compare_weights.py` wrote into weights/eval/checkpoints.jsonl."""
     paths = sorted((ROOT / "weights" / "checkpoints").glob("prior_v*_final.pt"))
     rows_file = EVAL / "checkpoints.jsonl"
     if not paths or not rows_file.exists():
@@ -141,7 +147,7 @@ def experiments() -> list[str]:
         lines.append(f"- `{path.relative_to(ROOT)}`: `{ckpt.get('command')}`; steps "
                      f"{ckpt['step']}, " + run_time(ckpt))
     lines += ["", "Tuning seed (100), n=1, 10 steps, mm unless marked, each net alone (no "
-              "autoguidance): `python tools/compare_weights.py --guide none " + " ".join(names)
+              "autoguidance): `python research/compare_weights.py --guide none " + " ".join(names)
               + " > weights/eval/checkpoints.jsonl` (docs/diffusion.md, runs v11 and v12, says "
               "what they show).", "",
               "| weights | " + " | ".join(c[0] for c in EXPERIMENT_COLUMNS) + " |",
@@ -154,6 +160,14 @@ def experiments() -> list[str]:
     return lines
 
 
+def sampling_config():
+    """The sampling settings saved in the shipped weights (the defaults where none are)."""
+    from hhmr.sampling import SamplingConfig
+
+    ckpt = torch.load(WEIGHTS, map_location="cpu", weights_only=False)
+    return SamplingConfig.from_dict(ckpt.get("sampling"))
+
+
 def size_line(ckpt: dict, path: Path) -> str:
     params = sum(v.numel() for v in ckpt["model"].values())
     return f"- Parameters: {params / 1e6:.2f} M; file {path.stat().st_size / 1e6:.1f} MB"
@@ -161,19 +175,23 @@ def size_line(ckpt: dict, path: Path) -> str:
 
 def guide_section() -> list[str]:
     """The autoguidance net (weights/hhmr_guide.pt): how it was trained, the setting the
-    pipeline uses, and the tuning-seed sweep `tools/autoguidance_sweep.py` wrote."""
+    pipeline uses, and the tuning-seed sweep `research/autoguidance_sweep.py` wrote."""
     if not GUIDE.exists():
         return []
-    from hhmr import pipeline
     from hhmr.diffusion import CosineSchedule, DPMSolverSampler
 
     ckpt = torch.load(GUIDE, map_location="cpu", weights_only=False)
-    auto = pipeline.AUTOGUIDANCE["generate"]
-    front = DPMSolverSampler(CosineSchedule()).set_timesteps(10, pipeline.SPACING).tolist()
+    sampling = sampling_config()
+    auto = sampling.generate.autoguidance
+    if auto is None:
+        return []
+    front = DPMSolverSampler(CosineSchedule()).set_timesteps(
+        10, sampling.sampler.spacing).tolist()
     lines = ["", "## Guide net for generation: `weights/hhmr_guide.pt`", "",
              "A weaker net of the same kind: generation's autoguidance (Karras et al. 2024) "
              f"takes x0 = D_guide + w (D - D_guide), with w = {auto.weight:g} at timesteps "
-             f"{auto.t_min}..{auto.t_max} (`AUTOGUIDANCE` in `hhmr.pipeline`; "
+             f"{auto.t_min}..{auto.t_max} (`generate.autoguidance` of the `SamplingConfig` "
+             "saved in the weights file, `hhmr.sampling.config`; "
              "docs/diffusion.md). Only generation uses it. Its training time comes on top "
              "of the prior's.", "",
              *training_commands(ckpt, "weights/hhmr_guide.pt"),
@@ -194,6 +212,11 @@ def guide_section() -> list[str]:
 
 
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(ROOT / "weights" / "MODEL_CARD.md"))
+    args = ap.parse_args()
     ckpt = torch.load(WEIGHTS, map_location="cpu", weights_only=False)
     cfg = ckpt["config"]
     last = ckpt["history"][-1] if ckpt.get("history") else {}
@@ -235,7 +258,7 @@ def main() -> None:
     for name, value, goal, ok in targets():
         lines.append(f"| {name} (goal {goal}) | {value} | {'yes' if ok else 'no'} |")
     lines += ["", "Sampler ablations on the tuning seed (100): `weights/eval/ablations.json`, "
-              "written by `python tools/ablations.py`; docs/diffusion.md gives its tables."]
+              "written by `python research/ablations.py`; docs/diffusion.md gives its tables."]
     for path in sorted(EVAL.glob("*.json")):
         if path.stem in ("ablations", "autoguidance"):
             continue
@@ -258,8 +281,8 @@ def main() -> None:
                       f"{r['peak_mb']} |" for r in result["results"]]
             lines += ["", f"device {result['device']}, {result['threads']} threads"]
     lines += experiments()
-    (ROOT / "weights" / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
-    print("wrote weights/MODEL_CARD.md")
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -1,36 +1,35 @@
 """Re-measure every sampler ablation in docs/diffusion.md for one weight file, on the tuning seed
-(`tools/compare_weights.py`, seed 100): one subprocess per variant, so each starts from the
-sampler's defaults. Writes a JSON file {variant: {"flags": [...], "results": {...}}} and prints
-a table.
+(`research/compare_weights.py`'s `measure`, seed 100), in one process: the weights load once
+and each variant is the weights' own settings (`SamplingConfig`) changed by compare_weights'
+flags, measured through `pipe.with_config`. Writes a JSON file {variant: {"flags": [...],
+"changes": {...}, "results": {...}}} and prints a table.
 
-Usage: python tools/ablations.py [WEIGHTS.pt] [--out weights/eval/ablations.json]
+Usage: python research/ablations.py [WEIGHTS.pt] [--out weights/eval/ablations.json]
        [--only NAME ...]   (about 20 minutes on the 2-core CPU for all variants)
-       python tools/ablations.py --tables [--out ...]   (docs/diffusion.md's tables, no runs)
+       python research/ablations.py --tables [--out ...]   (docs/diffusion.md's tables, no runs)
 """
 
 import argparse
 import hashlib
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from hhmr import pipeline
+from hhmr.sampling import HandDiffusionPipeline, SamplingConfig
 from tqdm import tqdm
 
-HERE = Path(__file__).resolve().parent
-X_T_EVERYWHERE = ["--space", "refit3d=x_t", "--space", "inpaint=x_t", "--space", "fit2d=x_t"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_weights import add_flags, changes, config_from_flags, measure  # noqa: E402
+
+X_T_EVERYWHERE = ["--space", "refit3d=x_t", "--space", "inpaint_without_replacement=x_t",
+                  "--space", "fit2d=x_t"]
 GUIDED = "refit3d,fit2d"
+ALL = "refit3d,fit2d,inpaint,generate"
 
-# the sampler defaults the flags change (recorded with each variant: a partial run keeps
-# variants measured under earlier defaults)
-DEFAULTS = {"solver": pipeline.SOLVER, "spacing": pipeline.SPACING,
-            **{f"{task}_last": t for task, t in pipeline.FINAL_TIMESTEP.items()}}
-
-# name: (compare_weights flags, tasks). "default" is the shipped sampler.
+# name: (compare_weights flags, measurements). "default" is the weights' own settings.
 VARIANTS: dict[str, tuple[list[str], str]] = {
-    "default": ([], "refit3d,fit2d,inpaint,generate"),
+    "default": ([], ALL),
     "random_first": (["--random-first"], GUIDED),
     "x_t_space": (X_T_EVERYWHERE, "refit3d,fit2d,inpaint"),
     "x_t_space_final_iters_1": (X_T_EVERYWHERE + ["--final-iters", "1"],
@@ -38,29 +37,30 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "joint_influence_smooth": (["--joint-influence", "smooth"], GUIDED),
     "joint_influence_none": (["--joint-influence", "none"], GUIDED),
     "refit_camera": (["--refit-camera"], "fit2d"),
-    "spacing_trailing": (["--spacing", "trailing"], "refit3d,fit2d,inpaint,generate"),
-    "spacing_linspace": (["--spacing", "linspace"], "refit3d,fit2d,inpaint,generate"),
-    "spacing_quadratic": (["--spacing", "quadratic"], "refit3d,fit2d,inpaint,generate"),
-    "solver_ddim": (["--solver", "ddim"], "refit3d,fit2d,inpaint,generate"),
-    "ddim_trailing": (["--solver", "ddim", "--spacing", "trailing"],
-                      "refit3d,fit2d,inpaint,generate"),
-    "generate_last_99": (["--generate-last", "99"], "generate"),
-    "generate_last_40": (["--generate-last", "40"], "generate"),
-    "generate_last_10": (["--generate-last", "10"], "generate"),
+    "spacing_trailing": (["--spacing", "trailing"], ALL),
+    "spacing_linspace": (["--spacing", "linspace"], ALL),
+    "spacing_quadratic": (["--spacing", "quadratic"], ALL),
+    "solver_ddim": (["--solver", "ddim"], ALL),
+    "ddim_trailing": (["--solver", "ddim", "--spacing", "trailing"], ALL),
     "replace_fraction_1.0": (["--replace-fraction", "1.0"], "inpaint"),
     "replace_fraction_0.7": (["--replace-fraction", "0.7"], "inpaint"),
     "replace_fraction_0.5": (["--replace-fraction", "0.5"], "inpaint"),
-    "replacement_alone": (["--space", "inpaint+replace=x0"], "inpaint"),
+    "replacement_alone": (["--space", "inpaint=x0"], "inpaint"),
     "replace_cap_none": (["--replace-cap", "none"], "inpaint"),
 }
 
 
-def run(weights: str, flags: list[str], tasks: str) -> dict[str, float]:
-    cmd = [sys.executable, str(HERE / "compare_weights.py"), weights, "--tasks", tasks, *flags]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    line = json.loads(out.strip().splitlines()[-1])
-    line.pop("weights")
-    return line
+def variant_config(base: SamplingConfig, flags: list[str]) -> SamplingConfig:
+    """`base` changed by a variant's compare_weights flags."""
+    ap = argparse.ArgumentParser()
+    add_flags(ap)
+    return config_from_flags(base, ap.parse_args(flags))
+
+
+def defaults(cfg: SamplingConfig) -> dict[str, str]:
+    """The sampler defaults the flags change (recorded with each variant: a partial run keeps
+    variants measured under earlier defaults)."""
+    return {"solver": cfg.sampler.solver, "spacing": cfg.sampler.spacing}
 
 
 def _pair(r: dict, task: str) -> str:
@@ -77,7 +77,8 @@ def tables(doc: dict) -> str:
     v = {k: x["results"] for k, x in doc["variants"].items()}
     d = v["default"]
     old = {k: x.get("defaults", "DDIM, trailing (before 2026-11-22)")
-           for k, x in doc["variants"].items() if x.get("defaults") != DEFAULTS}
+           for k, x in doc["variants"].items()
+           if x.get("defaults") != doc.get("defaults", defaults(SamplingConfig()))}
     lines = [f"Weights: {doc['weights']} (sha256 {doc.get('weights_sha256', 'not recorded')})"]
     lines += [f"Measured under other sampler defaults: {old}"] if old else []
     lines += ["Guided step (default | x_t space | x0, smooth influence | raw x0 gradient):"]
@@ -130,6 +131,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="a subset of variants")
     ap.add_argument("--tables", action="store_true",
                     help="print docs/diffusion.md's tables from --out, run nothing")
+    ap.add_argument("--num", type=int, help=argparse.SUPPRESS)  # smoke test: hands per task
     args = ap.parse_args()
     if args.tables:
         print(tables(json.loads(Path(args.out).read_text())))
@@ -142,14 +144,23 @@ def main() -> None:
         old = json.loads(path.read_text())
         if old.get("weights_sha256") == digest:
             out = old["variants"]
+    pipe = HandDiffusionPipeline.from_pretrained(args.weights)
+    base = pipe.config
+    configs = {name: variant_config(base, VARIANTS[name][0]) for name in names}  # fail early
     start = time.perf_counter()
     for name in tqdm(names, desc="ablations"):
         flags, tasks = VARIANTS[name]
-        out[name] = {"flags": flags, "tasks": tasks, "defaults": DEFAULTS,
-                     "results": run(args.weights, flags, tasks)}
+        t0 = time.perf_counter()
+        results = measure(pipe.with_config(configs[name]), tuple(tasks.split(",")), args.num)
+        out[name] = {"flags": flags, "changes": changes(base, configs[name]), "tasks": tasks,
+                     "defaults": defaults(base), "results": results,
+                     "minutes": round((time.perf_counter() - t0) / 60, 2)}
+        if args.num:
+            out[name]["num"] = args.num  # a smoke test's figures: not comparable
     out = {k: out[k] for k in VARIANTS if k in out}
     doc = {"weights": args.weights, "weights_sha256": digest, "seed": 100,
-           "command": "python tools/ablations.py " + args.weights + " [--only NAMES]",
+           "defaults": defaults(base),
+           "command": "python research/ablations.py " + args.weights + " [--only NAMES]",
            "last_run": {"variants": names,
                         "minutes": round((time.perf_counter() - start) / 60, 1)},
            "variants": out}

@@ -9,7 +9,7 @@ on a grid, through the project's cosine schedule and its DPM-Solver++ and DDIM s
 prints the spread and centre of the samples against the data's. No network is involved: the
 gap is the estimator's.
 
-Usage: python tools/mean_vs_median_denoiser.py [--samples 10000]   (seconds)
+Usage: python research/mean_vs_median_denoiser.py [--samples 10000]   (seconds)
 """
 
 import argparse

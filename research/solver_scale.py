@@ -6,7 +6,7 @@ timesteps, as a fraction of sd (1 is right). Prints one JSON object.
 little shrunk at high noise; --sd 2.7 is about the hand size direction's s.d. in model units
 (palm length s.d. 7.4 of 99 mm), settled near t = 800.
 
-Usage: python tools/solver_scale.py [--steps 10] [--last 99 40 20 10 5 0] [--sd 0.65]
+Usage: python research/solver_scale.py [--steps 10] [--last 99 40 20 10 5 0] [--sd 0.65]
        [--gain 1 --gain-from 0]   (seconds)
 """
 

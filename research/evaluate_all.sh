@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Re-run every measurement behind weights/MODEL_CARD.md and rewrite the card.
-# Usage: bash tools/evaluate_all.sh   (about 20 minutes on a 2-core CPU)
+# Usage: bash research/evaluate_all.sh   (about 20 minutes on a 2-core CPU)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=weights/eval
@@ -14,4 +14,4 @@ hhmr evaluate --freihand-root ../shared/data/real_interhand_sample --n 4 --json 
   > "$out/real_interhand_sample.json"
 hhmr bench --json > "$out/bench.json"
 hhmr bench --service --json > "$out/service_bench.json"
-python tools/model_card.py
+python research/model_card.py

@@ -4,23 +4,24 @@ two bones of one finger, two fingers, or the palm against a finger. For generate
 pose prior's and the PCA baseline's: the sets `hhmr evaluate --task generate` measures, on
 the tuning seed (100) unless told. Prints one JSON object.
 
-Usage: python tools/intersections_by_bone.py [WEIGHTS.pt] [--num 64] [--seed 100]
+Usage: python research/intersections_by_bone.py [WEIGHTS.pt] [--num 64] [--seed 100]
        [--solver ddim|dpm++2m] [--spacing trailing|front|...]   (about a minute)
+--solver and --spacing change the weights' saved settings (`SamplingConfig.sampler`).
 """
 
 import argparse
 import json
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import torch
-from hhmr import pipeline
-from hhmr.diffusion.ddim import SPACINGS
 from hhmr.evaluation.tasks import generation_sets
 from hhmr.hand import JOINT_NAMES
 from hhmr.hand.topology import finger_of_joint
 from hhmr.mesh import self_intersecting_pairs
 from hhmr.sampling import HandDiffusionPipeline
+from hhmr.sampling.config import SOLVERS, SPACINGS
 
 
 def category(a: int, b: int) -> str:
@@ -54,19 +55,21 @@ def main() -> None:
     ap.add_argument("weights", nargs="?", default=None)
     ap.add_argument("--num", type=int, default=64)
     ap.add_argument("--seed", type=int, default=100)
-    ap.add_argument("--solver", choices=pipeline.SOLVERS, help="default: the pipeline's")
-    ap.add_argument("--spacing", choices=SPACINGS, help="default: the pipeline's")
+    ap.add_argument("--solver", choices=SOLVERS, help="default: the weights' setting")
+    ap.add_argument("--spacing", choices=SPACINGS, help="default: the weights' setting")
     args = ap.parse_args()
-    pipeline.SOLVER = args.solver or pipeline.SOLVER
-    pipeline.SPACING = args.spacing or pipeline.SPACING
     pipe = HandDiffusionPipeline.from_pretrained(args.weights)
+    sampler = pipe.config.sampler
+    sampler = replace(sampler, solver=args.solver or sampler.solver,
+                      spacing=args.spacing or sampler.spacing)
+    pipe = pipe.with_config(replace(pipe.config, sampler=sampler))
     faces = pipe.hand.faces.cpu().numpy()
     face_bone = pipe.hand.weights.cpu().numpy()[faces].sum(1).argmax(1)
     sets = generation_sets(pipe, args.num, args.seed)
     out = {name: classify(v, faces, face_bone) for name, v in sets.items()}
     print(json.dumps({"weights": args.weights or "weights/hhmr_prior.pt", "num": args.num,
-                      "seed": args.seed, "solver": pipeline.SOLVER,
-                      "spacing": pipeline.SPACING, **out}))
+                      "seed": args.seed, "solver": sampler.solver,
+                      "spacing": sampler.spacing, **out}))
 
 
 if __name__ == "__main__":
