@@ -324,7 +324,7 @@ def test_projection_operator_holds_its_camera_when_asked(hand):
 def test_descend_takes_back_steps_that_raise_the_loss(gen):
     """x0 guidance's descent: plain gradient steps at a stable scale; at a scale that would
     diverge, every kept step lowers the loss and the result still converges."""
-    from hhmr.sampling import descend
+    from hhmr.sampling.guidance import descend
 
     target = torch.randn(3, 5, 2, generator=gen)
     weight = torch.tensor([1.0, 2.0, 3.0])[:, None, None]  # per-sample curvature
@@ -349,34 +349,6 @@ def test_descend_takes_back_steps_that_raise_the_loss(gen):
     assert (loss_of(wild_plain)[1:] > start[1:]).all()
     wild = run(1.0, 10, 8)  # ...descend halves a sample's step until it lowers the loss
     assert (loss_of(wild) < 1e-3 * start).all()
-
-
-def test_gaussian_denoiser_is_the_exact_posterior_mean_of_gaussian_data():
-    from hhmr.diffusion.gaussian import GaussianDenoiser
-
-    gen = torch.Generator().manual_seed(0)
-    dim = 6
-    a = torch.randn(dim, dim, generator=gen, dtype=torch.float64)
-    cov = a @ a.T / dim + 0.01 * torch.eye(dim, dtype=torch.float64)
-    mean = torch.randn(dim, generator=gen, dtype=torch.float64)
-    x0 = mean + torch.randn(200_000, dim, generator=gen, dtype=torch.float64) @ \
-        torch.linalg.cholesky(cov).T
-    den = GaussianDenoiser(dim, dim).double().fit(x0)
-    assert torch.allclose(den.mean, mean, atol=0.02)
-    fitted = den.basis @ torch.diag(den.eigvals) @ den.basis.T
-    assert torch.allclose(fitted, cov, atol=0.03)
-    ab = torch.tensor(0.3, dtype=torch.float64)
-    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * torch.randn(x0.shape, generator=gen,
-                                                          dtype=torch.float64)
-    est = den(x_t, ab.expand(len(x0)))
-    # E[x0 | x_t] = mu + sqrt(ab) C (ab C + (1 - ab) I)^-1 (x_t - sqrt(ab) mu)
-    gain = ab.sqrt() * cov @ torch.linalg.inv(ab * cov + (1 - ab) * torch.eye(dim).double())
-    exact = mean + (x_t - ab.sqrt() * mean) @ gain.T
-    assert (est - exact).abs().max() < 0.02
-    # its RMS error is the one it states, and no other linear estimate does better
-    rms = float((est - x0).square().mean().sqrt())
-    assert rms == pytest.approx(float(den.error_rms(ab[None])), rel=0.01)
-    assert rms < float((0.9 * est + 0.1 * mean - x0).square().mean().sqrt())
 
 
 def test_autoguidance_extrapolates_away_from_the_guide():

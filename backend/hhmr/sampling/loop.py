@@ -25,14 +25,17 @@ class Denoiser:
 
     def __init__(self, net: torch.nn.Module, device: torch.device, trace: bool) -> None:
         self.net = net.to(device).eval()
+        self.device = device
         self.traced = TracedDenoiser(self.net) if trace else None
 
     def unguided(self, cond: Conditions, batch: int
                  ) -> tuple[Callable[..., torch.Tensor], object]:
         """(x_t, t, context) -> x0 without gradients, and the context it takes: what the
-        conditions give every step (the tokens' keys and values)."""
+        conditions give every step (the tokens' keys and values; nets without `context`
+        take the conditions themselves)."""
+        prepare = getattr(self.net, "context", None)
         with torch.no_grad():
-            context = self.net.context(cond, batch)
+            context = prepare(cond, batch) if prepare is not None else cond
         if self.traced is not None and isinstance(context, Context):
             return self.traced, context
         return self.net, context
@@ -78,7 +81,7 @@ def sample(net: Denoiser, schedule: CosineSchedule, config: SamplerConfig, cond:
            progress: Progress | None = None) -> torch.Tensor:
     """Hands [B, V, 3] in metres. Batching requests changes their results by float rounding
     alone (batch sizes take different CPU kernels)."""
-    device = next(net.net.parameters()).device
+    device = net.device
     batch = sum(nz.count for nz in noises)
 
     def randn() -> torch.Tensor:
