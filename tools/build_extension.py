@@ -45,12 +45,17 @@ def current_platform() -> str:
 
 
 def fetch_wheels(platforms: list[str], pythons: list[str], cache: Path) -> list[Path]:
-    """pip download the binary wheels; returns the files (one per project, platform, Python)."""
+    """The binary wheels, one per project, platform and Python: taken from the cache when it
+    holds them (no network), else pip-downloaded into it."""
     cache.mkdir(parents=True, exist_ok=True)
     found: set[Path] = set()
     for plat in platforms:
         for py in pythons:
             before = set(cache.glob("*.whl"))
+            cached = _matching(before, plat, py)
+            if len(cached) == 2:  # pyzmq and msgpack
+                found |= cached
+                continue
             cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
                    "--no-deps", "--implementation", "cp", "--python-version", py,
                    "--dest", str(cache), *[a for t in PLATFORMS[plat] for a in ("--platform", t)],
