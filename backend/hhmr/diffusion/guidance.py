@@ -337,13 +337,3 @@ class ProjectionOperator:
         projected, _ = self.solve_joints(joints)
         kp, conf, _ = self._inputs(b)
         return (conf[..., None] * (projected - kp).square()).sum((1, 2)) / self.unit ** 2
-
-
-class CombinedOperator:
-    """Sum of several operators' losses."""
-
-    def __init__(self, *ops: GuidanceOperator) -> None:
-        self.ops = ops
-
-    def loss(self, x0: torch.Tensor) -> torch.Tensor:
-        return sum(op.loss(x0) for op in self.ops)
