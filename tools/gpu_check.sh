@@ -60,7 +60,7 @@ cp "$OUT/torch.log" "$OUT/torch.json" 2>/dev/null
 # (b) the tests that touch models, diffusion, sampling and training (files that exist)
 shopt -s nullglob
 TESTS=(tests/test_models*.py tests/test_graph_unet*.py tests/test_diffusion*.py
-       tests/test_sampling*.py tests/test_training*.py)
+       tests/test_sampling*.py tests/test_training*.py tests/test_device.py)
 shopt -u nullglob
 if [ ${#TESTS[@]} -gt 0 ]; then
   step pytest 180 env HHMR_TEST_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider \
