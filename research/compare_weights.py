@@ -112,6 +112,24 @@ def compare(path: str, tasks: tuple[str, ...] = TASKS, guide: str | bool | None 
     return measure(pipe, tasks, num)
 
 
+def add_generation_args(ap: argparse.ArgumentParser) -> None:
+    """The arguments of the generation diagnostics: weights, hands, seed, solver, spacing."""
+    ap.add_argument("weights", nargs="?", default=None)
+    ap.add_argument("--num", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=100)
+    ap.add_argument("--solver", choices=SOLVERS, help="default: the weights' setting")
+    ap.add_argument("--spacing", choices=SPACINGS, help="default: the weights' setting")
+
+
+def generation_pipeline(args: argparse.Namespace) -> HandDiffusionPipeline:
+    """The weights' pipeline with `add_generation_args`' solver and spacing, where given."""
+    pipe = HandDiffusionPipeline.from_pretrained(args.weights)
+    sampler = pipe.config.sampler
+    sampler = replace(sampler, solver=args.solver or sampler.solver,
+                      spacing=args.spacing or sampler.spacing)
+    return pipe.with_config(replace(pipe.config, sampler=sampler))
+
+
 def add_flags(ap: argparse.ArgumentParser) -> None:
     """The flags `config_from_flags` reads."""
     ap.add_argument("--spacing", choices=SPACINGS,

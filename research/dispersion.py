@@ -15,15 +15,13 @@ Usage: python research/dispersion.py [WEIGHTS.pt] [--num 64] [--seed 100]
 
 import argparse
 import json
-from dataclasses import replace
 
 import torch
+from compare_weights import add_generation_args, generation_pipeline
 from hhmr import metrics
 from hhmr.evaluation.tasks import generation_sets
 from hhmr.hand import FINGERS, KEYPOINT_NAMES
 from hhmr.hand.topology import finger_of_joint
-from hhmr.sampling import HandDiffusionPipeline
-from hhmr.sampling.config import SOLVERS, SPACINGS
 
 MIDDLE_MCP = KEYPOINT_NAMES.index("middle_mcp")
 
@@ -45,19 +43,12 @@ def describe(verts: torch.Tensor, regressor: torch.Tensor, regions: dict[str, to
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("weights", nargs="?", default=None)
-    ap.add_argument("--num", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=100)
-    ap.add_argument("--solver", choices=SOLVERS, help="default: the weights' setting")
-    ap.add_argument("--spacing", choices=SPACINGS, help="default: the weights' setting")
+    add_generation_args(ap)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--eta", type=float, default=0.0)
     args = ap.parse_args()
-    pipe = HandDiffusionPipeline.from_pretrained(args.weights)
+    pipe = generation_pipeline(args)
     sampler = pipe.config.sampler
-    sampler = replace(sampler, solver=args.solver or sampler.solver,
-                      spacing=args.spacing or sampler.spacing)
-    pipe = pipe.with_config(replace(pipe.config, sampler=sampler))
     bone = pipe.hand.weights.cpu().argmax(1)  # dominant bone of each vertex
     finger = torch.tensor([-1 if int(b) == 0 else finger_of_joint(int(b)) for b in bone])
     regions = {"palm": torch.nonzero(finger == -1).squeeze(1)}

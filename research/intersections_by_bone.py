@@ -12,16 +12,14 @@ Usage: python research/intersections_by_bone.py [WEIGHTS.pt] [--num 64] [--seed 
 import argparse
 import json
 from collections import Counter
-from dataclasses import replace
 
 import numpy as np
 import torch
+from compare_weights import add_generation_args, generation_pipeline
 from hhmr.evaluation.tasks import generation_sets
 from hhmr.hand import JOINT_NAMES
 from hhmr.hand.topology import finger_of_joint
 from hhmr.mesh import self_intersecting_pairs
-from hhmr.sampling import HandDiffusionPipeline
-from hhmr.sampling.config import SOLVERS, SPACINGS
 
 
 def category(a: int, b: int) -> str:
@@ -52,17 +50,10 @@ def classify(verts: torch.Tensor, faces: np.ndarray, face_bone: np.ndarray) -> d
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("weights", nargs="?", default=None)
-    ap.add_argument("--num", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=100)
-    ap.add_argument("--solver", choices=SOLVERS, help="default: the weights' setting")
-    ap.add_argument("--spacing", choices=SPACINGS, help="default: the weights' setting")
+    add_generation_args(ap)
     args = ap.parse_args()
-    pipe = HandDiffusionPipeline.from_pretrained(args.weights)
+    pipe = generation_pipeline(args)
     sampler = pipe.config.sampler
-    sampler = replace(sampler, solver=args.solver or sampler.solver,
-                      spacing=args.spacing or sampler.spacing)
-    pipe = pipe.with_config(replace(pipe.config, sampler=sampler))
     faces = pipe.hand.faces.cpu().numpy()
     face_bone = pipe.hand.weights.cpu().numpy()[faces].sum(1).argmax(1)
     sets = generation_sets(pipe, args.num, args.seed)

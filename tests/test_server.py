@@ -15,7 +15,7 @@ from backend_process import free_port, start_server
 from hhmr import protocol as P
 from hhmr.client import HHMRClient, RemoteError
 from hhmr.paths import weights_dir
-from hhmr.sampling import AUTOGUIDANCE
+from hhmr.sampling import SamplingConfig
 
 WEIGHTS = weights_dir() / "hhmr_prior.pt"
 pytestmark = pytest.mark.skipif(not WEIGHTS.exists(), reason="no trained weights")
@@ -44,7 +44,7 @@ def test_info_describes_the_hand(client):
     assert topo["num_vertices"] == 803 and topo["faces"].shape[1] == 3
     assert topo["skin_weights"].shape == (803, 16) and len(topo["keypoint_names"]) == 21
     assert info["protocol"] == P.PROTOCOL_VERSION and "fit2d" in info["ops"]
-    assert info["autoguidance"] == AUTOGUIDANCE["generate"].weight  # the shipped guide
+    assert info["autoguidance"] == SamplingConfig().generate.autoguidance.weight  # shipped guide
 
 
 def test_every_sampling_request(client):
