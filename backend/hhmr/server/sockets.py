@@ -2,7 +2,8 @@
 
 `bind_router` makes the client-facing ROUTER socket (limits, CurveZMQ keys, a clear error for
 a busy port); `check_bind` refuses a non-loopback address without keys; `connect_dealer` is a
-worker's socket to a broker. Nothing here needs a model.
+worker's socket to a broker; `RouterLink` is a single server's client-facing transport (who
+owns each request, which connections dropped). Nothing here needs a model.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import ipaddress
 import logging
 import signal
 import threading
+from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 log = logging.getLogger("hhmr.serve")
 
@@ -87,3 +90,83 @@ def on_signals(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+
+
+# ---- who sent a request --------------------------------------------------------------------
+# HHMRClient names every socket it opens b"hhmr" + its 8-byte session token + a 4-byte
+# counter, so its resends and its `status`/`cancel` calls (each on a fresh socket) belong to it.
+CLIENT_ID_PREFIX = b"hhmr"
+CLIENT_ID_LEN = 16
+
+
+def owner_of(routing_id: bytes, user_id: str | None) -> bytes:
+    """Who a request belongs to: the CurveZMQ client key when the server checks keys, else
+    the HHMRClient session token in the routing id, else the connection itself."""
+    if user_id:
+        return b"key:" + user_id.encode()
+    if len(routing_id) == CLIENT_ID_LEN and routing_id.startswith(CLIENT_ID_PREFIX):
+        return b"tok:" + routing_id[4:12]
+    return b"conn:" + routing_id
+
+
+@dataclass
+class Incoming:
+    """One message from a client, as the server's socket loop sees it."""
+
+    envelope: list[bytes]  # the frames its replies go back with
+    owner: bytes  # owner_of(...): whose jobs `status` and `cancel` may see
+    connection: bytes  # the client connection, named again by `gone()` when it drops
+    payload: bytes
+
+
+class RouterLink:
+    """A single server's client-facing ROUTER socket. `recv` tags each message with its owner
+    and connection; `gone` names the connections that dropped since it was last called (the
+    socket monitor's disconnect events, matched to connections by file descriptor)."""
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self.socket = sock
+        self.monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.by_fd: dict[int, set[bytes]] = {}
+        self.dropped: list[bytes] = []
+
+    def _drain_monitor(self) -> None:
+        # drained before every receive: a disconnect is always seen before a new
+        # connection can reuse its file descriptor
+        while self.monitor.poll(0):
+            event = recv_monitor_message(self.monitor)
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self.dropped.extend(self.by_fd.pop(int(event["value"]), ()))
+
+    def recv(self) -> Incoming | None:
+        """The next message, or None when none is waiting."""
+        self._drain_monitor()
+        try:
+            frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return None
+        last = frames[-1]
+        rid = frames[0].bytes
+        try:
+            user = last.get("User-Id")
+        except zmq.ZMQError:
+            user = None
+        self.by_fd.setdefault(last.get(zmq.SRCFD), set()).add(rid)
+        return Incoming([f.bytes for f in frames[:-1]], owner_of(rid, user), rid, last.bytes)
+
+    def send(self, envelope: list[bytes], payload: bytes) -> None:
+        self.socket.send_multipart(envelope + [payload])
+
+    def gone(self) -> list[bytes]:
+        """Connections that dropped since the last call."""
+        self._drain_monitor()
+        out, self.dropped = self.dropped, []
+        return out
+
+    def tick(self) -> None:
+        """Nothing to do: a client-facing socket has no heartbeat of its own."""
+
+    def close(self) -> None:
+        self.socket.disable_monitor()
+        self.monitor.close()
+        self.socket.close()
