@@ -171,7 +171,7 @@ def test_valid_requests_and_defaults():
     assert r == P.Request("r1", "generate", {"autoguidance": None, "n": 4, "steps": 10,
                                              "guidance_scale": None, "guidance_strength": None,
                                              "guidance_space": None, "seed": 0,
-                                             "central_first": None})
+                                             "central_first": None, "deadline_s": None})
     assert roundtrip(req("generate"), P.Limits(max_n=2)).args["n"] == 2
     r = roundtrip(req("generate", n=64, steps=200, guidance_scale=2, guidance_space="x0",
                       seed=2**63 - 1, central_first=True, autoguidance=1))

@@ -103,9 +103,11 @@ def _serve(args: argparse.Namespace) -> int:
             from hhmr.protocol import Limits
 
             serve(args.bind, args.device, weights=args.weights,
-                  curve_secret_key=args.curve_secret_key,
-                  limits=Limits(max_n=args.max_n, max_steps=args.max_steps))
-    except OSError as err:
+                  curve_secret_key=args.curve_secret_key, curve_clients=args.curve_clients,
+                  limits=Limits(max_n=args.max_n, max_steps=args.max_steps,
+                                max_queued=args.max_queued,
+                                max_queued_per_client=args.max_queued_per_client))
+    except (OSError, ValueError) as err:
         print(f"hhmr serve: {err}", file=sys.stderr)
         return 1
     return 0
@@ -265,7 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None)
     p.add_argument("--curve-secret-key", default=None,
                    help="CurveZMQ secret key file (zmq.auth); required off loopback")
+    p.add_argument("--curve-clients", default=None, metavar="DIR",
+                   help="with --curve-secret-key: the folder of client public keys (*.key) "
+                   "the server admits; others are refused")
     p.add_argument("--max-n", type=int, default=64, help="most hypotheses per request")
+    p.add_argument("--max-queued", type=int, default=64,
+                   help="most requests waiting, all clients together (then BUSY)")
+    p.add_argument("--max-queued-per-client", type=int, default=16,
+                   help="most requests waiting for one client (then BUSY)")
     p.add_argument("--max-steps", type=int, default=200, help="most sampling steps per request")
     p.add_argument("--workers", type=int, default=0,
                    help="N > 0: a broker (ZeroMQ proxy) in front of N worker processes")
@@ -279,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connect", required=True, help="the broker's --backend address")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--weights", default=None)
-    p.set_defaults(func=_serve, bind="", curve_secret_key=None, workers=0)
+    p.set_defaults(func=_serve, bind="", curve_secret_key=None, curve_clients=None, workers=0)
 
     p = sub.add_parser("reconstruct", help="hand meshes from photos (needs the detect extra)")
     p.add_argument("images", nargs="+")

@@ -22,6 +22,8 @@ MAX_ID_LEN = 64
 NUM_JOINTS = 21
 MAX_NDIM = 8
 MAX_SEED = 2**63 - 1
+MAX_DEADLINE_S = 86_400
+MAX_DEPTH = 16  # containers nested deeper than this are refused at decode (BAD_MESSAGE)
 
 # Error codes (the "code" of an error reply).
 BAD_MESSAGE = "BAD_MESSAGE"  # not msgpack, not a map, malformed envelope or array encoding
@@ -31,9 +33,9 @@ BAD_ARGUMENT = "BAD_ARGUMENT"  # wrong/missing/unknown argument, shape, dtype, r
 TOO_LARGE = "TOO_LARGE"  # message, container, string or image above the limits
 NO_HAND = "NO_HAND"  # reconstruct: no hand found in the image
 CANCELLED = "CANCELLED"  # the request was cancelled by a "cancel" request
-BUSY = "BUSY"  # the server's queue is full; try again later
+BUSY = "BUSY"  # the server's queue is full; try again after the error's retry_after_s
 INTERNAL = "INTERNAL"  # a server bug
-TIMEOUT = "TIMEOUT"  # the server gave up on the request (its own time limit)
+TIMEOUT = "TIMEOUT"  # the request passed its deadline_s
 ERROR_CODES = (BAD_MESSAGE, UNSUPPORTED_VERSION, UNKNOWN_OP, BAD_ARGUMENT, TOO_LARGE, NO_HAND,
                CANCELLED, BUSY, INTERNAL, TIMEOUT)
 
@@ -61,6 +63,9 @@ class Limits:
     max_pixels: int = 4096 * 4096
     max_container_len: int = DEFAULT_MAX_CONTAINER_LEN
     max_str_len: int = DEFAULT_MAX_STR_LEN
+    max_depth: int = MAX_DEPTH
+    max_queued: int = 64  # sampling requests waiting, all clients together; then BUSY
+    max_queued_per_client: int = 16  # ... and for one client
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -98,12 +103,12 @@ def decode_array(m: Mapping[Any, Any]) -> np.ndarray:
         raise bad("__nd__ must be true")
     dt = (_DTYPES.get(name) or _DTYPE_NAMES.get(name)) if isinstance(name, str) else None
     if dt is None:
-        raise bad(f"dtype {name!r} is not allowed; use one of {', '.join(_DTYPES)}")
+        raise bad(f"dtype {show(name)} is not allowed; use one of {', '.join(_DTYPES)}")
     if not (isinstance(shape, list) and len(shape) <= MAX_NDIM
             and all(type(s) is int and s >= 0 for s in shape)):
         raise bad(f"shape must be a list of at most {MAX_NDIM} non-negative integers")
     if math.prod(max(s, 1) for s in shape) > 2**40:
-        raise bad(f"shape {shape!r:.80} is absurdly large")
+        raise bad(f"shape {show(shape)} is absurdly large")
     if not isinstance(data, bytes):
         raise bad("data must be bytes (msgpack bin)")
     need = math.prod(shape) * dt.itemsize
@@ -140,20 +145,23 @@ def _reject_ext(code: int, data: bytes) -> Any:
 
 def unpack(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES, *,
            max_container_len: int = DEFAULT_MAX_CONTAINER_LEN,
-           max_str_len: int = DEFAULT_MAX_STR_LEN, decode_arrays: bool = True) -> Any:
+           max_str_len: int = DEFAULT_MAX_STR_LEN, decode_arrays: bool = True,
+           max_depth: int = MAX_DEPTH) -> Any:
     """Deserialize a message safely, refusing anything above the limits (TOO_LARGE) and any
-    malformed input (BAD_MESSAGE)."""
+    malformed input or nesting deeper than `max_depth` (BAD_MESSAGE)."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ProtocolError(BAD_MESSAGE, f"a message must be bytes, got {type(data).__name__}")
     size = memoryview(data).nbytes
     if size > max_bytes:
         raise ProtocolError(TOO_LARGE, f"message of {size} bytes exceeds the limit of {max_bytes}")
     try:
-        return msgpack.unpackb(
+        msg = msgpack.unpackb(
             data, raw=False, strict_map_key=True, use_list=True,
             object_hook=_object_hook if decode_arrays else None, ext_hook=_reject_ext,
             max_bin_len=max_bytes, max_str_len=max_str_len, max_ext_len=max_str_len,
             max_array_len=max_container_len, max_map_len=max_container_len)
+        _check_depth(msg, max_depth)
+        return msg
     except ProtocolError:
         raise
     except ValueError as e:
@@ -166,10 +174,35 @@ def unpack(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES, *,
                             ) from None
 
 
+def _check_depth(obj: Any, limit: int) -> None:
+    """Refuse containers nested deeper than `limit` (without recursion: msgpack decodes up to
+    1024 levels, deeper than Python's own recursion limit)."""
+    stack = [(obj, 1)]
+    while stack:
+        x, depth = stack.pop()
+        children = x.values() if isinstance(x, dict) else x
+        if depth > limit:
+            raise ProtocolError(BAD_MESSAGE, f"the message nests maps and lists deeper than "
+                                f"{limit} levels")
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return None
+
+
+def show(x: Any, limit: int = 40) -> str:
+    """A client's value quoted in an error message: a short string or a number as itself,
+    anything else by its type only (never the repr of client containers: it is unbounded and
+    recurses)."""
+    if type(x) is str:
+        return repr(x[:limit]) + ("..." if len(x) > limit else "")
+    if type(x) in (int, float, bool) or x is None:
+        return str(x)[:limit]
+    return _describe(x)
+
+
 def peek_id(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> str | None:
     """The request id of a message that fails to decode fully, if it can be read at all."""
     try:
-        msg = unpack(data, max_bytes, decode_arrays=False)
+        msg = unpack(data, max_bytes, decode_arrays=False, max_depth=1 << 30)
     except ProtocolError:
         return None
     return _valid_id(msg.get("id")) if isinstance(msg, dict) else None
@@ -254,6 +287,13 @@ def _nonneg_float(name: str, x: Any, ctx: _Ctx) -> float:
     return float(x)
 
 
+def _positive_seconds(name: str, x: Any, ctx: _Ctx) -> float:
+    if type(x) not in (int, float) or not 0 < x <= MAX_DEADLINE_S:
+        raise _bad(f"'{name}' must be a number of seconds in (0, {MAX_DEADLINE_S}], "
+                   f"got {show(x)}")
+    return float(x)
+
+
 def _boolean(name: str, x: Any, ctx: _Ctx) -> bool:
     if type(x) is not bool:
         raise _bad(f"'{name}' must be true or false, got {_describe(x)}")
@@ -263,7 +303,8 @@ def _boolean(name: str, x: Any, ctx: _Ctx) -> bool:
 def _choice(*options: str) -> Check:
     def check(name: str, x: Any, ctx: _Ctx) -> str:
         if not isinstance(x, str) or x not in options:
-            raise _bad(f"'{name}' must be one of {', '.join(map(repr, options))}, got {x!r:.40}")
+            raise _bad(f"'{name}' must be one of {', '.join(map(repr, options))}, "
+                       f"got {show(x)}")
         return x
     return check
 
@@ -390,6 +431,8 @@ SAMPLING_ARGS: dict[str, Arg] = {
                          "central guess (default: true for refit3d, fit2d and reconstruct, "
                          "false for generate and inpaint)"),
     "seed": Arg(_integer(0, MAX_SEED), "random seed, 0..2**63-1 (default 0)", default=0),
+    "deadline_s": Arg(_positive_seconds, "give up this many seconds after the server received "
+                      "the request, queued or running: it ends with TIMEOUT (default: none)"),
 }
 
 
@@ -467,11 +510,11 @@ def _validate(msg: Any, limits: Limits, num_vertices: int | None) -> Request:
         raise ProtocolError(UNSUPPORTED_VERSION, "the request has no protocol version; "
                             f"add \"v\": {PROTOCOL_VERSION}")
     if type(msg["v"]) is not int or msg["v"] != PROTOCOL_VERSION:
-        raise ProtocolError(UNSUPPORTED_VERSION, f"protocol version {msg['v']!r:.20} is not "
+        raise ProtocolError(UNSUPPORTED_VERSION, f"protocol version {show(msg['v'])} is not "
                             f"supported; this server speaks version {PROTOCOL_VERSION}")
     extra = [k for k in msg if k not in _ENVELOPE]
     if extra:
-        raise ProtocolError(BAD_MESSAGE, f"unknown request field {extra[0]!r:.40}; "
+        raise ProtocolError(BAD_MESSAGE, f"unknown request field {show(extra[0])}; "
                             f"a request has only {', '.join(_ENVELOPE)}")
     rid, op, args = msg.get("id"), msg.get("op"), msg.get("args", {})
     if _valid_id(rid) is None:
@@ -481,7 +524,7 @@ def _validate(msg: Any, limits: Limits, num_vertices: int | None) -> Request:
         raise ProtocolError(BAD_MESSAGE, f"'op' must be a string, got {_describe(op)}")
     spec = OPS.get(op)
     if spec is None:
-        raise ProtocolError(UNKNOWN_OP, f"unknown op {op!r:.40}; known ops: {', '.join(OPS)}")
+        raise ProtocolError(UNKNOWN_OP, f"unknown op {show(op)}; known ops: {', '.join(OPS)}")
     if args is None:
         args = {}
     if not isinstance(args, dict):
@@ -489,7 +532,7 @@ def _validate(msg: Any, limits: Limits, num_vertices: int | None) -> Request:
     args = _resolve_aliases(spec, args)
     unknown = [k for k in args if k not in spec.args]
     if unknown:
-        raise _bad(f"unknown argument {unknown[0]!r:.40} for op '{op}'; "
+        raise _bad(f"unknown argument {show(unknown[0])} for op '{op}'; "
                    f"accepted: {', '.join(spec.args) or 'none'}")
     ctx = _Ctx(limits, num_vertices)
     out: dict[str, Any] = {}
@@ -529,7 +572,7 @@ def decode_request(data: bytes, limits: Limits | None = None, *,
     limits = limits or Limits()
     try:
         msg = unpack(data, limits.max_message_bytes, max_container_len=limits.max_container_len,
-                     max_str_len=limits.max_str_len)
+                     max_str_len=limits.max_str_len, max_depth=limits.max_depth)
     except ProtocolError as e:
         e.request_id = peek_id(data, limits.max_message_bytes)
         raise
@@ -543,17 +586,26 @@ def ok_reply(id: str | None, result: dict[str, Any]) -> dict[str, Any]:
     return {"v": PROTOCOL_VERSION, "id": id, "status": "ok", "result": result}
 
 
-def error_reply(id: str | None, code: str, message: str) -> dict[str, Any]:
-    """The final, failed reply; ``id`` is None when the request's id could not be read."""
-    return {"v": PROTOCOL_VERSION, "id": id, "status": "error",
-            "error": {"code": code, "message": message}}
+def error_reply(id: str | None, code: str, message: str,
+                retry_after_s: float | None = None) -> dict[str, Any]:
+    """The final, failed reply; ``id`` is None when the request's id could not be read.
+    A BUSY error says when to try again (``retry_after_s``)."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if retry_after_s is not None:
+        error["retry_after_s"] = float(retry_after_s)
+    return {"v": PROTOCOL_VERSION, "id": id, "status": "error", "error": error}
 
 
-def progress_reply(id: str, fraction: float, message: str = "") -> dict[str, Any]:
-    """An interim reply; any number may precede the final one."""
+def progress_reply(id: str, fraction: float, message: str = "",
+                   queued: int | None = None) -> dict[str, Any]:
+    """An interim reply; any number may precede the final one. While the request waits in
+    the server's queue, ``queued`` is its position (0: next)."""
     fraction = float(fraction) if math.isfinite(fraction) else 0.0
-    return {"v": PROTOCOL_VERSION, "id": id, "status": "progress",
-            "progress": min(max(fraction, 0.0), 1.0), "message": message}
+    msg = {"v": PROTOCOL_VERSION, "id": id, "status": "progress",
+           "progress": min(max(fraction, 0.0), 1.0), "message": message}
+    if queued is not None:
+        msg["queued"] = int(queued)
+    return msg
 
 
 @dataclass(frozen=True)
@@ -566,6 +618,8 @@ class Reply:
     code: str = ""
     message: str = ""
     fraction: float = 0.0
+    retry_after_s: float | None = None  # a BUSY error: when to try again
+    queued: int | None = None  # a progress reply: the position in the server's queue
 
 
 def parse_reply(msg: Any) -> Reply:
@@ -577,7 +631,7 @@ def parse_reply(msg: Any) -> Reply:
         raise bad("not a map")
     if type(msg.get("v")) is not int or msg["v"] != PROTOCOL_VERSION:
         raise ProtocolError(UNSUPPORTED_VERSION, f"reply has protocol version "
-                            f"{msg.get('v')!r:.20}, expected {PROTOCOL_VERSION}")
+                            f"{show(msg.get('v'))}, expected {PROTOCOL_VERSION}")
     rid, status = msg.get("id"), msg.get("status")
     if rid is not None and _valid_id(rid) is None:
         raise bad("'id' must be a short string or nil")
@@ -590,13 +644,18 @@ def parse_reply(msg: Any) -> Reply:
         if not (isinstance(err, dict) and isinstance(err.get("code"), str)
                 and isinstance(err.get("message"), str)):
             raise bad("'error' must be a map with string 'code' and 'message'")
-        return Reply(rid, status, code=err["code"], message=err["message"])
+        retry = err.get("retry_after_s")
+        retry = float(retry) if type(retry) in (int, float) and math.isfinite(retry) else None
+        return Reply(rid, status, code=err["code"], message=err["message"],
+                     retry_after_s=retry)
     if status == "progress":
         frac, text = msg.get("progress"), msg.get("message", "")
         if type(frac) not in (int, float) or not 0 <= frac <= 1 or not isinstance(text, str):
             raise bad("'progress' must be a number in [0, 1] and 'message' a string")
-        return Reply(rid, status, fraction=float(frac), message=text)
-    raise bad(f"unknown status {status!r:.20}")
+        queued = msg.get("queued")
+        return Reply(rid, status, fraction=float(frac), message=text,
+                     queued=queued if type(queued) is int and queued >= 0 else None)
+    raise bad(f"unknown status {show(status)}")
 
 
 # ---------------------------------------------------------------------------- hypotheses

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -37,12 +36,44 @@ class Cancelled(Exception):
 
 @dataclass
 class QueuedRequest:
-    """The server's record of a sampling request, from its arrival until its final reply."""
+    """The server's record of a sampling request, from its arrival until its final reply.
+    A resend of the same id by the same owner attaches to it: `envelope` and `connection`
+    then name the newest sender."""
 
     envelope: list[bytes]  # the routing frames its replies go back with
     request: P.Request
+    owner: bytes = b""
+    connection: bytes = b""
     received: float = field(default_factory=time.perf_counter)
+    deadline: float | None = None  # perf_counter time after which it ends with TIMEOUT
     cancel: threading.Event = field(default_factory=threading.Event)
+    reason: tuple[str, str] = (P.CANCELLED, "the request was cancelled")
+    orphaned: float | None = None  # when its client's connection dropped
+    last_word: float = field(default_factory=time.perf_counter)  # last reply sent to it
+    fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        limit = self.request.args.get("deadline_s")
+        if limit is not None and self.deadline is None:
+            self.deadline = self.received + limit
+
+    @property
+    def key(self) -> tuple[bytes, str]:
+        return self.owner, self.request.id
+
+    def stop(self, code: str, message: str) -> None:
+        """Cancel it; its final reply will carry `code` and `message`."""
+        if not self.cancel.is_set():
+            self.reason = (code, message)
+            self.cancel.set()
+
+
+class Busy(Exception):
+    """The queue is full (in total or for this client); `retry_after_s` is an estimate."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 # ---- the pipeline-facing calls --------------------------------------------------------------
@@ -92,40 +123,103 @@ def reconstruct_request(pipe, args: dict, progress: Progress) -> dict:
 
 # ---- the thread -----------------------------------------------------------------------------
 class ComputeThread:
-    """The queue of sampling requests and the thread that serves it; the socket thread
-    submits, looks up and cancels requests here (under `lock`)."""
+    """The queue of sampling requests and the thread that serves it. The socket thread
+    submits, attaches, cancels and heart-beats requests here (under `lock`); the queue is the
+    insertion-ordered dict `queued`, so a cancelled request leaves it at once."""
 
-    def __init__(self, stop: threading.Event) -> None:
+    def __init__(self, stop: threading.Event, limits: P.Limits | None = None) -> None:
         self.stop = stop
-        self.pending: queue.Queue[QueuedRequest] = queue.Queue()
-        self.running: dict[str, QueuedRequest] = {}
-        self.queued: dict[str, QueuedRequest] = {}
+        self.limits = limits or P.Limits()
+        self.running: dict[tuple[bytes, str], QueuedRequest] = {}
+        self.queued: dict[tuple[bytes, str], QueuedRequest] = {}
         self.lock = threading.Lock()
+        self.wake = threading.Condition(self.lock)
+        self.batch_s = 1.0  # running mean of a batch's seconds, for BUSY's retry-after
         self.pipe = None
         self.thread: threading.Thread | None = None
 
-    def submit(self, item: QueuedRequest) -> None:
+    def submit(self, item: QueuedRequest) -> QueuedRequest:
+        """Queue a request, or attach a resend to the same owner's queued or running request
+        of that id (returned); raises Busy when the queue is full."""
         with self.lock:
-            self.queued[item.request.id] = item
-        self.pending.put(item)
+            same = self.running.get(item.key) or self.queued.get(item.key)
+            if same is not None:
+                same.envelope, same.connection, same.orphaned = (item.envelope, item.connection,
+                                                                 None)
+                return same
+            mine = sum(q.owner == item.owner for q in self.queued.values())
+            if len(self.queued) >= self.limits.max_queued:
+                raise Busy(f"the server's queue is full ({len(self.queued)} requests waiting)",
+                           self._retry_after())
+            if mine >= self.limits.max_queued_per_client:
+                raise Busy(f"this client already has {mine} requests waiting, the most the "
+                           "server queues for one client", self._retry_after())
+            self.queued[item.key] = item
+            self.wake.notify()
+        return item
 
-    def ids(self) -> tuple[list[str], list[str]]:
-        """The ids of the running and the queued requests."""
-        with self.lock:
-            return list(self.running), list(self.queued)
+    def _retry_after(self) -> float:
+        hypotheses = sum(q.request.args["n"] for q in self.queued.values())
+        batches = 1 + hypotheses // MAX_BATCH
+        return round(min(max(self.batch_s * batches, 0.5), 60.0), 1)
 
-    def cancel(self, rid: str) -> bool:
-        """Cancel a running or queued request; whether it was found."""
+    def ids(self, owner: bytes) -> tuple[list[str], list[str]]:
+        """The ids of `owner`'s running and queued requests."""
         with self.lock:
-            item = self.running.get(rid) or self.queued.get(rid)
+            return ([rid for o, rid in self.running if o == owner],
+                    [rid for o, rid in self.queued if o == owner])
+
+    def cancel(self, owner: bytes, rid: str) -> bool:
+        """Cancel `owner`'s running or queued request `rid`; whether it was found."""
+        with self.lock:
+            item = self.running.get((owner, rid)) or self.queued.get((owner, rid))
         if item is not None:
-            item.cancel.set()
+            item.stop(P.CANCELLED, "the request was cancelled")
         return item is not None
 
     def cancel_all(self) -> None:
         with self.lock:
             for item in list(self.running.values()) + list(self.queued.values()):
-                item.cancel.set()
+                item.stop(P.CANCELLED, "the server is shutting down")
+            self.wake.notify()
+
+    def orphan(self, connections: list[bytes], now: float) -> None:
+        """Note that these client connections dropped (their requests go after a grace
+        period unless a resend attaches them to a new connection)."""
+        gone = set(connections)
+        with self.lock:
+            for item in list(self.running.values()) + list(self.queued.values()):
+                if item.connection in gone and item.orphaned is None:
+                    item.orphaned = now
+
+    def beat(self, now: float, interval: float, grace: float) -> list[tuple[list[bytes], dict]]:
+        """The socket thread's periodic duty: stop requests whose client is gone or whose
+        deadline passed; the final replies of queued ones that stopped (they leave the queue
+        now); a heartbeat for every request the client has not heard of for `interval`."""
+        out = []
+        with self.lock:
+            for item in list(self.running.values()) + list(self.queued.values()):
+                if item.deadline is not None and now > item.deadline:
+                    item.stop(P.TIMEOUT, f"the request passed its deadline of "
+                              f"{item.request.args['deadline_s']:g} s")
+                elif item.orphaned is not None and now - item.orphaned > grace:
+                    item.stop(P.CANCELLED, "the client went away")
+            for key, item in list(self.queued.items()):
+                if item.cancel.is_set():
+                    del self.queued[key]
+                    out.append((item.envelope, P.error_reply(item.request.id, *item.reason)))
+            for pos, item in enumerate(self.queued.values()):
+                if now - item.last_word >= interval:
+                    item.last_word = now
+                    out.append((item.envelope, P.progress_reply(
+                        item.request.id, 0.0, f"{item.request.op}: queued, {pos} ahead",
+                        queued=pos)))
+            for item in self.running.values():
+                if now - item.last_word >= interval:
+                    item.last_word = now
+                    out.append((item.envelope, P.progress_reply(
+                        item.request.id, item.fraction, f"{item.request.op}: running")))
+        return out
 
     def start(self, pipe, ctx: zmq.Context, results: str) -> None:
         """Start serving with `pipe`, pushing replies to the inproc address `results`."""
@@ -142,30 +236,36 @@ class ComputeThread:
         out.connect(results)
         try:
             while not self.stop.is_set():
-                try:
-                    first = self.pending.get(timeout=0.2)
-                except queue.Empty:
+                batch = self._take()
+                if not batch:
                     continue
-                batch = [first]  # requests that arrived together share the device
-                while sum(q.request.args["n"] for q in batch) < MAX_BATCH:
-                    try:
-                        batch.append(self.pending.get_nowait())
-                    except queue.Empty:
-                        break
-                with self.lock:
-                    for item in batch:
-                        self.queued.pop(item.request.id, None)
-                        self.running[item.request.id] = item
+                t0 = time.perf_counter()
                 try:
                     replies = self._run_batch(batch, out)
                 finally:
                     with self.lock:
                         for item in batch:
-                            self.running.pop(item.request.id, None)
+                            self.running.pop(item.key, None)
+                        self.batch_s = 0.8 * self.batch_s + 0.2 * (time.perf_counter() - t0)
                 for item, reply in zip(batch, replies, strict=True):
                     out.send_multipart(item.envelope + [P.pack(reply)])
         finally:
             out.close()
+
+    def _take(self) -> list[QueuedRequest]:
+        """The next batch (requests that arrived together share the device), moved from the
+        queue to `running`; empty after a short wait with nothing queued."""
+        with self.lock:
+            if not self.queued:
+                self.wake.wait(0.2)
+            batch: list[QueuedRequest] = []
+            for key, item in list(self.queued.items()):
+                if sum(q.request.args["n"] for q in batch) >= MAX_BATCH:
+                    break
+                del self.queued[key]
+                self.running[key] = item
+                batch.append(item)
+            return batch
 
     def _run_batch(self, batch: list[QueuedRequest], out: zmq.Socket) -> list[dict]:
         """Replies for a batch: sampling ops as one device batch, reconstruct one by one."""
@@ -201,7 +301,9 @@ class ComputeThread:
         def progress(i: int, total: int) -> None:
             if self.stop.is_set() or all(q.cancel.is_set() for q in items):
                 raise Cancelled
+            now = time.perf_counter()
             for q in items:
+                q.fraction, q.last_word = i / total, now
                 out.send_multipart(q.envelope + [P.pack(P.progress_reply(
                     q.request.id, i / total, f"{q.request.op}: step {i + 1} of {total}"))])
         return progress
@@ -214,12 +316,13 @@ class ComputeThread:
                 raise Cancelled
             results = fn(self._progress(items, out))
         except Exception as err:  # noqa: BLE001 - mapped to error replies, server goes on
-            return [error_reply(q.request.id, err) for q in items]
+            return [P.error_reply(q.request.id, *q.reason) if isinstance(err, Cancelled)
+                    and q.cancel.is_set() else error_reply(q.request.id, err) for q in items]
         replies = []
         for item, res in zip(items, results, strict=True):
             rid = item.request.id
             if item.cancel.is_set():
-                replies.append(P.error_reply(rid, P.CANCELLED, "the request was cancelled"))
+                replies.append(P.error_reply(rid, *item.reason))
                 continue
             timings = {"queue_s": t0 - item.received, "compute_s": time.perf_counter() - t0}
             if isinstance(res, dict):

@@ -17,10 +17,21 @@ import zmq
 
 from hhmr import __version__
 from hhmr import protocol as P
-from hhmr.server.compute import ComputeThread, QueuedRequest
-from hhmr.server.sockets import bind_router, check_bind, connect_dealer, on_signals
+from hhmr.server.compute import Busy, ComputeThread, QueuedRequest
+from hhmr.server.sockets import (
+    Incoming,
+    RouterLink,
+    bind_router,
+    check_bind,
+    on_signals,
+    start_authenticator,
+)
 
 log = logging.getLogger("hhmr.serve")
+
+
+HEARTBEAT_S = 1.0  # a queued or running request hears from the server at least this often
+ORPHAN_GRACE_S = 5.0  # a dropped client's requests are cancelled unless resent within this
 
 
 class Server:
@@ -29,21 +40,24 @@ class Server:
 
     def __init__(self, bind: str = "tcp://127.0.0.1:5557", device: str = "auto",
                  limits: P.Limits | None = None, weights: str | None = None,
-                 curve_secret_key: str | None = None, connect: str | None = None) -> None:
+                 curve_secret_key: str | None = None, connect: str | None = None,
+                 curve_clients: str | None = None) -> None:
         self.bind = bind
         self.connect = connect  # worker mode: a DEALER connected to a broker's backend
         self.limits = limits or P.Limits()
         self.device_name = device
         self.weights = weights
         self.curve_secret_key = curve_secret_key
+        self.curve_clients = curve_clients
         if connect is None:
-            check_bind(bind, curve_secret_key)
+            check_bind(bind, curve_secret_key, curve_clients)
         self.stop = threading.Event()
-        self.compute = ComputeThread(self.stop)
+        self.compute = ComputeThread(self.stop, self.limits)
         self.ctx = zmq.Context()
         self.pipe = None
         self.started = time.time()
         self.served = 0
+        self.auth = None
 
     def load(self) -> None:
         from hhmr.device import pick_device
@@ -57,50 +71,82 @@ class Server:
     def open(self) -> None:
         """Bind the client-facing socket (first, so a busy port fails before loading)."""
         if self.connect is not None:
-            self.front = connect_dealer(self.ctx, self.connect)
+            from hhmr.server.worker_link import WorkerLink
+
+            self.link = WorkerLink(self.ctx, self.connect, on_lost=self.stop.set)
         else:
-            self.front = bind_router(self.ctx, self.bind, self.limits.max_message_bytes,
-                                     self.curve_secret_key)
+            self.auth = start_authenticator(self.ctx, self.curve_clients)
+            self.link = RouterLink(bind_router(self.ctx, self.bind,
+                                               self.limits.max_message_bytes,
+                                               self.curve_secret_key))
 
     def serve_forever(self) -> None:
-        front = self.front
+        link = self.link
         results = self.ctx.socket(zmq.PULL)
         address = f"inproc://results-{id(self)}"
         results.bind(address)
         self.compute.start(self.pipe, self.ctx, address)
         poller = zmq.Poller()
-        poller.register(front, zmq.POLLIN)
+        poller.register(link.socket, zmq.POLLIN)
         poller.register(results, zmq.POLLIN)
         log.info("hhmr %s serving %s on %s", __version__, self.connect or self.bind,
                  self.device)
+        next_beat = 0.0
         try:
             while not self.stop.is_set():
                 events = dict(poller.poll(200))
                 if results in events:
                     while True:
                         try:
-                            front.send_multipart(results.recv_multipart(zmq.NOBLOCK))
+                            frames = results.recv_multipart(zmq.NOBLOCK)
                         except zmq.Again:
                             break
-                if front in events:
-                    frames = front.recv_multipart()
-                    for reply in self._handle(frames):
-                        front.send_multipart(frames[:-1] + [P.pack(reply)])
+                        link.send(frames[:-1], frames[-1])
+                if link.socket in events:
+                    for _ in range(1000):  # then the results and heartbeats get a turn
+                        inc = link.recv()
+                        if inc is None:
+                            break
+                        self._serve_one(inc)
+                now = time.perf_counter()
+                if now >= next_beat:
+                    next_beat = now + HEARTBEAT_S
+                    self.compute.orphan(link.gone(), now)
+                    for envelope, reply in self.compute.beat(now, HEARTBEAT_S,
+                                                             ORPHAN_GRACE_S):
+                        link.send(envelope, P.pack(reply))
+                link.tick()
         finally:
             self.stop.set()
             self.compute.cancel_all()
             self.compute.join(timeout=10)
-            front.close()
+            link.close()
             results.close()
+            if self.auth is not None:
+                self.auth.stop()
             self.ctx.term()
             log.info("stopped after %d requests", self.served)
 
-    def _handle(self, frames: list[bytes]) -> list[dict]:
+    def _serve_one(self, inc: Incoming) -> None:
+        """Answer one message; no exception escapes (a bug becomes an INTERNAL reply)."""
+        try:
+            for reply in self._handle(inc):
+                self.link.send(inc.envelope, P.pack(reply))
+        except Exception:  # noqa: BLE001 - one bad message must never end the server
+            rid = P.peek_id(inc.payload, self.limits.max_message_bytes)
+            log.exception("request %s: internal error", rid)
+            try:
+                self.link.send(inc.envelope, P.pack(P.error_reply(
+                    rid, P.INTERNAL, "internal error while handling the request (logged)")))
+            except Exception:  # noqa: BLE001
+                log.exception("could not send the INTERNAL reply")
+
+    def _handle(self, inc: Incoming) -> list[dict]:
         """Replies to send now for one incoming message (none when a request was queued)."""
         t0 = time.perf_counter()
         self.served += 1
         try:
-            req = P.decode_request(frames[-1], self.limits,
+            req = P.decode_request(inc.payload, self.limits,
                                    num_vertices=self.pipe.hand.num_vertices)
         except P.ProtocolError as err:
             log.info("? %s error %s: %s", err.request_id, err.code, err.message[:120])
@@ -108,15 +154,26 @@ class Server:
         if req.op == "info":
             reply = P.ok_reply(req.id, self.info())
         elif req.op == "status":
-            running, queued = self.compute.ids()
+            running, queued = self.compute.ids(inc.owner)
             reply = P.ok_reply(req.id, {"running": running, "queued": queued,
                                         "served": self.served,
                                         "uptime_s": time.time() - self.started})
         elif req.op == "cancel":
             target = req.args["target"]
-            reply = P.ok_reply(req.id, {"target": target, "found": self.compute.cancel(target)})
+            reply = P.ok_reply(req.id, {"target": target,
+                                        "found": self.compute.cancel(inc.owner, target)})
         else:
-            self.compute.submit(QueuedRequest(frames[:-1], req))
+            item = QueuedRequest(inc.envelope, req, inc.owner, inc.connection)
+            try:
+                queued = self.compute.submit(item)
+            except Busy as busy:
+                log.info("%s %s busy", req.id, req.op)
+                return [P.error_reply(req.id, P.BUSY, f"{busy}; retry after "
+                                      f"{busy.retry_after_s:g} s", busy.retry_after_s)]
+            if queued is not item:
+                log.info("%s %s resent: attached to the request under way", req.id, req.op)
+                return [P.progress_reply(req.id, queued.fraction,
+                                         f"{req.op}: resend attached to the request under way")]
             return []
         log.info("%s %s ok %.1f ms", req.id, req.op, (time.perf_counter() - t0) * 1000)
         return [reply]
@@ -128,7 +185,7 @@ class Server:
             "server": "hhmr", "version": __version__, "protocol": P.PROTOCOL_VERSION,
             "device": str(self.device), "model": hand.name,
             "autoguidance": None if auto is None else auto.weight,
-            "limits": self.limits.to_dict(),
+            "limits": self.limits.to_dict(), "heartbeat_s": HEARTBEAT_S,
             "ops": list(P.OPS),
             "topology": hand_topology(hand),
         }
@@ -152,11 +209,12 @@ def hand_topology(hand) -> dict:
 
 def serve(bind: str, device: str = "auto", weights: str | None = None,
           curve_secret_key: str | None = None, connect: str | None = None,
-          limits: P.Limits | None = None) -> None:
+          limits: P.Limits | None = None, curve_clients: str | None = None) -> None:
     """Run a server (or, with `connect`, a worker of a broker) until SIGINT or SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     server = Server(bind, device, limits=limits, weights=weights,
-                    curve_secret_key=curve_secret_key, connect=connect)
+                    curve_secret_key=curve_secret_key, connect=connect,
+                    curve_clients=curve_clients)
     server.open()
     server.load()
     on_signals(server.stop)

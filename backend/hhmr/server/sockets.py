@@ -34,11 +34,36 @@ def is_loopback(address: str) -> bool:
         return False
 
 
-def check_bind(bind: str, curve_secret_key: str | None) -> None:
-    """Raise ValueError for a non-loopback address without CurveZMQ keys."""
+def check_bind(bind: str, curve_secret_key: str | None,
+               curve_clients: str | None = None) -> None:
+    """Raise ValueError for a non-loopback address without CurveZMQ keys, and for keys
+    without the folder of client keys the server admits."""
     if not is_loopback(bind) and curve_secret_key is None:
         raise ValueError(f"refusing to bind {bind}: a non-loopback address needs CurveZMQ "
                          "keys (--curve-secret-key FILE, made with zmq.auth)")
+    if curve_secret_key is not None and curve_clients is None:
+        raise ValueError("--curve-secret-key needs --curve-clients DIR: the folder of the "
+                         "client public keys (*.key, made with zmq.auth) the server admits")
+
+
+def start_authenticator(ctx: zmq.Context, curve_clients: str | None):
+    """Admit only the CurveZMQ client keys in the folder `curve_clients` (*.key files) on
+    every CURVE socket of `ctx` (ZAP); None without a folder. Keys are read at start."""
+    if curve_clients is None:
+        return None
+    from pathlib import Path
+
+    from zmq.auth.thread import ThreadAuthenticator
+
+    folder = Path(curve_clients)
+    if not folder.is_dir() or not any(folder.glob("*.key")):
+        raise ValueError(f"--curve-clients {curve_clients}: not a folder of client public "
+                         "keys (*.key files made with zmq.auth.create_certificates)")
+    auth = ThreadAuthenticator(ctx, log=logging.getLogger("hhmr.serve.auth"))
+    auth.start()
+    auth.configure_curve(domain="*", location=str(folder))
+    log.info("admitting the %d client keys in %s", len(list(folder.glob("*.key"))), folder)
+    return auth
 
 
 def bind_router(ctx: zmq.Context, bind: str, max_message_bytes: int,
