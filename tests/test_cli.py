@@ -3,7 +3,9 @@
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
+import pytest
 from hhmr.io import read_obj
 from PIL import Image
 
@@ -54,3 +56,47 @@ def test_missing_weights_gives_a_clear_error(tmp_path):
     r = _hhmr("demo", "--out", str(tmp_path / "x"), env=env)
     assert r.returncode == 1
     assert "open_hand_right.npz" in r.stderr and "Traceback" not in r.stderr
+
+
+PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_photos"
+
+
+def test_reconstruct_keeps_the_good_images(tmp_path):
+    """Bad inputs among real photos: each is one failed row, the photos' results are kept,
+    errors go to stderr and the exit code says that some failed."""
+    pytest.importorskip("mediapipe")
+    from crafted_images import grey_jpeg
+
+    good = [PHOTOS / "freihand_style" / "119.jpg", PHOTOS / "wild" / "test1.jpg"]
+    if not all(p.exists() for p in good):
+        pytest.skip("no ../shared/data")
+    bad = {"missing": tmp_path / "missing.jpg", "text": tmp_path / "notes.png",
+           "bomb": tmp_path / "huge15k.jpg", "big": tmp_path / "big9k.jpg",
+           "no_hand": tmp_path / "grey.png"}
+    bad["text"].write_text("not an image")
+    bad["bomb"].write_bytes(grey_jpeg(15000, 15000))  # past PIL's own decompression-bomb bound
+    bad["big"].write_bytes(grey_jpeg(9000, 9000))  # past --max-pixels only
+    Image.new("RGB", (64, 64), (90, 90, 90)).save(bad["no_hand"])
+    images = [good[0], *bad.values(), good[1]]
+    out = tmp_path / "out"
+    r = _hhmr("reconstruct", *map(str, images), "--n", "1", "--steps", "2", "--out", str(out),
+              "--json")
+    assert r.returncode == 1, r.stderr
+    rows = json.loads(r.stdout)  # stdout is the JSON alone
+    assert [row["image"] for row in rows] == list(map(str, images))
+    assert all("hands" in rows[i] and "error" not in rows[i] for i in (0, -1))
+    for row in rows[0], rows[-1]:
+        assert Path(row["overlay"]).exists() and all(
+            Path(f).exists() for hand in row["hands"] for f in hand["meshes"])
+    errors = {name: row["error"] for name, row in zip(bad, rows[1:-1], strict=True)}
+    assert "No such file" in errors["missing"] and "not an image" in errors["text"]
+    assert "pixels" in errors["bomb"] and "9000x9000" in errors["big"]
+    assert "no hand" in errors["no_hand"]
+    assert all(f"{bad[name]}: {e}" in r.stderr for name, e in errors.items())
+    assert "5 of 7 image(s) failed" in r.stderr and "Traceback" not in r.stderr
+    # the text summary: results on stdout, errors on stderr
+    r = _hhmr("reconstruct", str(bad["bomb"]), str(good[0]), "--n", "1", "--steps", "2",
+              "--out", str(out))
+    assert r.returncode == 1
+    assert str(good[0]) in r.stdout and str(bad["bomb"]) not in r.stdout
+    assert str(bad["bomb"]) in r.stderr

@@ -173,9 +173,9 @@ def test_valid_requests_and_defaults():
                                              "guidance_space": None, "seed": 0,
                                              "central_first": None, "deadline_s": None})
     assert roundtrip(req("generate"), P.Limits(max_n=2)).args["n"] == 2
-    r = roundtrip(req("generate", n=64, steps=200, guidance_scale=2, guidance_space="x0",
+    r = roundtrip(req("generate", n=64, steps=200, guidance_scale=1, guidance_space="x0",
                       seed=2**63 - 1, central_first=True, autoguidance=1))
-    assert r.args == {"n": 64, "steps": 200, "guidance_scale": 2.0, "guidance_strength": None,
+    assert r.args == {"n": 64, "steps": 200, "guidance_scale": 1.0, "guidance_strength": None,
                       "guidance_space": "x0", "seed": 2**63 - 1, "central_first": True,
                       "autoguidance": 1.0}
     assert rejects(req("refit3d", joints=joints(), autoguidance=2)) == P.BAD_ARGUMENT
@@ -232,6 +232,14 @@ def test_image_pixel_limits():
     rgb = np.zeros((10, 10, 3), np.uint8)
     assert rejects(req("reconstruct", rgb=rgb), P.Limits(max_pixels=99)) == P.TOO_LARGE
     assert rejects(req("reconstruct", image=b"GIF89a....")) == P.BAD_ARGUMENT
+    # a small frame header before the real one: the largest counts, not the first
+    from crafted_images import grey_jpeg
+
+    fake = grey_jpeg(5000, 5000, fake_first=(16, 16))
+    assert P.image_size(fake) == (5000, 5000)
+    assert P.image_size(grey_jpeg(5000, 5000)) == (5000, 5000)
+    assert P.image_size(grey_jpeg(64, 48, fake_first=(16, 16))) == (64, 48)
+    assert rejects(req("reconstruct", image=fake)) == P.TOO_LARGE
     assert rejects(req("reconstruct", image=png, rgb=rgb)) == P.BAD_ARGUMENT
     assert rejects(req("reconstruct")) == P.BAD_ARGUMENT
 
@@ -246,9 +254,21 @@ def test_image_pixel_limits():
     {"guidance_space": "eps"}, {"guidance_space": 0}, {"guidance_space": "X0"},
     {"central_first": 1}, {"central_first": "yes"},
     {"autoguidance": -1}, {"autoguidance": float("nan")}, {"autoguidance": "more"},
+    # above the documented maxima
+    {"guidance_scale": 1.01}, {"guidance": 1e308}, {"guidance_strength": 10.5},
+    {"autoguidance": 10.5}, {"autoguidance": 1e308},
 ])
 def test_sampling_options_rejected(args):
     assert rejects(req("generate", **args)) == P.BAD_ARGUMENT
+
+
+def test_sampling_options_at_their_maxima():
+    r = roundtrip(req("generate", guidance_scale=P.MAX_GUIDANCE_SCALE, autoguidance=10))
+    assert r.args["guidance_scale"] == 1.0 and r.args["autoguidance"] == 10.0
+    r = roundtrip(req("refit3d", joints=np.full((21, 3), -10.0), guidance_strength=10))
+    assert r.args["guidance_strength"] == 10.0 and r.args["joints"].min() == -10.0
+    r = roundtrip(req("fit2d", keypoints=np.full((21, 2), 1e6), K=_with(K_OK, (0, 0), 1e6)))
+    assert r.args["keypoints"].max() == 1e6
 
 
 def test_sampling_limits_are_configurable():
@@ -278,6 +298,12 @@ KP = np.ones((21, 2), np.float32)
     (req("refit3d", joints=_with(joints(), (3, 1), np.nan)), None),
     (req("refit3d", joints=_with(joints(), (0, 0), np.inf)), None),
     (req("refit3d", joints=np.full((21, 3), 1e300)), None),  # overflows float32
+    (req("refit3d", joints=np.full((21, 3), 1e30)), None),  # beyond |x| <= 10 metres
+    (req("refit3d", joints=_with(joints(), (4, 2), -10.5)), None),
+    (req("inpaint", vertices=np.full((V, 3), 11.0), keep=np.ones(V, bool)), None),
+    (req("fit2d", keypoints=np.full((21, 2), 1e30, np.float32)), None),  # |x| <= 1e6 px
+    (req("fit2d", keypoints=KP, K=_with(K_OK, (0, 0), 1e30)), None),
+    (req("fit2d", keypoints=KP, K=_with(K_OK, (0, 2), -2e6)), None),
     (req("refit3d", joints=joints(), joint_mask=np.ones(20, bool)), None),
     (req("refit3d", joints=joints(), joint_mask=np.full(21, 2, np.uint8)), None),
     (req("refit3d", joints=joints(), joint_mask=np.ones(21, np.float32)), None),

@@ -113,6 +113,39 @@ def test_bad_requests_get_clear_errors(client):
     assert err.value.code == P.BAD_ARGUMENT and "803" in err.value.message
 
 
+def test_out_of_range_numbers_are_refused(client):
+    """Values that overflowed the sampler into NaN vertices or -inf scores are refused up
+    front with their documented range."""
+    for op, args, names in [
+            ("generate", {"guidance": 1e308}, "between 0 and 1"),
+            ("generate", {"autoguidance": 1e308}, "between 0 and 10"),
+            ("refit3d", {"joints": np.full((21, 3), 1e30, np.float32)}, "[-10, 10]")]:
+        with pytest.raises(RemoteError) as err:
+            client.call(op, n=1, steps=2, **args)
+        assert err.value.code == P.BAD_ARGUMENT and names in err.value.message
+
+
+def test_image_limit_applies_to_the_decoded_size(client):
+    """15000x15000 JPEGs of under 1 MB whose first frame header says 16x16: one with the
+    real header after it, one with it behind a junk byte that the protocol's header scan
+    stops at (PIL skips it). Both TOO_LARGE, quickly, never decoded; broken pixel data is a
+    BAD_ARGUMENT; neither is INTERNAL (PIL's DecompressionBombError was)."""
+    from crafted_images import grey_jpeg, hidden_frame_jpeg
+
+    for image in (grey_jpeg(15000, 15000, fake_first=(16, 16)),
+                  hidden_frame_jpeg(15000, 15000)):
+        assert len(image) < 1 << 20
+        t0 = time.perf_counter()
+        with pytest.raises(RemoteError) as err:
+            client.call("reconstruct", image=image, n=1, steps=2)
+        assert err.value.code == P.TOO_LARGE and "pixels" in err.value.message
+        assert time.perf_counter() - t0 < 5.0  # a decode of 225 Mpx alone takes longer
+    with pytest.raises(RemoteError) as err:
+        client.call("reconstruct", image=grey_jpeg(640, 640)[:-400], n=1, steps=2)
+    assert err.value.code == P.BAD_ARGUMENT
+    assert client.call("status")["running"] == []  # and the server goes on
+
+
 def _raw(port: int, payload: bytes, timeout_ms: int = 5000) -> dict | None:
     ctx = zmq.Context.instance()
     s = ctx.socket(zmq.DEALER)

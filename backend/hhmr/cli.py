@@ -120,9 +120,9 @@ def _guide_arg(text: str | None) -> str | bool | None:
 
 def _reconstruct(args: argparse.Namespace) -> int:
     import numpy as np
-    from PIL import Image
     from tqdm import tqdm
 
+    from hhmr.images import open_image
     from hhmr.io import write_obj
     from hhmr.reconstruct import NoHandError, default_intrinsics, faces_for, reconstruct
     from hhmr.render import render_overlay
@@ -136,17 +136,21 @@ def _reconstruct(args: argparse.Namespace) -> int:
                      disable=args.json):
         item: dict = {"image": str(path)}
         try:
-            photo = Image.open(path).convert("RGB")
+            photo = open_image(path, args.max_pixels)  # ImageError, ImageTooLarge, OSError
             rgb = np.asarray(photo)
             sidecar = path.with_suffix(".K.json")
             K = (np.array(json.loads(sidecar.read_text()), dtype=np.float32)
                  if sidecar.exists() else default_intrinsics(*photo.size, args.fov))
             hands = reconstruct(pipe, rgb, K, args.handedness, n=args.n, steps=args.steps,
                                 seed=args.seed)
-        except (OSError, NoHandError, ValueError) as err:
+        except ImportError:
+            raise  # the detector is missing: every image would fail, main() says so once
+        except Exception as err:  # noqa: BLE001 - one image's failure must not lose the others
             failed += 1
-            item["error"] = str(err)
+            known = isinstance(err, OSError | NoHandError | ValueError)
+            item["error"] = str(err) if known else f"{type(err).__name__}: {err}"
             summary.append(item)
+            print(f"hhmr reconstruct: {path}: {item['error']}", file=sys.stderr)
             continue
         meshes, faces, kps, item["hands"] = [], [], [], []
         for k, (det, hyp) in enumerate(hands):
@@ -167,15 +171,15 @@ def _reconstruct(args: argparse.Namespace) -> int:
         item["overlay"] = str(overlay)
         summary.append(item)
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(summary, indent=2))  # failed images too, as rows with an "error"
     else:
         for item in summary:
-            if "error" in item:
-                print(f"{item['image']}: {item['error']}")
-            else:
+            if "error" not in item:  # the errors went to stderr as they happened
                 sides = ", ".join(h["handedness"] for h in item["hands"])
                 print(f"{item['image']}: {len(item['hands'])} hand(s) ({sides}) -> "
                       f"{item['overlay']}")
+    if failed:
+        print(f"hhmr reconstruct: {failed} of {len(summary)} image(s) failed", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -299,8 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fov", type=float, default=50.0,
                    help="horizontal field of view (degrees) when there is no NAME.K.json")
     p.add_argument("--handedness", choices=["left", "right"], default=None)
+    p.add_argument("--max-pixels", type=int, default=8192 * 8192,
+                   help="largest image to decode, in pixels (default 8192*8192); a larger one "
+                        "fails without being decoded")
     p.add_argument("--weights", default=None)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON list, one row per image (failed ones with an \"error\")")
     p.set_defaults(func=_reconstruct)
 
     p = sub.add_parser("info", help="describe a hand model")

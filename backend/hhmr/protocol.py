@@ -279,12 +279,15 @@ def _integer(lo: int, hi: int | str) -> Check:
     return check
 
 
-def _nonneg_float(name: str, x: Any, ctx: _Ctx) -> float:
-    if type(x) not in (int, float):
-        raise _bad(f"'{name}' must be a number, got {_describe(x)}")
-    if not math.isfinite(x) or x < 0:
-        raise _bad(f"'{name}' must be a finite number >= 0, got {x}")
-    return float(x)
+def _number(hi: float) -> Check:
+    """A checker of a number in [0, hi]."""
+    def check(name: str, x: Any, ctx: _Ctx) -> float:
+        if type(x) not in (int, float):
+            raise _bad(f"'{name}' must be a number, got {_describe(x)}")
+        if not (math.isfinite(x) and 0 <= x <= hi):
+            raise _bad(f"'{name}' must be a number between 0 and {hi:g}, got {x:g}")
+        return float(x)
+    return check
 
 
 def _positive_seconds(name: str, x: Any, ctx: _Ctx) -> float:
@@ -353,13 +356,15 @@ def _array(shape: tuple[int | str, ...], kind: str, lo: float | None = None,
         if not np.isfinite(out).all():
             raise _bad(f"'{name}' has values too large for float32")
         if (lo is not None and out.min() < lo) or (hi is not None and out.max() > hi):
-            raise _bad(f"'{name}' values must lie in [{lo}, {hi}]")
+            bounds = ", ".join("" if b is None else f"{b:g}" for b in (lo, hi))
+            raise _bad(f"'{name}' values must lie in [{bounds}], got values from "
+                       f"{out.min():g} to {out.max():g}")
         return out
     return check
 
 
 def _camera(name: str, x: Any, ctx: _Ctx) -> np.ndarray:
-    K = _array((3, 3), "float")(name, x, ctx)
+    K = _array((3, 3), "float", -MAX_PIXELS_COORD, MAX_PIXELS_COORD)(name, x, ctx)
     if K[0, 0] <= 0 or K[1, 1] <= 0 or not np.allclose(K[2], [0, 0, 1], atol=1e-6):
         raise _bad(f"'{name}' must be a pinhole intrinsics matrix [[fx, s, cx], [0, fy, cy], "
                    "[0, 0, 1]] with fx, fy > 0")
@@ -367,7 +372,10 @@ def _camera(name: str, x: Any, ctx: _Ctx) -> np.ndarray:
 
 
 def image_size(data: bytes) -> tuple[int, int]:
-    """(width, height) read from a PNG or JPEG header without decoding the image."""
+    """(width, height) read from a PNG or JPEG header without decoding the image: a cheap,
+    early refusal only. A JPEG may carry several frame headers before its first scan, and
+    decoders take the last, so this returns the largest of them; the server still checks the
+    size its decoder reads before decoding (`hhmr.images.open_image`)."""
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         if len(data) < 24 or data[12:16] != b"IHDR":
             raise _bad("'image' is a truncated or corrupt PNG")
@@ -375,6 +383,7 @@ def image_size(data: bytes) -> tuple[int, int]:
         return w, h
     if data[:2] != b"\xff\xd8":
         raise _bad("'image' must be PNG or JPEG file bytes")
+    frames: list[tuple[int, int]] = []
     i = 2
     while i + 4 <= len(data):
         if data[i] != 0xFF:
@@ -384,13 +393,15 @@ def image_size(data: bytes) -> tuple[int, int]:
             i += 1 if marker == 0xFF else 2  # fill byte or a marker without a length
             continue
         if marker in (0xD9, 0xDA):
-            break  # end of image / start of scan before any frame header
+            break  # end of image / start of scan: no frame header may follow
         length = struct.unpack(">H", data[i + 2:i + 4])[0]
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and i + 9 <= len(data):
             h, w = struct.unpack(">HH", data[i + 5:i + 9])
-            return w, h
+            frames.append((w, h))
         i += 2 + max(length, 2)
-    raise _bad("'image' is a truncated or corrupt JPEG (no frame header)")
+    if not frames:
+        raise _bad("'image' is a truncated or corrupt JPEG (no frame header)")
+    return max(frames, key=lambda f: f[0] * f[1])
 
 
 def _image(name: str, x: Any, ctx: _Ctx) -> bytes:
@@ -415,16 +426,28 @@ def _check_pixels(name: str, w: int, h: int, ctx: _Ctx) -> None:
                             f"{ctx.limits.max_pixels}; downscale it")
 
 
+# Ranges of the numeric arguments (docs/protocol.md). Far beyond any useful value, they refuse
+# absurd ones (1e30, 1e308) that would overflow the sampler into NaN or infinite results.
+# The shipped weights tune guidance scales of 5e-5 (fit2d, x0) to 0.01 (refit3d, x_t) and an
+# autoguidance weight of 1.9; the Blender add-on's strength slider stops at 2, its widest
+# variety is autoguidance 2.25.
+MAX_GUIDANCE_SCALE = 1.0  # guidance_scale, in the task's own units
+MAX_GUIDANCE_STRENGTH = 10.0  # guidance_strength, relative to the tuned scale
+MAX_AUTOGUIDANCE = 10.0  # generate's autoguidance weight
+MAX_COORD = 10.0  # |coordinate| of 3D joints and vertices: model units, metres
+MAX_PIXELS_COORD = 1e6  # |coordinate| of 2D keypoints and |entry| of K, in pixels
+
 SAMPLING_ARGS: dict[str, Arg] = {
     "n": Arg(_integer(1, "max_n"), "number of hypotheses, 1..max_n (default 4)",
              default=lambda c: min(4, c.limits.max_n)),
     "steps": Arg(_integer(1, "max_steps"), "diffusion steps, 1..max_steps (default 10)",
                  default=lambda c: min(10, c.limits.max_steps)),
-    "guidance_scale": Arg(_nonneg_float, "guidance scale >= 0, in the task's own units "
-                          "(default: the server's tuned one); 'guidance' is its deprecated "
-                          "alias", aliases=("guidance",)),
-    "guidance_strength": Arg(_nonneg_float, "guidance relative to the task's tuned scale: 1 "
-                             "tuned, 0 none (instead of 'guidance_scale')"),
+    "guidance_scale": Arg(_number(MAX_GUIDANCE_SCALE), "guidance scale, 0..1, in the task's "
+                          "own units (default: the server's tuned one); 'guidance' is its "
+                          "deprecated alias", aliases=("guidance",)),
+    "guidance_strength": Arg(_number(MAX_GUIDANCE_STRENGTH), "guidance relative to the task's "
+                             "tuned scale, 0..10: 1 tuned, 0 none (instead of "
+                             "'guidance_scale')"),
     "guidance_space": Arg(_choice("x_t", "x0"), "where guidance acts: 'x_t' (through the "
                           "net, HHMR's) or 'x0' (on its prediction); default: the server's"),
     "central_first": Arg(_boolean, "hypothesis 0 starts from the noise's mean, the sampler's "
@@ -463,28 +486,31 @@ OPS: dict[str, OpSpec] = {
     "cancel": OpSpec({"target": Arg(_request_id, "id of the request to cancel", True)},
                      "cancel a running or queued request"),
     "generate": OpSpec({
-        "autoguidance": Arg(_nonneg_float, "weight of the guide net (1: the net alone; "
-                            "default: the server's tuned one; higher spreads hands more)"),
+        "autoguidance": Arg(_number(MAX_AUTOGUIDANCE), "weight of the guide net, 0..10 (1: the "
+                            "net alone; default: the server's tuned one; higher spreads hands "
+                            "more)"),
         **SAMPLING_ARGS}, "sample hands unconditionally", sampling=True),
     "inpaint": OpSpec({
-        "vertices": Arg(_array(("V", 3), "float"), "float [V, 3] mesh vertices", True),
+        "vertices": Arg(_array(("V", 3), "float", -MAX_COORD, MAX_COORD),
+                        "float [V, 3] mesh vertices, |x| <= 10", True),
         "keep": Arg(_array(("V",), "mask"), "bool or uint8 [V]: vertices to keep", True),
         **SAMPLING_ARGS}, "complete a mesh, keeping the vertices marked in 'keep'",
         _inpaint_check, True),
     "refit3d": OpSpec({
-        "joints": Arg(_array((NUM_JOINTS, 3), "float"), "float [21, 3] 3D joints", True),
+        "joints": Arg(_array((NUM_JOINTS, 3), "float", -MAX_COORD, MAX_COORD),
+                      "float [21, 3] 3D joints in metres, |x| <= 10", True),
         "joint_mask": Arg(_array((NUM_JOINTS,), "mask"), "bool or uint8 [21]: joints to use"),
         **SAMPLING_ARGS}, "fit meshes to 3D joints", sampling=True),
     "fit2d": OpSpec({
-        "keypoints": Arg(_array((NUM_JOINTS, 2), "float"), "float [21, 2] pixel keypoints",
-                         True),
+        "keypoints": Arg(_array((NUM_JOINTS, 2), "float", -MAX_PIXELS_COORD, MAX_PIXELS_COORD),
+                         "float [21, 2] pixel keypoints, |x| <= 1e6", True),
         "confidence": Arg(_array((NUM_JOINTS,), "float", 0.0, 1.0), "float [21] in [0, 1]"),
-        "K": Arg(_camera, "float [3, 3] camera intrinsics"),
+        "K": Arg(_camera, "float [3, 3] camera intrinsics, |entries| <= 1e6"),
         **SAMPLING_ARGS}, "fit meshes to 2D keypoints", sampling=True),
     "reconstruct": OpSpec({
         "image": Arg(_image, "PNG or JPEG file bytes"),
         "rgb": Arg(_rgb, "uint8 [H, W, 3] RGB pixels"),
-        "K": Arg(_camera, "float [3, 3] camera intrinsics"),
+        "K": Arg(_camera, "float [3, 3] camera intrinsics, |entries| <= 1e6"),
         "handedness": Arg(_choice("left", "right"), "'left' or 'right' (default: detected)"),
         **SAMPLING_ARGS}, "recover hand meshes from an image", _reconstruct_check, True),
 }

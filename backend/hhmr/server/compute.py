@@ -9,8 +9,8 @@ pipeline's task API.
 
 from __future__ import annotations
 
-import io
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import zmq
-from PIL import Image
 
 from hhmr import protocol as P
+from hhmr.images import ImageError, ImageTooLarge, image_rgb
 from hhmr.reconstruct import NoHandError
 
 log = logging.getLogger("hhmr.serve")
@@ -96,15 +96,18 @@ def plan_request(pipe, op: str, args: dict):
     return pipe.plan(tasks[op](), Options(**{k: args[k] for k in names}))
 
 
-def reconstruct_request(pipe, args: dict, progress: Progress) -> dict:
-    """The result map of a reconstruct request: every hand found in the image."""
+def reconstruct_request(pipe, args: dict, progress: Progress,
+                        max_pixels: int = P.Limits().max_pixels) -> dict:
+    """The result map of a reconstruct request: every hand found in the image (of at most
+    `max_pixels` pixels). An image that fails to decode raises ImageError (BAD_ARGUMENT) or
+    ImageTooLarge (TOO_LARGE). The batch loop passes no limit yet, so a server started with
+    another `Limits.max_pixels` still decodes under the default one."""
     from hhmr.reconstruct import default_intrinsics, reconstruct
 
     if args["image"] is not None:
-        try:
-            rgb = np.asarray(Image.open(io.BytesIO(args["image"])).convert("RGB"))
-        except (OSError, ValueError) as err:
-            raise P.ProtocolError(P.BAD_ARGUMENT, f"cannot decode the image: {err}") from None
+        # the pixel limit again, on the size the decoder itself reads, before decoding: the
+        # protocol's header scan is only an early refusal
+        rgb = image_rgb(args["image"], max_pixels, formats=("PNG", "JPEG"))
     else:
         rgb = args["rgb"]
     K = args["K"]
@@ -327,10 +330,12 @@ class ComputeThread:
             timings = {"queue_s": t0 - item.received, "compute_s": time.perf_counter() - t0}
             if isinstance(res, dict):
                 res["timings"] = timings
-                replies.append(P.ok_reply(rid, res))
             else:
                 res.timings.update(timings)
-                replies.append(P.ok_reply(rid, _hypotheses(res, res.timings)))
+                res = _hypotheses(res, res.timings)
+            bad = _non_finite(res)
+            replies.append(P.ok_reply(rid, res) if bad is None
+                           else non_finite_reply(item.request, bad))
         return replies
 
 
@@ -340,6 +345,10 @@ def error_reply(rid: str, err: Exception) -> dict:
         return P.error_reply(rid, P.CANCELLED, "the request was cancelled")
     if isinstance(err, NoHandError):
         return P.error_reply(rid, P.NO_HAND, str(err))
+    if isinstance(err, ImageTooLarge):
+        return P.error_reply(rid, P.TOO_LARGE, str(err))
+    if isinstance(err, ImageError):
+        return P.error_reply(rid, P.BAD_ARGUMENT, str(err))
     if isinstance(err, P.ProtocolError):
         return P.error_reply(rid, err.code, err.message)
     if isinstance(err, ImportError):
@@ -348,6 +357,47 @@ def error_reply(rid: str, err: Exception) -> dict:
         return P.error_reply(rid, P.BAD_ARGUMENT, str(err))
     log.error("request %s failed", rid, exc_info=err)
     return P.error_reply(rid, P.INTERNAL, f"internal error: {err}")
+
+
+# Arguments that push the sampler beyond its tuned settings: the likely cause of a result that
+# overflowed, within their documented ranges.
+STRENGTH_ARGS = ("guidance_scale", "guidance_strength", "autoguidance")
+
+
+def non_finite_reply(req: P.Request, field: str) -> dict:
+    """The error reply for a result with NaN or infinite values in `field`: BAD_ARGUMENT when
+    the request set a guidance strength (lowering it is the fix), else INTERNAL (the tuned
+    settings with inputs in their documented ranges should never diverge: a server bug)."""
+    given = [k for k in STRENGTH_ARGS if req.args.get(k) is not None]
+    if given:
+        return P.error_reply(req.id, P.BAD_ARGUMENT, f"sampling diverged: the result's "
+                             f"'{field}' has NaN or infinite values; lower "
+                             f"{' or '.join(repr(k) for k in given)}")
+    log.error("request %s (%s): the result's %s has NaN or infinite values", req.id, req.op,
+              field)
+    return P.error_reply(req.id, P.INTERNAL, f"internal error: the result's '{field}' has NaN "
+                         "or infinite values")
+
+
+def _non_finite(value, name: str = "result") -> str | None:
+    """The path of the first number or float array with NaN or infinite values in a result
+    map (e.g. "hands[0].vertices"), None when all are finite."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            bad = _non_finite(v, k if name == "result" else f"{name}.{k}")
+            if bad:
+                return bad
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            bad = _non_finite(v, f"{name}[{i}]")
+            if bad:
+                return bad
+    elif isinstance(value, np.ndarray | np.floating):
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            return name
+    elif isinstance(value, float) and not math.isfinite(value):
+        return name
+    return None
 
 
 def _hypotheses(h, timings: dict) -> dict:

@@ -1,0 +1,99 @@
+"""The compute thread's replies (hhmr.server.compute), in-process with a stand-in pipeline:
+results with NaN or infinite values never go out as "ok"."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from hhmr import protocol as P
+from hhmr.sampling import Hypotheses
+from hhmr.server import compute
+
+V = 803
+
+
+class StandInPipe:
+    """Plans anything; `run` returns `make(plan)` per plan after one progress step."""
+
+    def __init__(self, make):
+        self.make = make
+
+    def plan(self, task, options):
+        return task, options
+
+    def run(self, plans, progress=None):
+        progress(0, 1)
+        return [self.make(p) for p in plans]
+
+
+class Sink:
+    """Takes the progress replies the thread would push to the socket thread."""
+
+    def __init__(self):
+        self.sent = []
+
+    def send_multipart(self, frames):
+        self.sent.append(frames)
+
+
+def hypotheses(n: int = 2, vertex: float = 0.0, score: float = 0.0) -> Hypotheses:
+    return Hypotheses(torch.full((n, V, 3), vertex), torch.zeros(n, 21, 3),
+                      torch.full((n,), score))
+
+
+def reply(op: str, args: dict, pipe) -> dict:
+    worker = compute.ComputeThread(threading.Event())
+    worker.pipe = pipe
+    item = compute.QueuedRequest([b"peer"], P.validate_request(P.make_request(op, args)))
+    return worker._run_batch([item], Sink())[0]
+
+
+JOINTS = np.zeros((21, 3), np.float32)
+
+
+def test_finite_results_are_sent():
+    r = reply("generate", {"n": 2}, StandInPipe(lambda p: hypotheses()))
+    assert r["status"] == "ok" and r["result"]["vertices"].shape == (2, V, 3)
+
+
+@pytest.mark.parametrize("op,args,result,code,field", [
+    # the tuned settings diverged: a server bug
+    ("generate", {}, hypotheses(vertex=float("nan")), P.INTERNAL, "vertices"),
+    ("refit3d", {"joints": JOINTS}, hypotheses(score=float("-inf")), P.INTERNAL, "scores"),
+    # the request pushed the sampler: lowering its strength is the fix
+    ("generate", {"autoguidance": 9.0}, hypotheses(vertex=float("nan")), P.BAD_ARGUMENT,
+     "vertices"),
+    ("refit3d", {"joints": JOINTS, "guidance_strength": 10.0}, hypotheses(score=float("-inf")),
+     P.BAD_ARGUMENT, "scores"),
+])
+def test_non_finite_results_become_error_replies(op, args, result, code, field):
+    r = reply(op, args, StandInPipe(lambda p: result))
+    assert r["status"] == "error" and r["error"]["code"] == code
+    assert f"'{field}'" in r["error"]["message"] and "NaN or infinite" in r["error"]["message"]
+    if code == P.BAD_ARGUMENT:
+        assert next(k for k in compute.STRENGTH_ARGS if k in args) in r["error"]["message"]
+
+
+def test_non_finite_reconstruct_result_names_the_hand(monkeypatch):
+    def fake_reconstruct(pipe, args, progress, max_pixels=0):
+        hand = P.make_hypotheses(np.zeros((1, V, 3)), np.zeros((1, 21, 3)), [0.0])
+        bad = dict(hand, vertices=np.full((1, V, 3), np.inf, np.float32))
+        return {"hands": [hand, bad], "image_size": [8, 8], "K": np.eye(3, dtype=np.float32)}
+
+    monkeypatch.setattr(compute, "reconstruct_request", fake_reconstruct)
+    r = reply("reconstruct", {"rgb": np.zeros((8, 8, 3), np.uint8)}, StandInPipe(None))
+    assert r["status"] == "error" and r["error"]["code"] == P.INTERNAL
+    assert "'hands[1].vertices'" in r["error"]["message"]
+
+
+def test_image_decode_failures_are_not_internal():
+    """Images that pass the protocol's header scan but not the decoder: TOO_LARGE when PIL
+    reads a larger size than the scan did, BAD_ARGUMENT when the pixel data is broken."""
+    from crafted_images import grey_jpeg, hidden_frame_jpeg
+
+    hidden = hidden_frame_jpeg(6000, 6000)
+    assert P.image_size(hidden) == (16, 16)  # what the scan sees
+    for image, code in [(hidden, P.TOO_LARGE), (grey_jpeg(640, 640)[:-400], P.BAD_ARGUMENT)]:
+        r = reply("reconstruct", {"image": image}, StandInPipe(None))
+        assert r["status"] == "error" and r["error"]["code"] == code, r
