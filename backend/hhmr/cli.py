@@ -71,11 +71,12 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.service:
         result = run_service_bench(args.requests, device=args.device, weights=args.weights,
-                                   steps=args.steps)
+                                   steps=args.steps, faults=args.faults)
         result["command"] = args.command_line
         print(json.dumps(result, indent=2) if args.json else "\n".join(
-            f"{r['clients']} client(s): p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
-            f"{r['throughput_rps']} requests/s" for r in result["results"]))
+            f"{r['clients']} client(s): p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms, "
+            f"{r['throughput_rps']} requests/s, {r['failed']} failed"
+            for r in result["results"]))
         return 0
     result = run_bench(steps=args.steps, repeats=args.repeats, device=args.device,
                        weights=args.weights, ns=tuple(args.ns))
@@ -258,8 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--ns", type=int, nargs="+", default=[1, 8, 16], help="hypothesis counts")
     p.add_argument("--service", action="store_true",
-                   help="latency and throughput of a real `hhmr serve` for 1 and 8 clients")
-    p.add_argument("--requests", type=int, default=20, help="--service: requests per client")
+                   help="latency and throughput of a real `hhmr serve` for 1 and 16 clients")
+    p.add_argument("--requests", type=int, default=30, help="--service: requests per client")
+    p.add_argument("--faults", action="store_true",
+                   help="--service: also a 10,000-frame fuzz and a resend storm")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--weights", default=None)
     p.add_argument("--json", action="store_true")

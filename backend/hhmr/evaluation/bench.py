@@ -67,52 +67,22 @@ def run_bench(ns: tuple[int, ...] = (1, 8, 16), steps: int = 10, repeats: int = 
             "peak_memory": "process peak RSS on CPU; peak allocated on CUDA"}
 
 
-def run_service_bench(requests_per_client: int = 20, clients: tuple[int, ...] = (1, 8),
+def run_service_bench(requests_per_client: int = 30, clients: tuple[int, ...] = (1, 16),
                       n: int = 1, steps: int = 10, device: str = "auto",
-                      weights: str | None = None) -> dict:
-    """Latency p50/p99 and throughput of `generate` against a real `hhmr serve` process on
-    loopback, for 1 and 8 concurrent clients."""
-    import shutil
-    import socket
-    import subprocess
-    import threading
+                      weights: str | None = None, faults: bool = False) -> dict:
+    """Latency p50/p95/p99 and throughput of `generate` against a real `hhmr serve` process
+    on loopback, for 1 and 16 concurrent clients; with `faults`, also a 10,000-frame fuzz
+    and the resend storm (hhmr.evaluation.service)."""
+    from hhmr.evaluation import service as S
 
-    from hhmr.client import HHMRClient
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    address = f"tcp://127.0.0.1:{port}"
-    cmd = [shutil.which("hhmr") or "hhmr", "serve", "--bind", address, "--device", device]
-    if weights:
-        cmd += ["--weights", weights]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        HHMRClient(address, timeout_s=2.0, retries=60).info()
-        rows = []
-        for k in clients:
-            lat: list[float] = []
-
-            def worker(c: int, lat: list[float] = lat) -> None:
-                client = HHMRClient(address, timeout_s=120, retries=0)
-                for i in range(requests_per_client):
-                    t0 = time.perf_counter()
-                    client.call("generate", n=n, steps=steps, seed=c * 10_000 + i)
-                    lat.append((time.perf_counter() - t0) * 1000)  # list.append is atomic
-
-            threads = [threading.Thread(target=worker, args=(c,)) for c in range(k)]
-            t0 = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            wall = time.perf_counter() - t0
-            lat.sort()
-            rows.append({"clients": k, "requests": len(lat), "n": n, "steps": steps,
-                         "p50_ms": round(statistics.median(lat), 1),
-                         "p99_ms": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1),
-                         "throughput_rps": round(len(lat) / wall, 2)})
-        return {"op": "generate", "address": address, "results": rows}
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    with S.service(device=device, weights=weights) as (proc, address):
+        rows = [S.load(address, k, requests_per_client, n, steps) for k in clients]
+        result = {"op": "generate", "address": address, "results": rows}
+        if faults:
+            result["fuzz"] = S.fuzz(address, proc.pid)
+            storm = S.resend_storm(address)
+            time.sleep(1.0)  # the last log lines
+            runs = S.jobs_per_id(open(proc.log_path).read())
+            storm["jobs_per_id"] = {rid: runs[rid] for rid in storm["results"]}
+            result["resend_storm"] = storm
+    return result

@@ -100,8 +100,7 @@ def reconstruct_request(pipe, args: dict, progress: Progress,
                         max_pixels: int = P.Limits().max_pixels) -> dict:
     """The result map of a reconstruct request: every hand found in the image (of at most
     `max_pixels` pixels). An image that fails to decode raises ImageError (BAD_ARGUMENT) or
-    ImageTooLarge (TOO_LARGE). The batch loop passes no limit yet, so a server started with
-    another `Limits.max_pixels` still decodes under the default one."""
+    ImageTooLarge (TOO_LARGE)."""
     from hhmr.reconstruct import default_intrinsics, reconstruct
 
     if args["image"] is not None:
@@ -278,7 +277,8 @@ class ComputeThread:
         for i, item in enumerate(batch):
             if item.request.op == "reconstruct":
                 replies[i] = self._guarded([item], t0, out, lambda progress, a=item.request.args:
-                                           [reconstruct_request(self.pipe, a, progress)])[0]
+                                           [reconstruct_request(self.pipe, a, progress,
+                                                               self.limits.max_pixels)])[0]
                 continue
             try:
                 plans[i] = plan_request(self.pipe, item.request.op, item.request.args)
