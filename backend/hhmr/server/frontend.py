@@ -18,7 +18,8 @@ import zmq
 from hhmr import __version__
 from hhmr import protocol as P
 from hhmr.server.compute import ComputeThread, QueuedRequest
-from hhmr.server.sockets import bind_router, check_bind, connect_dealer, on_signals
+from hhmr.server.sockets import RouterLink, bind_router, check_bind, connect_dealer, on_signals
+from hhmr.server.worker_link import WorkerLink
 
 log = logging.getLogger("hhmr.serve")
 
@@ -29,8 +30,10 @@ class Server:
 
     def __init__(self, bind: str = "tcp://127.0.0.1:5557", device: str = "auto",
                  limits: P.Limits | None = None, weights: str | None = None,
-                 curve_secret_key: str | None = None, connect: str | None = None) -> None:
+                 curve_secret_key: str | None = None, connect: str | None = None,
+                 curve_server_key: str | None = None) -> None:
         self.bind = bind
+        self.curve_server_key = curve_server_key  # worker mode: the broker's public key
         self.connect = connect  # worker mode: a DEALER connected to a broker's backend
         self.limits = limits or P.Limits()
         self.device_name = device
@@ -57,13 +60,16 @@ class Server:
     def open(self) -> None:
         """Bind the client-facing socket (first, so a busy port fails before loading)."""
         if self.connect is not None:
-            self.front = connect_dealer(self.ctx, self.connect)
+            self.link = WorkerLink(connect_dealer(self.ctx, self.connect, self.curve_server_key,
+                                                  self.curve_secret_key), on_lost=self.stop.set)
         else:
-            self.front = bind_router(self.ctx, self.bind, self.limits.max_message_bytes,
-                                     self.curve_secret_key)
+            self.link = RouterLink(bind_router(self.ctx, self.bind,
+                                               self.limits.max_message_bytes,
+                                               self.curve_secret_key))
+        self.front = self.link.socket
 
     def serve_forever(self) -> None:
-        front = self.front
+        link, front = self.link, self.front
         results = self.ctx.socket(zmq.PULL)
         address = f"inproc://results-{id(self)}"
         results.bind(address)
@@ -79,18 +85,22 @@ class Server:
                 if results in events:
                     while True:
                         try:
-                            front.send_multipart(results.recv_multipart(zmq.NOBLOCK))
+                            frames = results.recv_multipart(zmq.NOBLOCK)
                         except zmq.Again:
                             break
+                        link.send(frames[:-1], frames[-1])
                 if front in events:
-                    frames = front.recv_multipart()
-                    for reply in self._handle(frames):
-                        front.send_multipart(frames[:-1] + [P.pack(reply)])
+                    inc = link.recv()
+                    if inc is not None:
+                        for reply in self._handle(inc.envelope + [inc.payload]):
+                            link.send(inc.envelope, P.pack(reply))
+                link.gone()  # dropped connections: not used yet (cancel-on-drop will)
+                link.tick()  # a worker's heartbeats; it stops the server when the broker is gone
         finally:
             self.stop.set()
             self.compute.cancel_all()
             self.compute.join(timeout=10)
-            front.close()
+            link.close()
             results.close()
             self.ctx.term()
             log.info("stopped after %d requests", self.served)
@@ -152,11 +162,13 @@ def hand_topology(hand) -> dict:
 
 def serve(bind: str, device: str = "auto", weights: str | None = None,
           curve_secret_key: str | None = None, connect: str | None = None,
-          limits: P.Limits | None = None) -> None:
-    """Run a server (or, with `connect`, a worker of a broker) until SIGINT or SIGTERM."""
+          limits: P.Limits | None = None, curve_server_key: str | None = None) -> None:
+    """Run a server (or, with `connect`, a worker of a broker) until SIGINT or SIGTERM (or,
+    for a worker, until its broker is gone)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     server = Server(bind, device, limits=limits, weights=weights,
-                    curve_secret_key=curve_secret_key, connect=connect)
+                    curve_secret_key=curve_secret_key, connect=connect,
+                    curve_server_key=curve_server_key)
     server.open()
     server.load()
     on_signals(server.stop)
