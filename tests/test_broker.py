@@ -13,10 +13,12 @@ from backend_process import broker_state, free_port, start_hhmr
 from hhmr import protocol as P
 from hhmr.client import HHMRClient, RemoteError
 from hhmr.paths import weights_dir
-from hhmr.server.worker_link import HEARTBEAT, READY, REPLY, pid_of
+from hhmr.server.broker import Broker, Slot
+from hhmr.server.sockets import Incoming, connect_dealer
+from hhmr.server.worker_link import GONE, HEARTBEAT, READY, REPLY, REQUEST, WorkerLink, pid_of
 
 WEIGHTS = weights_dir() / "hhmr_prior.pt"
-pytestmark = pytest.mark.skipif(not WEIGHTS.exists(), reason="no trained weights")
+needs_weights = pytest.mark.skipif(not WEIGHTS.exists(), reason="no trained weights")
 
 
 def start_broker(port: int, *extra: str) -> subprocess.Popen:
@@ -73,6 +75,7 @@ def ask(port: int, payload: bytes, timeout_s: float = 30) -> dict:
         s.close()
 
 
+@needs_weights
 def test_killed_worker_is_restarted():
     port = free_port()
     proc = start_broker(port, "--workers", "2")
@@ -101,6 +104,7 @@ def test_killed_worker_is_restarted():
     assert not any(running(pid) for pid in workers)
 
 
+@needs_weights
 def test_workers_exit_when_the_broker_is_killed():
     port = free_port()
     proc = start_broker(port, "--workers", "2")
@@ -125,20 +129,25 @@ def test_workers_exit_when_the_broker_is_killed():
                 os.kill(pid, signal.SIGKILL)
 
 
+@needs_weights
 def test_non_loopback_backend_is_refused():
     """A fake worker on an open backend would take clients' requests and forge replies: the
     broker refuses to start with one, and a worker refuses an unencrypted remote broker."""
     port, backend = free_port(), free_port()
     r = start_hhmr("serve", "--bind", f"tcp://127.0.0.1:{port}", "--broker-only",
                    "--backend", f"tcp://0.0.0.0:{backend}")
-    assert r.wait(60) == 1
-    out = Path(r.log_path).read_text()
-    assert "refusing to bind the backend" in out and "--worker-keys" in out
     w = start_hhmr("worker", "--connect", f"tcp://192.0.2.1:{backend}")
-    assert w.wait(60) == 1
-    assert "--curve-server-key" in Path(w.log_path).read_text()
+    try:
+        r.wait(60)
+        w.wait(60)
+    finally:
+        out, worker_out = stop(r), stop(w)
+    assert r.returncode == 1 and "refusing to bind the backend" in out, out
+    assert "--worker-keys" in out
+    assert w.returncode == 1 and "--curve-server-key" in worker_out, worker_out
 
 
+@needs_weights
 def test_curve_backend_admits_only_known_workers(tmp_path):
     import zmq.auth
 
@@ -201,6 +210,7 @@ def two_workers():
     assert proc.returncode == 0, out
 
 
+@needs_weights
 def test_resend_reaches_the_same_worker(two_workers):
     """A request resent with its id (on a fresh socket, as the client's Lazy Pirate does)
     reaches the worker the first one reached; different ids spread over both workers."""
@@ -213,6 +223,7 @@ def test_resend_reaches_the_same_worker(two_workers):
     assert len(set(chosen.values())) == 2
 
 
+@needs_weights
 def test_cancel_reaches_the_worker_of_its_target(two_workers):
     c = HHMRClient(f"tcp://127.0.0.1:{two_workers}", timeout_s=30, retries=0)
     for _ in range(3):  # a cancel routed by its own id would miss half of the time
@@ -226,6 +237,7 @@ def test_cancel_reaches_the_worker_of_its_target(two_workers):
         assert err.value.code == P.CANCELLED
 
 
+@needs_weights
 def test_no_live_worker_answers_busy():
     port = free_port()
     proc = start_broker(port, "--broker-only")
@@ -237,3 +249,79 @@ def test_no_live_worker_answers_busy():
     finally:
         out = stop(proc)
     assert proc.returncode == 0, out
+
+
+def test_restarts_back_off_and_stop_at_the_cap():
+    """A worker that always dies at once: restarted 1, 2, 4, 8, 16 s after each death, then,
+    5 restarts within 10 minutes, its slot is left down."""
+    broker = Broker(f"tcp://127.0.0.1:{free_port()}", 0)
+
+    class Dead:
+        pid, returncode = 999_999, 1
+
+        def poll(self):
+            return 1
+
+    clock = [0.0]
+    starts = []
+
+    def start(slot):
+        slot.proc, slot.started = Dead(), clock[0]
+        starts.append(clock[0])
+
+    try:
+        slot = Slot(0)
+        broker.slots = [slot]
+        broker._start = start
+        start(slot)
+        starts.clear()
+        for ms in range(0, 120_000, 100):  # the loop's turns, every 0.1 s for 2 minutes
+            clock[0] = ms / 1000
+            broker._supervise(clock[0])
+        gaps = [round(b - a, 1) for a, b in zip(starts, starts[1:], strict=False)]
+        assert starts[0] == 1.0 and gaps == [2.1, 4.1, 8.1, 16.1]  # death seen 0.1 s later
+        assert broker.restarts == 5 and slot.down and slot.backoff == 30  # capped
+    finally:
+        broker.close()
+
+
+def test_worker_link_frames():
+    """WorkerLink speaks the broker's frames with RouterLink's interface, and notices a
+    silent broker."""
+    ctx = zmq.Context()
+    broker = ctx.socket(zmq.ROUTER)
+    broker.setsockopt(zmq.LINGER, 0)
+    port = free_port()
+    broker.bind(f"tcp://127.0.0.1:{port}")
+    lost = []
+    link = WorkerLink(connect_dealer(ctx, f"tcp://127.0.0.1:{port}"),
+                      on_lost=lambda: lost.append(1), heartbeat_s=0.1)
+    try:
+        link.tick()
+        assert broker.poll(5000)
+        wid, *frames = broker.recv_multipart()
+        assert frames == [READY] and pid_of(wid) == os.getpid()
+        broker.send_multipart([wid, REQUEST, b"client", b"tok:owner", b"conn", b"payload"])
+        broker.send_multipart([wid, GONE, b"conn"])
+        broker.send_multipart([wid, HEARTBEAT])
+        got = []
+        deadline = time.monotonic() + 5
+        while len(got) < 3 and time.monotonic() < deadline:
+            if link.socket.poll(100):
+                got.append(link.recv())
+        assert got == [Incoming([b"client"], b"tok:owner", b"conn", b"payload"), None, None]
+        assert link.gone() == [b"conn"] and link.gone() == []
+        link.send([b"client"], b"result")
+        assert broker.poll(5000) and broker.recv_multipart() == [wid, REPLY, b"client",
+                                                                 b"result"]
+        time.sleep(0.15)
+        link.tick()  # a heartbeat every interval
+        assert broker.poll(5000) and broker.recv_multipart() == [wid, HEARTBEAT]
+        assert not link.broker_lost
+        time.sleep(0.35)  # the broker silent for over 3 intervals
+        link.tick()
+        assert link.broker_lost and lost == [1]
+    finally:
+        link.close()
+        broker.close()
+        ctx.term()
