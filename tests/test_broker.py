@@ -2,6 +2,8 @@
 real processes on loopback, started the way users start them, logs in files."""
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import time
@@ -127,6 +129,10 @@ def test_workers_exit_when_the_broker_is_killed():
         for pid in workers:
             if running(pid):
                 os.kill(pid, signal.SIGKILL)
+        # a killed broker leaves its private folder (the ipc:// backend) behind
+        found = re.search(r"backend ipc://(/\S+)/workers", Path(proc.log_path).read_text())
+        if found:
+            shutil.rmtree(found.group(1), ignore_errors=True)
 
 
 @needs_weights
