@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import zmq
-from backend_process import free_port, start_server
+from backend_process import broker_state, free_port, start_server
 from hhmr import protocol as P
 from hhmr.client import HHMRClient, RemoteError
 from hhmr.paths import weights_dir
@@ -323,7 +323,7 @@ def test_broker_with_workers_serves_concurrent_clients():
                              "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env)
     try:
-        HHMRClient(f"tcp://127.0.0.1:{port}", timeout_s=2.0, retries=30).info()
+        broker_state(port, lambda s: s["workers"] == 2)  # BUSY until the workers are ready
         results, errors = [], []
 
         def call(k: int) -> None:

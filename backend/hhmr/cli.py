@@ -96,10 +96,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         if getattr(args, "connect", None):
-            serve(args.bind, args.device, weights=args.weights, connect=args.connect)
+            serve(args.bind, args.device, weights=args.weights, connect=args.connect,
+                  curve_secret_key=args.curve_secret_key, curve_server_key=args.curve_server_key)
         elif args.workers > 0 or args.broker_only:
             serve_broker(args.bind, args.workers, args.device, weights=args.weights,
-                         curve_secret_key=args.curve_secret_key, backend=args.backend)
+                         curve_secret_key=args.curve_secret_key, backend=args.backend,
+                         worker_keys=args.worker_keys, curve_clients=args.curve_clients)
         else:
             from hhmr.protocol import Limits
 
@@ -284,18 +286,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most requests waiting for one client (then BUSY)")
     p.add_argument("--max-steps", type=int, default=200, help="most sampling steps per request")
     p.add_argument("--workers", type=int, default=0,
-                   help="N > 0: a broker (ZeroMQ proxy) in front of N worker processes")
+                   help="N > 0: a broker in front of N worker processes that it starts, "
+                        "watches and restarts")
     p.add_argument("--broker-only", action="store_true",
                    help="a broker whose workers are started elsewhere (hhmr worker --connect)")
     p.add_argument("--backend", default=None,
-                   help="broker's worker-facing address (default: an ipc:// socket)")
+                   help="broker's worker-facing address (default: an ipc:// socket in a "
+                        "private folder); off loopback it needs --curve-secret-key and "
+                        "--worker-keys")
+    p.add_argument("--worker-keys", default=None, metavar="DIR",
+                   help="folder of the workers' CurveZMQ public keys (*.key, zmq.auth): the "
+                        "backend then admits only these workers")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("worker", help="a compute worker connected to a broker's backend")
     p.add_argument("--connect", required=True, help="the broker's --backend address")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--weights", default=None)
-    p.set_defaults(func=_serve, bind="", curve_secret_key=None, curve_clients=None, workers=0)
+    p.add_argument("--curve-server-key", default=None, metavar="FILE",
+                   help="the broker's CurveZMQ public key file; required off loopback")
+    p.add_argument("--curve-secret-key", default=None, metavar="FILE",
+                   help="this worker's CurveZMQ secret key file (its public key must be in "
+                        "the broker's --worker-keys)")
+    p.set_defaults(func=_serve, bind="", curve_clients=None, workers=0)
 
     p = sub.add_parser("reconstruct", help="hand meshes from photos (needs the detect extra)")
     p.add_argument("images", nargs="+")

@@ -2,8 +2,8 @@
 
 A socket thread (`frontend`) receives, validates and answers requests and queues the sampling
 ops for a compute thread (`compute`), which batches them on the device and sends progress and
-results back; `broker` puts ZeroMQ's proxy in front of several such processes, and `sockets`
-holds what the server and the broker share.
+results back; `broker` routes requests to several such processes (workers, linked to it by
+`worker_link`) and supervises them, and `sockets` holds what the server and the broker share.
 """
 
 from hhmr.server.broker import serve_broker

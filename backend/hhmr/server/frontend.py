@@ -23,9 +23,11 @@ from hhmr.server.sockets import (
     RouterLink,
     bind_router,
     check_bind,
+    connect_dealer,
     on_signals,
     start_authenticator,
 )
+from hhmr.server.worker_link import WorkerLink
 
 log = logging.getLogger("hhmr.serve")
 
@@ -41,8 +43,10 @@ class Server:
     def __init__(self, bind: str = "tcp://127.0.0.1:5557", device: str = "auto",
                  limits: P.Limits | None = None, weights: str | None = None,
                  curve_secret_key: str | None = None, connect: str | None = None,
-                 curve_clients: str | None = None) -> None:
+                 curve_clients: str | None = None,
+                 curve_server_key: str | None = None) -> None:
         self.bind = bind
+        self.curve_server_key = curve_server_key  # worker mode: the broker's public key
         self.connect = connect  # worker mode: a DEALER connected to a broker's backend
         self.limits = limits or P.Limits()
         self.device_name = device
@@ -71,9 +75,8 @@ class Server:
     def open(self) -> None:
         """Bind the client-facing socket (first, so a busy port fails before loading)."""
         if self.connect is not None:
-            from hhmr.server.worker_link import WorkerLink
-
-            self.link = WorkerLink(self.ctx, self.connect, on_lost=self.stop.set)
+            self.link = WorkerLink(connect_dealer(self.ctx, self.connect, self.curve_server_key,
+                                                  self.curve_secret_key), on_lost=self.stop.set)
         else:
             self.auth = start_authenticator(self.ctx, self.curve_clients)
             self.link = RouterLink(bind_router(self.ctx, self.bind,
@@ -209,12 +212,14 @@ def hand_topology(hand) -> dict:
 
 def serve(bind: str, device: str = "auto", weights: str | None = None,
           curve_secret_key: str | None = None, connect: str | None = None,
-          limits: P.Limits | None = None, curve_clients: str | None = None) -> None:
-    """Run a server (or, with `connect`, a worker of a broker) until SIGINT or SIGTERM."""
+          limits: P.Limits | None = None, curve_clients: str | None = None,
+          curve_server_key: str | None = None) -> None:
+    """Run a server (or, with `connect`, a worker of a broker) until SIGINT or SIGTERM (or,
+    for a worker, until its broker is gone)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     server = Server(bind, device, limits=limits, weights=weights,
                     curve_secret_key=curve_secret_key, connect=connect,
-                    curve_clients=curve_clients)
+                    curve_clients=curve_clients, curve_server_key=curve_server_key)
     server.open()
     server.load()
     on_signals(server.stop)

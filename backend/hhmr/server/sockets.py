@@ -2,14 +2,17 @@
 
 `bind_router` makes the client-facing ROUTER socket (limits, CurveZMQ keys, a clear error for
 a busy port); `check_bind` refuses a non-loopback address without keys; `connect_dealer` is a
-worker's socket to a broker; `RouterLink` is a single server's client-facing transport (who
-owns each request, which connections dropped). Nothing here needs a model.
+worker's socket to a broker (CurveZMQ off loopback); `RouterLink` is a single server's
+client-facing transport (who owns each request, which connections dropped). Nothing here
+needs a model.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import os
+import secrets
 import signal
 import threading
 from dataclasses import dataclass
@@ -79,13 +82,11 @@ def bind_router(ctx: zmq.Context, bind: str, max_message_bytes: int,
     # connection before buffering it all
     sock.setsockopt(zmq.MAXMSGSIZE, 2 * max_message_bytes)
     if curve_secret_key is not None:
-        from zmq.auth import load_certificate
-
-        public, secret = load_certificate(curve_secret_key)
-        if secret is None:
+        try:
+            public, secret = load_keys(curve_secret_key)
+        except ValueError:
             sock.close()
-            raise ValueError(f"{curve_secret_key} holds no secret key: pass the "
-                             "*.key_secret file made by zmq.auth.create_certificates")
+            raise
         sock.curve_secretkey, sock.curve_publickey = secret, public
         sock.curve_server = True
     try:
@@ -99,10 +100,43 @@ def bind_router(ctx: zmq.Context, bind: str, max_message_bytes: int,
     return sock
 
 
-def connect_dealer(ctx: zmq.Context, address: str) -> zmq.Socket:
-    """A worker's DEALER socket, connected to a broker's backend."""
+def load_keys(path: str) -> tuple[bytes, bytes]:
+    """The public and secret CurveZMQ keys of a *.key_secret file made by zmq.auth."""
+    from zmq.auth import load_certificate
+
+    public, secret = load_certificate(path)
+    if secret is None:
+        raise ValueError(f"{path} holds no secret key: pass the *.key_secret file made by "
+                         "zmq.auth.create_certificates")
+    return public, secret
+
+
+def connect_dealer(ctx: zmq.Context, address: str, curve_server_key: str | None = None,
+                   curve_secret_key: str | None = None) -> zmq.Socket:
+    """A worker's DEALER socket, connected to a broker's backend. Its routing id is
+    `<pid>-<random>`, so the broker knows which of its processes it is. Off loopback it needs
+    CurveZMQ: the broker's public key file and this worker's secret key file."""
+    if (curve_server_key is None) != (curve_secret_key is None):
+        raise ValueError("a worker's CurveZMQ needs both --curve-server-key (the broker's "
+                         "public key) and --curve-secret-key (the worker's own)")
+    if not is_loopback(address) and curve_server_key is None:
+        raise ValueError(f"refusing to connect to {address} unencrypted: a non-loopback broker "
+                         "needs --curve-server-key FILE and --curve-secret-key FILE")
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    # progress replies of many requests may queue while the broker is busy
+    sock.setsockopt(zmq.SNDHWM, 100_000)
+    sock.setsockopt(zmq.RCVHWM, 100_000)
+    sock.setsockopt(zmq.ROUTING_ID, f"{os.getpid()}-{secrets.token_hex(4)}".encode())
+    if curve_server_key is not None:
+        from zmq.auth import load_certificate
+
+        try:
+            sock.curve_publickey, sock.curve_secretkey = load_keys(curve_secret_key)
+        except ValueError:
+            sock.close()
+            raise
+        sock.curve_serverkey = load_certificate(curve_server_key)[0]
     sock.connect(address)
     return sock
 
