@@ -162,15 +162,21 @@ def test_curve_backend_admits_only_known_workers(tmp_path):
     allowed.mkdir()
     zmq.auth.create_certificates(allowed, "known")
     zmq.auth.create_certificates(tmp_path, "stranger")  # not in --worker-keys
+    clients = tmp_path / "clients"
+    clients.mkdir()
+    client_public, client_secret = zmq.auth.create_certificates(clients, "client")
     server_key = zmq.auth.load_certificate(server_public)[0]
+    me = {"curve_server_key": server_key,
+          "curve_keypair": zmq.auth.load_certificate(client_secret)}
     port, backend = free_port(), free_port()
     proc = start_broker(port, "--workers", "1", "--backend", f"tcp://0.0.0.0:{backend}",
-                        "--curve-secret-key", server_secret, "--worker-keys", str(allowed))
+                        "--curve-secret-key", server_secret, "--worker-keys", str(allowed),
+                        "--curve-clients", str(clients))
     ctx = zmq.Context.instance()
     fakes = []
     known = None
     try:
-        broker_state(port, lambda s: s["workers"] == 1, curve_server_key=server_key)
+        broker_state(port, lambda s: s["workers"] == 1, **me)
         # fake workers: one with an unknown key, one without CurveZMQ
         for keys in (zmq.auth.load_certificate(tmp_path / "stranger.key_secret"), None):
             fake = ctx.socket(zmq.DEALER)
@@ -188,14 +194,14 @@ def test_curve_backend_admits_only_known_workers(tmp_path):
                         fake.send_multipart(frames, zmq.NOBLOCK)
                     except zmq.Again:  # no connection to queue it on: refused
                         pass
-            state = broker_state(port, lambda s: True, curve_server_key=server_key)
+            state = broker_state(port, lambda s: True, **me)
             assert state["workers"] == 1 and state["worker"] != "666-fake"
         assert not any(fake.poll(0) for fake in fakes)  # no request ever reached a fake
         # a worker with a key from --worker-keys joins; on SIGTERM it stops cleanly
         known = start_hhmr("worker", "--connect", f"tcp://127.0.0.1:{backend}",
                            "--curve-server-key", server_public,
                            "--curve-secret-key", str(allowed / "known.key_secret"))
-        broker_state(port, lambda s: s["workers"] == 2, curve_server_key=server_key)
+        broker_state(port, lambda s: s["workers"] == 2, **me)
     finally:
         for fake in fakes:
             fake.close()

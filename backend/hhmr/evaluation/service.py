@@ -153,8 +153,8 @@ def fuzz_frame(kind: str, rng: random.Random, i: int, valid: bytes) -> bytes:
     if kind == "nan_and_inf":
         bad = rng.choice([np.nan, np.inf, -np.inf, 1e308, -1e308])
         op = rng.choice(["refit3d", "fit2d", "generate", "inpaint"])
-        args = {"refit3d": {"joints": np.full((21, 3), bad, np.float32)},
-                "fit2d": {"keypoints": np.full((21, 2), bad, np.float32)},
+        args = {"refit3d": {"joints": np.full((21, 3), bad, np.float64)},
+                "fit2d": {"keypoints": np.full((21, 2), bad, np.float64)},
                 "generate": {"guidance_scale": float(bad), "autoguidance": float(bad)},
                 "inpaint": {"vertices": np.full((803, 3), bad, np.float64),
                             "keep": np.ones(803, bool)}}[op]

@@ -117,6 +117,9 @@ class Server:
                     self.compute.orphan(link.gone(), now)
                     for envelope, reply in self.compute.beat(now, HEARTBEAT_S,
                                                              ORPHAN_GRACE_S):
+                        if reply["status"] == "error":  # a queued request that stopped
+                            log.info("%s error %s: %s", reply["id"], reply["error"]["code"],
+                                     reply["error"]["message"])
                         link.send(envelope, P.pack(reply))
                 link.tick()
         finally:
