@@ -174,10 +174,12 @@ def test_valid_requests_and_defaults():
                                              "central_first": None, "deadline_s": None})
     assert roundtrip(req("generate"), P.Limits(max_n=2)).args["n"] == 2
     r = roundtrip(req("generate", n=64, steps=200, guidance_scale=1, guidance_space="x0",
-                      seed=2**63 - 1, central_first=True, autoguidance=1))
+                      seed=2**63 - 1, central_first=True, autoguidance=1, deadline_s=2))
     assert r.args == {"n": 64, "steps": 200, "guidance_scale": 1.0, "guidance_strength": None,
                       "guidance_space": "x0", "seed": 2**63 - 1, "central_first": True,
-                      "autoguidance": 1.0}
+                      "autoguidance": 1.0, "deadline_s": 2.0}
+    for bad in (0, -1, 1e9, "soon", float("nan")):
+        assert rejects(req("generate", deadline_s=bad)) == P.BAD_ARGUMENT
     assert rejects(req("refit3d", joints=joints(), autoguidance=2)) == P.BAD_ARGUMENT
     verts = np.zeros((V, 3), np.float64)
     r = roundtrip(req("inpaint", vertices=verts, keep=np.ones(V, np.uint8)), num_vertices=V)
