@@ -97,3 +97,56 @@ def test_image_decode_failures_are_not_internal():
     for image, code in [(hidden, P.TOO_LARGE), (grey_jpeg(640, 640)[:-400], P.BAD_ARGUMENT)]:
         r = reply("reconstruct", {"image": image}, StandInPipe(None))
         assert r["status"] == "error" and r["error"]["code"] == code, r
+
+
+class FlakyPipe(StandInPipe):
+    """Its first `run` fails with a bug (not a ValueError); later runs work."""
+
+    def __init__(self):
+        super().__init__(lambda p: hypotheses())
+        self.runs = 0
+
+    def run(self, plans, progress=None):
+        self.runs += 1
+        if self.runs == 1:
+            raise RuntimeError("a bug in the sampler")
+        return super().run(plans, progress)
+
+
+def test_a_failing_batch_is_answered_internal_and_the_thread_serves_on():
+    """A bug in a batch ends its requests with INTERNAL; the compute thread lives on."""
+    import zmq
+
+    ctx = zmq.Context()
+    results = ctx.socket(zmq.PULL)
+    results.bind("inproc://test-results")
+    stop = threading.Event()
+    worker = compute.ComputeThread(stop)
+    worker.start(FlakyPipe(), ctx, "inproc://test-results")
+    try:
+        finals = []
+        for rid in ("first", "second"):
+            req = P.validate_request(P.make_request("generate", {"n": 2}, id=rid))
+            worker.submit(compute.QueuedRequest([b"peer"], req, b"owner"))
+            while True:
+                assert results.poll(10_000), "no reply from the compute thread"
+                msg = P.parse_reply(P.unpack(results.recv_multipart()[-1], 1 << 30))
+                if msg.status != "progress":
+                    finals.append(msg)
+                    break
+        assert [(m.id, m.status) for m in finals] == [("first", "error"), ("second", "ok")]
+        assert finals[0].code == P.INTERNAL and worker.thread.is_alive()
+    finally:
+        stop.set()
+        worker.join(5)
+        results.close()
+        ctx.term()
+
+
+def test_a_failing_plan_is_answered_internal():
+    class BadPlan(StandInPipe):
+        def plan(self, task, options):
+            raise KeyError("a bug in planning")
+
+    r = reply("generate", {"n": 2}, BadPlan(lambda p: hypotheses()))
+    assert r["status"] == "error" and r["error"]["code"] == P.INTERNAL

@@ -201,6 +201,67 @@ def test_killed_server_is_named_gone():
     assert "down, unreachable or stuck" in str(err.value)
 
 
+def test_sigterm_ends_every_request_with_cancelled():
+    """A stopping server tells its clients: running and queued requests end CANCELLED."""
+    port = free_port()
+    proc = start_server(port)
+    client = HHMRClient(f"tcp://127.0.0.1:{port}", timeout_s=10, retries=0)
+    running, queued = client.submit("generate", **SLOW), client.submit("generate", **SLOW)
+    while not (running.progress and queued.progress):
+        running.poll(), queued.poll()
+        time.sleep(0.01)
+    out = stop_server(proc)
+    for job in (running, queued):
+        with pytest.raises(RemoteError) as err:
+            job.wait(10)
+        assert err.value.code == P.CANCELLED and "shutting down" in err.value.message
+    assert proc.returncode == 0, out[-2000:]
+
+
+def test_a_restarted_server_finishes_the_request():
+    """ZeroMQ reconnects the client's socket to the new server and the client sends its
+    request again on it: the request is served, not lost until a timeout."""
+    port = free_port()
+    first = start_server(port)
+    client = HHMRClient(f"tcp://127.0.0.1:{port}", timeout_s=60, retries=0)
+    job = client.submit("generate", n=8, steps=40, seed=3)
+    while not job.progress:
+        job.poll()
+        time.sleep(0.01)
+    first.kill()
+    first.wait(10)
+    second = start_server(port)
+    try:
+        result = job.wait(60)
+        assert result["vertices"].shape == (8, 803, 3)
+        assert f"{job.id} generate ok" in open(second.log_path).read()
+    finally:
+        stop_server(second)
+
+
+def test_a_late_word_during_the_backoff_cancels_the_resend(monkeypatch):
+    """A server slower than `timeout_s` whose reply comes while the client backs off: the
+    client takes it from the old socket and sends nothing more."""
+    import hhmr.client as C
+
+    monkeypatch.setattr(C, "_backoff", lambda attempt: 3.0)
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        job = HHMRClient(f"tcp://127.0.0.1:{port}", timeout_s=0.5, retries=2).submit("info")
+        assert router.poll(5000)
+        envelope = router.recv_multipart()[:-1]
+        time.sleep(0.8)
+        assert job.poll() is None  # silent past timeout_s: a resend is scheduled
+        router.send_multipart(envelope + [P.pack(P.ok_reply(job.id, {"late": True}))])
+        assert job.wait(5) == {"late": True}
+        assert not router.poll(500)  # no resend came
+    finally:
+        router.close()
+
+
 def test_resend_storm_runs_each_id_once(small):
     """Defect 2: 12 clients (timeout 3 s, 2 retries) made the server run 33 jobs for 12
     ids. Each client here also resends its request twice on fresh sockets."""
@@ -263,8 +324,8 @@ def test_curve_admits_only_known_clients_and_names_a_failed_handshake(tmp_path):
         with pytest.raises(HandshakeFailed) as err:
             wrong.info()
         assert "public key" in str(err.value)
-        with pytest.raises(TimeoutError):
-            HHMRClient(address, timeout_s=1.0, retries=0).info()  # no keys: no handshake
+        with pytest.raises(HandshakeFailed, match="expects CurveZMQ"):
+            HHMRClient(address, timeout_s=5.0, retries=0).info()  # no keys: named at once
     finally:
         stop_server(proc)
 

@@ -4,12 +4,18 @@ Each request gets its own DEALER socket. The server speaks at least once a heart
 second) while a request waits or runs, so silence means it is gone: after ``timeout_s``
 without a word the request is resent with the same id (the server attaches a resend to the
 request under way, never running it twice), after a backoff with jitter, on a fresh socket,
-at most ``retries`` times ("Lazy Pirate", ZeroMQ guide ch. 4). A BUSY reply is retried after
-the server's ``retry_after_s`` the same way. Replies whose id does not match are ignored.
+at most ``retries`` times ("Lazy Pirate", ZeroMQ guide ch. 4); the old socket is still read
+while the backoff runs, so a late word cancels the resend. When ZeroMQ reconnects a socket
+(the connection dropped), the request is sent again on it at once, so the server keeps it
+(a dropped client's work is cancelled after a grace period). A BUSY reply is retried after
+the server's ``retry_after_s`` (at most a minute) the same way. Replies whose id does not
+match are ignored.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 import random
 import secrets
 import time
@@ -48,8 +54,13 @@ def _backoff(attempt: int) -> float:
     return min(0.25 * 2 ** (attempt - 1), 8.0) * random.uniform(0.5, 1.5)
 
 
-_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+MAX_RETRY_AFTER_S = 60.0  # the longest BUSY retry-after this client honours
+# the server refused this client's key or spoke another protocol: final at once. A failure
+# without detail (e.g. a wrong server key: the server just drops the connection) is only
+# named when no word came before the deadline.
+_HANDSHAKE_REFUSED = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+_MONITORED = (zmq.EVENT_CONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | _HANDSHAKE_REFUSED
+              | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 
 class Job:
@@ -66,8 +77,9 @@ class Job:
         self._sock: zmq.Socket | None = None
         self._monitor: zmq.Socket | None = None
         self._resend_at: float | None = None  # a resend waiting out its backoff
-        self._busy: P.Reply | None = None  # the last BUSY reply
         self._handshake_ok = False
+        self._handshake_failed: str | None = None  # a failure without detail, by event name
+        self._connects = 0  # TCP connections of the current socket (more than one: reconnected)
         self._done = False
         self._result: dict[str, Any] | None = None
         self._error: BaseException | None = None
@@ -102,6 +114,7 @@ class Job:
     def close(self) -> None:
         """Drop the socket; a reply still under way is discarded."""
         if self._monitor is not None:
+            self._sock.disable_monitor()
             self._monitor.close(linger=0)
             self._monitor = None
         if self._sock is not None:
@@ -111,10 +124,12 @@ class Job:
     def _send(self) -> None:
         self.close()
         self._resend_at = None
-        self._sock = self.client._socket()
-        if self.client.curve_server_key is not None:
-            self._monitor = self._sock.get_monitor_socket(
-                _HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self._connects = 0
+        self._sock, name = self.client._socket()
+        # a unique inproc name: pyzmq's default (by file descriptor) can meet a closed
+        # socket's monitor that has not unbound yet
+        self._monitor = self._sock.get_monitor_socket(
+            _MONITORED, addr=f"inproc://hhmr-monitor-{name.hex()}")
         self._sock.connect(self.client.address)
         self._sock.send(self._payload)
         self._deadline = time.monotonic() + self.client.timeout_s
@@ -127,16 +142,29 @@ class Job:
         self._resend_at = time.monotonic() + delay_s
         return True
 
-    def _check_handshake(self) -> None:
+    def _check_monitor(self) -> None:
+        """Connection events: a reconnect sends the request again on the new connection; a
+        refused CurveZMQ handshake ends the job."""
         while self._monitor is not None and self._monitor.poll(0):
             event = recv_monitor_message(self._monitor)["event"]
-            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            if event == zmq.EVENT_CONNECTED:
+                self._connects += 1
+                if self._connects > 1 and not self._done:
+                    self._sock.send(self._payload)  # the server attaches it to its job
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._handshake_ok = True
-            elif event & _HANDSHAKE_FAILED:
+            elif event & _HANDSHAKE_REFUSED and self.client.curve_server_key is None:
+                self._fail(HandshakeFailed(
+                    f"the handshake with {self.client.address} failed ({event.name}): the "
+                    "server expects CurveZMQ; pass its public key (curve_server_key) and this "
+                    "client's keys"))
+            elif event & _HANDSHAKE_REFUSED:
                 self._fail(HandshakeFailed(
                     f"the CurveZMQ handshake with {self.client.address} failed ({event.name}): "
                     "check the server's public key, and that the server admits this client's "
                     "key (its --curve-clients folder)"))
+            elif event & zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                self._handshake_failed = event.name
 
     def _finish(self) -> dict[str, Any]:
         if self._error is not None:
@@ -150,21 +178,23 @@ class Job:
     def _step(self, wait_s: float) -> dict[str, Any] | None:
         if self._done:
             return self._finish()
-        if self._resend_at is not None:  # waiting out a backoff: nothing is in flight
-            if time.monotonic() < self._resend_at:
-                time.sleep(max(min(wait_s, self._resend_at - time.monotonic()), 0.0))
+        if self._resend_at is not None:
             if time.monotonic() >= self._resend_at:
                 self._send()
-            return None
-        assert self._sock is not None
-        if self._sock.poll(int(wait_s * 1000)):
-            while not self._done and self._resend_at is None:
+            else:  # waiting out a backoff: the old socket may still hear from the server
+                wait_s = min(wait_s, self._resend_at - time.monotonic())
+        assert self._sock is not None and self._monitor is not None
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
+        if poller.poll(int(max(wait_s, 0.0) * 1000)):
+            while not self._done:
                 try:
                     frames = self._sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
                 self._handle(frames[-1])
-        self._check_handshake()
+        self._check_monitor()
         if self._done:
             self.close()
             return self._finish()
@@ -172,16 +202,17 @@ class Job:
             if not self._retry(_backoff(self.client.retries - self._tries_left + 1)):
                 self.close()
                 tries = self.client.retries + 1
-                if self._monitor is None or self._handshake_ok:
+                if self.client.curve_server_key is None or self._handshake_ok:
                     self._fail(ServerGone(
                         f"no word from {self.client.address} for {self.client.timeout_s:g} s "
                         f"on '{self.op}' (id {self.id}), {tries} attempt(s): the server is "
                         "down, unreachable or stuck (a busy one answers BUSY)"))
                 else:
+                    seen = f" ({self._handshake_failed})" if self._handshake_failed else ""
                     self._fail(HandshakeFailed(
                         f"no CurveZMQ handshake with {self.client.address} in "
-                        f"{self.client.timeout_s:g} s: check the server's public key (and that "
-                        "the server is up and admits this client's key)"))
+                        f"{self.client.timeout_s:g} s{seen}: check the server's public key (and "
+                        "that the server is up and admits this client's key)"))
                 return self._finish()
         return None
 
@@ -197,11 +228,15 @@ class Job:
         if reply.status == "progress":
             self.progress.append((reply.fraction, reply.message))
             self._deadline = time.monotonic() + self.client.timeout_s
+            if self._resend_at is not None:
+                # a late word during the backoff: the server is alive, no resend
+                self._resend_at = None
+                self._tries_left += 1
         elif reply.status == "ok":
             self._done, self._result = True, reply.result
         elif reply.code == P.BUSY and self._retry(
-                (reply.retry_after_s or 1.0) * random.uniform(1.0, 1.5)):
-            self._busy = reply
+                min(reply.retry_after_s or 1.0, MAX_RETRY_AFTER_S) * random.uniform(1.0, 1.5)):
+            return  # resent after the server's retry-after
         else:
             self._fail(RemoteError(reply.code, reply.message, self.id))
 
@@ -226,20 +261,22 @@ class HHMRClient:
             self.curve_keypair = zmq.curve_keypair()
         # every socket this client opens carries its session token, so the server knows the
         # resends, `status` and `cancel` of this client from another's
+        self._pid = os.getpid()
         self._token = secrets.token_bytes(8)
-        self._sockets = 0
+        self._sockets = itertools.count(1)
 
-    def _socket(self) -> zmq.Socket:
-        """A new DEALER, not yet connected."""
+    def _socket(self) -> tuple[zmq.Socket, bytes]:
+        """A new DEALER, not yet connected, and its routing id."""
+        if os.getpid() != self._pid:  # a forked child is another client
+            self._pid, self._token = os.getpid(), secrets.token_bytes(8)
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        self._sockets += 1
-        sock.setsockopt(zmq.ROUTING_ID, b"hhmr" + self._token
-                        + (self._sockets % 2**32).to_bytes(4, "big"))
+        name = b"hhmr" + self._token + (next(self._sockets) % 2**32).to_bytes(4, "big")
+        sock.setsockopt(zmq.ROUTING_ID, name)
         if self.curve_server_key is not None:
             sock.curve_serverkey = self.curve_server_key
             sock.curve_publickey, sock.curve_secretkey = self.curve_keypair
-        return sock
+        return sock, name
 
     def submit(self, op: str, **args: Any) -> Job:
         """Send a request and return at once; poll the Job for the result."""

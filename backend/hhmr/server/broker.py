@@ -58,6 +58,7 @@ MAX_RESTARTS = 5  # restarts per slot within RESTART_WINDOW_S; then the slot sta
 RESTART_WINDOW_S = 600.0
 SMALL_REQUEST = 64 << 10  # requests up to this size are decoded to read their op
 BUSY_MESSAGE = "no worker is ready; retry"
+BUSY_RETRY_S = 1.0  # about a worker's restart backoff, and a heartbeat
 
 
 def check_backend(backend: str | None, curve_secret_key: str | None,
@@ -288,7 +289,8 @@ class Broker:
 
     def state(self, wid: bytes | None = None) -> dict:
         """The `broker` map of the info reply: supervision state, and which worker answered."""
-        return {"workers": len(self.live), "slots": len(self.slots), "restarts": self.restarts,
+        return {"workers": len(self.live), "slots": len(self.slots),
+                "slots_down": sum(s.down for s in self.slots), "restarts": self.restarts,
                 "started": self.started,
                 "last_restart_s": None if self.last_restart is None
                 else time.time() - self.last_restart,
@@ -322,7 +324,8 @@ class Broker:
                     self.info_ids.setdefault(conn, set()).add(rid)
                 return
         log.info("%s %s BUSY: no worker is ready", rid, op)
-        self.link.send(inc.envelope, P.pack(P.error_reply(rid, P.BUSY, BUSY_MESSAGE)))
+        self.link.send(inc.envelope, P.pack(P.error_reply(rid, P.BUSY, BUSY_MESSAGE,
+                                                          BUSY_RETRY_S)))
 
     def _client_gone(self, conn: bytes) -> None:
         for wid in list(self.live):

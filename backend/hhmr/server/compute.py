@@ -127,7 +127,8 @@ def reconstruct_request(pipe, args: dict, progress: Progress,
 class ComputeThread:
     """The queue of sampling requests and the thread that serves it. The socket thread
     submits, attaches, cancels and heart-beats requests here (under `lock`); the queue is the
-    insertion-ordered dict `queued`, so a cancelled request leaves it at once."""
+    insertion-ordered dict `queued`. A cancelled queued request leaves it at the socket
+    thread's next `beat` (within one poll turn, 0.2 s)."""
 
     def __init__(self, stop: threading.Event, limits: P.Limits | None = None) -> None:
         self.stop = stop
@@ -244,6 +245,10 @@ class ComputeThread:
                 t0 = time.perf_counter()
                 try:
                     replies = self._run_batch(batch, out)
+                except Exception:  # noqa: BLE001 - a bug ends these requests, not the thread
+                    log.exception("a batch of %d requests failed", len(batch))
+                    replies = [P.error_reply(q.request.id, P.INTERNAL, "internal error while "
+                                             "running the request (logged)") for q in batch]
                 finally:
                     with self.lock:
                         for item in batch:
@@ -251,6 +256,10 @@ class ComputeThread:
                         self.batch_s = 0.8 * self.batch_s + 0.2 * (time.perf_counter() - t0)
                 for item, reply in zip(batch, replies, strict=True):
                     out.send_multipart(item.envelope + [P.pack(reply)])
+        except BaseException:
+            # without this thread nothing would ever answer: stop the server, loudly
+            log.exception("the compute thread failed: the server stops")
+            self.stop.set()
         finally:
             out.close()
 
@@ -282,7 +291,7 @@ class ComputeThread:
                 continue
             try:
                 plans[i] = plan_request(self.pipe, item.request.op, item.request.args)
-            except (ValueError, P.ProtocolError) as err:
+            except Exception as err:  # noqa: BLE001 - INTERNAL (logged) unless a known error
                 replies[i] = error_reply(item.request.id, err)
         if plans:
             live = [batch[i] for i in plans]

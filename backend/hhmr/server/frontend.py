@@ -94,44 +94,54 @@ class Server:
         poller.register(results, zmq.POLLIN)
         log.info("hhmr %s serving %s on %s", __version__, self.connect or self.bind,
                  self.device)
-        next_beat = 0.0
         try:
             while not self.stop.is_set():
                 events = dict(poller.poll(200))
                 if results in events:
-                    while True:
-                        try:
-                            frames = results.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        link.send(frames[:-1], frames[-1])
+                    self._forward(results)
                 if link.socket in events:
                     for _ in range(1000):  # then the results and heartbeats get a turn
                         inc = link.recv()
                         if inc is None:
                             break
                         self._serve_one(inc)
-                now = time.perf_counter()
-                if now >= next_beat:
-                    next_beat = now + HEARTBEAT_S
-                    self.compute.orphan(link.gone(), now)
-                    for envelope, reply in self.compute.beat(now, HEARTBEAT_S,
-                                                             ORPHAN_GRACE_S):
-                        if reply["status"] == "error":  # a queued request that stopped
-                            log.info("%s error %s: %s", reply["id"], reply["error"]["code"],
-                                     reply["error"]["message"])
-                        link.send(envelope, P.pack(reply))
+                self._beat()
                 link.tick()
         finally:
             self.stop.set()
             self.compute.cancel_all()
             self.compute.join(timeout=10)
+            # the final CANCELLED replies of running and queued requests, then a moment for
+            # them to leave before the socket closes
+            self._forward(results)
+            self._beat()
+            link.socket.setsockopt(zmq.LINGER, 500)
             link.close()
             results.close()
             if self.auth is not None:
                 self.auth.stop()
             self.ctx.term()
             log.info("stopped after %d requests", self.served)
+
+    def _forward(self, results: zmq.Socket) -> None:
+        """Send on the compute thread's progress and final replies."""
+        while True:
+            try:
+                frames = results.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.link.send(frames[:-1], frames[-1])
+
+    def _beat(self) -> None:
+        """Every poll turn: requests of dropped clients, deadlines, queued requests that
+        stopped (their final reply) and heartbeats (each request at most once a HEARTBEAT_S)."""
+        now = time.perf_counter()
+        self.compute.orphan(self.link.gone(), now)
+        for envelope, reply in self.compute.beat(now, HEARTBEAT_S, ORPHAN_GRACE_S):
+            if reply["status"] == "error":  # a queued request that stopped
+                log.info("%s error %s: %s", reply["id"], reply["error"]["code"],
+                         reply["error"]["message"])
+            self.link.send(envelope, P.pack(reply))
 
     def _serve_one(self, inc: Incoming) -> None:
         """Answer one message; no exception escapes (a bug becomes an INTERNAL reply)."""

@@ -78,6 +78,8 @@ def bind_router(ctx: zmq.Context, bind: str, max_message_bytes: int,
     # clients that send many requests before reading (progress replies included)
     sock.setsockopt(zmq.SNDHWM, 100_000)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+    # a client that reconnects (same routing id) takes its id over from the dropped connection
+    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
     # up to twice the limit a message gets a TOO_LARGE reply; beyond, ZeroMQ drops the
     # connection before buffering it all
     sock.setsockopt(zmq.MAXMSGSIZE, 2 * max_message_bytes)
@@ -185,17 +187,25 @@ class RouterLink:
 
     def __init__(self, sock: zmq.Socket) -> None:
         self.socket = sock
-        self.monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        self.by_fd: dict[int, set[bytes]] = {}
-        self.dropped: list[bytes] = []
+        self.monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        self.by_fd: dict[int, set[bytes]] = {}  # the connections seen on each open fd
+        self.fd_of: dict[bytes, int] = {}  # and the reverse: a connection lives on one fd
+        self.dead: set[int] = set()  # fds disconnected and not accepted again since
+        self.dropped: set[bytes] = set()  # connections dropped since the last `gone()`
 
     def _drain_monitor(self) -> None:
         # drained before every receive: a disconnect is always seen before a new
         # connection can reuse its file descriptor
         while self.monitor.poll(0):
             event = recv_monitor_message(self.monitor)
+            fd = int(event["value"])
             if event["event"] == zmq.EVENT_DISCONNECTED:
-                self.dropped.extend(self.by_fd.pop(int(event["value"]), ()))
+                self.dead.add(fd)
+                for rid in self.by_fd.pop(fd, ()):
+                    self.fd_of.pop(rid, None)
+                    self.dropped.add(rid)
+            else:  # accepted: the fd holds a new connection
+                self.dead.discard(fd)
 
     def recv(self) -> Incoming | None:
         """The next message, or None when none is waiting."""
@@ -210,8 +220,23 @@ class RouterLink:
             user = last.get("User-Id")
         except zmq.ZMQError:
             user = None
-        self.by_fd.setdefault(last.get(zmq.SRCFD), set()).add(rid)
+        self._track(rid, last.get(zmq.SRCFD))
         return Incoming([f.bytes for f in frames[:-1]], owner_of(rid, user), rid, last.bytes)
+
+    def _track(self, rid: bytes, fd: int) -> None:
+        """Note that connection `rid` spoke on `fd` (-1: a transport without one)."""
+        if fd < 0:
+            return
+        old = self.fd_of.get(rid)
+        if old is not None and old != fd:  # it reconnected: the old fd's drop is not its own
+            self.by_fd.get(old, set()).discard(rid)
+        if fd in self.dead:  # it dropped before its message was read
+            self.fd_of.pop(rid, None)
+            self.dropped.add(rid)
+            return
+        self.dropped.discard(rid)  # it dropped and came back (a reconnect): not gone
+        self.fd_of[rid] = fd
+        self.by_fd.setdefault(fd, set()).add(rid)
 
     def send(self, envelope: list[bytes], payload: bytes) -> None:
         self.socket.send_multipart(envelope + [payload])
@@ -219,7 +244,7 @@ class RouterLink:
     def gone(self) -> list[bytes]:
         """Connections that dropped since the last call."""
         self._drain_monitor()
-        out, self.dropped = self.dropped, []
+        out, self.dropped = sorted(self.dropped), set()
         return out
 
     def tick(self) -> None:
