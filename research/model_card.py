@@ -211,6 +211,31 @@ def guide_section() -> list[str]:
     return lines
 
 
+def service_tables(result: dict) -> list[str]:
+    """The service bench: latency per client count, and the fault runs when measured."""
+    lines = ["| clients | requests | answered | p50 ms | p95 ms | p99 ms | requests/s |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['clients']} | {r['requests']} | {r.get('answered', '')} | {r['p50_ms']} | "
+              f"{r.get('p95_ms', '')} | {r['p99_ms']} | {r['throughput_rps']} |"
+              for r in result["results"]]
+    if "fuzz" in result:
+        f = result["fuzz"]
+        replies = ", ".join(f"{k} {v}" for k, v in sorted(f["replies"].items()))
+        lines += ["", f"Fuzz: {f['frames']} frames of {len(f['by_kind'])} kinds, "
+                  f"{f['answered']} answered ({replies}) in {f['seconds']} s; `info` after it "
+                  f"{f['info_after_ms']} ms; server memory {f['server_rss_mb_before']} -> "
+                  f"{f['server_rss_mb_after']} MB."]
+    if "resend_storm" in result:
+        r = result["resend_storm"]
+        runs = sorted(set(r["jobs_per_id"].values()))
+        ok = sum(v == "ok" for v in r["results"].values())
+        lines += ["", f"Resend storm: {r['clients']} clients, generate n={r['n']} "
+                  f"steps={r['steps']}, timeout {r['timeout_s']} s, {r['retries']} retries and "
+                  f"{r['raw_resends']} raw resends each: {ok} of {len(r['results'])} ok, runs "
+                  f"per id {runs}, {r['seconds']} s."]
+    return lines
+
+
 def main() -> None:
     import argparse
 
@@ -271,10 +296,7 @@ def main() -> None:
                           "held-out prior hands; coverage: from each of those to the nearest "
                           "hand of the set; lower is better for both (docs/diffusion.md)."]
         elif result.get("op") == "generate":  # service bench
-            lines += ["| clients | requests | p50 ms | p99 ms | requests/s |",
-                      "|---|---|---|---|---|"]
-            lines += [f"| {r['clients']} | {r['requests']} | {r['p50_ms']} | {r['p99_ms']} | "
-                      f"{r['throughput_rps']} |" for r in result["results"]]
+            lines += service_tables(result)
         elif "results" in result:  # bench
             lines += ["| task | n | guidance | median ms | peak MB |", "|---|---|---|---|---|"]
             lines += [f"| {r['task']} | {r['n']} | {r['guidance']} | {r['median_ms']} | "
