@@ -73,8 +73,13 @@ def check_outputs(out: Path, n: int) -> dict:
         assert len(prim["targets"]) == n
         assert doc["meshes"][0]["extras"]["targetNames"] == [f"hyp_{i:02d}" for i in range(n)]
         assert len(doc["skins"]) == 1 and len(doc["skins"][0]["joints"]) == 16
+        # welded: smooth normals need no split vertices (flat shading made 4767)
+        assert doc["accessors"][prim["attributes"]["POSITION"]]["count"] == 803
+        assert "NORMAL" in prim["attributes"]
         obj_lines = (export / f"{stem}.obj").read_text().splitlines()
-        assert sum(x.startswith("v ") for x in obj_lines) == 803
+        assert sum(x.startswith("v ") for x in obj_lines) == 803  # the base mesh
+        smoothing = {x for x in obj_lines if x.startswith("s ")}
+        assert smoothing and not smoothing & {"s 0", "s off"}, smoothing
     return hands
 
 

@@ -478,3 +478,61 @@ def test_failed_landing_leaves_no_new_objects(ctx, monkeypatch):
     with pytest.raises(ValueError, match="vertices"):  # checked before anything is made
         ctx.land([good, bad], task)
     assert len(calls) == 2
+
+
+def test_new_hands_look_finished_and_operators_read_the_base_mesh(ctx):
+    """Smooth shading and a Subdivision modifier by default; Inpaint, Refit and reading the
+    shown hand use the backend's 803 vertices beneath the subdivision; left and right."""
+    from hhmr_blender import scene
+
+    obj = new_hand(ctx)
+    smooth = np.zeros(len(obj.data.polygons), bool)
+    obj.data.polygons.foreach_get("use_smooth", smooth)
+    assert smooth.all()
+    assert [m.type for m in obj.modifiers] == ["ARMATURE", "SUBSURF"]
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    assert len(obj.evaluated_get(depsgraph).data.vertices) > 803  # subdivided on screen
+    rest = scene.displayed_vertices(obj)
+    assert rest.shape == (803, 3)
+    assert obj.modifiers[scene.SUBDIVISION].show_viewport  # left as it was
+    bpy.ops.object.mode_set(mode="EDIT")
+    bpy.ops.mesh.select_all(action="DESELECT")
+    bpy.ops.object.mode_set(mode="OBJECT")
+    obj.data.vertices.foreach_set("select", np.array([v.co.y < 0.09 for v in obj.data.vertices]))
+    assert bpy.ops.hhmr.inpaint() == {"FINISHED"}
+    assert bpy.ops.hhmr.refit() == {"FINISHED"}  # a new hand: inpainted results held
+    bpy.ops.hhmr.add_hand(handedness="left")
+    left = bpy.context.view_layer.objects.active
+    assert left.hhmr.handedness == "left"
+    assert np.allclose(scene.displayed_vertices(left), rest * [-1, 1, 1], atol=1e-6)
+
+
+def test_results_of_another_kind_are_never_replaced_unasked(ctx):
+    """Refit on a generated hand (Results: Automatic) lands on a new hand beside it and
+    leaves the generated hypotheses alone; New hand and Replace do what they say."""
+    s = bpy.context.scene.hhmr
+    obj = new_hand(ctx)
+    assert bpy.ops.hhmr.generate() == {"FINISHED"}
+    generated = keys(obj)
+    assert ctx.STATE.landed == [obj.name]
+    assert bpy.ops.hhmr.refit() == {"FINISHED"}
+    refitted = bpy.data.objects[ctx.STATE.landed[0]]
+    assert refitted != obj and {h.op for h in refitted.hhmr.hypotheses} == {"refit3d"}
+    assert {k: v[0].tobytes() for k, v in keys(obj).items()} == \
+        {k: v[0].tobytes() for k, v in generated.items()}
+    gap = refitted.parent.matrix_world.translation - obj.parent.matrix_world.translation
+    assert abs(gap.x - 0.25) < 1e-6  # beside it, not on top
+    bpy.context.view_layer.objects.active = obj
+    assert bpy.ops.hhmr.generate() == {"FINISHED"}  # same kind: replaced in place
+    assert ctx.STATE.landed == [obj.name]
+    try:
+        s.result_target = "NEW"
+        assert bpy.ops.hhmr.generate() == {"FINISHED"}
+        assert ctx.STATE.landed[0] not in (obj.name, refitted.name)
+        s.result_target = "REPLACE"
+        bpy.context.view_layer.objects.active = obj
+        assert bpy.ops.hhmr.refit() == {"FINISHED"}
+        assert ctx.STATE.landed == [obj.name]
+        assert {h.op for h in obj.hhmr.hypotheses} == {"refit3d"}
+    finally:
+        s.result_target = "AUTO"

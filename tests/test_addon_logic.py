@@ -367,3 +367,16 @@ def test_extension_installs_in_blender_5(extension_zip, tmp_path):
     assert "vendor/protocol.py" in res.stdout
     site = list((tmp_path / "res" / "extensions").rglob("site-packages/zmq"))
     assert site, "Blender did not install the bundled pyzmq wheel"
+
+
+def test_results_replace_only_their_own_kind_unless_told():
+    from hhmr_blender.hypotheses import replaces
+
+    assert replaces("AUTO", "refit3d", [])  # a bare hand takes anything
+    assert replaces("AUTO", "generate", ["generate"] * 3)
+    assert not replaces("AUTO", "refit3d", ["reconstruct"] * 8)  # a photo fit stays
+    assert not replaces("AUTO", "generate", ["reconstruct"])
+    assert replaces("REPLACE", "generate", ["reconstruct"])
+    assert not replaces("NEW", "generate", [])
+    with pytest.raises(ValueError):
+        replaces("SOMETIMES", "generate", [])

@@ -75,8 +75,11 @@ def export(obj: bpy.types.Object, folder: Path) -> list[Path]:
     bpy.ops.export_scene.gltf(filepath=str(glb), export_format="GLB", use_selection=True,
                               export_morph=True, export_skins=True, export_animations=False)
     obj.parent.select_set(False)
-    bpy.ops.wm.obj_export(filepath=str(obj_path), export_selected_objects=True,
-                          apply_modifiers=True, export_materials=False)
+    from hhmr_blender import scene
+
+    with scene.base_mesh(obj):  # the backend's 803 vertices, posed, smooth-shaded
+        bpy.ops.wm.obj_export(filepath=str(obj_path), export_selected_objects=True,
+                              apply_modifiers=True, export_materials=False)
     return [glb, obj_path]
 
 

@@ -76,6 +76,20 @@ class HypothesisSet:
             raise ValueError("the backend returned non-finite hypotheses")
 
 
+TARGETS = ("AUTO", "NEW", "REPLACE")
+
+
+def replaces(mode: str, op: str, held: Sequence[str]) -> bool:
+    """Whether new results of ``op`` replace the hypotheses a hand holds (``held``: the op of
+    each) rather than landing on a new hand: always for REPLACE, never for NEW; AUTO replaces
+    only hypotheses of the same kind, so a photo fit is never swapped for a refit unasked."""
+    if mode not in TARGETS:
+        raise ValueError(f"unknown result target {mode!r}")
+    if mode != "AUTO":
+        return mode == "REPLACE"
+    return all(h == op for h in held)
+
+
 def values_to_show(key_names: Sequence[str], ours: Sequence[str], show: str | None
                    ) -> dict[str, float]:
     """New values of our hypothesis keys so that only ``show`` is on (user keys left out)."""

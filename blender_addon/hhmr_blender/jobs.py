@@ -92,17 +92,19 @@ class Task:
 VARIETY_WEIGHTS = {"TYPICAL": 1.0, "WIDE": 2.25}
 
 
-def generate(opts: Sampling, target: str | None = None, variety: str = "DEFAULT") -> Task:
-    """Random hands; ``variety`` "DEFAULT", "TYPICAL" or "WIDE" (VARIETY_WEIGHTS)."""
+def generate(opts: Sampling, target: str | None = None, variety: str = "DEFAULT",
+             handedness: str = "right") -> Task:
+    """Random hands of one side; ``variety`` "DEFAULT", "TYPICAL" or "WIDE"
+    (VARIETY_WEIGHTS)."""
     args = opts.args()
     if variety != "DEFAULT":
         if variety not in VARIETY_WEIGHTS:
             raise ValueError(f"variety must be DEFAULT or one of {sorted(VARIETY_WEIGHTS)}")
         args["autoguidance"] = VARIETY_WEIGHTS[variety]
-    return Task("generate", args, target=target, label="generated")
+    return Task("generate", args, handedness, target, "generated")
 
 
-def inpaint(vertices: np.ndarray, keep: np.ndarray, handedness: str, target: str,
+def inpaint(vertices: np.ndarray, keep: np.ndarray, handedness: str, target: str | None,
             opts: Sampling) -> Task:
     """Keep the ``keep`` vertices of ``vertices`` (object-local), regenerate the rest."""
     keep = np.asarray(keep, bool)
@@ -115,7 +117,8 @@ def inpaint(vertices: np.ndarray, keep: np.ndarray, handedness: str, target: str
                 {"posed": True})
 
 
-def refit3d(keypoints: np.ndarray, mask: np.ndarray | None, handedness: str, target: str,
+def refit3d(keypoints: np.ndarray, mask: np.ndarray | None, handedness: str,
+            target: str | None,
             opts: Sampling) -> Task:
     """Meshes matching 21 keypoints (object-local), optionally only the masked ones."""
     args: dict[str, Any] = {"joints": handdata.to_backend(keypoints, handedness),

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import bpy
 
-from . import jobs, local_backend, runner, scene
+from . import hypotheses, jobs, local_backend, runner, scene
 
 EXPECTED = (ValueError, FileNotFoundError, RuntimeError, TimeoutError, OSError,
             jobs.RemoteError, jobs.ProtocolError)
@@ -19,6 +19,23 @@ def sampling(context) -> jobs.Sampling:
     return jobs.Sampling(s.n, s.steps, s.seed, guidance_strength=strength, guidance_space=space,
                          central_first={"DEFAULT": None, "CENTRAL": True,
                                         "RANDOM": False}[s.first_hypothesis])
+
+
+def target_for(context, hand: bpy.types.Object | None, op: str) -> str | None:
+    """The hand that receives `op`'s results (None: a new hand, beside `hand`), as the
+    artist's Results option says."""
+    if hand is None:
+        return None
+    held = [h.op for h in hand.hhmr.hypotheses]
+    return hand.name if hypotheses.replaces(context.scene.hhmr.result_target, op, held) \
+        else None
+
+
+def beside(task: jobs.Task, hand: bpy.types.Object | None) -> jobs.Task:
+    """A task whose results go on a new hand: place that hand next to `hand`."""
+    if task.target is None and hand is not None:
+        task.meta["beside"] = hand.name
+    return task
 
 
 def run(op: bpy.types.Operator, make_task: Callable[[], jobs.Task]) -> set[str]:
@@ -50,9 +67,10 @@ class HHMR_OT_generate(_Request):
 
     def execute(self, context):
         hand = scene.hand_of(context.active_object)
-        return run(self, lambda: jobs.generate(sampling(context),
-                                               hand.name if hand else None,
-                                               context.scene.hhmr.variety))
+        target = target_for(context, hand, "generate")
+        side = hand.hhmr.handedness if hand is not None else "right"
+        return run(self, lambda: beside(jobs.generate(sampling(context), target,
+                                                      context.scene.hhmr.variety, side), hand))
 
 
 class HHMR_OT_reconstruct(_Request):
@@ -107,7 +125,9 @@ class HHMR_OT_inpaint(_Request):
             verts = scene.displayed_vertices(obj)
             if obj.mode == "EDIT":
                 bpy.ops.object.mode_set(mode="OBJECT")
-            return jobs.inpaint(verts, keep, obj.hhmr.handedness, obj.name, sampling(context))
+            return beside(jobs.inpaint(verts, keep, obj.hhmr.handedness,
+                                       target_for(context, obj, "inpaint"), sampling(context)),
+                          obj)
 
         return run(self, task)
 
@@ -128,7 +148,9 @@ class HHMR_OT_refit(_Request):
 
         def task() -> jobs.Task:
             kp, mask = scene.rig_keypoints(hand, runner.topology(), only)
-            return jobs.refit3d(kp, mask, hand.hhmr.handedness, hand.name, sampling(context))
+            return beside(jobs.refit3d(kp, mask, hand.hhmr.handedness,
+                                       target_for(context, hand, "refit3d"),
+                                       sampling(context)), hand)
 
         return run(self, task)
 

@@ -47,9 +47,11 @@ class HHMR_PT_main(_Panel):
         col.prop(s, "guidance_space")
         col.prop(s, "first_hypothesis")
         layout.prop(s, "variety")
+        layout.prop(s, "result_target")
         row = layout.row(align=True)
-        row.operator("hhmr.add_hand", icon="VIEW_PAN").handedness = "right"
-        row.operator("hhmr.generate", icon="OUTLINER_OB_POINTCLOUD")
+        row.operator("hhmr.add_hand", text="Add Left", icon="VIEW_PAN").handedness = "left"
+        row.operator("hhmr.add_hand", text="Add Right", icon="VIEW_PAN").handedness = "right"
+        layout.operator("hhmr.generate", icon="OUTLINER_OB_POINTCLOUD")
 
 
 class HHMR_PT_reconstruct(_Panel):

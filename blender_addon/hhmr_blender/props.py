@@ -75,6 +75,12 @@ class HHMR_SceneSettings(bpy.types.PropertyGroup):
     handedness: EnumProperty(name="Hand", items=[
         ("AUTO", "Detect", "Left or right as the detector sees it"),
         ("right", "Right", ""), ("left", "Left", "")])
+    result_target: EnumProperty(name="Results", items=[
+        ("AUTO", "Automatic", "On a new hand when the selected hand holds results of another "
+                              "kind (photo fit, refit, generated); else replace them"),
+        ("NEW", "New hand", "Always on a new hand object, beside the selected one"),
+        ("REPLACE", "Replace", "Replace the hypotheses of the selected hand")],
+        description="Where Generate, Inpaint and Refit put their hands")
     only_selected_bones: BoolProperty(
         name="Only selected bones", default=False,
         description="Refit to the selected bones' keypoints only; the rest is generated")

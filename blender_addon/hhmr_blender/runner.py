@@ -150,8 +150,12 @@ def land(results: list[HypothesisSet], task: jobs.Task) -> list[str]:
         for hset in results:
             obj, pose, weights = target, None, None
             if obj is None:
+                location = hset.location
+                source = bpy.data.objects.get(task.meta.get("beside", ""))
+                if location is None and source is not None:
+                    location = scene.beside(source)
                 obj = scene.create_hand(topo, hset.handedness, f"HHMR {hset.label}".strip(),
-                                        location=hset.location)
+                                        location=location)
                 created += [obj, obj.parent]
                 if task.op == "reconstruct":
                     created += _camera_for(task, hset, obj)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import secrets
+from contextlib import contextmanager
 
 import bpy
 import numpy as np
@@ -16,6 +17,8 @@ from .handdata import HandTopology
 from .hypotheses import HypothesisSet
 
 BASIS = "Basis"
+SUBDIVISION = "HHMR smooth"  # the Subdivision modifier every new hand gets
+SPACING = 0.25  # metres between a hand and a new hand made from it (a hand is about 0.19)
 
 
 # ---------------------------------------------------------------------------- hand objects
@@ -60,6 +63,7 @@ def create_hand(topo: HandTopology, handedness: str, name: str,
     verts, faces = topo.mesh(handedness)
     mesh = bpy.data.meshes.new(name)
     mesh.from_pydata(verts.tolist(), [], faces.tolist())
+    mesh.polygons.foreach_set("use_smooth", np.ones(len(mesh.polygons), bool))
     mesh.update()
     obj = bpy.data.objects.new(name, mesh)
     rig = bpy.data.objects.new(f"{name} rig", bpy.data.armatures.new(f"{name} rig"))
@@ -87,8 +91,17 @@ def create_hand(topo: HandTopology, handedness: str, name: str,
     obj.parent = rig
     mod = obj.modifiers.new("HHMR rig", "ARMATURE")
     mod.object = rig
+    # smooth in the viewport and finer in renders; operators read the base mesh (base_mesh)
+    sub = obj.modifiers.new(SUBDIVISION, "SUBSURF")
+    sub.levels, sub.render_levels = 1, 2
     obj.hhmr.is_hand, obj.hhmr.handedness = True, handedness
     return obj
+
+
+def beside(hand: bpy.types.Object) -> np.ndarray:
+    """Where a new hand made from ``hand`` goes: SPACING to the right of it (or of its rig)."""
+    anchor = hand.parent if hand.parent is not None else hand
+    return np.array(anchor.matrix_world.translation) + np.array([SPACING, 0.0, 0.0])
 
 
 def create_camera(name: str, K: np.ndarray, width: int, height: int,
@@ -128,19 +141,45 @@ def _co(data, n: int) -> np.ndarray:
     return out.reshape(n, 3)
 
 
+# modifiers that change the topology (Blender's "Generate" group): left out when operators
+# read a hand, so a Subdivision modifier never stands in their way
+GENERATE_MODIFIERS = {"ARRAY", "BEVEL", "BOOLEAN", "BUILD", "DECIMATE", "EDGE_SPLIT", "MASK",
+                      "MIRROR", "MULTIRES", "NODES", "REMESH", "SCREW", "SKIN", "SOLIDIFY",
+                      "SUBSURF", "TRIANGULATE", "WELD", "WIREFRAME"}
+
+
+@contextmanager
+def base_mesh(obj: bpy.types.Object):
+    """Within it, the hand evaluates (and exports) without its topology-changing modifiers:
+    the backend's vertices, posed by the rig and its other deformers."""
+    hidden = [m for m in obj.modifiers if m.show_viewport and m.type in GENERATE_MODIFIERS]
+    for m in hidden:
+        m.show_viewport = False
+    if hidden:
+        bpy.context.view_layer.update()
+    try:
+        yield
+    finally:
+        for m in hidden:
+            m.show_viewport = True
+        if hidden:
+            bpy.context.view_layer.update()
+
+
 def displayed_vertices(obj: bpy.types.Object) -> np.ndarray:
-    """Object-local vertices as shown: shape keys mixed and the rig's pose applied."""
+    """Object-local vertices of the base mesh as shown: shape keys mixed and the rig's pose
+    applied (base_mesh: without subdivision)."""
     if obj.mode == "EDIT":
         obj.update_from_editmode()
-    depsgraph = bpy.context.evaluated_depsgraph_get()
-    evaluated = obj.evaluated_get(depsgraph)
-    mesh = evaluated.to_mesh()
-    try:
-        if len(mesh.vertices) != len(obj.data.vertices):
-            raise ValueError("a modifier changes the vertex count: disable it first")
-        return _co(mesh.vertices, len(mesh.vertices))
-    finally:
-        evaluated.to_mesh_clear()
+    with base_mesh(obj):
+        evaluated = obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
+        mesh = evaluated.to_mesh()
+        try:
+            if len(mesh.vertices) != len(obj.data.vertices):
+                raise ValueError("a modifier changes the vertex count: disable it first")
+            return _co(mesh.vertices, len(mesh.vertices))
+        finally:
+            evaluated.to_mesh_clear()
 
 
 def selected_vertices(obj: bpy.types.Object) -> np.ndarray:
