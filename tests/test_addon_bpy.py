@@ -188,6 +188,7 @@ def test_show_apply_delete(ctx):
     obj.data.vertices.foreach_get("co", co)
     assert np.array_equal(co.reshape(-1, 3), k["hyp_02"][0])
     assert list(k2) == ["Basis", "hyp_00", "hyp_01", "my smile"]
+    assert obj.hhmr.active_index == -1  # the basis shows, so no hypothesis is highlighted
     assert np.array_equal(k2["my smile"][0], mine[0])
     obj.hhmr.active_index = 0
     assert bpy.ops.hhmr.delete_hypothesis() == {"FINISHED"}
@@ -536,3 +537,32 @@ def test_results_of_another_kind_are_never_replaced_unasked(ctx):
         assert {h.op for h in obj.hhmr.hypotheses} == {"refit3d"}
     finally:
         s.result_target = "AUTO"
+
+
+def test_inpaint_error_keeps_edit_mode(ctx):
+    obj = new_hand(ctx)
+    bpy.ops.object.mode_set(mode="EDIT")
+    bpy.ops.mesh.select_all(action="DESELECT")
+    with pytest.raises(RuntimeError, match="select the vertices"):  # nothing to keep
+        bpy.ops.hhmr.inpaint()
+    assert obj.mode == "EDIT"
+    bpy.ops.object.mode_set(mode="OBJECT")
+
+
+def test_a_stopped_backend_fails_fast(ctx):
+    """With a connection checked earlier and the backend gone since, Generate fails within
+    the connection check's time, not the request timeout (it waited 61 s)."""
+    new_hand(ctx)
+    ctx.topology()  # connected once
+    prefs = ctx.prefs()
+    real = prefs.address
+    ctx.STATE.topologies[f"tcp://127.0.0.1:{free_port()}"] = ctx.topology()
+    prefs.address = next(a for a in ctx.STATE.topologies if a != real)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(RuntimeError, match="no word from"):
+            bpy.ops.hhmr.generate()
+    finally:
+        prefs.address = real
+    assert time.monotonic() - t0 < ctx.INFO_TIMEOUT_S + 2
+    assert not ctx.busy() and ctx.STATE.error

@@ -380,3 +380,12 @@ def test_results_replace_only_their_own_kind_unless_told():
     assert not replaces("NEW", "generate", [])
     with pytest.raises(ValueError):
         replaces("SOMETIMES", "generate", [])
+
+
+def test_progress_text_names_the_op_once():
+    from hhmr_blender.jobs import progress_text
+
+    assert progress_text("reconstruct", "reconstruct: step 8 of 10", 0.8, 2.04) == \
+        "reconstruct: step 8 of 10 80% (2.0 s)"
+    assert progress_text("generate", "queued, 2 ahead", 0.0, 0.5) == \
+        "generate: queued, 2 ahead 0% (0.5 s)"

@@ -92,6 +92,13 @@ class Task:
 VARIETY_WEIGHTS = {"TYPICAL": 1.0, "WIDE": 2.25}
 
 
+def progress_text(op: str, message: str, fraction: float, elapsed_s: float) -> str:
+    """The status line of a running request ("generate: step 3 of 10 30% (1.2 s)"); the
+    backend's messages already name the op."""
+    message = message.removeprefix(f"{op}:").strip()
+    return f"{op}: {message} {fraction * 100:.0f}% ({elapsed_s:.1f} s)".replace("  ", " ")
+
+
 def generate(opts: Sampling, target: str | None = None, variety: str = "DEFAULT",
              handedness: str = "right") -> Task:
     """Random hands of one side; ``variety`` "DEFAULT", "TYPICAL" or "WIDE"

@@ -123,11 +123,12 @@ class HHMR_OT_inpaint(_Request):
         def task() -> jobs.Task:
             keep = scene.selected_vertices(obj)
             verts = scene.displayed_vertices(obj)
-            if obj.mode == "EDIT":
-                bpy.ops.object.mode_set(mode="OBJECT")
-            return beside(jobs.inpaint(verts, keep, obj.hhmr.handedness,
+            made = beside(jobs.inpaint(verts, keep, obj.hhmr.handedness,
                                        target_for(context, obj, "inpaint"), sampling(context)),
                           obj)
+            if obj.mode == "EDIT":  # only once the request is sound: an error keeps Edit Mode
+                bpy.ops.object.mode_set(mode="OBJECT")
+            return made
 
         return run(self, task)
 

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import bpy
 
 from . import runner, scene
+
+
+def labels(layout, context, text: str, icon: str = "NONE") -> None:
+    """``text`` as lines that fit the sidebar's width (a label is cut, never wrapped)."""
+    region = getattr(context, "region", None)
+    scale = context.preferences.system.ui_scale
+    chars = max(16, int((region.width if region else 300) / (7 * scale)) - 4)
+    for i, line in enumerate(textwrap.wrap(text, chars) or [""]):
+        layout.label(text=line, icon=icon if i == 0 else "BLANK1")
 
 
 class HHMR_UL_hypotheses(bpy.types.UIList):
@@ -32,12 +43,12 @@ class HHMR_PT_main(_Panel):
         state = runner.STATE
         if runner.busy():
             box = layout.box()
-            box.label(text=state.status or "working", icon="SORTTIME")
+            labels(box, context, state.status or "working", "SORTTIME")
             box.operator("hhmr.cancel", icon="CANCEL")
         elif state.error:
-            layout.label(text=state.error, icon="ERROR")
+            labels(layout.column(align=True), context, state.error, "ERROR")
         elif state.status:
-            layout.label(text=state.status, icon="CHECKMARK")
+            labels(layout.column(align=True), context, state.status, "CHECKMARK")
         col = layout.column(align=True)
         col.prop(s, "n")
         col.prop(s, "steps")
@@ -76,7 +87,7 @@ class _HandPanel(_Panel):
     def draw(self, context):
         hand = scene.hand_of(context.active_object)
         if hand is None:
-            self.layout.label(text=self.hint)
+            labels(self.layout, context, self.hint)
         else:
             self.draw_hand(context, self.layout, hand)
 
@@ -88,7 +99,7 @@ class HHMR_PT_edit(_HandPanel):
         col = layout.column()
         col.operator("hhmr.inpaint", icon="MOD_MASK")
         if context.active_object.mode != "EDIT":
-            col.label(text="Select the vertices to keep in Edit Mode", icon="INFO")
+            labels(col, context, "Select the vertices to keep in Edit Mode", "INFO")
         layout.prop(context.scene.hhmr, "only_selected_bones")
         layout.operator("hhmr.refit", icon="ARMATURE_DATA")
 

@@ -73,6 +73,7 @@ def start(task: jobs.Task) -> list[str] | None:
     landed on), else return None and let the timer land it."""
     if busy():
         raise RuntimeError("a request is already running: wait for it or cancel it")
+    info(refresh=True)  # a stopped backend fails here within INFO_TIMEOUT_S, not timeout_s
     topo = topology()
     STATE.error, STATE.status = "", f"{task.op}: sent"
     STATE.job = jobs.TrackedJob(client(), task, topo.num_vertices)
@@ -101,7 +102,7 @@ def poll() -> float | None:
         return None
     if results is None:
         frac, msg = job.progress
-        STATE.status = f"{job.task.op}: {msg} {frac * 100:.0f}% ({job.elapsed:.1f} s)"
+        STATE.status = jobs.progress_text(job.task.op, msg, frac, job.elapsed)
         _progress(frac)
         return POLL_S
     try:

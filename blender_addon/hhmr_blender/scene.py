@@ -67,7 +67,6 @@ def create_hand(topo: HandTopology, handedness: str, name: str,
     mesh.update()
     obj = bpy.data.objects.new(name, mesh)
     rig = bpy.data.objects.new(f"{name} rig", bpy.data.armatures.new(f"{name} rig"))
-    rig.show_in_front = True
     collection.objects.link(rig)
     collection.objects.link(obj)
     if location is not None:
@@ -324,6 +323,7 @@ def apply_as_basis(obj: bpy.types.Object, index: int) -> None:
     blocks[0].data.foreach_set("co", co)
     obj.data.vertices.foreach_set("co", co)
     delete_hypothesis(obj, index)
+    obj.hhmr.active_index = -1  # the basis shows: no hypothesis highlighted
     show(obj, None)
     obj.data.update()
 
