@@ -566,3 +566,29 @@ def test_a_stopped_backend_fails_fast(ctx):
         prefs.address = real
     assert time.monotonic() - t0 < ctx.INFO_TIMEOUT_S + 2
     assert not ctx.busy() and ctx.STATE.error
+
+
+def test_generated_hands_share_one_orientation(ctx):
+    """Browsing generated hands keeps the palm where the rest hand's is (it was a random
+    orientation per hypothesis); unticked, they come as sampled."""
+    topo = ctx.topology()
+    s = bpy.context.scene.hhmr
+    s.n = 6
+    obj = new_hand(ctx)
+
+    def palm_offsets():
+        kp = np.stack([topo.keypoint_regressor @ co for name, (co, _) in keys(obj).items()
+                       if name.startswith("hyp_")])
+        rest = topo.rest_keypoints("right")
+        return np.linalg.norm(kp[:, topo.palm()] - rest[topo.palm()], axis=2).mean(axis=1)
+
+    assert bpy.ops.hhmr.generate() == {"FINISHED"}
+    aligned = palm_offsets()
+    s.same_orientation = False
+    try:
+        assert bpy.ops.hhmr.generate() == {"FINISHED"}
+    finally:
+        s.same_orientation = True
+    raw = palm_offsets()
+    assert aligned.max() < 0.015, aligned  # within 1.5 cm: hand shapes differ, not poses
+    assert raw.mean() > 3 * aligned.mean(), (raw, aligned)

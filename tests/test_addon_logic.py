@@ -389,3 +389,27 @@ def test_progress_text_names_the_op_once():
         "reconstruct: step 8 of 10 80% (2.0 s)"
     assert progress_text("generate", "queued, 2 ahead", 0.0, 0.5) == \
         "generate: queued, 2 ahead 0% (0.5 s)"
+
+
+def test_align_palms_undoes_a_rigid_motion_and_never_mirrors():
+    from hhmr_blender.handdata import align_palms
+
+    rng = np.random.default_rng(0)
+    target = rng.normal(size=(21, 3))
+    verts = rng.normal(size=(2, 50, 3))
+    palm = [0, 5, 9, 13, 17]
+    angle = 2.0
+    rot = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0],
+                    [0, 0, 1]])
+    joints = np.stack([target @ rot + [1, 2, 3], target * [-1, 1, 1]])  # moved; mirrored
+    moved, kp = align_palms(verts, joints, target, palm)
+    assert np.allclose(kp[0], target, atol=1e-5)  # a rigid motion is undone exactly
+    rel = moved[0] - kp[0][0]
+    assert np.allclose(np.linalg.norm(rel, axis=1),
+                       np.linalg.norm(verts[0] - joints[0][0], axis=1), atol=1e-5)
+    # a mirrored hand cannot be turned onto the target: rotated, not reflected
+    cross = np.linalg.det(np.stack([kp[1][5] - kp[1][0], kp[1][9] - kp[1][0],
+                                    kp[1][17] - kp[1][0]]))
+    orig = np.linalg.det(np.stack([joints[1][5] - joints[1][0], joints[1][9] - joints[1][0],
+                                   joints[1][17] - joints[1][0]]))
+    assert np.sign(cross) == np.sign(orig)

@@ -17,6 +17,7 @@ import numpy as np
 # camera (OpenCV) -> Blender: x stays, depth becomes +y, image-down becomes -z (a rotation)
 CAMERA_TO_BLENDER = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
 MIRROR_X = np.array([-1.0, 1.0, 1.0])
+PALM = ("wrist", "index_mcp", "middle_mcp", "ring_mcp", "pinky_mcp")  # rigid part of a hand
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,15 @@ class HandTopology:
             problems.append("the non-tip keypoints must be the joints")
         if problems:
             raise ValueError("bad topology from the backend: " + "; ".join(problems))
+
+    def rest_keypoints(self, handedness: str = "right") -> np.ndarray:
+        """The 21 keypoints of the rest hand of one side [21, 3]."""
+        kp = self.keypoint_regressor @ self.template
+        return kp * MIRROR_X if handedness == "left" else kp
+
+    def palm(self) -> list[int]:
+        """Keypoint indices of the palm (PALM), for aligning hands."""
+        return [self.keypoint_names.index(n) for n in PALM if n in self.keypoint_names]
 
     @property
     def joint_keypoints(self) -> tuple[int, ...]:
@@ -208,3 +218,22 @@ def skin(vertices: np.ndarray, weights: np.ndarray, matrices: np.ndarray) -> np.
     blend = _blend(weights, matrices)
     v = np.asarray(vertices, np.float64)
     return (np.einsum("vab,vb->va", blend[:, :3, :3], v) + blend[:, :3, 3]).astype(np.float32)
+
+
+def align_palms(vertices: np.ndarray, joints: np.ndarray, target: np.ndarray,
+                palm: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Each hand [n, V, 3] (with its keypoints [n, 21, 3]) turned and moved rigidly so that
+    its palm keypoints best match ``target``'s (Kabsch): browsing generated hands then keeps
+    the wrist in place and the palm facing one way."""
+    src = np.asarray(joints, np.float64)[:, palm]
+    dst = np.asarray(target, np.float64)[palm]
+    mu_s, mu_d = src.mean(1, keepdims=True), dst.mean(0)
+    u, _, vt = np.linalg.svd(np.swapaxes(src - mu_s, 1, 2) @ (dst - mu_d))
+    d = np.sign(np.linalg.det(u @ vt))  # a rotation, never a reflection
+    u[:, :, 2] *= d[:, None]
+    rot = u @ vt  # row vectors: x @ rot
+
+    def move(x: np.ndarray) -> np.ndarray:
+        return ((np.asarray(x, np.float64) - mu_s) @ rot + mu_d).astype(np.float32)
+
+    return move(vertices), move(joints)

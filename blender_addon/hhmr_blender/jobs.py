@@ -56,17 +56,22 @@ class Task:
     handedness: str = "right"
     target: str | None = None  # name of the hand object that receives it; None: new object
     label: str = ""
-    meta: dict[str, Any] = field(default_factory=dict)  # "posed": results in the rig's pose
+    # "posed": results in the rig's pose; "align_to": (keypoints, palm) to turn hands onto;
+    # "beside": the hand a new hand goes next to
+    meta: dict[str, Any] = field(default_factory=dict)
 
     def results(self, result: Mapping[str, Any], num_vertices: int | None = None
                 ) -> list[HypothesisSet]:
         """Read a result map; raises ProtocolError on a malformed one."""
         if self.op != "reconstruct":
             h = protocol.parse_hypotheses(result, num_vertices)
-            return [HypothesisSet.ranked(
-                handdata.from_backend(h.vertices, self.handedness),
-                handdata.from_backend(h.joints, self.handedness), h.scores, self.op,
-                h.extra.get("central"), handedness=self.handedness, label=self.label)]
+            verts = handdata.from_backend(h.vertices, self.handedness)
+            joints = handdata.from_backend(h.joints, self.handedness)
+            if self.meta.get("align_to") is not None:  # (rest keypoints, palm indices)
+                verts, joints = handdata.align_palms(verts, joints, *self.meta["align_to"])
+            return [HypothesisSet.ranked(verts, joints, h.scores, self.op,
+                                         h.extra.get("central"), handedness=self.handedness,
+                                         label=self.label)]
         hands = result.get("hands") if isinstance(result, Mapping) else None
         if not isinstance(hands, list) or not hands:
             raise ProtocolError(protocol.BAD_MESSAGE, "reconstruct: no 'hands' in the result")

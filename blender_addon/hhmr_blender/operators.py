@@ -69,8 +69,16 @@ class HHMR_OT_generate(_Request):
         hand = scene.hand_of(context.active_object)
         target = target_for(context, hand, "generate")
         side = hand.hhmr.handedness if hand is not None else "right"
-        return run(self, lambda: beside(jobs.generate(sampling(context), target,
-                                                      context.scene.hhmr.variety, side), hand))
+
+        def task() -> jobs.Task:
+            made = beside(jobs.generate(sampling(context), target, context.scene.hhmr.variety,
+                                        side), hand)
+            if context.scene.hhmr.same_orientation:
+                topo = runner.topology()
+                made.meta["align_to"] = (topo.rest_keypoints(side), topo.palm())
+            return made
+
+        return run(self, task)
 
 
 class HHMR_OT_reconstruct(_Request):

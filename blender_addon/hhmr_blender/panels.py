@@ -58,6 +58,7 @@ class HHMR_PT_main(_Panel):
         col.prop(s, "guidance_space")
         col.prop(s, "first_hypothesis")
         layout.prop(s, "variety")
+        layout.prop(s, "same_orientation")
         layout.prop(s, "result_target")
         row = layout.row(align=True)
         row.operator("hhmr.add_hand", text="Add Left", icon="VIEW_PAN").handedness = "left"

@@ -67,6 +67,10 @@ class HHMR_SceneSettings(bpy.types.PropertyGroup):
         ("TYPICAL", "Typical", "The network alone: the most typical hands, less varied"),
         ("WIDE", "Wide", "More varied hands, a little less realistic")],
         description="How widely generated hands vary (the backend's autoguidance weight)")
+    same_orientation: BoolProperty(
+        name="Same orientation", default=True,
+        description="Turn every generated hand so its palm lies on the rest hand's: the wrist "
+                    "stays put and the palm faces one way while you browse them")
     image_source: EnumProperty(name="Image", items=[
         ("FILE", "File", "An image file on disk"),
         ("DATABLOCK", "Image", "An image already in this .blend")])
