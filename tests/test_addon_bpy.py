@@ -108,7 +108,7 @@ def add_user_key(obj, value=0.3):
 def test_registered_ui(addon):
     assert bpy.types.HHMR_PT_main.bl_category == "Hand"
     assert bpy.types.HHMR_PT_main.bl_region_type == "UI"
-    for op in ("generate", "reconstruct", "inpaint", "refit", "add_hand", "cancel",
+    for op in ("generate", "reconstruct", "inpaint", "refit", "add_hand", "view_photo", "cancel",
                "apply_hypothesis", "delete_hypothesis", "start_backend", "stop_backend",
                "check_backend"):
         assert hasattr(bpy.ops.hhmr, op)
@@ -592,3 +592,33 @@ def test_generated_hands_share_one_orientation(ctx):
     raw = palm_offsets()
     assert aligned.max() < 0.015, aligned  # within 1.5 cm: hand shapes differ, not poses
     assert raw.mean() > 3 * aligned.mean(), (raw, aligned)
+
+
+@pytest.mark.skipif(not PHOTOS.exists(), reason="no ../shared/data")
+def test_photos_get_one_camera_each_side_by_side_at_their_own_size(ctx):
+    """Every hand of a photo shares its camera; each photo's camera and hands sit beside the
+    previous photo's; the render size is the photo's while looking through its camera."""
+    s = bpy.context.scene.hhmr
+    s.image_source = "FILE"
+    s.image_path = str(PHOTOS / "freihand_style" / "119.jpg")
+    assert bpy.ops.hhmr.reconstruct() == {"FINISHED"}
+    first = bpy.data.objects[ctx.STATE.landed[0]]
+    s.image_path = str(PHOTOS / "wild" / "test1.jpg")  # 848 x 565, two hands
+    assert bpy.ops.hhmr.reconstruct() == {"FINISHED"}
+    hands = [bpy.data.objects[n] for n in ctx.STATE.landed]
+    cameras = [o for o in bpy.data.objects if o.type == "CAMERA"]
+    assert len(cameras) == 2
+    assert len({h.hhmr.camera.name for h in hands}) == 1
+    second = hands[0].hhmr.camera
+    assert tuple(second.location) == (1.0, 0.0, 0.0)
+    assert tuple(first.hhmr.camera.location) == (0.0, 0.0, 0.0)
+    render = bpy.context.scene.render
+    assert bpy.context.scene.camera == second
+    assert (render.resolution_x, render.resolution_y) == (848, 565)
+    for h in hands:  # moved with their camera: still in front of it
+        assert abs(h.parent.location.x - second.location.x) < 0.5
+        assert h.parent.location.y > 0.1
+    bpy.context.view_layer.objects.active = first
+    assert bpy.ops.hhmr.view_photo() == {"FINISHED"}
+    assert bpy.context.scene.camera == first.hhmr.camera
+    assert (render.resolution_x, render.resolution_y) == (224, 224)

@@ -184,6 +184,24 @@ class HHMR_OT_add_hand(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class HHMR_OT_view_photo(bpy.types.Operator):
+    """Look through the selected hand's photo camera, at the photo's size"""
+
+    bl_idname = "hhmr.view_photo"
+    bl_label = "View Photo"
+
+    @classmethod
+    def poll(cls, context) -> bool:
+        hand = scene.hand_of(context.active_object)
+        return hand is not None and hand.hhmr.camera is not None
+
+    def execute(self, context):
+        scene.look_through(scene.hand_of(context.active_object).hhmr.camera)
+        if context.area is not None and context.area.type == "VIEW_3D":
+            context.area.spaces.active.region_3d.view_perspective = "CAMERA"
+        return {"FINISHED"}
+
+
 class HHMR_OT_cancel(bpy.types.Operator):
     """Stop the running request"""
 
@@ -287,6 +305,6 @@ class HHMR_OT_check_backend(bpy.types.Operator):
 
 
 CLASSES = (HHMR_OT_generate, HHMR_OT_reconstruct, HHMR_OT_inpaint, HHMR_OT_refit,
-           HHMR_OT_add_hand, HHMR_OT_cancel, HHMR_OT_apply_hypothesis,
+           HHMR_OT_add_hand, HHMR_OT_view_photo, HHMR_OT_cancel, HHMR_OT_apply_hypothesis,
            HHMR_OT_delete_hypothesis, HHMR_OT_start_backend, HHMR_OT_stop_backend,
            HHMR_OT_check_backend)

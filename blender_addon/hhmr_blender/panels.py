@@ -113,6 +113,8 @@ class HHMR_PT_hypotheses(_HandPanel):
         layout.label(text=f"{hand.name} ({hand.hhmr.handedness})")
         layout.template_list("HHMR_UL_hypotheses", "", hand.hhmr, "hypotheses", hand.hhmr,
                              "active_index", rows=4)
+        if hand.hhmr.camera is not None:
+            layout.operator("hhmr.view_photo", icon="CAMERA_DATA")
         row = layout.row(align=True)
         row.operator("hhmr.apply_hypothesis", icon="CHECKMARK")
         row.operator("hhmr.delete_hypothesis", icon="X", text="Delete")

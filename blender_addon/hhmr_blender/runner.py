@@ -147,6 +147,9 @@ def land(results: list[HypothesisSet], task: jobs.Task) -> list[str]:
         hset.check(len(target.data.vertices) if target else topo.num_vertices)
     created: list[bpy.types.Object] = []
     names = []
+    # a photo's camera and hands sit beside those of the photos before it
+    shift = scene.photo_slot() if task.op == "reconstruct" else np.zeros(3)
+    camera = None
     try:
         for hset in results:
             obj, pose, weights = target, None, None
@@ -155,11 +158,16 @@ def land(results: list[HypothesisSet], task: jobs.Task) -> list[str]:
                 source = bpy.data.objects.get(task.meta.get("beside", ""))
                 if location is None and source is not None:
                     location = scene.beside(source)
+                elif location is not None:
+                    location = np.asarray(location) + shift
                 obj = scene.create_hand(topo, hset.handedness, f"HHMR {hset.label}".strip(),
                                         location=location)
                 created += [obj, obj.parent]
                 if task.op == "reconstruct":
-                    created += _camera_for(task, hset, obj)
+                    if camera is None:  # one camera per photo, shared by its hands
+                        camera = _camera_for(task, hset, obj, shift)
+                        created += [camera] if camera is not None else []
+                    obj.hhmr.camera = camera
             elif task.meta.get("posed"):
                 pose = scene.bone_matrices(obj, topo)
                 weights = scene.skin_weights(obj, topo)
@@ -171,18 +179,19 @@ def land(results: list[HypothesisSet], task: jobs.Task) -> list[str]:
     return names
 
 
-def _camera_for(task: jobs.Task, hset: HypothesisSet, obj: bpy.types.Object
-                ) -> list[bpy.types.Object]:
+def _camera_for(task: jobs.Task, hset: HypothesisSet, obj: bpy.types.Object,
+                shift: np.ndarray) -> bpy.types.Object | None:
+    """The photo's camera (its intrinsics, the photo as background), made the scene's."""
     K, size = hset.extra.get("K"), hset.extra.get("image_size")
     if K is None or not size:
-        return []
+        return None
     image = bpy.data.images.get(task.meta.get("image", ""))
     if image is None and task.meta.get("image_path"):
         image = bpy.data.images.load(task.meta["image_path"], check_existing=True)
-    cam = scene.create_camera(f"{obj.name} camera", np.asarray(K), int(size[0]), int(size[1]),
-                              image)
-    obj.hhmr.camera = cam
-    return [cam]
+    cam = scene.create_camera(f"{task.label or obj.name} camera", np.asarray(K), int(size[0]),
+                              int(size[1]), image, location=shift)
+    scene.look_through(cam)
+    return cam
 
 
 def _fail(err: BaseException) -> None:

@@ -19,6 +19,8 @@ from .hypotheses import HypothesisSet
 BASIS = "Basis"
 SUBDIVISION = "HHMR smooth"  # the Subdivision modifier every new hand gets
 SPACING = 0.25  # metres between a hand and a new hand made from it (a hand is about 0.19)
+PHOTO_SPACING = 1.0  # metres between the cameras (and hands) of successive photos
+PHOTO_SIZE = "hhmr_photo_size"  # a photo camera's custom property: the photo's pixel size
 
 
 # ---------------------------------------------------------------------------- hand objects
@@ -103,10 +105,29 @@ def beside(hand: bpy.types.Object) -> np.ndarray:
     return np.array(anchor.matrix_world.translation) + np.array([SPACING, 0.0, 0.0])
 
 
+def photo_slot() -> np.ndarray:
+    """Where the next photo's camera goes: PHOTO_SPACING along X per photo camera so far."""
+    count = sum(PHOTO_SIZE in o for o in bpy.data.objects if o.type == "CAMERA")
+    return np.array([PHOTO_SPACING * count, 0.0, 0.0])
+
+
+def look_through(cam: bpy.types.Object) -> None:
+    """Make a photo camera the scene's, with the photo's size as the render size (so camera
+    view shows the whole photo, not a 16:9 crop of it)."""
+    scene = bpy.context.scene
+    scene.camera = cam
+    if PHOTO_SIZE in cam:
+        w, h = cam[PHOTO_SIZE]
+        scene.render.resolution_x, scene.render.resolution_y = int(w), int(h)
+        scene.render.resolution_percentage = 100
+
+
 def create_camera(name: str, K: np.ndarray, width: int, height: int,
-                  image: bpy.types.Image | None = None) -> bpy.types.Object:
-    """A camera at the origin looking along +Y with the photo's intrinsics (and the photo as
-    its background), so the camera view shows a reconstruction over its photo."""
+                  image: bpy.types.Image | None = None,
+                  location: np.ndarray | None = None) -> bpy.types.Object:
+    """A camera at ``location`` (default the origin) looking along +Y with the photo's
+    intrinsics (and the photo as its background), so the camera view shows a reconstruction
+    over its photo."""
     cam = bpy.data.cameras.new(name)
     for attr, value in handdata.camera_lens(K, width, height).items():
         setattr(cam, attr, value)
@@ -117,6 +138,9 @@ def create_camera(name: str, K: np.ndarray, width: int, height: int,
         bg.image, bg.frame_method = image, "CROP"
     obj = bpy.data.objects.new(name, cam)
     obj.rotation_euler = (math.pi / 2, 0.0, 0.0)
+    if location is not None:
+        obj.location = [float(x) for x in location]
+    obj[PHOTO_SIZE] = [int(width), int(height)]
     bpy.context.scene.collection.objects.link(obj)
     return obj
 
