@@ -413,3 +413,15 @@ def test_align_palms_undoes_a_rigid_motion_and_never_mirrors():
     orig = np.linalg.det(np.stack([joints[1][5] - joints[1][0], joints[1][9] - joints[1][0],
                                    joints[1][17] - joints[1][0]]))
     assert np.sign(cross) == np.sign(orig)
+
+
+def test_scores_read_as_errors_in_units_and_the_order_is_explained():
+    from hhmr_blender.hypotheses import order_text, score_text
+
+    assert score_text("refit3d", -2.345) == "2.3 mm"
+    assert score_text("reconstruct", -1.94) == "1.9 px"
+    assert score_text("generate", -0.0123) == "1.2%"
+    assert score_text("mystery", -0.5) == "0.5"
+    assert order_text("reconstruct", True).startswith("First: the sampler's central guess")
+    assert "photo's keypoints" in order_text("reconstruct", True)
+    assert order_text("generate", False) == "Sorted by stretch, smallest first"

@@ -76,6 +76,31 @@ class HypothesisSet:
             raise ValueError("the backend returned non-finite hypotheses")
 
 
+# what the backend's score (higher is better) measures, per op: (format of -score, meaning)
+SCORE_UNITS = {
+    "refit3d": ("{:.1f} mm", "mean distance of the hand's joints from the rig's"),
+    "reconstruct": ("{:.1f} px", "mean distance of the hand's joints from the photo's keypoints"),
+    "fit2d": ("{:.1f} px", "mean distance of the hand's joints from the keypoints"),
+    "generate": ("{:.1%}", "stretch: mean change of the mesh's edge lengths from the rest hand"),
+    "inpaint": ("{:.1%}", "stretch: mean change of the mesh's edge lengths from the rest hand"),
+}
+
+
+def score_text(op: str, score: float) -> str:
+    """A hypothesis's score in the artist's units: its error (lower is better)."""
+    fmt = SCORE_UNITS.get(op, ("{:.3g}", ""))[0]
+    return fmt.format(-score)
+
+
+def order_text(op: str, central_first: bool) -> str:
+    """Why the list is in its order."""
+    what = SCORE_UNITS.get(op, ("", "the backend's score"))[1].split(":")[0]
+    best = f"the others by {what}, smallest first" if central_first else \
+        f"by {what}, smallest first"
+    return ("First: the sampler's central guess, its most accurate single answer; " + best) \
+        if central_first else f"Sorted {best}"
+
+
 TARGETS = ("AUTO", "NEW", "REPLACE")
 
 

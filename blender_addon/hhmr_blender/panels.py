@@ -6,7 +6,7 @@ import textwrap
 
 import bpy
 
-from . import runner, scene
+from . import hypotheses, runner, scene
 
 
 def labels(layout, context, text: str, icon: str = "NONE") -> None:
@@ -24,7 +24,7 @@ class HHMR_UL_hypotheses(bpy.types.UIList):
         split = layout.split(factor=0.55)
         split.label(text=item.key_name,
                     icon="PIVOT_MEDIAN" if item.central else "SHAPEKEY_DATA")
-        split.label(text=f"{item.score:.3g}")
+        split.label(text=hypotheses.score_text(item.op, item.score))
 
 
 class _Panel(bpy.types.Panel):
@@ -49,14 +49,7 @@ class HHMR_PT_main(_Panel):
             labels(layout.column(align=True), context, state.error, "ERROR")
         elif state.status:
             labels(layout.column(align=True), context, state.status, "CHECKMARK")
-        col = layout.column(align=True)
-        col.prop(s, "n")
-        col.prop(s, "steps")
-        col.prop(s, "seed")
-        col = layout.column(align=True)
-        col.prop(s, "guidance_strength", slider=True)
-        col.prop(s, "guidance_space")
-        col.prop(s, "first_hypothesis")
+        layout.prop(s, "n")
         layout.prop(s, "variety")
         layout.prop(s, "same_orientation")
         layout.prop(s, "result_target")
@@ -64,6 +57,24 @@ class HHMR_PT_main(_Panel):
         row.operator("hhmr.add_hand", text="Add Left", icon="VIEW_PAN").handedness = "left"
         row.operator("hhmr.add_hand", text="Add Right", icon="VIEW_PAN").handedness = "right"
         layout.operator("hhmr.generate", icon="OUTLINER_OB_POINTCLOUD")
+
+
+class HHMR_PT_advanced(_Panel):
+    """The sampler's own settings, folded away: the defaults are tuned."""
+
+    bl_label = "Advanced"
+    bl_parent_id = "HHMR_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        s = context.scene.hhmr
+        col = self.layout.column(align=True)
+        col.prop(s, "steps")
+        col.prop(s, "seed")
+        col = self.layout.column(align=True)
+        col.prop(s, "guidance_strength", slider=True)
+        col.prop(s, "guidance_space")
+        col.prop(s, "first_hypothesis")
 
 
 class HHMR_PT_reconstruct(_Panel):
@@ -113,6 +124,10 @@ class HHMR_PT_hypotheses(_HandPanel):
         layout.label(text=f"{hand.name} ({hand.hhmr.handedness})")
         layout.template_list("HHMR_UL_hypotheses", "", hand.hhmr, "hypotheses", hand.hhmr,
                              "active_index", rows=4)
+        items = hand.hhmr.hypotheses
+        if len(items):
+            labels(layout.column(align=True), context,
+                   hypotheses.order_text(items[0].op, items[0].central), "INFO")
         if hand.hhmr.camera is not None:
             layout.operator("hhmr.view_photo", icon="CAMERA_DATA")
         row = layout.row(align=True)
@@ -120,5 +135,5 @@ class HHMR_PT_hypotheses(_HandPanel):
         row.operator("hhmr.delete_hypothesis", icon="X", text="Delete")
 
 
-CLASSES = (HHMR_UL_hypotheses, HHMR_PT_main, HHMR_PT_reconstruct, HHMR_PT_edit,
+CLASSES = (HHMR_UL_hypotheses, HHMR_PT_main, HHMR_PT_advanced, HHMR_PT_reconstruct, HHMR_PT_edit,
            HHMR_PT_hypotheses)

@@ -24,7 +24,8 @@ def _show_active(self, context) -> None:
 
 class HHMR_Hypothesis(bpy.types.PropertyGroup):
     key_name: StringProperty(name="Shape key")
-    score: FloatProperty(name="Score", description="Higher is better (the backend's score)")
+    score: FloatProperty(name="Score", description="Higher is better (the backend's score; "
+                         "the list shows it as an error: millimetres, pixels or stretch)")
     op: StringProperty(name="From")
     central: BoolProperty(name="Central", description="The sampler's central guess (started "
                           "from the noise's mean), shown first")
@@ -39,22 +40,26 @@ class HHMR_ObjectSettings(bpy.types.PropertyGroup):
 
 
 class HHMR_SceneSettings(bpy.types.PropertyGroup):
-    n: IntProperty(name="Hypotheses", default=8, min=1, max=64)
+    n: IntProperty(name="Hypotheses", default=8, min=1, max=64,
+                   description="How many different hands to propose; browse them in the list")
     steps: IntProperty(name="Steps", default=10, min=1, max=200,
-                       description="Diffusion sampling steps")
-    seed: IntProperty(name="Seed", default=0, min=0)
+                       description="Denoising steps: more is slower and rarely better than the "
+                                   "tuned 10")
+    seed: IntProperty(name="Seed", default=0, min=0,
+                      description="Another seed gives other hands for the same request")
     guidance_strength: FloatProperty(
-        name="Guidance", default=1.0, min=0.0, soft_max=2.0, precision=2,
-        description="How hard sampling pulls towards the evidence (skeleton, keypoints, kept "
-                    "vertices), relative to the backend's tuned strength: 1 tuned, 0 none; "
-                    "guiding through the network, above 2 it may distort the hand")
-    guidance_space: EnumProperty(name="Space", items=[
+        name="Follow Evidence", default=1.0, min=0.0, soft_max=2.0, precision=2,
+        description="How closely the hands follow the evidence (the photo's keypoints, the "
+                    "rig, the kept vertices), relative to the backend's tuned strength: 1 "
+                    "tuned, 0 none; guiding through the network, above 2 it may distort the "
+                    "hand")
+    guidance_space: EnumProperty(name="Method", items=[
         ("DEFAULT", "Default", "The backend's choice per task"),
         ("x0", "Prediction", "Correct the network's prediction (fast; the default for "
                              "skeletons and keypoints)"),
         ("x_t", "Through net", "HHMR's gradient through the network (a backward pass per "
                                "step; the default for inpainting)")])
-    first_hypothesis: EnumProperty(name="First", items=[
+    first_hypothesis: EnumProperty(name="First Hand", items=[
         ("DEFAULT", "Default", "Central for skeleton, keypoint and photo fits; random for "
                                "generating and inpainting"),
         ("CENTRAL", "Central", "The first hypothesis (hyp_00) is the sampler's central guess, "
