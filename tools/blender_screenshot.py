@@ -84,7 +84,10 @@ def _step() -> float | None:
         prefs = runner.prefs()
         prefs.address, prefs.timeout_s = args.backend, 120.0
         s = bpy.context.scene.hhmr
-        s.n, s.steps, s.image_source, s.image_path = args.n, args.steps, "FILE", args.photo
+        s.n, s.steps = args.n, args.steps
+        # the photo as an image datablock: the panel shows its name, not this machine's path
+        s.image_source = "DATABLOCK"
+        s.image = bpy.data.images.load(args.photo, check_existing=True)
         area.spaces.active.show_region_ui = True
         if shutil.which("xdotool"):  # close the splash screen
             subprocess.run(["xdotool", "mousemove", "200", str(win.height - 200), "key",
