@@ -63,6 +63,7 @@ class HandDiffusionPipeline:
         v = hand.v_template.to(self.device)
         self.template_edge_len = (v[self.edges[:, 0]] - v[self.edges[:, 1]]).norm(dim=-1)
         self._influence: dict[str, torch.Tensor] = {}
+        self._pose_prior = None
 
     @property
     def net(self) -> torch.nn.Module:
@@ -129,6 +130,28 @@ class HandDiffusionPipeline:
         joints = self.regressor @ verts
         return Hypotheses(verts.cpu(), joints.cpu(), scores.cpu(), {},
                           {k: v.cpu() for k, v in extra.items()})
+
+    def pose_prior(self):
+        """The Gaussian over anatomical joint angles fitted to the pose prior's hands (built
+        once; the pose solver's prior when only some joints are known)."""
+        if self._pose_prior is None:
+            from hhmr.data.poses import PosePrior
+            from hhmr.hand.pose_fit import PoseGaussian
+
+            gen = torch.Generator().manual_seed(0)
+            angles, _ = PosePrior(self.hand.cpu()).sample_angles(4000, gen)
+            self._pose_prior = PoseGaussian.from_angles(angles)
+        return self._pose_prior
+
+    def estimate_wrist(self, joints: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Where the wrist [3] of a skeleton [21, 3] lies, from its joints where mask [21] > 0:
+        the hand model fitted to them (pose, shape, translation; the pose prior fills in the
+        rest)."""
+        from hhmr.hand.pose_fit import fit_pose
+
+        fit = fit_pose(self.hand, keypoints=joints[None], keypoint_weights=mask[None],
+                       prior=self.pose_prior(), iterations=10)
+        return fit.joints[0, 0].to(joints)
 
     def autoguidance(self, weight: float | None = None) -> AutoGuidance | None:
         """Generation's autoguidance: the configured one when a guide net is loaded, or

@@ -205,7 +205,9 @@ class Refit3D(Task):
         mask = self._mask()
         if mask.sum() == 0:
             raise ValueError("joint_mask selects no joint")
-        centre = joints[0] if mask[0] > 0 else (mask[:, None] * joints).sum(0) / mask.sum()
+        # the net reads wrist-relative skeletons: without the wrist, it is anchored where the
+        # pose solver puts it for the given joints (a centroid origin shrank the hands)
+        centre = joints[0] if mask[0] > 0 else pipe.estimate_wrist(joints, mask)
         rel = joints - centre
         cond = Conditions(joints3d=(rel / SCALE)[None].repeat(n, 1, 1),
                           joints3d_mask=mask[None].repeat(n, 1))
