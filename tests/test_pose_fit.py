@@ -110,3 +110,21 @@ def test_bad_inputs(hand):
         fit_pose(hand, vertices=torch.zeros(1, 10, 3))
     with pytest.raises(ValueError, match="keypoint"):
         fit_pose(hand, keypoints=torch.zeros(1, 21, 3), keypoint_weights=torch.zeros(1, 21))
+
+
+def test_mirrored_pose_drives_the_left_hand(hand, posed):
+    from hhmr.hand import MirroredHand, mirror_points
+    from hhmr.reconstruct import mirror_pose
+
+    _, _, out = posed
+    fit = fit_pose(hand, vertices=out.vertices + 1e-3, iterations=2)
+    right = skin_with_corrective(hand, fit)
+    left = mirror_pose({"global_orient": fit.global_orient, "hand_pose": fit.hand_pose,
+                        "transl": fit.transl, "corrective": fit.corrective})
+    mirrored = MirroredHand(hand)(left["global_orient"], left["hand_pose"], fit.betas,
+                                  left["transl"])
+    assert torch.allclose(mirrored.vertices, mirror_points(fit.vertices), atol=1e-5)
+    assert torch.allclose(mirror_points(right), mirror_points(out.vertices + 1e-3), atol=1e-5)
+    # the left hand's joint angles are the right's: the same limits hold
+    assert torch.allclose(MirroredHand(hand).joint_limits.to_anatomical(left["hand_pose"]),
+                          hand.joint_limits.to_anatomical(fit.hand_pose), atol=1e-5)

@@ -15,6 +15,7 @@ from hhmr.hand.topology import JOINT_TO_KEYPOINT, KEYPOINT_PARENTS
 from hhmr.mesh.geometry import kabsch
 from hhmr.sampling import HandDiffusionPipeline
 from hhmr.sampling.config import TASKS
+from hhmr.sampling.pipeline import POSE_ITERATIONS
 from hhmr.training.data import synthetic_batch
 from hhmr.training.train import EVAL_SEED_OFFSET
 
@@ -270,7 +271,8 @@ def eval_pose_solver(pipe, num, seed, batch: int = 8) -> dict:
     keypoint and vertex errors of the model's output (no corrective, mm), angle error of the
     recovered joint rotations (degrees), the largest limit violation, the corrective's
     reproduction error, and milliseconds per hand in batches of `batch`; then the same on
-    generated hands (no ground truth: the fit's own vertex error)."""
+    generated hands (no ground truth: the fit's own vertex error), with the solver's default
+    8 iterations and with the server's `POSE_ITERATIONS`."""
     from hhmr.hand.pose_fit import fit_pose, skin_with_corrective
     from hhmr.hand.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 
@@ -319,21 +321,31 @@ def eval_pose_solver(pipe, num, seed, batch: int = 8) -> dict:
             r["corrective_reproduction_max_mm"] = float(
                 np.max(vals["corrective_reproduction_max_mm"]))
         results[f"prior_hands/{source}"] = r
-    vals = {}
-    for i in range(0, num, batch):
-        m = min(batch, num - i)
-        v = pipe.generate(m, seed=EVAL_SEED_OFFSET + seed + i).vertices
-        t0 = time.perf_counter()
-        fit = fit_pose(hand, vertices=v)
-        vals.setdefault("ms_per_hand", []).append((time.perf_counter() - t0) * 1000 / m)
-        vals.setdefault("vertex_err_mm", []).extend((fit.error * 1000).tolist())
-        vals.setdefault("corrective_mean_mm", []).extend(
-            (fit.corrective.norm(dim=-1).mean(1) * 1000).tolist())
-        rep = (skin_with_corrective(hand, fit) - v).norm(dim=-1)
-        vals.setdefault("corrective_reproduction_max_mm", []).append(float(rep.max()) * 1000)
-    r = _stats(vals)
-    r["corrective_reproduction_max_mm"] = float(np.max(vals["corrective_reproduction_max_mm"]))
-    results["generated_hands/mesh"] = r
+    generated = torch.cat([pipe.generate(min(batch, num - i), seed=EVAL_SEED_OFFSET + seed + i)
+                           .vertices for i in range(0, num, batch)])
+    # the solver's default, and the iterations a server reply uses (`pose` option), for
+    # requests of `batch` and of 16 hypotheses
+    for name, iterations, size in (("mesh", 8, batch), ("mesh_served", POSE_ITERATIONS, batch),
+                                   ("mesh_served_n16", POSE_ITERATIONS, 16)):
+        vals = {}
+        for v in generated.split(size):
+            t0 = time.perf_counter()
+            fit = fit_pose(hand, vertices=v, iterations=iterations)
+            vals.setdefault("ms_per_hand", []).append(
+                (time.perf_counter() - t0) * 1000 / len(v))
+            vals.setdefault("vertex_err_mm", []).extend((fit.error * 1000).tolist())
+            vals.setdefault("corrective_mean_mm", []).extend(
+                (fit.corrective.norm(dim=-1).mean(1) * 1000).tolist())
+            rep = (skin_with_corrective(hand, fit) - v).norm(dim=-1)
+            vals.setdefault("corrective_reproduction_max_mm", []).append(
+                float(rep.max()) * 1000)
+            vals.setdefault("limit_violation_deg", []).extend(
+                hand.joint_limits.violation(fit.hand_pose).amax((1, 2)).rad2deg().tolist())
+        r = _stats(vals)
+        for k in ("corrective_reproduction_max_mm", "limit_violation_deg"):
+            r[k] = float(np.max(vals[k]))
+        r["iterations"], r["batch"] = float(iterations), float(size)
+        results[f"generated_hands/{name}"] = r
     return results
 
 
