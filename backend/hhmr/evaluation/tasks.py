@@ -232,8 +232,12 @@ def eval_refit3d_finger(pipe, num, seed, steps, n, progress, guidance_scale=None
     for k in ("size_ratio", "extent_ratio", "given_err_mm"):
         out[f"{k}_min"] = float(np.min(vals[k]))
         out[f"{k}_max"] = float(np.max(vals[k]))
+    # the criterion (extent within 0.8-1.25 of the target's; it also moves with the
+    # pose of the hidden fingers) and the same range on the pose-free size ratio
     out["hypotheses_normal_size_pct"] = float(np.mean(
         [0.8 <= r <= 1.25 for r in vals["extent_ratio"]]) * 100)
+    out["hypotheses_normal_bone_length_pct"] = float(np.mean(
+        [0.8 <= r <= 1.25 for r in vals["size_ratio"]]) * 100)
     return out
 
 
