@@ -301,19 +301,22 @@ def fit_pose(model: HandModel, vertices: torch.Tensor | None = None,
         jtj = J.transpose(1, 2) @ J
         jtr = (J.transpose(1, 2) @ r.double()[..., None])[..., 0]
         diag = torch.diagonal(jtj, dim1=1, dim2=2).clamp_min(1e-9)
-        for _ in range(4):  # raise the damping until the step lowers the cost
+        pending = torch.ones(b, dtype=torch.bool, device=dev)
+        for _ in range(4):  # raise the damping of each hand until its step lowers its cost
             a = jtj + torch.diag_embed(damp[:, None] * diag) + \
                 1e-9 * torch.eye(n_par, dtype=jtj.dtype, device=dev)
             step = torch.linalg.solve(a, -jtr).float()
             cand = torch.maximum(torch.minimum(x + step, hi), lo)
             r_new = res(cand, r0, target, sw)
             c_new = r_new.square().sum(1)
-            better = c_new < cost
+            better = pending & (c_new < cost)
             x = torch.where(better[:, None], cand, x)
             r = torch.where(better[:, None], r_new, r)
             cost = torch.where(better, c_new, cost)
-            damp = torch.where(better, (damp / 3).clamp_min(1e-7), damp * 8)
-            if better.all():
+            damp = torch.where(better, (damp / 3).clamp_min(1e-7),
+                               torch.where(pending, damp * 8, damp))
+            pending = pending & ~better
+            if not pending.any():
                 break
         # fold the rotation update into the base so the increment stays small
         r0 = axis_angle_to_matrix(x[:, :3]) @ r0
