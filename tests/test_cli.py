@@ -49,6 +49,21 @@ def test_evaluate_prior_json():
     assert stats["inside_limits_pct"] == 100.0
 
 
+def test_evaluate_pose_solver_and_finger_refit_json():
+    r = _hhmr("evaluate", "--task", "pose", "--num", "4", "--seed", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)["results"]
+    assert set(res) == {"prior_hands/mesh", "prior_hands/keypoints", "generated_hands/mesh",
+                        "generated_hands/mesh_served", "generated_hands/mesh_served_n16"}
+    assert res["prior_hands/mesh"]["vertex_err_mm"] < 0.5
+    assert res["prior_hands/mesh"]["limit_violation_deg"] < 1e-3
+    assert res["generated_hands/mesh"]["corrective_reproduction_max_mm"] < 0.01
+    r = _hhmr("evaluate", "--task", "refit3d_finger", "--num", "2", "--n", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    row = json.loads(r.stdout)["results"]["guidance/finger_only"]
+    assert row["given_err_mm"] < 3.0 and 0.7 < row["size_ratio"] < 1.4
+
+
 def test_missing_weights_gives_a_clear_error(tmp_path):
     import os
 

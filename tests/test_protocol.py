@@ -171,13 +171,15 @@ def test_valid_requests_and_defaults():
     assert r == P.Request("r1", "generate", {"autoguidance": None, "n": 4, "steps": 10,
                                              "guidance_scale": None, "guidance_strength": None,
                                              "guidance_space": None, "seed": 0,
-                                             "central_first": None, "deadline_s": None})
+                                             "central_first": None, "deadline_s": None,
+                                             "pose": True})
     assert roundtrip(req("generate"), P.Limits(max_n=2)).args["n"] == 2
     r = roundtrip(req("generate", n=64, steps=200, guidance_scale=1, guidance_space="x0",
-                      seed=2**63 - 1, central_first=True, autoguidance=1, deadline_s=2))
+                      seed=2**63 - 1, central_first=True, autoguidance=1, deadline_s=2,
+                      pose=False))
     assert r.args == {"n": 64, "steps": 200, "guidance_scale": 1.0, "guidance_strength": None,
                       "guidance_space": "x0", "seed": 2**63 - 1, "central_first": True,
-                      "autoguidance": 1.0, "deadline_s": 2.0}
+                      "autoguidance": 1.0, "deadline_s": 2.0, "pose": False}
     for bad in (0, -1, 1e9, "soon", float("nan")):
         assert rejects(req("generate", deadline_s=bad)) == P.BAD_ARGUMENT
     assert rejects(req("refit3d", joints=joints(), autoguidance=2)) == P.BAD_ARGUMENT
@@ -254,7 +256,7 @@ def test_image_pixel_limits():
     {"guidance": -0.1}, {"guidance": "high"}, {"guidance": 0.1, "guidance_scale": 0.1},
     {"guidance_strength": -1}, {"guidance_strength": float("nan")},
     {"guidance_space": "eps"}, {"guidance_space": 0}, {"guidance_space": "X0"},
-    {"central_first": 1}, {"central_first": "yes"},
+    {"central_first": 1}, {"central_first": "yes"}, {"pose": 1}, {"pose": "yes"},
     {"autoguidance": -1}, {"autoguidance": float("nan")}, {"autoguidance": "more"},
     # above the documented maxima
     {"guidance_scale": 1.01}, {"guidance": 1e308}, {"guidance_strength": 10.5},
@@ -350,6 +352,23 @@ def test_replies_roundtrip():
     p = P.parse_reply(P.unpack(P.pack(P.progress_reply("a", 1.7, "sampling"))))
     assert (p.status, p.fraction, p.message) == ("progress", 1.0, "sampling")
     assert P.progress_reply("a", float("nan"))["progress"] == 0.0
+
+
+def test_hypotheses_carry_their_solved_pose():
+    n, s = 2, 7
+    pose = {"global_orient": np.zeros((n, 3)), "hand_pose": np.zeros((n, 15, 3)),
+            "transl": np.zeros((n, 3))}
+    hyp = P.make_hypotheses(np.zeros((n, V, 3)), np.zeros((n, 21, 3)), [0.5, 0.25], {},
+                            pose=pose, betas=np.zeros((n, s), np.float32),
+                            corrective=np.zeros((n, V, 3), np.float32),
+                            pose_error=np.zeros(n, np.float32))
+    h = P.parse_hypotheses(P.parse_reply(P.unpack(P.pack(P.ok_reply("a", hyp)))).result, V)
+    assert set(h.extra) == {"pose", "betas", "corrective", "pose_error"}
+    assert h.extra["pose"]["hand_pose"].shape == (n, 15, 3)
+    assert h.extra["betas"].shape == (n, s) and h.extra["corrective"].shape == (n, V, 3)
+    for op, args in (("generate", {}), ("refit3d", {"joints": joints()})):
+        assert roundtrip(req(op, **args)).args["pose"] is True  # on unless asked otherwise
+        assert roundtrip(req(op, pose=False, **args)).args["pose"] is False
 
 
 def test_bad_replies_and_hypotheses():

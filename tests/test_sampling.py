@@ -407,3 +407,44 @@ def test_compatible_plans_share_a_batch_with_their_own_seeds(pipe, hand):
         assert torch.allclose(a.vertices, b.vertices, atol=1e-5)
     with pytest.raises(ValueError, match="no guidance"):
         pipe.plan(Generate(), Options(guidance_strength=1.0))
+
+
+def test_pose_option_solves_each_hypothesis_rig(pipe, hand):
+    from hhmr.hand.pose_fit import PoseFit, skin_with_corrective
+    from hhmr.sampling import Generate, Options
+
+    plain = pipe.generate(n=3, steps=2, seed=4)
+    assert plain.pose is None and "pose_ms" not in plain.timings  # off by default in Python
+    h = pipe.generate(n=3, steps=2, seed=4, pose=True)
+    assert torch.equal(h.vertices, plain.vertices)  # the pose never changes the meshes
+    p = h.pose
+    assert p["global_orient"].shape == (3, 3) and p["hand_pose"].shape == (3, 15, 3)
+    assert p["transl"].shape == (3, 3) and p["betas"].shape == (3, hand.num_betas)
+    assert p["corrective"].shape == (3, hand.num_vertices, 3) and "pose_ms" in h.timings
+    assert hand.joint_limits.contains(p["hand_pose"]).all()
+    fit = PoseFit(p["global_orient"], p["hand_pose"], p["betas"], p["transl"], h.vertices,
+                  h.joints, p["fit_error"], p["corrective"])
+    assert (skin_with_corrective(hand, fit) - h.vertices).abs().max() < 1e-5
+    # plans with and without the pose still share one batch
+    out = pipe.run([pipe.plan(Generate(), Options(2, steps=2, seed=1, pose=True)),
+                    pipe.plan(Generate(), Options(1, steps=2, seed=2))])
+    assert [o.timings["batched_requests"] for o in out] == [2.0, 2.0]
+    assert out[0].pose["hand_pose"].shape == (2, 15, 3) and out[1].pose is None
+
+
+def test_refit_without_the_wrist_anchors_it_with_the_pose_solver(pipe, hand):
+    from hhmr.data.poses import PosePrior
+    from hhmr.models import SCALE
+    from hhmr.sampling import Refit3D
+
+    s = PosePrior(hand).sample(1, seed=5)
+    with torch.no_grad():
+        joints = hand(s.global_orient, s.hand_pose, s.betas).joints[0] + 0.2
+    mask = torch.zeros(21)
+    mask[9:13] = 1  # the middle finger alone
+    wrist = pipe.estimate_wrist(joints, mask)
+    assert (wrist - joints[0]).norm() < 0.05
+    plan = pipe.plan(Refit3D(joints, mask))
+    assert torch.allclose(plan.state["centre"], wrist, atol=1e-5)
+    # the net reads the given joints relative to that wrist, as it was trained
+    assert torch.allclose(plan.cond.joints3d[0, 9:13] * SCALE, joints[9:13] - wrist, atol=1e-5)

@@ -221,9 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="measure a task and print the figures")
     p.add_argument("--task", default="prior",
-                   choices=["prior", "generate", "inpaint", "refit3d", "fit2d", "sweep"],
+                   choices=["prior", "generate", "inpaint", "refit3d", "refit3d_finger",
+                            "fit2d", "sweep", "pose"],
                    help="prior: the pose prior itself; sweep: fit2d min-of-n for n in "
-                        "{1, 8, 16} and steps in {10, 25, 50}")
+                        "{1, 8, 16} and steps in {10, 25, 50}; refit3d_finger: only refit3d's "
+                        "finger-only row; pose: the pose solver (hhmr.hand.pose_fit)")
     p.add_argument("--num", type=int, default=50, help="held-out samples")
     p.add_argument("--seed", type=int, default=0, help="held-out seed (offset by 1e6)")
     p.add_argument("--steps", type=int, default=10, help="sampling steps")

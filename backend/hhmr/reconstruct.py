@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hhmr.hand.mirror import mirror_faces
+from hhmr.hand.mirror import mirror_axis_angle, mirror_faces, mirror_points
 from hhmr.sampling import HandDiffusionPipeline, Hypotheses
 
 DEFAULT_FOV_DEG = 50.0  # horizontal field of view assumed when K is not given
@@ -78,8 +78,21 @@ def fit_detection(pipe: HandDiffusionPipeline, kp: np.ndarray, handedness: str,
         flip = torch.tensor([-1.0, 1.0, 1.0])
         h.vertices, h.joints = h.vertices * flip, h.joints * flip
         h.extra["transl"] = h.extra["transl"] * flip
+        if h.pose is not None:  # the right hand's rig, mirrored (as MirroredHand drives it)
+            h.pose = mirror_pose(h.pose)
     h.extra["handedness"] = handedness
     return h
+
+
+def mirror_pose(pose: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A right hand's solved pose for its mirror image, the left hand (`MirroredHand`'s
+    convention: rotations and points mirrored, shape unchanged)."""
+    out = dict(pose)
+    for k in ("global_orient", "hand_pose"):
+        out[k] = mirror_axis_angle(pose[k])
+    for k in ("transl", "corrective"):
+        out[k] = mirror_points(pose[k])
+    return out
 
 
 def faces_for(pipe: HandDiffusionPipeline, handedness: str) -> np.ndarray:

@@ -11,9 +11,11 @@ from tqdm import tqdm
 from hhmr import metrics
 from hhmr.data.poses import PosePrior
 from hhmr.evaluation.baselines import PosePCA, fit_lbs
+from hhmr.hand.topology import JOINT_TO_KEYPOINT, KEYPOINT_PARENTS
 from hhmr.mesh.geometry import kabsch
 from hhmr.sampling import HandDiffusionPipeline
 from hhmr.sampling.config import TASKS
+from hhmr.sampling.pipeline import POSE_ITERATIONS
 from hhmr.training.data import synthetic_batch
 from hhmr.training.train import EVAL_SEED_OFFSET
 
@@ -179,6 +181,66 @@ def _add_baseline(res: dict, key: str, pipe, pred: torch.Tensor, data) -> None:
              data.joints[i:i + 1])
 
 
+FINGER_SEED = 11  # which finger each finger-only sample gives, apart from the partial row's
+
+
+def finger_masks(num: int, seed: int) -> tuple[torch.Tensor, list[int]]:
+    """Finger-only joint masks [num, 21]: one finger's four joints (random finger), no wrist."""
+    rng = np.random.default_rng(seed + FINGER_SEED)
+    masks, fingers = torch.zeros(num, 21), []
+    for i in range(num):
+        f = int(rng.integers(5))
+        masks[i, 1 + 4 * f: 5 + 4 * f] = 1
+        fingers.append(f)
+    return masks, fingers
+
+
+def skeleton_size(joints: torch.Tensor) -> torch.Tensor:
+    """Total bone length [...] of skeletons [..., 21, 3]: a hand's size whatever its pose."""
+    parents = list(KEYPOINT_PARENTS[1:])
+    return (joints[..., 1:, :] - joints[..., parents, :]).norm(dim=-1).sum(-1)
+
+
+def extent(verts: torch.Tensor) -> torch.Tensor:
+    """Bounding-box diagonal [...] of meshes [..., V, 3]."""
+    return (verts.amax(-2) - verts.amin(-2)).norm(dim=-1)
+
+
+def eval_refit3d_finger(pipe, num, seed, steps, n, progress, guidance_scale=None) -> dict:
+    """Refit to one finger's four joints without the wrist (the default guidance): per
+    hypothesis the size ratio (total bone length of its regressed skeleton over the
+    target's), the extent ratio (bounding-box diagonals), the error on the given and on the
+    hidden joints (the hypothesis as placed, mm), and min-of-n PA-MPVPE / PA-MPJPE."""
+    data = held_out(pipe, num, seed)
+    masks, _ = finger_masks(num, seed)
+    vals: dict[str, list[float]] = {}
+    for i in tqdm(range(num), desc="refit3d finger", disable=not progress):
+        h = pipe.refit3d(data.joints[i], masks[i], n=max(n, 1), steps=steps,
+                         guidance_scale=guidance_scale, seed=EVAL_SEED_OFFSET + seed + i)
+        gt_v, gt_j = data.vertices[i:i + 1], data.joints[i:i + 1]
+        m = masks[i] > 0
+        err = (h.joints - data.joints[i][None]).norm(dim=-1) * 1000
+        size = skeleton_size(h.joints) / skeleton_size(data.joints[i])
+        ext = extent(h.vertices) / extent(data.vertices[i])
+        for k, v in (("given_err_mm", err[:, m].mean(1)), ("hidden_err_mm", err[:, ~m].mean(1)),
+                     ("size_ratio", size), ("extent_ratio", ext)):
+            vals.setdefault(k, []).extend(v.tolist())
+        for k, v in _errors(h.vertices, h.joints, gt_v.expand_as(h.vertices),
+                            gt_j.expand_as(h.joints)).items():
+            vals.setdefault(k, []).append(v)
+    out = _stats(vals)
+    for k in ("size_ratio", "extent_ratio", "given_err_mm"):
+        out[f"{k}_min"] = float(np.min(vals[k]))
+        out[f"{k}_max"] = float(np.max(vals[k]))
+    # the issue's criterion (extent within 0.8-1.25 of the target's; it also moves with the
+    # pose of the hidden fingers) and the same range on the pose-free size ratio
+    out["hypotheses_normal_size_pct"] = float(np.mean(
+        [0.8 <= r <= 1.25 for r in vals["extent_ratio"]]) * 100)
+    out["hypotheses_normal_bone_length_pct"] = float(np.mean(
+        [0.8 <= r <= 1.25 for r in vals["size_ratio"]]) * 100)
+    return out
+
+
 def eval_refit3d(pipe, num, seed, steps, n, progress, guidance_scale=None):
     data = held_out(pipe, num, seed)
     rng = np.random.default_rng(seed)
@@ -201,7 +263,94 @@ def eval_refit3d(pipe, num, seed, steps, n, progress, guidance_scale=None):
         if variant == "full":
             pred = fit_lbs(hand, pca, None, None, joints3d=data.joints, seed=seed)
             _add_baseline(res, "lbs_optimisation/full", pipe, pred, data)
-    return {k: _stats(v) for k, v in res.items()}
+    out = {k: _stats(v) for k, v in res.items()}
+    out["guidance/finger_only"] = eval_refit3d_finger(pipe, num, seed, steps, n, progress,
+                                                      guidance_scale)
+    return out
+
+
+def eval_pose_solver(pipe, num, seed, batch: int = 8) -> dict:
+    """The pose solver (`hhmr.hand.pose_fit`) on held-out prior hands (random shapes,
+    orientations and translations), from their meshes and from their 21 keypoints: joint,
+    keypoint and vertex errors of the model's output (no corrective, mm), angle error of the
+    recovered joint rotations (degrees), the largest limit violation, the corrective's
+    reproduction error, and milliseconds per hand in batches of `batch`; then the same on
+    generated hands (no ground truth: the fit's own vertex error), with the solver's default
+    8 iterations and with the server's `POSE_ITERATIONS`."""
+    from hhmr.hand.pose_fit import fit_pose, skin_with_corrective
+    from hhmr.hand.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+
+    hand = pipe.hand.cpu()
+    gen = torch.Generator().manual_seed(EVAL_SEED_OFFSET + seed)
+    s = PosePrior(hand).sample(num, generator=gen)
+    transl = torch.randn(num, 3, generator=gen) * 0.1
+    with torch.no_grad():
+        out = hand(s.global_orient, s.hand_pose, s.betas, transl)
+    gt_rot = axis_angle_to_matrix(torch.cat([s.global_orient[:, None], s.hand_pose], 1))
+
+    def angle_deg(pose: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        rel = gt_rot[idx].transpose(-1, -2) @ axis_angle_to_matrix(pose)
+        return matrix_to_axis_angle(rel).norm(dim=-1).rad2deg()
+
+    results = {}
+    for source in ("mesh", "keypoints"):
+        vals: dict[str, list[float]] = {}
+        for i in range(0, num, batch):
+            idx = torch.arange(i, min(i + batch, num))
+            t0 = time.perf_counter()
+            fit = fit_pose(hand, vertices=out.vertices[idx]) if source == "mesh" else \
+                fit_pose(hand, keypoints=out.joints[idx])
+            vals.setdefault("ms_per_hand", []).append(
+                (time.perf_counter() - t0) * 1000 / len(idx))
+            full = torch.cat([fit.global_orient[:, None], fit.hand_pose], 1)
+            ang = angle_deg(full, idx)
+            kp_err = (fit.joints - out.joints[idx]).norm(dim=-1) * 1000
+            for k, v in (("keypoint_err_mm", kp_err.mean(1)),
+                         ("joint_err_mm", kp_err[:, list(JOINT_TO_KEYPOINT)].mean(1)),
+                         ("vertex_err_mm", (fit.vertices - out.vertices[idx]).norm(dim=-1)
+                          .mean(1) * 1000),
+                         ("global_orient_err_deg", ang[:, 0]),
+                         ("joint_rotation_err_deg", ang[:, 1:].mean(1)),
+                         ("betas_abs_err", (fit.betas - s.betas[idx]).abs().mean(1)),
+                         ("limit_violation_deg", hand.joint_limits.violation(fit.hand_pose)
+                          .amax((1, 2)).rad2deg())):
+                vals.setdefault(k, []).extend(v.tolist())
+            if source == "mesh":
+                rep = (skin_with_corrective(hand, fit) - out.vertices[idx]).norm(dim=-1)
+                vals.setdefault("corrective_reproduction_max_mm", []).append(
+                    float(rep.max()) * 1000)
+        r = _stats(vals)
+        r["limit_violation_deg"] = float(np.max(vals["limit_violation_deg"]))
+        if "corrective_reproduction_max_mm" in vals:
+            r["corrective_reproduction_max_mm"] = float(
+                np.max(vals["corrective_reproduction_max_mm"]))
+        results[f"prior_hands/{source}"] = r
+    generated = torch.cat([pipe.generate(min(batch, num - i), seed=EVAL_SEED_OFFSET + seed + i)
+                           .vertices for i in range(0, num, batch)])
+    # the solver's default, and the iterations a server reply uses (`pose` option), for
+    # requests of `batch` and of 16 hypotheses
+    for name, iterations, size in (("mesh", 8, batch), ("mesh_served", POSE_ITERATIONS, batch),
+                                   ("mesh_served_n16", POSE_ITERATIONS, 16)):
+        vals = {}
+        for v in generated.split(size):
+            t0 = time.perf_counter()
+            fit = fit_pose(hand, vertices=v, iterations=iterations)
+            vals.setdefault("ms_per_hand", []).append(
+                (time.perf_counter() - t0) * 1000 / len(v))
+            vals.setdefault("vertex_err_mm", []).extend((fit.error * 1000).tolist())
+            vals.setdefault("corrective_mean_mm", []).extend(
+                (fit.corrective.norm(dim=-1).mean(1) * 1000).tolist())
+            rep = (skin_with_corrective(hand, fit) - v).norm(dim=-1)
+            vals.setdefault("corrective_reproduction_max_mm", []).append(
+                float(rep.max()) * 1000)
+            vals.setdefault("limit_violation_deg", []).extend(
+                hand.joint_limits.violation(fit.hand_pose).amax((1, 2)).rad2deg().tolist())
+        r = _stats(vals)
+        for k in ("corrective_reproduction_max_mm", "limit_violation_deg"):
+            r[k] = float(np.max(vals[k]))
+        r["iterations"], r["batch"] = float(iterations), float(size)
+        results[f"generated_hands/{name}"] = r
+    return results
 
 
 def eval_fit2d(pipe, num, seed, steps, n, progress, guidance_scale=None, noise_px=3.0):
@@ -271,6 +420,11 @@ def evaluate_task(task: str, num: int, seed: int, steps: int = 10, n: int = 1,
         results = eval_inpaint(pipe, num, seed, steps, n, progress, guidance_scale)
     elif task == "refit3d":
         results = eval_refit3d(pipe, num, seed, steps, n, progress, guidance_scale)
+    elif task == "refit3d_finger":
+        results = {"guidance/finger_only": eval_refit3d_finger(pipe, num, seed, steps, n,
+                                                               progress, guidance_scale)}
+    elif task == "pose":
+        results = eval_pose_solver(pipe, num, seed)
     elif task == "fit2d":
         results = eval_fit2d(pipe, num, seed, steps, n, progress, guidance_scale)
     elif task == "sweep":

@@ -43,6 +43,7 @@ class Options:
     guidance_scale: float | None = None
     guidance_strength: float | None = None
     guidance_space: str | None = None
+    pose: bool = False  # solve each hypothesis's rig pose and shape (Hypotheses.pose)
 
 
 @dataclass
@@ -52,6 +53,9 @@ class Hypotheses:
     scores: torch.Tensor  # [n], higher is better
     timings: dict[str, float] = field(default_factory=dict)
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    # with Options.pose: global_orient [n, 3], hand_pose [n, 15, 3] (axis-angle), transl
+    # [n, 3], betas [n, S], corrective [n, V, 3] (rest-space offsets), fit_error [n] metres
+    pose: dict[str, torch.Tensor] | None = None
 
     def order(self) -> list[int]:
         """Showing order: the central hypothesis (extra "central") first, the sampler's best
@@ -205,7 +209,9 @@ class Refit3D(Task):
         mask = self._mask()
         if mask.sum() == 0:
             raise ValueError("joint_mask selects no joint")
-        centre = joints[0] if mask[0] > 0 else (mask[:, None] * joints).sum(0) / mask.sum()
+        # the net reads wrist-relative skeletons: without the wrist, it is anchored where the
+        # pose solver puts it for the given joints (a centroid origin shrank the hands)
+        centre = joints[0] if mask[0] > 0 else pipe.estimate_wrist(joints, mask)
         rel = joints - centre
         cond = Conditions(joints3d=(rel / SCALE)[None].repeat(n, 1, 1),
                           joints3d_mask=mask[None].repeat(n, 1))

@@ -79,7 +79,7 @@ class Busy(Exception):
 
 
 # ---- the pipeline-facing calls --------------------------------------------------------------
-SAMPLING_OPTIONS = ("n", "steps", "seed", "central_first")
+SAMPLING_OPTIONS = ("n", "steps", "seed", "central_first", "pose")
 GUIDANCE_OPTIONS = ("guidance_scale", "guidance_strength", "guidance_space")
 
 
@@ -432,5 +432,9 @@ def _non_finite(value, name: str = "result") -> str | None:
 
 def _hypotheses(h, timings: dict) -> dict:
     extra = {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in h.extra.items()}
+    if h.pose is not None:  # the solved rig: a "pose" map, "betas" and "corrective"
+        p = {k: v.numpy() for k, v in h.pose.items()}
+        extra.update(pose={k: p[k] for k in ("global_orient", "hand_pose", "transl")},
+                     betas=p["betas"], corrective=p["corrective"], pose_error=p["fit_error"])
     return P.make_hypotheses(h.vertices.numpy(), h.joints.numpy(), h.scores.numpy(), timings,
                              **extra)
