@@ -56,19 +56,19 @@ def test_the_solved_pose_goes_out_with_the_hypotheses():
     def make(plan):
         task, options = plan
         h = hypotheses()
-        assert options.pose  # the wire's default reaches the pipeline
+        assert options.pose  # asked for on the wire, it reaches the pipeline
         h.pose = {"global_orient": torch.zeros(2, 3), "hand_pose": torch.zeros(2, 15, 3),
                   "transl": torch.ones(2, 3), "betas": torch.zeros(2, 7),
                   "corrective": torch.zeros(2, V, 3), "fit_error": torch.zeros(2)}
         return h
 
-    r = reply("generate", {"n": 2}, StandInPipe(make))
+    r = reply("generate", {"n": 2, "pose": True}, StandInPipe(make))
     assert r["status"] == "ok"
     res = r["result"]
     assert set(res["pose"]) == {"global_orient", "hand_pose", "transl"}
     assert res["pose"]["transl"].shape == (2, 3) and res["betas"].shape == (2, 7)
     assert res["corrective"].shape == (2, V, 3) and res["pose_error"].shape == (2,)
-    off = reply("generate", {"n": 2, "pose": False}, StandInPipe(lambda p: hypotheses()))
+    off = reply("generate", {"n": 2}, StandInPipe(lambda p: hypotheses()))  # off by default
     assert "pose" not in off["result"] and "betas" not in off["result"]
 
 

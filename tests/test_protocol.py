@@ -172,7 +172,7 @@ def test_valid_requests_and_defaults():
                                              "guidance_scale": None, "guidance_strength": None,
                                              "guidance_space": None, "seed": 0,
                                              "central_first": None, "deadline_s": None,
-                                             "pose": True})
+                                             "pose": False})
     assert roundtrip(req("generate"), P.Limits(max_n=2)).args["n"] == 2
     r = roundtrip(req("generate", n=64, steps=200, guidance_scale=1, guidance_space="x0",
                       seed=2**63 - 1, central_first=True, autoguidance=1, deadline_s=2,
@@ -367,8 +367,8 @@ def test_hypotheses_carry_their_solved_pose():
     assert h.extra["pose"]["hand_pose"].shape == (n, 15, 3)
     assert h.extra["betas"].shape == (n, s) and h.extra["corrective"].shape == (n, V, 3)
     for op, args in (("generate", {}), ("refit3d", {"joints": joints()})):
-        assert roundtrip(req(op, **args)).args["pose"] is True  # on unless asked otherwise
-        assert roundtrip(req(op, pose=False, **args)).args["pose"] is False
+        assert roundtrip(req(op, **args)).args["pose"] is False  # off unless asked for
+        assert roundtrip(req(op, pose=True, **args)).args["pose"] is True
 
 
 def test_bad_replies_and_hypotheses():
