@@ -24,10 +24,13 @@ KEYS = ("pa_mpjpe_mm", "pa_mpvpe_mm", "rr_mpjpe_mm", "keypoint_2d_px", "kept_err
 def table(result: dict) -> list[str]:
     rows = result["results"]
     keys = [k for k in KEYS if any(k in r for r in rows.values())]
+    fmt = "{:.2f}"
+    if not keys:  # an evaluation with figures of its own (the pose solver's)
+        keys, fmt = list(dict.fromkeys(k for r in rows.values() for k in r)), "{:.3g}"
     out = ["| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for method, vals in rows.items():
         out.append(f"| {method} | " + " | ".join(
-            f"{vals[k]:.2f}" if k in vals else "" for k in keys) + " |")
+            fmt.format(vals[k]) if k in vals else "" for k in keys) + " |")
     return out
 
 
