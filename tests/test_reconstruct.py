@@ -106,3 +106,21 @@ def test_reconstruct_command_writes_meshes_and_overlay(tmp_path):
     assert item["hands"] and len(item["hands"][0]["meshes"]) == 2
     overlay = Image.open(item["overlay"])
     assert overlay.size == Image.open(photo).size
+
+
+def test_hands_that_fill_the_frame_are_found_with_a_margin():
+    """MediaPipe's palm detector misses these crops (the hand fills the frame); the retries
+    with a margin find one hand each, with its keypoints inside the photo."""
+    from hhmr.reconstruct import RETRY_PADS, HandDetector
+
+    detector = HandDetector()
+    for name in ("126", "2099", "3842", "3927", "889"):
+        photo = DATA / "real_photos" / "freihand_style" / f"{name}.jpg"
+        rgb = np.asarray(Image.open(photo).convert("RGB"))
+        assert detector._detect(np.ascontiguousarray(rgb), 0, 0) == []  # as it is: nothing
+        found = detector(rgb)
+        assert len(found) == 1, name
+        kp = found[0].keypoints
+        h, w = rgb.shape[:2]
+        assert (kp.mean(0) >= 0).all() and kp.mean(0)[0] < w and kp.mean(0)[1] < h, name
+    assert RETRY_PADS[0] == ("edge", 0.25)

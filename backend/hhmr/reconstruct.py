@@ -8,7 +8,9 @@ back as a left hand, in the camera frame of the photo.
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,28 +42,68 @@ def default_intrinsics(width: int, height: int, fov_deg: float = DEFAULT_FOV_DEG
     return np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]], dtype=np.float32)
 
 
+# Retries when MediaPipe's palm detector finds nothing: a hand that fills the frame (a tight
+# crop) is found once the photo gets a margin, replicated from its edges, then mirrored.
+RETRY_PADS = (("edge", 0.25), ("edge", 0.5), ("reflect", 0.25))
+
+
+class HandDetector:
+    """MediaPipe Hands built once and kept warm (building its graph costs more than running
+    it); one photo at a time. The `detect` extra."""
+
+    def __init__(self, max_hands: int = 4, min_confidence: float = 0.3) -> None:
+        try:
+            import mediapipe as mp
+        except ImportError as err:
+            raise ImportError("hand detection needs MediaPipe: pip install -e '.[detect]'"
+                              ) from err
+        self._hands = mp.solutions.hands.Hands(static_image_mode=True, max_num_hands=max_hands,
+                                               min_detection_confidence=min_confidence)
+        self._lock = threading.Lock()
+
+    def __call__(self, rgb: np.ndarray) -> list[Detection]:
+        """The hands in an RGB uint8 image [H, W, 3]: as it is, else with margins
+        (RETRY_PADS); a hand found in a margin only (a mirrored copy) does not count."""
+        rgb = np.ascontiguousarray(rgb[..., :3])
+        h, w = rgb.shape[:2]
+        found = self._detect(rgb, 0, 0)
+        for mode, frac in RETRY_PADS:
+            if found:
+                break
+            ph, pw = int(h * frac), int(w * frac)
+            padded = np.pad(rgb, ((ph, ph), (pw, pw), (0, 0)), mode=mode)
+            found = [d for d in self._detect(padded, pw, ph)
+                     if 0 <= d.keypoints[:, 0].mean() < w and 0 <= d.keypoints[:, 1].mean() < h]
+        return found
+
+    def _detect(self, rgb: np.ndarray, dx: int, dy: int) -> list[Detection]:
+        """Detections in `rgb`, keypoints moved by (-dx, -dy) into the unpadded photo."""
+        h, w = rgb.shape[:2]
+        with self._lock:
+            res = self._hands.process(rgb)
+        if not res.multi_hand_landmarks:
+            return []
+        out = []
+        for lms, world, handed in zip(res.multi_hand_landmarks, res.multi_hand_world_landmarks,
+                                      res.multi_handedness, strict=True):
+            kp = np.array([[p.x * w - dx, p.y * h - dy] for p in lms.landmark], np.float32)
+            wl = np.array([[p.x, p.y, p.z] for p in world.landmark], dtype=np.float32)
+            label = handed.classification[0].label.lower()
+            swapped = "left" if label == "right" else "right"  # MediaPipe assumes a mirror
+            out.append(Detection(kp, wl, swapped, float(handed.classification[0].score)))
+        return out
+
+
+@functools.lru_cache(maxsize=2)
+def hand_detector(max_hands: int = 4, min_confidence: float = 0.3) -> HandDetector:
+    """The process's warm detector for these settings (a resource, built on first use)."""
+    return HandDetector(max_hands, min_confidence)
+
+
 def detect_hands(rgb: np.ndarray, max_hands: int = 4, min_confidence: float = 0.3
                  ) -> list[Detection]:
     """Run MediaPipe Hands (the `detect` extra) on an RGB uint8 image [H, W, 3]."""
-    try:
-        import mediapipe as mp
-    except ImportError as err:
-        raise ImportError("hand detection needs MediaPipe: pip install -e '.[detect]'") from err
-    h, w = rgb.shape[:2]
-    with mp.solutions.hands.Hands(static_image_mode=True, max_num_hands=max_hands,
-                                  min_detection_confidence=min_confidence) as hands:
-        res = hands.process(np.ascontiguousarray(rgb[..., :3]))
-    out = []
-    if not res.multi_hand_landmarks:
-        return out
-    for lms, world, handed in zip(res.multi_hand_landmarks, res.multi_hand_world_landmarks,
-                                  res.multi_handedness, strict=True):
-        kp = np.array([[p.x * w, p.y * h] for p in lms.landmark], dtype=np.float32)
-        wl = np.array([[p.x, p.y, p.z] for p in world.landmark], dtype=np.float32)
-        label = handed.classification[0].label.lower()
-        swapped = "left" if label == "right" else "right"  # MediaPipe assumes a mirror
-        out.append(Detection(kp, wl, swapped, float(handed.classification[0].score)))
-    return out
+    return hand_detector(max_hands, min_confidence)(rgb)
 
 
 def fit_detection(pipe: HandDiffusionPipeline, kp: np.ndarray, handedness: str,
