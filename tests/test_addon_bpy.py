@@ -824,3 +824,23 @@ def test_results_without_pose_land_as_before(ctx, landed, monkeypatch):
         assert np.abs(k[item.key_name][0] - hset.vertices[i]).max() < 1e-6
     assert max(reproduction_mm(obj, hset)) < 0.01
     assert all(np.allclose(pb.matrix_basis, np.eye(4)) for pb in obj.parent.pose.bones)
+
+
+@pytest.mark.parametrize("mode", ["EDIT", "POSE"])
+def test_showing_keeps_the_mode_you_are_in(ctx, landed, mode):
+    """Picking a hypothesis in Edit Mode (the hand) or Pose Mode (its rig) moves the rig's rest
+    bones and poses them, and leaves you where you were."""
+    from hhmr_blender import scene
+
+    obj = new_hand(ctx)
+    assert bpy.ops.hhmr.generate() == {"FINISHED"}
+    hset = landed[0]
+    active = obj if mode == "EDIT" else obj.parent
+    bpy.context.view_layer.objects.active = active
+    bpy.ops.object.mode_set(mode=mode)
+    obj.hhmr.active_index = 1
+    assert bpy.context.view_layer.objects.active == active and active.mode == mode
+    bpy.ops.object.mode_set(mode="OBJECT")
+    rest = np.array([b.head_local for b in obj.parent.data.bones])
+    assert np.abs(rest - np.array(obj.hhmr.hypotheses[1].rest_head)).max() < 1e-5
+    assert np.abs(scene.displayed_vertices(obj) - hset.vertices[1]).max() < 1e-4
