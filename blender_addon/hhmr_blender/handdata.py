@@ -121,10 +121,9 @@ class HandTopology:
         """One bone per joint: head at the joint, tail at the next keypoint along its finger
         (the fingertip for the last joint); the root's tail is the middle finger's base.
         ``rest``: the right hand's rest vertices [V, 3] (default the template)."""
-        rest = self.template if rest is None else rest
-        kp = self.keypoint_regressor @ rest
-        joints = kp[list(self.joint_keypoints)] if rest is not self.template \
-            else self.rest_joints
+        joints = self.rest_joints if rest is None else \
+            (self.keypoint_regressor @ rest)[list(self.joint_keypoints)]
+        kp = self.keypoint_regressor @ (self.template if rest is None else rest)
         names = self.keypoint_names
         children = {p: i for i, p in reversed(list(enumerate(self.parents))) if p >= 0}
         out = []
