@@ -57,8 +57,7 @@ def inspect_blend(path: Path) -> dict:
     return json.loads(line[4:])
 
 
-def check_outputs(out: Path, n: int, posed_gltf: bool = True) -> dict:
-    """``posed_gltf``: the glTF exporter can export the rig's pose (Blender 3.5+)."""
+def check_outputs(out: Path, n: int) -> dict:
     scene = inspect_blend(out)
     hands = {k: v for k, v in scene.items() if "keys" in v}
     assert len(hands) >= 2  # 119.jpg: one hand; test1.jpg: at least one
@@ -79,8 +78,7 @@ def check_outputs(out: Path, n: int, posed_gltf: bool = True) -> dict:
         # finger's turn (the quaternion's w) as in the .blend, not the rest pose's w = 1
         pip = next(nd for nd in doc["nodes"] if nd.get("name") == "index_pip")
         w = hands[name]["index_pip"][0]
-        if posed_gltf:
-            assert w < 0.9999 and abs(pip.get("rotation", [0, 0, 0, 1])[3] - w) < 0.01, (pip, w)
+        assert w < 0.9999 and abs(pip.get("rotation", [0, 0, 0, 1])[3] - w) < 0.01, (pip, w)
         # welded: smooth normals need no split vertices (flat shading made 4767)
         assert doc["accessors"][prim["attributes"]["POSITION"]]["count"] == 803
         assert "NORMAL" in prim["attributes"]
@@ -162,4 +160,4 @@ def test_batch_in_blender_background(tmp_path, installed_addon):
     addon = installed_addon / "addons" / "hhmr_blender"
     assert f"add-on: {addon};" in log, log
     assert (addon / "_deps" / "zmq").is_dir(), f"{sorted(p.name for p in addon.iterdir())}\n{log}"
-    check_outputs(out, 4, posed_gltf=False)  # 3.4.1's exporter: the rest pose only
+    check_outputs(out, 4)

@@ -73,11 +73,11 @@ def export(obj: bpy.types.Object, folder: Path) -> list[Path]:
     if obj.parent is not None:
         obj.parent.select_set(True)
     bpy.context.view_layer.objects.active = obj
-    opts = {}
-    if "export_rest_position_armature" in bpy.ops.export_scene.gltf.get_rna_type().properties:
-        # the joints in the rig's pose: the shown hypothesis's (its morph target is a rest-space
-        # mesh that this pose skins onto the fit; Blender 3.5+, older ones export the pose)
-        opts["export_rest_position_armature"] = False
+    # the joints in the rig's pose, the shown hypothesis's: its morph target is a rest-space
+    # mesh that this pose skins onto the fit (Blender 3.5+ names the option, 3.4 its own)
+    known = bpy.ops.export_scene.gltf.get_rna_type().properties
+    opts = {"export_rest_position_armature": False} \
+        if "export_rest_position_armature" in known else {"export_current_frame": True}
     bpy.ops.export_scene.gltf(filepath=str(glb), export_format="GLB", use_selection=True,
                               export_morph=True, export_skins=True, export_animations=False,
                               **opts)
