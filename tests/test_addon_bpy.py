@@ -844,3 +844,23 @@ def test_showing_keeps_the_mode_you_are_in(ctx, landed, mode):
     rest = np.array([b.head_local for b in obj.parent.data.bones])
     assert np.abs(rest - np.array(obj.hhmr.hypotheses[1].rest_head)).max() < 1e-5
     assert np.abs(scene.displayed_vertices(obj) - hset.vertices[1]).max() < 1e-4
+
+
+def test_a_backend_without_shape_space_still_reproduces(ctx, landed, monkeypatch):
+    """A server that sends poses but no 'shapedirs' in its topology (before this add-on's
+    version): the rig keeps the template's skeleton, the keys absorb the shape, and key +
+    pose still reproduce the backend's vertices."""
+    import dataclasses
+
+    from hhmr_blender import handdata
+
+    real = handdata.HandTopology.from_info.__func__
+    monkeypatch.setattr(handdata.HandTopology, "from_info", classmethod(
+        lambda cls, info: dataclasses.replace(real(cls, info), shapedirs=None)))
+    obj = new_hand(ctx)
+    rest = np.array([b.head_local for b in obj.parent.data.bones])
+    assert bpy.ops.hhmr.generate() == {"FINISHED"}
+    hset = landed[0]
+    assert hset.rig is not None and ctx.topology().shapedirs is None
+    assert max(reproduction_mm(obj, hset)) < 0.1
+    assert np.abs(np.array([b.head_local for b in obj.parent.data.bones]) - rest).max() < 1e-6
