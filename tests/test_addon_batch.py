@@ -32,7 +32,8 @@ for o in bpy.data.objects:
         kb = o.data.shape_keys.key_blocks
         out[o.name] = {"keys": [k.name for k in kb], "values": [k.value for k in kb],
                        "verts": len(o.data.vertices), "rig": o.parent.type,
-                       "hyps": len(o.hhmr.hypotheses) if hasattr(o, "hhmr") else None}
+                       "hyps": len(o.hhmr.hypotheses) if hasattr(o, "hhmr") else None,
+                       "index_pip": list(o.parent.pose.bones["index_pip"].rotation_quaternion)}
     elif o.type == "CAMERA":
         out[o.name] = {"camera": True}
 print("JSON" + json.dumps(out))
@@ -73,6 +74,11 @@ def check_outputs(out: Path, n: int) -> dict:
         assert len(prim["targets"]) == n
         assert doc["meshes"][0]["extras"]["targetNames"] == [f"hyp_{i:02d}" for i in range(n)]
         assert len(doc["skins"]) == 1 and len(doc["skins"][0]["joints"]) == 16
+        # the joints carry the shown hypothesis's pose (its key is a rest-space mesh): the
+        # finger's turn (the quaternion's w) as in the .blend, not the rest pose's w = 1
+        pip = next(nd for nd in doc["nodes"] if nd.get("name") == "index_pip")
+        w = hands[name]["index_pip"][0]
+        assert w < 0.9999 and abs(pip.get("rotation", [0, 0, 0, 1])[3] - w) < 0.01, (pip, w)
         # welded: smooth normals need no split vertices (flat shading made 4767)
         assert doc["accessors"][prim["attributes"]["POSITION"]]["count"] == 803
         assert "NORMAL" in prim["attributes"]

@@ -224,11 +224,12 @@ def test_inpaint_selection_keeps_selected_vertices(ctx):
     bpy.ops.object.mode_set(mode="EDIT")
     assert bpy.ops.hhmr.inpaint() == {"FINISHED"}
     assert obj.mode == "OBJECT"
-    k = keys(obj)
-    for i in range(3):
-        co = k[f"hyp_0{i}"][0]
-        assert np.abs(co[sel] - shown[sel]).max() < 1e-4
-    assert np.abs(k["hyp_00"][0][~sel] - k["hyp_01"][0][~sel]).max() > 1e-3
+    hands = []
+    for i in range(3):  # each as shown: its rest-space key under its pose
+        obj.hhmr.active_index = i
+        hands.append(scene.displayed_vertices(obj))
+        assert np.abs(hands[i][sel] - shown[sel]).max() < 1e-4
+    assert np.abs(hands[0][~sel] - hands[1][~sel]).max() > 1e-3
 
 
 def test_refit_follows_the_posed_rig(ctx):
@@ -577,8 +578,13 @@ def test_generated_hands_share_one_orientation(ctx):
     obj = new_hand(ctx)
 
     def palm_offsets():
-        kp = np.stack([topo.keypoint_regressor @ co for name, (co, _) in keys(obj).items()
-                       if name.startswith("hyp_")])
+        from hhmr_blender import scene
+
+        shown = []
+        for i in range(len(obj.hhmr.hypotheses)):  # each as shown, under its pose
+            obj.hhmr.active_index = i
+            shown.append(topo.keypoint_regressor @ scene.displayed_vertices(obj))
+        kp = np.stack(shown)
         rest = topo.rest_keypoints("right")
         return np.linalg.norm(kp[:, topo.palm()] - rest[topo.palm()], axis=2).mean(axis=1)
 
@@ -622,3 +628,239 @@ def test_photos_get_one_camera_each_side_by_side_at_their_own_size(ctx):
     assert bpy.ops.hhmr.view_photo() == {"FINISHED"}
     assert bpy.context.scene.camera == first.hhmr.camera
     assert (render.resolution_x, render.resolution_y) == (224, 224)
+
+
+# ---------------------------------------------------------------------------- the rig follows
+
+@pytest.fixture
+def landed(ctx, monkeypatch):
+    """The HypothesisSets of every result as they land (object frame, in list order): the
+    backend's own vertices, to compare Blender's evaluated mesh with."""
+    got = []
+    real = ctx.land
+
+    def land(results, task):
+        got.extend(results)
+        return real(results, task)
+
+    monkeypatch.setattr(ctx, "land", land)
+    return got
+
+
+def reproduction_mm(obj, hset) -> list[float]:
+    """Per hypothesis, shown through the list: the largest distance (mm) between Blender's
+    evaluated mesh (shape key under the Armature modifier) and the backend's vertices."""
+    from hhmr_blender import scene
+
+    out = []
+    for i in range(len(hset)):
+        obj.hhmr.active_index = i
+        bpy.context.view_layer.update()
+        shown = scene.displayed_vertices(obj)
+        out.append(float(np.abs(shown - hset.vertices[i]).max() * 1000))
+    return out
+
+
+def test_the_rig_follows_each_hypothesis(ctx, landed):
+    """Generate: each hypothesis's key is its rest-space mesh and showing it poses the rig, so
+    key + pose (Blender's own Armature modifier) reproduce the backend's vertices; the rest
+    skeleton sits at the hypothesis's joints, so finger bones only rotate."""
+    obj = new_hand(ctx)
+    rig = obj.parent
+    topo = ctx.topology()
+    assert bpy.ops.hhmr.generate() == {"FINISHED"}
+    hset = landed[0]
+    assert hset.rig is not None
+    errors = reproduction_mm(obj, hset)
+    assert max(errors) < 0.1, errors
+    k = keys(obj)
+    for item in obj.hhmr.hypotheses:
+        assert item.has_pose
+        locs = np.array(item.pose_location)
+        assert np.abs(locs[1:]).max() < 1e-5  # fingers: rotations about their own joints
+        # the key is a rest hand: its joints lie at the rest bones, the pose is on the rig
+        joints = (topo.keypoint_regressor @ k[item.key_name][0])[list(topo.joint_keypoints)]
+        assert np.linalg.norm(joints - np.array(item.rest_head), axis=1).mean() < 0.003
+    obj.hhmr.active_index = 1
+    quats = np.array([pb.rotation_quaternion for pb in rig.pose.bones])
+    assert {pb.rotation_mode for pb in rig.pose.bones} == {"QUATERNION"}
+    assert np.allclose(quats, np.array(obj.hhmr.hypotheses[1].pose_rotation), atol=1e-6)
+    assert not np.allclose(np.abs(quats[:, 0]), 1.0, atol=1e-3)  # not the rest pose
+    assert rig.animation_data is None or rig.animation_data.action is None  # Key pose off
+
+
+def bone_reach(topo, hset, i: int, bone: str) -> float:
+    """How far the backend's hypothesis ``i`` reaches from the bone's joint: the largest
+    distance from its posed joint to a vertex that the bone or a bone below it weights."""
+    j = topo.joint_names.index(bone)
+    below = {j}
+    for c, p in enumerate(topo.parents):
+        if p in below:
+            below.add(c)
+    weighted = topo.skin_weights[:, sorted(below)].sum(1) > 1e-6
+    head = hset.joints[i, topo.keypoint_names.index(bone)]
+    return float(np.linalg.norm(hset.vertices[i][weighted] - head, axis=1).max())
+
+
+@pytest.mark.parametrize("same_orientation", [False, True])
+def test_bending_a_finger_keeps_a_hand(ctx, landed, same_orientation):
+    """Issue 27's test: pick each hypothesis, rotate index_pip by 60 degrees: no vertex moves
+    further than the bone can reach (2 sin 30 deg times the distance from its joint to the
+    farthest vertex it moves, plus 3 mm for the blend near the joint); with the rig at rest
+    under posed keys (before) the finger tore into a spike."""
+    from hhmr_blender import scene
+    from mathutils import Quaternion
+
+    obj = new_hand(ctx)
+    rig = obj.parent
+    topo = ctx.topology()
+    s = bpy.context.scene.hhmr
+    s.same_orientation = same_orientation
+    try:
+        assert bpy.ops.hhmr.generate() == {"FINISHED"}
+    finally:
+        s.same_orientation = True
+    hset = landed[0]
+    pb = rig.pose.bones["index_pip"]
+    for i in range(len(hset)):
+        obj.hhmr.active_index = i
+        bpy.context.view_layer.update()
+        before = scene.displayed_vertices(obj)
+        pb.rotation_mode = "QUATERNION"
+        pb.rotation_quaternion = pb.rotation_quaternion @ Quaternion((1, 0, 0), np.radians(60))
+        bpy.context.view_layer.update()
+        moved = np.linalg.norm(scene.displayed_vertices(obj) - before, axis=1)
+        reach = bone_reach(topo, hset, i, "index_pip")
+        assert moved.max() > 0.5 * reach  # the finger did bend
+        assert moved.max() < 2 * np.sin(np.radians(30)) * reach + 0.003, (i, moved.max(), reach)
+
+
+def test_left_hand_follows_too(ctx, landed):
+    """A generated left hand (the right hand mirrored) reproduces through its rig."""
+    bpy.ops.hhmr.add_hand(handedness="left")
+    obj = bpy.context.view_layer.objects.active
+    assert bpy.ops.hhmr.generate() == {"FINISHED"}
+    hset = landed[0]
+    assert hset.handedness == "left" and hset.rig is not None
+    errors = reproduction_mm(obj, hset)
+    assert max(errors) < 0.1, errors
+
+
+@pytest.mark.skipif(not PHOTOS.exists(), reason="no ../shared/data")
+@pytest.mark.parametrize("side", ["AUTO", "left"])
+def test_reconstruction_follows_too(ctx, landed, side):
+    """A photo's hands (camera frame turned into Blender's, the rig at the wrist) reproduce
+    through their rig, as detected and forced left (the pose then drives the mirrored
+    model)."""
+    s = bpy.context.scene.hhmr
+    photo = PHOTOS / "freihand_style" / "119.jpg"
+    s.image_source, s.image_path, s.handedness = "FILE", str(photo), side
+    try:
+        assert bpy.ops.hhmr.reconstruct() == {"FINISHED"}
+    finally:
+        s.handedness = "AUTO"
+    for name, hset in zip(ctx.STATE.landed, landed, strict=True):
+        obj = bpy.data.objects[name]
+        assert hset.rig is not None
+        errors = reproduction_mm(obj, hset)
+        assert max(errors) < 0.1, (hset.handedness, errors)
+
+
+def test_key_pose_keys_the_shown_pose(ctx):
+    """With Key pose on, showing a hypothesis keys its pose on the current frame: the
+    animation brings it back after the bones were moved."""
+    obj = new_hand(ctx)
+    rig = obj.parent
+    scn = bpy.context.scene
+    assert bpy.ops.hhmr.generate() == {"FINISHED"}
+    assert rig.animation_data is None or rig.animation_data.action is None
+    scn.frame_set(10)
+    scn.hhmr.key_pose = True
+    try:
+        obj.hhmr.active_index = 1
+    finally:
+        scn.hhmr.key_pose = False
+    want = np.array(obj.hhmr.hypotheses[1].pose_rotation)
+    for pb in rig.pose.bones:
+        pb.rotation_quaternion = (1, 0, 0, 0)
+    scn.frame_set(1)
+    scn.frame_set(10)
+    got = np.array([rig.pose.bones[b].rotation_quaternion for b in obj.hhmr.bones.split(",")])
+    assert np.abs(got - want).max() < 1e-5
+
+
+def test_apply_as_basis_keeps_the_hand_and_its_pose(ctx, landed):
+    """Apply as Basis: the basis becomes the hypothesis's rest-space mesh and the rig keeps
+    its pose, so the hand looks as it did and still bends at its joints."""
+    from hhmr_blender import scene
+
+    obj = new_hand(ctx)
+    rig = obj.parent
+    assert bpy.ops.hhmr.generate() == {"FINISHED"}
+    hset = landed[0]
+    obj.hhmr.active_index = 2
+    rest_key = keys(obj)["hyp_02"][0]
+    pose = np.array([pb.matrix_basis for pb in rig.pose.bones])
+    assert bpy.ops.hhmr.apply_hypothesis() == {"FINISHED"}
+    bpy.context.view_layer.update()
+    assert obj.hhmr.active_index == -1 and "hyp_02" not in keys(obj)
+    assert np.abs(keys(obj)["Basis"][0] - rest_key).max() < 1e-7
+    assert np.allclose(np.array([pb.matrix_basis for pb in rig.pose.bones]), pose)
+    assert np.abs(scene.displayed_vertices(obj) - hset.vertices[2]).max() < 1e-4
+
+
+def test_results_without_pose_land_as_before(ctx, landed, monkeypatch):
+    """An older backend (no 'pose'): keys of posed meshes, the rig at rest."""
+    from hhmr_blender import jobs
+
+    real = jobs.Sampling.args
+    monkeypatch.setattr(jobs.Sampling, "args", lambda self: {**real(self), "pose": False})
+    obj = new_hand(ctx)
+    assert bpy.ops.hhmr.generate() == {"FINISHED"}
+    hset = landed[0]
+    assert hset.rig is None and not any(h.has_pose for h in obj.hhmr.hypotheses)
+    k = keys(obj)
+    for i, item in enumerate(obj.hhmr.hypotheses):
+        assert np.abs(k[item.key_name][0] - hset.vertices[i]).max() < 1e-6
+    assert max(reproduction_mm(obj, hset)) < 0.01
+    assert all(np.allclose(pb.matrix_basis, np.eye(4)) for pb in obj.parent.pose.bones)
+
+
+@pytest.mark.parametrize("mode", ["EDIT", "POSE"])
+def test_showing_keeps_the_mode_you_are_in(ctx, landed, mode):
+    """Picking a hypothesis in Edit Mode (the hand) or Pose Mode (its rig) moves the rig's rest
+    bones and poses them, and leaves you where you were."""
+    from hhmr_blender import scene
+
+    obj = new_hand(ctx)
+    assert bpy.ops.hhmr.generate() == {"FINISHED"}
+    hset = landed[0]
+    active = obj if mode == "EDIT" else obj.parent
+    bpy.context.view_layer.objects.active = active
+    bpy.ops.object.mode_set(mode=mode)
+    obj.hhmr.active_index = 1
+    assert bpy.context.view_layer.objects.active == active and active.mode == mode
+    bpy.ops.object.mode_set(mode="OBJECT")
+    rest = np.array([b.head_local for b in obj.parent.data.bones])
+    assert np.abs(rest - np.array(obj.hhmr.hypotheses[1].rest_head)).max() < 1e-5
+    assert np.abs(scene.displayed_vertices(obj) - hset.vertices[1]).max() < 1e-4
+
+
+def test_a_backend_without_shape_space_still_reproduces(ctx, landed, monkeypatch):
+    """A server that sends poses but no 'shapedirs' in its topology (before this add-on's
+    version): the rig keeps the template's skeleton, the keys absorb the shape, and key +
+    pose still reproduce the backend's vertices."""
+    import dataclasses
+
+    from hhmr_blender import handdata
+
+    real = handdata.HandTopology.from_info.__func__
+    monkeypatch.setattr(handdata.HandTopology, "from_info", classmethod(
+        lambda cls, info: dataclasses.replace(real(cls, info), shapedirs=None)))
+    obj = new_hand(ctx)
+    rest = np.array([b.head_local for b in obj.parent.data.bones])
+    assert bpy.ops.hhmr.generate() == {"FINISHED"}
+    hset = landed[0]
+    assert hset.rig is not None and ctx.topology().shapedirs is None
+    assert max(reproduction_mm(obj, hset)) < 0.1
+    assert np.abs(np.array([b.head_local for b in obj.parent.data.bones]) - rest).max() < 1e-6

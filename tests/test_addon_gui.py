@@ -1,6 +1,7 @@
 """A real Blender window: Debian's Blender 3.4.1 under Xvfb loads the add-on from the built
-zip, the Reconstruct button's timer path lands 8 hypotheses, the "Hand" tab is drawn, and a
-screenshot is saved (tools/panel_screenshot.sh, which also makes the README's picture)."""
+zip, the Reconstruct button's timer path lands 8 hypotheses whose rig follows them, the "Hand"
+tab is drawn, and screenshots are saved, the second with a finger bent by the rig
+(tools/panel_screenshot.sh, which also makes the README's pictures)."""
 
 import shutil
 import subprocess
@@ -28,5 +29,11 @@ def test_panel_in_a_real_blender_window(tmp_path):
     assert "HHMR_LANDED 8 hypotheses" in log and "'hyp_07'" in log
     draws = int(log.split("HHMR_PANEL_DRAWS ")[1].split()[0])
     assert draws > 0, "the HHMR panel was never drawn"
-    img = np.asarray(Image.open(out).convert("RGB"))
-    assert img.shape == (800, 1280, 3) and img.std() > 20
+    for shot in (out, tmp_path / "panel_bent.png"):  # on the photo, then a finger bent
+        img = np.asarray(Image.open(shot).convert("RGB"))
+        assert img.shape == (800, 1280, 3) and img.std() > 20
+    # the rig follows in Blender 3.4.1 too: each key under its pose is the backend's mesh
+    rig = log.split("HHMR_RIG reproduction max ")[1]
+    assert float(rig.split()[0]) < 0.1 and "posed=True" in rig.split("\n")[0]
+    bent = float(log.split("HHMR_BENT index_pip by 60 degrees, largest move ")[1].split()[0])
+    assert 5 < bent < 60  # the finger bent, within its reach (about 45 mm): still a hand

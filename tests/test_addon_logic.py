@@ -425,3 +425,63 @@ def test_scores_read_as_errors_in_units_and_the_order_is_explained():
     assert order_text("reconstruct", True).startswith("First: the sampler's central guess")
     assert "photo's keypoints" in order_text("reconstruct", True)
     assert order_text("generate", False) == "Sorted by stretch, smallest first"
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_rig_poses_reproduce_the_hand_model(hand, topo, side):
+    """The add-on's rig of a pose (forward kinematics in numpy, in the object frame) skins the
+    shaped rest hand onto what the backend's model makes of that pose: a right hand, a left
+    hand mirrored from a right pose (generate) and a left hand's own pose (MirroredHand, as a
+    left reconstruction sends it)."""
+    import torch
+    from hhmr.hand.mirror import MirroredHand
+
+    rng = np.random.default_rng(3)
+    n = 3
+    pose = {"global_orient": rng.normal(0, 1.0, (n, 3)),
+            "hand_pose": rng.normal(0, 0.3, (n, 15, 3)), "transl": rng.normal(0, 0.1, (n, 3))}
+    betas = rng.normal(0, 1.0, (n, topo.shapedirs.shape[2]))
+    t = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in pose.items()}
+    b = torch.as_tensor(betas, dtype=torch.float32)
+    right = hand(t["global_orient"], t["hand_pose"], b, t["transl"]).vertices.numpy()
+    cases = [(handdata.from_backend(right, side), False)]
+    if side == "left":
+        mirrored = MirroredHand(hand)(t["global_orient"], t["hand_pose"], b, t["transl"])
+        cases.append((mirrored.vertices.numpy(), True))
+    for want, left_pose in cases:
+        rig = handdata.rig_poses(topo, pose, betas, side, left_pose)
+        assert np.allclose(np.linalg.det(rig.transforms[..., :3, :3]), 1.0)  # proper motions
+        for i in range(n):
+            rest = handdata.from_backend(topo.shaped(betas[i]), side)
+            got = handdata.skin(rest, topo.skin_weights, rig.transforms[i])
+            assert np.abs(got - want[i]).max() < 1e-5
+            # the rest skeleton is the shaped hand's: its heads are the regressed joints
+            joints = (topo.keypoint_regressor @ rest)[list(topo.joint_keypoints)]
+            assert np.abs(rig.heads[i] - joints).max() < 1e-6
+
+
+def test_same_orientation_moves_the_rig_with_the_hands(topo):
+    """Task.results with align_to: the rig's transforms follow the rigid motion that turned
+    each hypothesis, so skinning its rest mesh still gives the moved vertices."""
+    rng = np.random.default_rng(4)
+    n = 2
+    pose = {"global_orient": rng.normal(0, 1.0, (n, 3)).astype(np.float32),
+            "hand_pose": rng.normal(0, 0.2, (n, 15, 3)).astype(np.float32),
+            "transl": np.zeros((n, 3), np.float32)}
+    betas = np.zeros((n, topo.shapedirs.shape[2]), np.float32)
+    rig = handdata.rig_poses(topo, pose, betas, "right")
+    verts = np.stack([handdata.skin(topo.template, topo.skin_weights, m)
+                      for m in rig.transforms])
+    joints = np.einsum("kv,nvc->nkc", topo.keypoint_regressor, verts)
+    result = P.make_hypotheses(verts, joints, np.array([0.0, -1.0], np.float32), {},
+                               pose=pose, betas=betas, corrective=np.zeros_like(verts))
+    task = jobs.generate(jobs.Sampling(n=n))
+    task.meta["align_to"] = (topo.rest_keypoints("right"), topo.palm())
+    (hset,) = task.results(result, topo.num_vertices, topo)
+    assert hset.rig is not None
+    for i in range(n):
+        got = handdata.skin(topo.template, topo.skin_weights, hset.rig.transforms[i])
+        assert np.abs(got - hset.vertices[i]).max() < 1e-5
+    assert np.abs(hset.vertices - verts).max() > 0.01  # they were turned
+    # without the topology (or from a backend without pose): no rig, as before
+    assert task.results(result, topo.num_vertices)[0].rig is None

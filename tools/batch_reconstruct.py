@@ -5,7 +5,8 @@
 
 Each hand found becomes an HHMR hand object (mesh + rig) with its hypotheses as shape keys
 hyp_00.. (best first) and a camera matching the photo; each is exported as glTF binary
-(hypotheses as morph targets, with the skin) and OBJ (the best hypothesis) into --export-dir.
+(hypotheses as morph targets, with the skin posed as the shown hypothesis) and OBJ (the best
+hypothesis) into --export-dir.
 The add-on comes from Blender's installed add-ons, else from this repository. Exit status:
 0 all photos done, 1 some failed (no hand, backend error), 2 setup failed.
 """
@@ -72,8 +73,14 @@ def export(obj: bpy.types.Object, folder: Path) -> list[Path]:
     if obj.parent is not None:
         obj.parent.select_set(True)
     bpy.context.view_layer.objects.active = obj
+    # the joints in the rig's pose, the shown hypothesis's: its morph target is a rest-space
+    # mesh that this pose skins onto the fit (Blender 3.5+ names the option, 3.4 its own)
+    known = bpy.ops.export_scene.gltf.get_rna_type().properties
+    opts = {"export_rest_position_armature": False} \
+        if "export_rest_position_armature" in known else {"export_current_frame": True}
     bpy.ops.export_scene.gltf(filepath=str(glb), export_format="GLB", use_selection=True,
-                              export_morph=True, export_skins=True, export_animations=False)
+                              export_morph=True, export_skins=True, export_animations=False,
+                              **opts)
     obj.parent.select_set(False)
     from hhmr_blender import scene
 

@@ -8,12 +8,16 @@ and the GUI test). Run under a display, e.g. Xvfb:
 It presses Reconstruct the way the button does (the operator in the 3D view's context), lets
 the timer land the hypotheses while Blender keeps drawing, times click-to-shape-keys, shows
 the camera view over the photo with the sidebar's "Hand" tab (clicked with xdotool) and saves
-the window. Prints HHMR_* lines for the test; exits non-zero on failure.
+the window; then bends the index finger by the rig (index_pip, 60 degrees) and saves the
+window again beside it (OUT_bent.png). Prints HHMR_* lines for the test (HHMR_RIG: how closely
+each hypothesis's shape key under its pose reproduces the backend's mesh); exits non-zero on
+failure.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import subprocess
 import sys
@@ -22,6 +26,8 @@ import traceback
 
 import addon_utils
 import bpy
+import numpy as np
+from mathutils import Quaternion
 
 argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
 ap = argparse.ArgumentParser()
@@ -96,6 +102,13 @@ def _step() -> float | None:
 
         LocalBackend().wait_ready(runner.client(timeout_s=2.0, retries=0), timeout=120)
         runner.info(refresh=True)
+        land = runner.land
+
+        def keep(results, task):  # the backend's meshes, to compare the rig's with
+            state["results"] = results
+            return land(results, task)
+
+        runner.land = keep
         state["step"] = "click"
     if state["step"] == "click":
         for obj in list(bpy.data.objects):  # the previous press's hand, rig and camera
@@ -134,7 +147,15 @@ def _step() -> float | None:
         with bpy.context.temp_override(window=win, area=area, region=region):
             bpy.ops.view3d.view_camera()
             bpy.ops.view3d.view_center_camera()
-        scene.show(hand, hand.hhmr.hypotheses[0].key_name)
+        hset = state["results"][0]
+        errors = []
+        for i in range(len(hset)):  # each shown through the list: key + pose vs the backend
+            hand.hhmr.active_index = i
+            bpy.context.view_layer.update()
+            errors.append(abs(scene.displayed_vertices(hand) - hset.vertices[i]).max() * 1000)
+        print(f"HHMR_RIG reproduction max {max(errors):.6f} mm over {len(errors)} hypotheses, "
+              f"posed={all(h.has_pose for h in hand.hhmr.hypotheses)}")
+        hand.hhmr.active_index = 0
         state["step"], state["drawn"], state["tabs"] = 2, 0, 0
         return 0.5
     if state["step"] == 2:  # click down the sidebar's tab strip until "Hand" is drawn
@@ -154,6 +175,20 @@ def _step() -> float | None:
         with bpy.context.temp_override(window=win, area=area, region=region):
             bpy.ops.screen.screenshot(filepath=args.out)
         print("HHMR_SCREENSHOT", args.out)
+        hand = bpy.data.objects[runner.STATE.landed[0]]
+        state["before"] = scene.displayed_vertices(hand)
+        pb = hand.parent.pose.bones["index_pip"]
+        pb.rotation_quaternion = pb.rotation_quaternion @ Quaternion((1, 0, 0), math.radians(60))
+        bpy.context.view_layer.update()
+        moved = np.linalg.norm(scene.displayed_vertices(hand) - state["before"], axis=1)
+        print(f"HHMR_BENT index_pip by 60 degrees, largest move {moved.max() * 1000:.1f} mm")
+        state["step"] = 4
+        return 0.5
+    if state["step"] == 4:  # the bent finger, drawn
+        bent = args.out.removesuffix(".png") + "_bent.png"
+        with bpy.context.temp_override(window=win, area=area, region=region):
+            bpy.ops.screen.screenshot(filepath=bent)
+        print("HHMR_SCREENSHOT", bent)
         finish(0)
     return None
 

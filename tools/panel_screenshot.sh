@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The HHMR panel in Debian's Blender 3.4.1 under Xvfb: build the extension zip, install it as a
 # user add-on in a scratch folder, start a backend, press Reconstruct on a real photo, save a
-# screenshot. Needs: apt install blender xvfb xauth xdotool python3-numpy; ../shared/data.
+# screenshot (and OUT_bent.png: a finger bent by the rig). Needs: apt install blender xvfb
+# xauth xdotool python3-numpy; ../shared/data.
 #   bash tools/panel_screenshot.sh [OUT.png] [PHOTO]     (default docs/images/blender_panel.png)
 set -euo pipefail
 cd "$(dirname "$0")/.."

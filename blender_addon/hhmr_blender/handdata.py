@@ -31,6 +31,7 @@ class HandTopology:
     rest_joints: np.ndarray  # float32 [J, 3]
     keypoint_regressor: np.ndarray  # float32 [21, V]
     keypoint_names: tuple[str, ...]  # 21 names; fingertips end in "_tip"
+    shapedirs: np.ndarray | None = None  # float32 [V, 3, S], the shape space (newer backends)
 
     @classmethod
     def from_info(cls, info: Mapping[str, Any]) -> HandTopology:
@@ -44,7 +45,9 @@ class HandTopology:
                        np.asarray(t["skin_weights"], np.float32),
                        np.asarray(t["rest_joints"], np.float32),
                        np.asarray(t["keypoint_regressor"], np.float32),
-                       tuple(str(n) for n in t["keypoint_names"]))
+                       tuple(str(n) for n in t["keypoint_names"]),
+                       np.asarray(t["shapedirs"], np.float32)
+                       if t.get("shapedirs") is not None else None)
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"bad topology from the backend: {err}") from None
         topo.check()
@@ -76,6 +79,9 @@ class HandTopology:
             problems.append("parents must list earlier joints, the root first")
         if len(self.joint_keypoints) != j:
             problems.append("the non-tip keypoints must be the joints")
+        if self.shapedirs is not None and (self.shapedirs.ndim != 3
+                                           or self.shapedirs.shape[:2] != (v, 3)):
+            problems.append(f"shapedirs must be [{v}, 3, S]")
         if problems:
             raise ValueError("bad topology from the backend: " + "; ".join(problems))
 
@@ -103,10 +109,21 @@ class HandTopology:
             return self.template * MIRROR_X, self.faces[:, ::-1].copy()
         return self.template.copy(), self.faces.copy()
 
-    def bones(self, handedness: str = "right") -> list[Bone]:
+    def shaped(self, betas: np.ndarray | None) -> np.ndarray:
+        """The rest vertices [V, 3] of a right hand of shape ``betas`` (the template when
+        the backend sent no shape space or no betas)."""
+        if betas is None or self.shapedirs is None:
+            return self.template.astype(np.float64)
+        b = np.asarray(betas, np.float64)[: self.shapedirs.shape[2]]
+        return self.template + np.einsum("vcs,s->vc", self.shapedirs[..., : len(b)], b)
+
+    def bones(self, handedness: str = "right", rest: np.ndarray | None = None) -> list[Bone]:
         """One bone per joint: head at the joint, tail at the next keypoint along its finger
-        (the fingertip for the last joint); the root's tail is the middle finger's base."""
-        kp = self.keypoint_regressor @ self.template
+        (the fingertip for the last joint); the root's tail is the middle finger's base.
+        ``rest``: the right hand's rest vertices [V, 3] (default the template)."""
+        joints = self.rest_joints if rest is None else \
+            (self.keypoint_regressor @ rest)[list(self.joint_keypoints)]
+        kp = self.keypoint_regressor @ (self.template if rest is None else rest)
         names = self.keypoint_names
         children = {p: i for i, p in reversed(list(enumerate(self.parents))) if p >= 0}
         out = []
@@ -117,7 +134,7 @@ class HandTopology:
                 tail = kp[base]
             else:
                 tail = kp[k + 1]
-            head = self.rest_joints[j]
+            head = joints[j]
             if handedness == "left":
                 head, tail = head * MIRROR_X, tail * MIRROR_X
             parent = self.joint_names[self.parents[j]] if self.parents[j] >= 0 else None
@@ -220,20 +237,113 @@ def skin(vertices: np.ndarray, weights: np.ndarray, matrices: np.ndarray) -> np.
     return (np.einsum("vab,vb->va", blend[:, :3, :3], v) + blend[:, :3, 3]).astype(np.float32)
 
 
+def palm_frames(joints: np.ndarray, target: np.ndarray, palm: Sequence[int]) -> np.ndarray:
+    """Per hand [n, 21, 3], the rigid motion [n, 4, 4] (column vectors) that best puts its
+    palm keypoints onto ``target``'s (Kabsch, a rotation, never a reflection)."""
+    src = np.asarray(joints, np.float64)[:, palm]
+    dst = np.asarray(target, np.float64)[palm]
+    mu_s, mu_d = src.mean(1), dst.mean(0)
+    u, _, vt = np.linalg.svd(np.swapaxes(src - mu_s[:, None], 1, 2) @ (dst - mu_d))
+    d = np.sign(np.linalg.det(u @ vt))
+    u[:, :, 2] *= d[:, None]
+    rot = np.swapaxes(u @ vt, 1, 2)  # x' = rot x + shift
+    frames = np.tile(np.eye(4), (len(src), 1, 1))
+    frames[:, :3, :3] = rot
+    frames[:, :3, 3] = mu_d - np.einsum("nab,nb->na", rot, mu_s)
+    return frames
+
+
+def move(points: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """Points [n, P, 3] moved by per-hand 4x4 matrices [n, 4, 4]."""
+    p = np.asarray(points, np.float64)
+    f = np.asarray(frames, np.float64)
+    return (np.einsum("nab,npb->npa", f[:, :3, :3], p) + f[:, None, :3, 3]).astype(np.float32)
+
+
 def align_palms(vertices: np.ndarray, joints: np.ndarray, target: np.ndarray,
                 palm: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """Each hand [n, V, 3] (with its keypoints [n, 21, 3]) turned and moved rigidly so that
     its palm keypoints best match ``target``'s (Kabsch): browsing generated hands then keeps
     the wrist in place and the palm facing one way."""
-    src = np.asarray(joints, np.float64)[:, palm]
-    dst = np.asarray(target, np.float64)[palm]
-    mu_s, mu_d = src.mean(1, keepdims=True), dst.mean(0)
-    u, _, vt = np.linalg.svd(np.swapaxes(src - mu_s, 1, 2) @ (dst - mu_d))
-    d = np.sign(np.linalg.det(u @ vt))  # a rotation, never a reflection
-    u[:, :, 2] *= d[:, None]
-    rot = u @ vt  # row vectors: x @ rot
+    frames = palm_frames(joints, target, palm)
+    return move(vertices, frames), move(joints, frames)
 
-    def move(x: np.ndarray) -> np.ndarray:
-        return ((np.asarray(x, np.float64) - mu_s) @ rot + mu_d).astype(np.float32)
 
-    return move(vertices), move(joints)
+# ---------------------------------------------------------------------------- the solved rig
+
+def axis_angle_matrix(aa: np.ndarray) -> np.ndarray:
+    """Rodrigues: rotation vectors [..., 3] -> matrices [..., 3, 3]."""
+    aa = np.asarray(aa, np.float64)
+    angle = np.linalg.norm(aa, axis=-1)[..., None, None]
+    k = np.zeros((*aa.shape[:-1], 3, 3))
+    x, y, z = aa[..., 0], aa[..., 1], aa[..., 2]
+    k[..., 0, 1], k[..., 0, 2], k[..., 1, 0] = -z, y, z
+    k[..., 1, 2], k[..., 2, 0], k[..., 2, 1] = -x, -y, x
+    small = angle < 1e-8
+    safe = np.where(small, 1.0, angle)
+    a = np.where(small, 1.0 - angle ** 2 / 6, np.sin(safe) / safe)
+    b = np.where(small, 0.5 - angle ** 2 / 24, (1 - np.cos(safe)) / safe ** 2)
+    return np.eye(3) + a * k + b * (k @ k)
+
+
+@dataclass
+class RigPoses:
+    """The solved rig of n hypotheses in the hand object's frame: per joint, the skinning
+    transform (rest -> posed) and the rest skeleton of each hypothesis's shape."""
+
+    transforms: np.ndarray  # float64 [n, J, 4, 4]
+    heads: np.ndarray  # float64 [n, J, 3] rest bone heads (the shaped hand's joints)
+    tails: np.ndarray  # float64 [n, J, 3]
+
+    def take(self, order: np.ndarray) -> RigPoses:
+        return RigPoses(self.transforms[order], self.heads[order], self.tails[order])
+
+    def moved(self, frames: np.ndarray) -> RigPoses:
+        """The posed side moved by per-hypothesis rigid motions [n, 4, 4] (the rest side
+        stays): what aligning or re-framing the hypotheses' vertices does to their rig."""
+        return RigPoses(np.asarray(frames, np.float64)[:, None] @ self.transforms, self.heads,
+                        self.tails)
+
+
+def rig_poses(topo: HandTopology, pose: Mapping[str, Any], betas: np.ndarray | None,
+              handedness: str, left_pose: bool = False) -> RigPoses:
+    """The rig of the backend's solved ``pose`` (global_orient [n, 3], hand_pose [n, 15, 3],
+    transl [n, 3]; rotations relative to the parent about the model's axes, lbs.py) and
+    ``betas`` [n, S], in the frame ``from_backend`` gives (left hands mirrored).
+
+    ``left_pose``: the pose drives the mirrored model (MirroredHand, a left reconstruction);
+    it is turned into the right model's pose first (rotation vectors (x, -y, -z), points x ->
+    -x), so both kinds of left hand end up as the right model's transforms conjugated by the
+    mirror, which is a proper rigid motion again."""
+    g = np.asarray(pose["global_orient"], np.float64)
+    hp = np.asarray(pose["hand_pose"], np.float64).reshape(len(g), -1, 3)
+    t = np.asarray(pose["transl"], np.float64).reshape(len(g), 3)
+    n, nj = len(g), topo.num_joints
+    if hp.shape[1] != nj - 1:
+        raise ValueError(f"the pose has {hp.shape[1] + 1} joints, the rig {nj}")
+    aa = np.concatenate([g[:, None], hp], 1)
+    if left_pose:
+        aa, t = aa * np.array([1.0, -1.0, -1.0]), t * MIRROR_X
+    local = axis_angle_matrix(aa)
+    mirror = np.diag([*MIRROR_X, 1.0]) if handedness == "left" else np.eye(4)
+    transforms = np.zeros((n, nj, 4, 4))
+    heads, tails = np.zeros((n, nj, 3)), np.zeros((n, nj, 3))
+    for i in range(n):
+        rest = topo.shaped(None if betas is None else np.asarray(betas)[i])
+        bones = topo.bones(handedness, rest)
+        joints = topo.keypoint_regressor @ rest
+        joints = joints[list(topo.joint_keypoints)]
+        heads[i] = [b.head for b in bones]
+        tails[i] = [b.tail for b in bones]
+        world, posed = np.zeros((nj, 3, 3)), np.zeros((nj, 3))
+        for j, p in enumerate(topo.parents):  # forward kinematics, as lbs.forward_kinematics
+            if p < 0:
+                world[j], posed[j] = local[i, j], joints[j]
+            else:
+                world[j] = world[p] @ local[i, j]
+                posed[j] = posed[p] + world[p] @ (joints[j] - joints[p])
+        m = np.tile(np.eye(4), (nj, 1, 1))
+        m[:, :3, :3] = world
+        m[:, :3, 3] = posed - np.einsum("jab,jb->ja", world, joints) + t[i]
+        transforms[i] = mirror @ m @ mirror
+    return RigPoses(transforms, heads, tails)

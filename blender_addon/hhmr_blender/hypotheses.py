@@ -49,6 +49,7 @@ class HypothesisSet:
     label: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     central_first: bool = False  # the first is the sampler's central guess
+    rig: Any = None  # handdata.RigPoses: the solved rig of each (None: posed meshes only)
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -59,6 +60,8 @@ class HypothesisSet:
         """The backend's central hypothesis first (its best single guess), if it marked one,
         then the others by score, best (highest) first."""
         order = rank(scores, central)
+        if kw.get("rig") is not None:
+            kw["rig"] = kw["rig"].take(order)
         return cls(np.asarray(vertices, np.float32)[order],
                    np.asarray(joints, np.float32)[order],
                    np.asarray(scores, np.float32)[order], op, **kw,

@@ -60,18 +60,22 @@ class Task:
     # "beside": the hand a new hand goes next to
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def results(self, result: Mapping[str, Any], num_vertices: int | None = None
-                ) -> list[HypothesisSet]:
-        """Read a result map; raises ProtocolError on a malformed one."""
+    def results(self, result: Mapping[str, Any], num_vertices: int | None = None,
+                topology: handdata.HandTopology | None = None) -> list[HypothesisSet]:
+        """Read a result map; raises ProtocolError on a malformed one. With ``topology``,
+        hypotheses that carry the backend's solved pose come with their rig (``rig``)."""
         if self.op != "reconstruct":
             h = protocol.parse_hypotheses(result, num_vertices)
             verts = handdata.from_backend(h.vertices, self.handedness)
             joints = handdata.from_backend(h.joints, self.handedness)
+            rig = _rig(h.extra, topology, self.handedness, left_pose=False)
             if self.meta.get("align_to") is not None:  # (rest keypoints, palm indices)
-                verts, joints = handdata.align_palms(verts, joints, *self.meta["align_to"])
+                frames = handdata.palm_frames(joints, *self.meta["align_to"])
+                verts, joints = handdata.move(verts, frames), handdata.move(joints, frames)
+                rig = rig.moved(frames) if rig is not None else None
             return [HypothesisSet.ranked(verts, joints, h.scores, self.op,
                                          h.extra.get("central"), handedness=self.handedness,
-                                         label=self.label)]
+                                         label=self.label, rig=rig)]
         hands = result.get("hands") if isinstance(result, Mapping) else None
         if not isinstance(hands, list) or not hands:
             raise ProtocolError(protocol.BAD_MESSAGE, "reconstruct: no 'hands' in the result")
@@ -82,13 +86,31 @@ class Task:
                 else "right"
             best = int(rank(h.scores, h.extra.get("central"))[0])
             verts, joints, location = handdata.camera_to_object(h.vertices, h.joints, best)
+            rig = _rig(h.extra, topology, side, left_pose=side == "left")
+            if rig is not None:  # the camera frame turned into Blender's, the wrist at 0
+                frame = np.eye(4)
+                frame[:3, :3], frame[:3, 3] = handdata.CAMERA_TO_BLENDER, -location
+                rig = rig.moved(np.broadcast_to(frame, (len(h.scores), 4, 4)))
             label = f"{self.label} hand {i}" if len(hands) > 1 else self.label
             extra = {"image_size": result.get("image_size"), "K": result.get("K"),
                      "keypoints2d": hand.get("keypoints2d")}
             out.append(HypothesisSet.ranked(
                 verts, joints, h.scores, self.op, h.extra.get("central"), handedness=side,
-                location=location, label=label, extra=extra))
+                location=location, label=label, extra=extra, rig=rig))
         return out
+
+
+def _rig(extra: Mapping[str, Any], topology: handdata.HandTopology | None, handedness: str,
+         left_pose: bool) -> handdata.RigPoses | None:
+    """The solved rig of a result's hypotheses, None for a backend that sent no ``pose``
+    (they then land as posed meshes under a rig at rest, as before)."""
+    pose = extra.get("pose")
+    if topology is None or not isinstance(pose, Mapping):
+        return None
+    try:
+        return handdata.rig_poses(topology, pose, extra.get("betas"), handedness, left_pose)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ProtocolError(protocol.BAD_MESSAGE, f"bad pose from the backend: {err}") from None
 
 
 # Generation's spread: the backend's autoguidance weight per choice ("DEFAULT" sends none, the
@@ -175,8 +197,9 @@ class TrackedJob:
     """A Task in flight: ``poll()`` is None until done, then the HypothesisSets (or it
     raises RemoteError, TimeoutError or ProtocolError)."""
 
-    def __init__(self, client: Any, task: Task, num_vertices: int | None = None):
-        self.task, self.num_vertices = task, num_vertices
+    def __init__(self, client: Any, task: Task, num_vertices: int | None = None,
+                 topology: handdata.HandTopology | None = None):
+        self.task, self.num_vertices, self.topology = task, num_vertices, topology
         self.started = time.monotonic()
         self.job = client.submit(task.op, **task.args)
         self.cancel_requested = False
@@ -191,10 +214,11 @@ class TrackedJob:
 
     def poll(self) -> list[HypothesisSet] | None:
         result = self.job.poll()
-        return None if result is None else self.task.results(result, self.num_vertices)
+        return None if result is None else \
+            self.task.results(result, self.num_vertices, self.topology)
 
     def wait(self, timeout: float | None = None) -> list[HypothesisSet]:
-        return self.task.results(self.job.wait(timeout), self.num_vertices)
+        return self.task.results(self.job.wait(timeout), self.num_vertices, self.topology)
 
     def cancel(self) -> None:
         """Ask the server to stop; the job then ends with a CANCELLED error."""

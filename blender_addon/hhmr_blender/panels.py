@@ -130,6 +130,7 @@ class HHMR_PT_hypotheses(_HandPanel):
                    hypotheses.order_text(items[0].op, items[0].central), "INFO")
         if hand.hhmr.camera is not None:
             layout.operator("hhmr.view_photo", icon="CAMERA_DATA")
+        layout.prop(context.scene.hhmr, "key_pose")
         row = layout.row(align=True)
         row.operator("hhmr.apply_hypothesis", icon="CHECKMARK")
         row.operator("hhmr.delete_hypothesis", icon="X", text="Delete")

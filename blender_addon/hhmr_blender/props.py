@@ -6,12 +6,15 @@ from bpy.props import (
     CollectionProperty,
     EnumProperty,
     FloatProperty,
+    FloatVectorProperty,
     IntProperty,
     PointerProperty,
     StringProperty,
 )
 
 from .wire import client as wire_client
+
+RIG_BONES = 16  # bones of an HHMR rig: a pose is stored for each
 
 
 def _show_active(self, context) -> None:
@@ -29,6 +32,14 @@ class HHMR_Hypothesis(bpy.types.PropertyGroup):
     op: StringProperty(name="From")
     central: BoolProperty(name="Central", description="The sampler's central guess (started "
                           "from the noise's mean), shown first")
+    # the solved rig (from backends that send a pose): shown with the hypothesis, its shape key
+    # then holds the rest-space mesh. Per bone, in the rig's joint order (HHMR_ObjectSettings
+    # .bones): the pose bone's quaternion and location, and the rest bone of this hand's shape
+    has_pose: BoolProperty(name="Has pose", default=False)
+    pose_rotation: FloatVectorProperty(name="Bone rotations", size=(RIG_BONES, 4))
+    pose_location: FloatVectorProperty(name="Bone locations", size=(RIG_BONES, 3))
+    rest_head: FloatVectorProperty(name="Rest heads", size=(RIG_BONES, 3))
+    rest_tail: FloatVectorProperty(name="Rest tails", size=(RIG_BONES, 3))
 
 
 class HHMR_ObjectSettings(bpy.types.PropertyGroup):
@@ -37,6 +48,8 @@ class HHMR_ObjectSettings(bpy.types.PropertyGroup):
     hypotheses: CollectionProperty(type=HHMR_Hypothesis)
     active_index: IntProperty(name="Shown hypothesis", default=-1, update=_show_active)
     camera: PointerProperty(type=bpy.types.Object, name="Camera")
+    bones: StringProperty(name="Rig bones", description="The bones the hypotheses' poses "
+                          "drive, comma-separated, in their order")
 
 
 class HHMR_SceneSettings(bpy.types.PropertyGroup):
@@ -90,6 +103,10 @@ class HHMR_SceneSettings(bpy.types.PropertyGroup):
         ("NEW", "New hand", "Always on a new hand object, beside the selected one"),
         ("REPLACE", "Replace", "Replace the hypotheses of the selected hand")],
         description="Where Generate, Inpaint and Refit put their hands")
+    key_pose: BoolProperty(
+        name="Key pose", default=False,
+        description="Insert keyframes for the rig's pose on the current frame whenever a "
+                    "hypothesis is shown")
     only_selected_bones: BoolProperty(
         name="Only selected bones", default=False,
         description="Refit to the selected bones' keypoints only; the rest is generated")

@@ -76,7 +76,7 @@ def start(task: jobs.Task) -> list[str] | None:
     info(refresh=True)  # a stopped backend fails here within INFO_TIMEOUT_S, not timeout_s
     topo = topology()
     STATE.error, STATE.status = "", f"{task.op}: sent"
-    STATE.job = jobs.TrackedJob(client(), task, topo.num_vertices)
+    STATE.job = jobs.TrackedJob(client(), task, topo.num_vertices, topo)
     if bpy.app.background and not FORCE_ASYNC:
         try:
             results = STATE.job.wait()
@@ -168,10 +168,10 @@ def land(results: list[HypothesisSet], task: jobs.Task) -> list[str]:
                         camera = _camera_for(task, hset, obj, shift)
                         created += [camera] if camera is not None else []
                     obj.hhmr.camera = camera
-            elif task.meta.get("posed"):
+            elif task.meta.get("posed") and hset.rig is None:  # else its own pose
                 pose = scene.bone_matrices(obj, topo)
                 weights = scene.skin_weights(obj, topo)
-            scene.apply_hypotheses(obj, hset, pose, weights)
+            scene.apply_hypotheses(obj, hset, pose, weights, topo)
             names.append(obj.name)
     except BaseException:
         scene.remove_objects(created)

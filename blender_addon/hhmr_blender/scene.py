@@ -11,10 +11,12 @@ from contextlib import contextmanager
 
 import bpy
 import numpy as np
+from mathutils import Matrix, Vector
 
 from . import handdata, hypotheses
 from .handdata import HandTopology
 from .hypotheses import HypothesisSet
+from .props import RIG_BONES
 
 BASIS = "Basis"
 SUBDIVISION = "HHMR smooth"  # the Subdivision modifier every new hand gets
@@ -262,18 +264,32 @@ def ours(obj: bpy.types.Object) -> list[str]:
 
 def apply_hypotheses(obj: bpy.types.Object, hset: HypothesisSet,
                      pose: np.ndarray | None = None,
-                     weights: np.ndarray | None = None) -> list[str]:
+                     weights: np.ndarray | None = None,
+                     topo: HandTopology | None = None) -> list[str]:
     """Put hypotheses on ``obj`` as shape keys hyp_00.. (best first, shown), replacing the
     previous ones, all or nothing. The user's own keys are not touched. With ``pose`` and
-    ``weights`` the hypotheses are in posed space and are stored unposed, under the rig."""
+    ``weights`` the hypotheses are in posed space and are stored unposed, under the rig.
+
+    With the backend's solved rig (``hset.rig``) and the backend's ``topo``, each key
+    holds the hypothesis's rest-space mesh and the hypothesis keeps its pose: showing it
+    poses the rig, so that key and pose reproduce the hypothesis."""
     hset.check(len(obj.data.vertices))
     if obj.mode != "OBJECT":  # edit mode would overwrite new keys when it is left
         _set_mode(obj, "OBJECT")
     verts = hset.vertices
-    if pose is not None:
+    rigged = hset.rig is not None and topo is not None and rig_of(obj) is not None \
+        and topo.num_joints == RIG_BONES
+    bones = tuple(topo.joint_names) if rigged else ()
+    if rigged:
+        weights = skin_weights(obj, topo)
+        verts = np.stack([handdata.unpose(v, weights, m)
+                          for v, m in zip(hset.vertices, hset.rig.transforms, strict=True)])
+        poses = [bone_pose(m, h, t, topo.parents) for m, h, t in
+                 zip(hset.rig.transforms, hset.rig.heads, hset.rig.tails, strict=True)]
+    elif pose is not None:
         verts = handdata.unpose(verts, weights, pose)
-        if not np.isfinite(verts).all():
-            raise ValueError("the rig's pose cannot be undone for these vertices")
+    if not np.isfinite(verts).all():
+        raise ValueError("the rig's pose cannot be undone for these vertices")
     if obj.data.shape_keys is None:
         obj.shape_key_add(name=BASIS, from_mix=False)
     token = secrets.token_hex(4)
@@ -294,14 +310,48 @@ def apply_hypotheses(obj: bpy.types.Object, hset: HypothesisSet,
         blocks[t].name = name
     final = [blocks[i].name for i in range(len(blocks) - len(hset), len(blocks))]
     obj.hhmr.hypotheses.clear()
+    obj.hhmr.bones = ",".join(bones) if rigged else ""
     for i, (name, score) in enumerate(zip(final, hset.scores, strict=True)):
         item = obj.hhmr.hypotheses.add()
         item.key_name, item.score, item.op = name, float(score), hset.op
         item.central = hset.central_first and i == 0
+        if rigged:
+            quats, locs = poses[i]
+            item.has_pose = True
+            item.pose_rotation, item.pose_location = quats.tolist(), locs.tolist()
+            item.rest_head = hset.rig.heads[i].tolist()
+            item.rest_tail = hset.rig.tails[i].tolist()
     obj.hhmr.active_index = 0  # shows the first (central, else best scored)
     show(obj, final[0])
     obj.data.update()
     return final
+
+
+def bone_rest(head: np.ndarray, tail: np.ndarray) -> np.ndarray:
+    """A bone's rest matrix (armature space, 4x4) for its head and tail with roll 0, as
+    Blender builds it (Y along the bone)."""
+    m = np.eye(4)
+    axis = Vector(np.asarray(tail, float) - np.asarray(head, float)).normalized()
+    m[:3, :3] = np.array(bpy.types.Bone.MatrixFromAxisRoll(axis, 0.0))
+    m[:3, 3] = head
+    return m
+
+
+def bone_pose(transforms: np.ndarray, heads: np.ndarray, tails: np.ndarray,
+              parents: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Pose-bone quaternions [J, 4] and locations [J, 3] (matrix_basis) that make Blender's
+    armature deform with the skinning ``transforms`` [J, 4, 4] (armature frame), for rest
+    bones at ``heads``/``tails``. A pose bone deforms by D_j = D_parent B_j basis_j B_j^-1
+    (B_j its rest matrix), so basis_j = B_j^-1 D_parent^-1 D_j B_j; with the rest skeleton at
+    the hypothesis's own joints a finger bone's location comes out zero."""
+    quats, locs = np.zeros((len(parents), 4)), np.zeros((len(parents), 3))
+    for j in range(len(parents)):
+        rest = bone_rest(heads[j], tails[j])
+        parent = transforms[parents[j]] if parents[j] >= 0 else np.eye(4)
+        basis = np.linalg.inv(rest) @ np.linalg.inv(parent) @ transforms[j] @ rest
+        quats[j] = Matrix(basis[:3, :3].tolist()).to_quaternion()
+        locs[j] = basis[:3, 3]
+    return quats, locs
 
 
 def _write_key(kb: bpy.types.ShapeKey, co: np.ndarray) -> None:
@@ -319,7 +369,9 @@ def _remove_keys(obj: bpy.types.Object, key_names: list[str]) -> None:
 
 
 def show(obj: bpy.types.Object, name: str | None) -> None:
-    """Only hypothesis ``name`` on (value 1), the other hypotheses off; user keys untouched."""
+    """Only hypothesis ``name`` on (value 1), the other hypotheses off; user keys untouched.
+    A hypothesis with a solved rig also poses the rig (keyed when the scene's Key pose is
+    on)."""
     keys = obj.data.shape_keys
     if keys is None:
         return
@@ -328,6 +380,61 @@ def show(obj: bpy.types.Object, name: str | None) -> None:
         keys.key_blocks[key].value = value
     if name in names:
         obj.active_shape_key_index = names.index(name)
+    item = next((h for h in obj.hhmr.hypotheses if h.key_name == name), None)
+    if item is not None and item.has_pose:
+        pose_rig(obj, stored_pose(item))
+
+
+def stored_pose(item) -> tuple[np.ndarray, ...]:
+    """A hypothesis's rig: rest heads and tails, pose quaternions and locations."""
+    return (np.array(item.rest_head), np.array(item.rest_tail), np.array(item.pose_rotation),
+            np.array(item.pose_location))
+
+
+def pose_rig(obj: bpy.types.Object, pose: tuple[np.ndarray, ...]) -> None:
+    """Set the rig to a hypothesis's rest skeleton (its shape's joints) and pose."""
+    rig = rig_of(obj)
+    bones = [b for b in obj.hhmr.bones.split(",") if b]
+    if rig is None or len(bones) != RIG_BONES or any(b not in rig.pose.bones for b in bones):
+        return
+    heads, tails, quats, locs = pose
+    _set_rest(rig, bones, heads, tails)
+    key = bpy.context.scene.hhmr.key_pose
+    for j, bone in enumerate(bones):
+        pb = rig.pose.bones[bone]
+        pb.rotation_mode = "QUATERNION"
+        pb.rotation_quaternion = quats[j].tolist()
+        pb.location = locs[j].tolist()
+        pb.scale = (1.0, 1.0, 1.0)
+        if key:
+            pb.keyframe_insert("rotation_quaternion", group=bone)
+            pb.keyframe_insert("location", group=bone)
+    rig.update_tag()
+
+
+def _set_rest(rig: bpy.types.Object, bones: list[str], heads: np.ndarray,
+              tails: np.ndarray) -> None:
+    """Move the rig's rest bones (edit mode, roll 0) where they differ from ``heads`` and
+    ``tails``; the active object and its mode are restored."""
+    current = np.array([[*rig.data.bones[b].head_local, *rig.data.bones[b].tail_local]
+                        for b in bones])
+    if np.abs(current - np.concatenate([heads, tails], 1)).max() < 1e-6:
+        return
+    view_layer = bpy.context.view_layer
+    active = view_layer.objects.active
+    mode = active.mode if active is not None else "OBJECT"
+    if active is not None and mode != "OBJECT":
+        _set_mode(active, "OBJECT")
+    _set_mode(rig, "EDIT")
+    try:
+        for j, bone in enumerate(bones):
+            eb = rig.data.edit_bones[bone]
+            eb.head, eb.tail, eb.roll = heads[j].tolist(), tails[j].tolist(), 0.0
+    finally:
+        _set_mode(rig, "OBJECT")
+        view_layer.objects.active = active
+        if active is not None and mode != "OBJECT":
+            _set_mode(active, mode)
 
 
 def delete_hypothesis(obj: bpy.types.Object, index: int) -> None:
@@ -339,8 +446,12 @@ def delete_hypothesis(obj: bpy.types.Object, index: int) -> None:
 
 def apply_as_basis(obj: bpy.types.Object, index: int) -> None:
     """Make hypothesis ``index`` the mesh's basis (the reference key and the vertices) and
-    drop its key; other keys keep their own coordinates."""
-    name = obj.hhmr.hypotheses[index].key_name
+    drop its key; other keys keep their own coordinates. A hypothesis with a solved rig
+    leaves the rig in its rest skeleton and pose, so the basis is its rest-space mesh and the
+    hand looks as it did: ready to be posed further."""
+    item = obj.hhmr.hypotheses[index]
+    name = item.key_name
+    pose = stored_pose(item) if item.has_pose else None
     blocks = obj.data.shape_keys.key_blocks
     n = len(obj.data.vertices)
     co = _co(blocks[name].data, n).ravel()
@@ -349,6 +460,8 @@ def apply_as_basis(obj: bpy.types.Object, index: int) -> None:
     delete_hypothesis(obj, index)
     obj.hhmr.active_index = -1  # the basis shows: no hypothesis highlighted
     show(obj, None)
+    if pose is not None:  # after delete_hypothesis, which shows a neighbour
+        pose_rig(obj, pose)
     obj.data.update()
 
 

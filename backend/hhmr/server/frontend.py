@@ -220,6 +220,8 @@ def hand_topology(hand) -> dict:
         .astype(np.float32),
         "keypoint_regressor": hand.keypoint_regressor.cpu().numpy().astype(np.float32),
         "joint_frames": hand.joint_limits.frames.cpu().numpy().astype(np.float32),
+        # the shape space [V, 3, S]: a client rebuilds a hypothesis's rest skeleton from its betas
+        "shapedirs": hand.shapedirs.cpu().numpy().astype(np.float32),
     }
 
 
