@@ -24,7 +24,8 @@ class Sampling:
     """Options shared by the sampling ops, named as on the wire: ``guidance_scale`` a raw
     scale, or ``guidance_strength`` relative to the task's tuned scale (1 tuned, 0 none);
     ``guidance_space`` "x_t" or "x0"; ``central_first`` whether hypothesis 0 is the sampler's
-    central guess; None: the server's default (left unsent)."""
+    central guess; None: the server's default (left unsent). ``pose`` asks for each
+    hypothesis's solved rig, which the rig follows (a backend with the `pose` option)."""
 
     n: int = 8
     steps: int = 10
@@ -33,6 +34,7 @@ class Sampling:
     guidance_strength: float | None = None
     guidance_space: str | None = None
     central_first: bool | None = None
+    pose: bool = True
 
     def args(self) -> dict[str, Any]:
         a: dict[str, Any] = {"n": int(self.n), "steps": int(self.steps), "seed": int(self.seed)}
@@ -44,6 +46,8 @@ class Sampling:
             a["guidance_space"] = self.guidance_space
         if self.central_first is not None:
             a["central_first"] = bool(self.central_first)
+        if self.pose:
+            a["pose"] = True
         return a
 
 
