@@ -182,6 +182,10 @@ def _step() -> float | None:
         bpy.context.view_layer.update()
         moved = np.linalg.norm(scene.displayed_vertices(hand) - state["before"], axis=1)
         print(f"HHMR_BENT index_pip by 60 degrees, largest move {moved.max() * 1000:.1f} mm")
+        # seen from the side: from the photo's camera the bend runs mostly in depth
+        with bpy.context.temp_override(window=win, area=area, region=region):
+            bpy.ops.view3d.view_axis(type="LEFT")
+            bpy.ops.view3d.view_selected()
         state["step"] = 4
         return 0.5
     if state["step"] == 4:  # the bent finger, drawn
