@@ -864,3 +864,41 @@ def test_a_backend_without_shape_space_still_reproduces(ctx, landed, monkeypatch
     assert hset.rig is not None and ctx.topology().shapedirs is None
     assert max(reproduction_mm(obj, hset)) < 0.1
     assert np.abs(np.array([b.head_local for b in obj.parent.data.bones]) - rest).max() < 1e-6
+
+
+def test_refit_to_one_finger_without_the_wrist_gives_hands_of_normal_size(ctx):
+    """The issue's case: Add Hand, select index_mcp, index_pip and index_dip, Only selected
+    bones, Refit: the hands came out 3-7 cm across and crumpled."""
+    from hhmr_blender import scene
+
+    obj = new_hand(ctx)
+    rig = obj.parent
+    topo = ctx.topology()
+    for pb in rig.pose.bones:
+        sel = pb.name in ("index_mcp", "index_pip", "index_dip")
+        if hasattr(pb, "select"):
+            pb.select = sel
+        else:
+            pb.bone.select = sel
+    s = bpy.context.scene.hhmr
+    s.only_selected_bones, s.n = True, 8
+    try:
+        bpy.context.view_layer.objects.active = rig
+        assert bpy.ops.hhmr.refit() == {"FINISHED"}
+    finally:
+        s.only_selected_bones = False
+    hand = bpy.data.objects[ctx.STATE.landed[0]]
+    rest = topo.rest_keypoints("right")
+    bones = [(c, p) for c, p in enumerate(topo.parents) if p >= 0]
+
+    def bone_length(kp):  # the skeleton's total bone length: a size that ignores the pose
+        j = kp[list(topo.joint_keypoints)]
+        return sum(np.linalg.norm(j[c] - j[p]) for c, p in bones)
+
+    ratios = []
+    for i in range(len(hand.hhmr.hypotheses)):
+        hand.hhmr.active_index = i
+        bpy.context.view_layer.update()
+        ratios.append(bone_length(topo.keypoint_regressor @ scene.displayed_vertices(hand))
+                      / bone_length(rest))
+    assert 0.8 < min(ratios) and max(ratios) < 1.25, ratios
