@@ -456,7 +456,7 @@ SAMPLING_ARGS: dict[str, Arg] = {
     "seed": Arg(_integer(0, MAX_SEED), "random seed, 0..2**63-1 (default 0)", default=0),
     "pose": Arg(_boolean, "solve each hypothesis's rig pose and shape: the result carries "
                 "'pose', 'betas', 'corrective' and 'pose_error' (default false: it costs "
-                "about 45 ms for n=1 and 150 ms for n=8 on a 2-core CPU)", default=False),
+                "about 18 ms per hypothesis at n=8 on a 2-core CPU)", default=False),
     "deadline_s": Arg(_positive_seconds, "give up this many seconds after the server received "
                       "the request, queued or running: it ends with TIMEOUT (default: none)"),
 }
