@@ -91,3 +91,22 @@ def test_a_reconnected_client_is_not_gone():
     finally:
         link.close()
         ctx.term()
+
+
+def test_a_stale_message_from_the_dropped_connection_does_not_drop_the_new_one():
+    """Reconnected (same routing id, new fd) and read first; then a message still queued from
+    the old, dead fd: the client lives on in the new connection."""
+    ctx = zmq.Context()
+    link = RouterLink(bind_router(ctx, f"tcp://127.0.0.1:{free_port()}", 1 << 20))
+    try:
+        link._track(b"conn-a", 40)  # its first connection
+        link.dead.add(40)  # which dropped (the monitor's event) ...
+        link.by_fd.pop(40)
+        link.fd_of.pop(b"conn-a")
+        link.dropped.add(b"conn-a")
+        link._track(b"conn-a", 41)  # ... and came back
+        link._track(b"conn-a", 40)  # a late message of the old connection
+        assert link.gone() == [] and link.fd_of[b"conn-a"] == 41
+    finally:
+        link.close()
+        ctx.term()

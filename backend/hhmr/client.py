@@ -59,7 +59,7 @@ MAX_RETRY_AFTER_S = 60.0  # the longest BUSY retry-after this client honours
 # without detail (e.g. a wrong server key: the server just drops the connection) is only
 # named when no word came before the deadline.
 _HANDSHAKE_REFUSED = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-_MONITORED = (zmq.EVENT_CONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | _HANDSHAKE_REFUSED
+_MONITORED = (zmq.EVENT_HANDSHAKE_SUCCEEDED | _HANDSHAKE_REFUSED
               | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 
@@ -79,7 +79,7 @@ class Job:
         self._resend_at: float | None = None  # a resend waiting out its backoff
         self._handshake_ok = False
         self._handshake_failed: str | None = None  # a failure without detail, by event name
-        self._connects = 0  # TCP connections of the current socket (more than one: reconnected)
+        self._handshakes = 0  # completed handshakes of the current socket (more: reconnected)
         self._done = False
         self._result: dict[str, Any] | None = None
         self._error: BaseException | None = None
@@ -124,7 +124,7 @@ class Job:
     def _send(self) -> None:
         self.close()
         self._resend_at = None
-        self._connects = 0
+        self._handshakes = 0
         self._sock, name = self.client._socket()
         # a unique inproc name: pyzmq's default (by file descriptor) can meet a closed
         # socket's monitor that has not unbound yet
@@ -147,12 +147,16 @@ class Job:
         refused CurveZMQ handshake ends the job."""
         while self._monitor is not None and self._monitor.poll(0):
             event = recv_monitor_message(self._monitor)["event"]
-            if event == zmq.EVENT_CONNECTED:
-                self._connects += 1
-                if self._connects > 1 and not self._done:
-                    self._sock.send(self._payload)  # the server attaches it to its job
-            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                # a second completed handshake is a reconnect (a peer that drops connections
+                # before the handshake never gets here, so copies cannot pile up)
                 self._handshake_ok = True
+                self._handshakes += 1
+                if self._handshakes > 1 and not self._done:
+                    try:  # the server attaches it to its job
+                        self._sock.send(self._payload, zmq.NOBLOCK)
+                    except zmq.Again:
+                        pass
             elif event & _HANDSHAKE_REFUSED and self.client.curve_server_key is None:
                 self._fail(HandshakeFailed(
                     f"the handshake with {self.client.address} failed ({event.name}): the "
@@ -234,6 +238,8 @@ class Job:
                 self._tries_left += 1
         elif reply.status == "ok":
             self._done, self._result = True, reply.result
+        elif reply.code == P.BUSY and self._resend_at is not None:
+            return  # the old socket's answer during a backoff: a resend is already planned
         elif reply.code == P.BUSY and self._retry(
                 min(reply.retry_after_s or 1.0, MAX_RETRY_AFTER_S) * random.uniform(1.0, 1.5)):
             return  # resent after the server's retry-after

@@ -134,6 +134,7 @@ class HHMR_OT_inpaint(_Request):
             made = beside(jobs.inpaint(verts, keep, obj.hhmr.handedness,
                                        target_for(context, obj, "inpaint"), sampling(context)),
                           obj)
+            runner.info(refresh=True)  # a stopped backend fails here, still in Edit Mode
             if obj.mode == "EDIT":  # only once the request is sound: an error keeps Edit Mode
                 bpy.ops.object.mode_set(mode="OBJECT")
             return made

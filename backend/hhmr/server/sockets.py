@@ -228,12 +228,13 @@ class RouterLink:
         if fd < 0:
             return
         old = self.fd_of.get(rid)
+        if fd in self.dead:  # it dropped before its message was read
+            if old is None or old == fd:  # unless it lives on in a newer connection
+                self.fd_of.pop(rid, None)
+                self.dropped.add(rid)
+            return
         if old is not None and old != fd:  # it reconnected: the old fd's drop is not its own
             self.by_fd.get(old, set()).discard(rid)
-        if fd in self.dead:  # it dropped before its message was read
-            self.fd_of.pop(rid, None)
-            self.dropped.add(rid)
-            return
         self.dropped.discard(rid)  # it dropped and came back (a reconnect): not gone
         self.fd_of[rid] = fd
         self.by_fd.setdefault(fd, set()).add(rid)
