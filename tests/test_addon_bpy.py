@@ -687,6 +687,12 @@ def test_the_rig_follows_each_hypothesis(ctx, landed):
     assert np.allclose(quats, np.array(obj.hhmr.hypotheses[1].pose_rotation), atol=1e-6)
     assert not np.allclose(np.abs(quats[:, 0]), 1.0, atol=1e-3)  # not the rest pose
     assert rig.animation_data is None or rig.animation_data.action is None  # Key pose off
+    rig.hide_set(True)  # artists hide the rig: showing a hypothesis still moves its bones
+    rig.hide_viewport = True
+    obj.hhmr.active_index = 2
+    assert rig.hide_get() and rig.hide_viewport and max(reproduction_mm(obj, hset)) < 0.1
+    rig.hide_set(False)
+    rig.hide_viewport = False
 
 
 def bone_reach(topo, hset, i: int, bone: str) -> float:

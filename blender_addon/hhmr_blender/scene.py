@@ -423,15 +423,21 @@ def _set_rest(rig: bpy.types.Object, bones: list[str], heads: np.ndarray,
     view_layer = bpy.context.view_layer
     active = view_layer.objects.active
     mode = active.mode if active is not None else "OBJECT"
-    if active is not None and mode != "OBJECT":
-        _set_mode(active, "OBJECT")
-    _set_mode(rig, "EDIT")
+    hidden = (rig.hide_get(), rig.hide_viewport)  # edit mode needs a visible rig
     try:
+        if active is not None and mode != "OBJECT":
+            _set_mode(active, "OBJECT")
+        rig.hide_set(False)
+        rig.hide_viewport = False
+        _set_mode(rig, "EDIT")
         for j, bone in enumerate(bones):
             eb = rig.data.edit_bones[bone]
             eb.head, eb.tail, eb.roll = heads[j].tolist(), tails[j].tolist(), 0.0
     finally:
-        _set_mode(rig, "OBJECT")
+        if rig.mode != "OBJECT":
+            _set_mode(rig, "OBJECT")
+        rig.hide_set(hidden[0])
+        rig.hide_viewport = hidden[1]
         view_layer.objects.active = active
         if active is not None and mode != "OBJECT":
             _set_mode(active, mode)
