@@ -126,12 +126,16 @@ class Job:
         self._resend_at = None
         self._handshakes = 0
         self._sock, name = self.client._socket()
-        # a unique inproc name: pyzmq's default (by file descriptor) can meet a closed
-        # socket's monitor that has not unbound yet
-        self._monitor = self._sock.get_monitor_socket(
-            _MONITORED, addr=f"inproc://hhmr-monitor-{name.hex()}")
-        self._sock.connect(self.client.address)
-        self._sock.send(self._payload)
+        try:
+            # a unique inproc name: pyzmq's default (by file descriptor) can meet a closed
+            # socket's monitor that has not unbound yet
+            self._monitor = self._sock.get_monitor_socket(
+                _MONITORED, addr=f"inproc://hhmr-monitor-{name.hex()}")
+            self._sock.connect(self.client.address)
+            self._sock.send(self._payload)
+        except BaseException:  # e.g. a malformed address: no socket left open
+            self.close()
+            raise
         self._deadline = time.monotonic() + self.client.timeout_s
 
     def _retry(self, delay_s: float) -> bool:
@@ -261,6 +265,7 @@ class HHMRClient:
         encrypt the connection to a server started with ``--curve-secret-key``."""
         self.address, self.timeout_s, self.retries = address, float(timeout_s), int(retries)
         self.max_reply_bytes = max_reply_bytes
+        self._own_ctx = context is None  # the process's shared context, renewed after a fork
         self._ctx = context or zmq.Context.instance()
         self.curve_server_key, self.curve_keypair = curve_server_key, curve_keypair
         if curve_server_key is not None and curve_keypair is None:
@@ -275,6 +280,8 @@ class HHMRClient:
         """A new DEALER, not yet connected, and its routing id."""
         if os.getpid() != self._pid:  # a forked child is another client
             self._pid, self._token = os.getpid(), secrets.token_bytes(8)
+            if self._own_ctx:  # a context must not cross a fork
+                self._ctx = zmq.Context.instance()
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         name = b"hhmr" + self._token + (next(self._sockets) % 2**32).to_bytes(4, "big")

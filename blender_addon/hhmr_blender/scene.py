@@ -277,8 +277,12 @@ def apply_hypotheses(obj: bpy.types.Object, hset: HypothesisSet,
     if obj.mode != "OBJECT":  # edit mode would overwrite new keys when it is left
         _set_mode(obj, "OBJECT")
     verts = hset.vertices
-    rigged = hset.rig is not None and topo is not None and rig_of(obj) is not None \
-        and topo.num_joints == RIG_BONES
+    rig = rig_of(obj)
+    # the same test pose_rig makes: a rig lacking one of the backend's bones (renamed, from
+    # another version) gets posed meshes as keys, as for a backend without poses
+    rigged = hset.rig is not None and topo is not None and rig is not None \
+        and topo.num_joints == RIG_BONES \
+        and all(b in rig.pose.bones for b in topo.joint_names)
     bones = tuple(topo.joint_names) if rigged else ()
     if rigged:
         weights = skin_weights(obj, topo)
