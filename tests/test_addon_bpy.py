@@ -205,9 +205,11 @@ def test_undo_restores_previous_keys(ctx):
     bpy.ops.hhmr.generate()
     assert not np.array_equal(keys(obj)["hyp_00"][0], before["hyp_00"][0])
     bpy.ops.ed.undo_push(message="after")  # what Blender's UI does after an operator
+    assert ctx.STATE.status.startswith("generate: 3 hypotheses")
     bpy.ops.ed.undo()
     after = keys(bpy.data.objects["Hand"])
     assert np.array_equal(after["hyp_00"][0], before["hyp_00"][0])
+    assert ctx.STATE.status == ""  # no longer speaks of the undone result
 
 
 def test_inpaint_selection_keeps_selected_vertices(ctx):

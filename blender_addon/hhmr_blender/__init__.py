@@ -28,6 +28,10 @@ def register() -> None:
     props.register()
     for cls in (*operators.CLASSES, *panels.CLASSES):
         bpy.utils.register_class(cls)
+    from . import runner
+
+    for handlers in (bpy.app.handlers.undo_post, bpy.app.handlers.redo_post):
+        handlers.append(runner.after_undo)
 
 
 def unregister() -> None:
@@ -42,6 +46,9 @@ def unregister() -> None:
     if bpy.app.timers.is_registered(runner.poll):
         bpy.app.timers.unregister(runner.poll)
     local_backend.BACKEND.stop()
+    for handlers in (bpy.app.handlers.undo_post, bpy.app.handlers.redo_post):
+        if runner.after_undo in handlers:
+            handlers.remove(runner.after_undo)
     for cls in reversed((*operators.CLASSES, *panels.CLASSES)):
         bpy.utils.unregister_class(cls)
     props.unregister()

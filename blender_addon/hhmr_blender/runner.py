@@ -115,6 +115,14 @@ def poll() -> float | None:
     return None
 
 
+@bpy.app.handlers.persistent
+def after_undo(*_args) -> None:
+    """Undo and redo change what landed: the last result's status would speak of objects
+    that are no longer (or again) there. A running request keeps its progress line."""
+    if STATE.job is None:
+        STATE.status, STATE.error, STATE.landed = "", "", []
+
+
 def cancel() -> None:
     if STATE.job is not None:
         STATE.job.cancel()
