@@ -60,6 +60,16 @@ def targets() -> list[tuple[str, str, str, bool]]:
                 v = r["results"][f"{name}/full"]["pa_mpvpe_mm"]
                 rows.append((f"refit3d full skeleton PA-MPVPE ({sp} guidance)", f"{v:.2f} mm",
                              "<= 3.0 mm", v <= 3.0))
+    if r := _load("refit3d_finger"):
+        v = r["results"]["guidance/finger_only"]
+        rows.append(("refit3d one finger, no wrist: given joints, worst hypothesis",
+                     f"{v['given_err_mm_max']:.2f} mm", "<= 3 mm", v["given_err_mm_max"] <= 3))
+        for what, key in (("posed extent", "normal_size"), ("unposed (rest) extent",
+                                                            "normal_rest_size"),
+                          ("total bone length", "normal_bone_length")):
+            pct = v[f"hypotheses_{key}_pct"]
+            rows.append((f"refit3d one finger: hypotheses with {what} 0.8-1.25 of the target's",
+                         f"{pct:.1f} %", "100 %", pct >= 100))
     if r := _load("fit2d"):
         res = r["results"]
         g, ng = res["guidance/gt"]["pa_mpjpe_mm"], res["no_guidance/gt"]["pa_mpjpe_mm"]

@@ -571,6 +571,23 @@ def test_a_stopped_backend_fails_fast(ctx):
     assert not ctx.busy() and ctx.STATE.error
 
 
+@pytest.mark.parametrize("op", ["generate", "refit", "inpaint"])
+def test_each_request_asks_the_backend_once(ctx, monkeypatch, op):
+    """One connection check per click, before the task is built (it was asked twice)."""
+    obj = new_hand(ctx)
+    if op == "inpaint":
+        bpy.ops.object.mode_set(mode="EDIT")
+        bpy.ops.mesh.select_all(action="DESELECT")
+        bpy.ops.object.mode_set(mode="OBJECT")
+        obj.data.vertices.foreach_set("select", [v.co.y < 0.09 for v in obj.data.vertices])
+        bpy.ops.object.mode_set(mode="EDIT")
+    calls, real = [], ctx.info
+    monkeypatch.setattr(ctx, "info", lambda refresh=False: calls.append(refresh) or
+                        real(refresh))
+    assert getattr(bpy.ops.hhmr, op)() == {"FINISHED"}
+    assert calls == [True] and obj.mode == "OBJECT"
+
+
 def test_generated_hands_share_one_orientation(ctx):
     """Browsing generated hands keeps the palm where the rest hand's is (it was a random
     orientation per hypothesis); unticked, they come as sampled."""

@@ -39,9 +39,13 @@ def beside(task: jobs.Task, hand: bpy.types.Object | None) -> jobs.Task:
 
 
 def run(op: bpy.types.Operator, make_task: Callable[[], jobs.Task]) -> set[str]:
-    """Build and start a task, reporting expected failures instead of raising."""
+    """Check the backend, then build and start a task (building may read the backend's
+    topology and leave Edit Mode), reporting expected failures instead of raising."""
     try:
-        landed = runner.start(make_task())
+        if runner.busy():
+            raise RuntimeError("a request is already running: wait for it or cancel it")
+        runner.check()
+        landed = runner.start(make_task(), checked=True)
     except EXPECTED as err:
         runner.STATE.error = jobs.describe_error(err)
         op.report({"ERROR"}, runner.STATE.error)
@@ -134,7 +138,6 @@ class HHMR_OT_inpaint(_Request):
             made = beside(jobs.inpaint(verts, keep, obj.hhmr.handedness,
                                        target_for(context, obj, "inpaint"), sampling(context)),
                           obj)
-            runner.info(refresh=True)  # a stopped backend fails here, still in Edit Mode
             if obj.mode == "EDIT":  # only once the request is sound: an error keeps Edit Mode
                 bpy.ops.object.mode_set(mode="OBJECT")
             return made

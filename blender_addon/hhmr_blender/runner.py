@@ -64,17 +64,25 @@ def topology() -> HandTopology:
     return STATE.topologies[address]
 
 
+def check() -> HandTopology:
+    """Ask the backend for its ``info`` now (a stopped backend fails within INFO_TIMEOUT_S,
+    not timeout_s) and keep its topology: one round trip before each request."""
+    fresh = info(refresh=True)
+    STATE.topologies[prefs().address] = topo = HandTopology.from_info(fresh)
+    return topo
+
+
 def busy() -> bool:
     return STATE.job is not None
 
 
-def start(task: jobs.Task) -> list[str] | None:
-    """Send ``task``; in background mode wait and land the result (returns the objects it
-    landed on), else return None and let the timer land it."""
+def start(task: jobs.Task, checked: bool = False) -> list[str] | None:
+    """Send ``task`` (after `check`, unless the caller has just checked); in background mode
+    wait and land the result (returns the objects it landed on), else return None and let
+    the timer land it."""
     if busy():
         raise RuntimeError("a request is already running: wait for it or cancel it")
-    info(refresh=True)  # a stopped backend fails here within INFO_TIMEOUT_S, not timeout_s
-    topo = topology()
+    topo = topology() if checked else check()
     STATE.error, STATE.status = "", f"{task.op}: sent"
     STATE.job = jobs.TrackedJob(client(), task, topo.num_vertices, topo)
     if bpy.app.background and not FORCE_ASYNC:

@@ -352,6 +352,13 @@ def rest_corrective(model: HandModel, fit: PoseFit, vertices: torch.Tensor) -> t
     return (rest - v_shaped.double()).to(vertices.dtype)
 
 
+def rest_mesh(model: HandModel, fit: PoseFit) -> torch.Tensor:
+    """The fitted hands unposed [B, V, 3]: shaped rest mesh plus the fit's corrective (what
+    the rig shows with every bone at rest), so their size can be compared whatever the pose."""
+    v = model.v_template[None] + blend_shapes(fit.betas, model.shapedirs)
+    return v if fit.corrective is None else v + fit.corrective.to(v)
+
+
 def skin_with_corrective(model: HandModel, fit: PoseFit, corrective: torch.Tensor | None = None
                          ) -> torch.Tensor:
     """Vertices [B, V, 3] of the fit's pose skinning the shaped rest mesh plus `corrective`
