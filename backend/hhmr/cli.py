@@ -27,10 +27,12 @@ def _demo(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     if args.freihand_root:
         from hhmr.evaluation.photos import evaluate_freihand
+        from hhmr.reconstruct import MODES
 
-        modes = (args.mode,) if args.mode else ("skel2d",)
+        modes = tuple(args.mode) if args.mode else tuple(MODES)
         result = evaluate_freihand(args.freihand_root, args.split, n=args.n, steps=args.steps,
-                                   weights=args.weights, progress=not args.json, modes=modes)
+                                   weights=args.weights, progress=not args.json, modes=modes,
+                                   limit=args.limit)
     elif args.task == "prior":
         from hhmr.evaluation.prior import evaluate_prior
 
@@ -61,14 +63,24 @@ def _train(args: argparse.Namespace) -> int:
         print(f"resuming from {resume}")
     result = train(config, Path(args.out), resume=resume, device=args.device,
                    max_steps=args.max_steps, max_minutes=args.max_minutes,
-                   command=args.command_line)
+                   command=args.command_line, init=Path(args.init) if args.init else None)
     print(json.dumps(result, indent=2))
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from hhmr.evaluation.bench import run_bench, run_service_bench
+    from hhmr.evaluation.bench import run_bench, run_reconstruct_bench, run_service_bench
 
+    if args.reconstruct:
+        result = run_reconstruct_bench(args.reconstruct, n=args.reconstruct_n, steps=args.steps,
+                                       repeats=args.repeats, device=args.device,
+                                       weights=args.weights)
+        result["command"] = args.command_line
+        print(json.dumps(result, indent=2) if args.json else "\n".join(
+            f"{r['photo']}: {r['hands']} hand(s), {r['round_trip_ms']} ms (decode "
+            f"{r['decode_ms']}, detect {r['detect_ms']}, sample {r['sample_ms']}, pose "
+            f"{r['pose_ms']}, reply {r['reply_ms']})" for r in result["results"]))
+        return 0
     if args.service:
         result = run_service_bench(args.requests, device=args.device, weights=args.weights,
                                    steps=args.steps, faults=args.faults)
@@ -145,7 +157,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
             K = (np.array(json.loads(sidecar.read_text()), dtype=np.float32)
                  if sidecar.exists() else default_intrinsics(*photo.size, args.fov))
             hands = reconstruct(pipe, rgb, K, args.handedness, n=args.n, steps=args.steps,
-                                seed=args.seed)
+                                seed=args.seed, mode=args.mode)
         except ImportError:
             raise  # the detector is missing: every image would fail, main() says so once
         except Exception as err:  # noqa: BLE001 - one image's failure must not lose the others
@@ -238,8 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freihand-root", default=None,
                    help="evaluate reconstruct on real photos in FreiHAND layout instead")
     p.add_argument("--split", default="evaluation")
-    p.add_argument("--mode", default=None, choices=["skel2d"],
-                   help="reconstruct mode (default: every available mode)")
+    p.add_argument("--mode", action="append", default=None, choices=["skel2d", "skel2d+world"],
+                   help="reconstruct mode, repeatable (default: every mode): skel2d = "
+                        "MediaPipe's 2D keypoints; skel2d+world = with its 3D world landmarks")
+    p.add_argument("--limit", type=int, default=None, help="only the first LIMIT photos")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_evaluate)
 
@@ -250,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/prior", help="checkpoints go here")
     p.add_argument("--resume", default=None, help="checkpoint to resume from")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--init", default=None, metavar="WEIGHTS",
+                   help="start a fresh run from these weights (fine-tuning, e.g. "
+                        "configs/photo.toml from the prior's final.pt)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--max-minutes", type=float, default=None)
@@ -265,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--service", action="store_true",
                    help="latency and throughput of a real `hhmr serve` for 1 and 16 clients")
     p.add_argument("--requests", type=int, default=30, help="--service: requests per client")
+    p.add_argument("--reconstruct", nargs="+", default=None, metavar="PHOTO",
+                   help="time reconstruct on these photos through a real `hhmr serve`, by "
+                        "stage (as the add-on asks: pose on)")
+    p.add_argument("--reconstruct-n", type=int, default=8, help="--reconstruct: hypotheses")
     p.add_argument("--faults", action="store_true",
                    help="--service: also a 10,000-frame fuzz and a resend storm")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -321,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fov", type=float, default=50.0,
                    help="horizontal field of view (degrees) when there is no NAME.K.json")
     p.add_argument("--handedness", choices=["left", "right"], default=None)
+    p.add_argument("--mode", choices=["skel2d", "skel2d+world"], default="skel2d+world",
+                   help="what the photo conditions on: the detector's 2D keypoints, or with its "
+                        "3D world landmarks too (default)")
     p.add_argument("--max-pixels", type=int, default=8192 * 8192,
                    help="largest image to decode, in pixels (default 8192*8192); a larger one "
                         "fails without being decoded")

@@ -509,12 +509,21 @@ OPS: dict[str, OpSpec] = {
                          "float [21, 2] pixel keypoints, |x| <= 1e6", True),
         "confidence": Arg(_array((NUM_JOINTS,), "float", 0.0, 1.0), "float [21] in [0, 1]"),
         "K": Arg(_camera, "float [3, 3] camera intrinsics, |entries| <= 1e6"),
+        "joints3d": Arg(_array((NUM_JOINTS, 3), "float", -MAX_COORD, MAX_COORD),
+                        "float [21, 3] the same hand's 3D joints in camera axes (metres, any "
+                        "origin; e.g. MediaPipe's world landmarks): a second condition"),
+        "joints3d_confidence": Arg(_array((NUM_JOINTS,), "float", 0.0, 1.0),
+                                   "float [21] in [0, 1]: how far to trust joints3d (1 exact; "
+                                   "default 1)"),
         **SAMPLING_ARGS}, "fit meshes to 2D keypoints", sampling=True),
     "reconstruct": OpSpec({
         "image": Arg(_image, "PNG or JPEG file bytes"),
         "rgb": Arg(_rgb, "uint8 [H, W, 3] RGB pixels"),
         "K": Arg(_camera, "float [3, 3] camera intrinsics, |entries| <= 1e6"),
         "handedness": Arg(_choice("left", "right"), "'left' or 'right' (default: detected)"),
+        "mode": Arg(_choice("skel2d", "skel2d+world"), "what the photo conditions on: "
+                    "'skel2d' (the detector's 2D keypoints) or 'skel2d+world' (with its 3D "
+                    "world landmarks; the default)"),
         **SAMPLING_ARGS}, "recover hand meshes from an image", _reconstruct_check, True),
 }
 

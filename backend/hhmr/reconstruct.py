@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -106,16 +107,34 @@ def detect_hands(rgb: np.ndarray, max_hands: int = 4, min_confidence: float = 0.
     return hand_detector(max_hands, min_confidence)(rgb)
 
 
+# How a photo's hand becomes conditions: MediaPipe's 2D keypoints alone, or with its 3D world
+# landmarks as the 3D-skeleton condition (and in the ranking, score per mm of their distance
+# against per pixel of reprojection error).
+MODES = {"skel2d": {"world": False}, "skel2d+world": {"world": True}}
+BEST_MODE = "skel2d+world"
+WORLD_CONFIDENCE = 0.5  # the 3D condition's confidence for world landmarks (1 exact)
+WORLD_RANK_WEIGHT = 0.0
+
+
 def fit_detection(pipe: HandDiffusionPipeline, kp: np.ndarray, handedness: str,
                   K: np.ndarray, confidence: np.ndarray | None = None,
-                  progress: Callable[[int, int], None] | None = None, **opts) -> Hypotheses:
-    """fit2d in the camera frame; a left hand is fitted mirrored and mirrored back."""
+                  progress: Callable[[int, int], None] | None = None,
+                  world: np.ndarray | None = None, world_weight: float = WORLD_RANK_WEIGHT,
+                  world_confidence: float = WORLD_CONFIDENCE, **opts) -> Hypotheses:
+    """fit2d in the camera frame, with `world` landmarks [21, 3] (camera axes, metres) as a
+    3D view when given; a left hand is fitted mirrored and mirrored back."""
     kp = np.asarray(kp, dtype=np.float32).copy()
+    if world is not None:
+        world = np.asarray(world, dtype=np.float32).copy()
     if handedness == "left":
         kp[:, 0] = 2 * K[0, 2] - kp[:, 0]
+        if world is not None:
+            world[:, 0] = -world[:, 0]
     h = pipe.fit2d(torch.from_numpy(kp), None if confidence is None else
                    torch.as_tensor(confidence), torch.from_numpy(np.asarray(K, np.float32)),
-                   progress=progress, **opts)
+                   progress=progress, joints3d=world, joints3d_weight=world_weight,
+                   joints3d_conf=None if world is None else np.full(21, world_confidence,
+                                                                     np.float32), **opts)
     if handedness == "left":
         flip = torch.tensor([-1.0, 1.0, 1.0])
         h.vertices, h.joints = h.vertices * flip, h.joints * flip
@@ -142,21 +161,35 @@ def faces_for(pipe: HandDiffusionPipeline, handedness: str) -> np.ndarray:
     return (mirror_faces(f) if handedness == "left" else f).numpy()
 
 
+def fit_mode(pipe: HandDiffusionPipeline, det: Detection, handedness: str, K: np.ndarray,
+             mode: str = BEST_MODE, progress: Callable[[int, int], None] | None = None,
+             **opts) -> Hypotheses:
+    """One detection fitted in one of `MODES`."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode '{mode}': one of {', '.join(MODES)}")
+    world = det.world if MODES[mode]["world"] else None
+    return fit_detection(pipe, det.keypoints, handedness, K, progress=progress, world=world,
+                         **opts)
+
+
 def reconstruct(pipe: HandDiffusionPipeline, rgb: np.ndarray, K: np.ndarray | None = None,
                 handedness: str | None = None,
-                progress: Callable[[int, int], None] | None = None, **opts
-                ) -> list[tuple[Detection, Hypotheses]]:
+                progress: Callable[[int, int], None] | None = None, mode: str = BEST_MODE,
+                **opts) -> list[tuple[Detection, Hypotheses]]:
     """All hands found in an image, each with its hypotheses (camera frame, metres).
     `progress(step, total)` goes to each hand's fit2d; it may raise to cancel."""
     h, w = rgb.shape[:2]
     K = default_intrinsics(w, h) if K is None else np.asarray(K, dtype=np.float32)
+    t0 = time.perf_counter()
     found = detect_hands(rgb)
+    detect_ms = (time.perf_counter() - t0) * 1000
     if not found:
         raise NoHandError("no hand found in the image: try a larger, sharper or better lit "
                           "view of the hand")
     results = []
     for det in found:
         side = handedness if handedness and len(found) == 1 else det.handedness
-        results.append((det, fit_detection(pipe, det.keypoints, side, K, progress=progress,
-                                           **opts)))
+        hyps = fit_mode(pipe, det, side, K, mode, progress=progress, **opts)
+        hyps.timings["detect_ms"] = detect_ms  # the photo's, shared by its hands
+        results.append((det, hyps))
     return results

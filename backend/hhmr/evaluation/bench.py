@@ -86,3 +86,43 @@ def run_service_bench(requests_per_client: int = 30, clients: tuple[int, ...] = 
             storm["jobs_per_id"] = {rid: runs[rid] for rid in storm["results"]}
             result["resend_storm"] = storm
     return result
+
+
+RECONSTRUCT_STAGES = ("decode_ms", "detect_ms", "sample_ms", "pose_ms")
+
+
+def run_reconstruct_bench(photos: list[str], n: int = 8, steps: int = 10, repeats: int = 5,
+                          pose: bool = True, device: str = "auto", weights: str | None = None,
+                          mode: str | None = None) -> dict:
+    """`reconstruct` the way the add-on asks for it (a photo file, n hypotheses with their rig
+    poses) against a real `hhmr serve` on loopback, after one warm-up request: per photo the
+    median round trip and the server's stages (decode, detect, sample and score, pose solve;
+    `reply_ms` is the round trip less the server's compute: encoding, transport, decoding)."""
+    from pathlib import Path
+
+    from hhmr.client import HHMRClient
+    from hhmr.evaluation import service as S
+
+    rows = []
+    with S.service(device=device, weights=weights) as (_, address):
+        client = HHMRClient(address, timeout_s=120, retries=0)
+        opts = {"n": n, "steps": steps, "pose": pose, **({"mode": mode} if mode else {})}
+        for photo in photos:
+            data = Path(photo).read_bytes()
+            client.call("reconstruct", image=data, **opts)  # warm-up
+            trips, stages = [], {}
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                res = client.call("reconstruct", image=data, **opts)
+                trips.append((time.perf_counter() - t0) * 1000)
+                first = res["hands"][0]["timings"]
+                for k in RECONSTRUCT_STAGES:
+                    stages.setdefault(k, []).append(first.get(k, 0.0))
+                stages.setdefault("reply_ms", []).append(
+                    trips[-1] - res["timings"]["compute_s"] * 1000)
+            rows.append({"photo": Path(photo).name, "hands": len(res["hands"]), "n": n,
+                         "steps": steps, "pose": pose,
+                         "round_trip_ms": round(statistics.median(trips), 1),
+                         **{k: round(statistics.median(v), 1) for k, v in stages.items()}})
+    return {"op": "reconstruct", "threads": torch.get_num_threads(),
+            "machine": platform.processor() or platform.machine(), "results": rows}

@@ -13,10 +13,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from hhmr import metrics
-from hhmr.reconstruct import detect_hands, fit_detection
+from hhmr.reconstruct import MODES, detect_hands, fit_mode
 from hhmr.sampling import HandDiffusionPipeline
-
-MODES = ("skel2d",)
 
 
 def load_freihand(root: Path, split: str = "evaluation") -> list[dict]:
@@ -44,12 +42,17 @@ def _match(dets, xyz: np.ndarray, K: np.ndarray):
 
 def evaluate_freihand(root: str | Path, split: str = "evaluation", n: int = 1, steps: int = 10,
                       weights: str | None = None, progress: bool = True,
-                      modes: tuple[str, ...] = MODES) -> dict:
-    samples = load_freihand(Path(root), split)
+                      modes: tuple[str, ...] = tuple(MODES), limit: int | None = None,
+                      **fit_opts) -> dict:
+    """Every mode on the same detections, MediaPipe's world landmarks as the baseline. With
+    n > 1 each mode also gets rows for the top-ranked hypothesis (best score), the mean of
+    the n and the oracle (the best of the n against the ground truth); its plain row is the
+    hypothesis shown first."""
+    samples = load_freihand(Path(root), split)[:limit]
     pipe = HandDiffusionPipeline.from_pretrained(weights)
     t0 = time.perf_counter()
-    rows: dict[str, dict[str, list[float]]] = {"mediapipe_world": {}, **{m: {} for m in modes}}
-    per_joint = {m: [] for m in rows}
+    rows: dict[str, dict[str, list[float]]] = {"mediapipe_world": {}}
+    per_joint: dict[str, list[np.ndarray]] = {}
     detected = 0
     for s in tqdm(samples, desc="freihand", disable=not progress, unit="image"):
         rgb = np.asarray(Image.open(s["image"]).convert("RGB"))
@@ -64,23 +67,29 @@ def evaluate_freihand(root: str | Path, split: str = "evaluation", n: int = 1, s
         side = s["hand"] or det.handedness
         gt = torch.from_numpy(s["xyz"])[None]
         preds = {"mediapipe_world": torch.from_numpy(det.world)[None]}
-        if "skel2d" in modes:
-            h = fit_detection(pipe, det.keypoints, side, s["K"], n=n, steps=steps)
-            preds["skel2d"] = h.joints[h.order()[0]][None]
+        for mode in modes:
+            h = fit_mode(pipe, det, side, s["K"], mode, n=n, steps=steps, **fit_opts)
+            preds[mode] = h.joints[h.order()[0]][None]
+            if n > 1:
+                pa = metrics.pa_mpjpe(h.joints, gt.expand_as(h.joints))
+                preds[f"{mode}/ranked"] = h.joints[int(h.scores.argmax())][None]
+                preds[f"{mode}/mean"] = h.joints.mean(0, keepdim=True)
+                preds[f"{mode}/oracle"] = h.joints[int(pa.argmin())][None]
         for method, pred in preds.items():
             vals = {"pa_mpjpe_mm": float(metrics.pa_mpjpe(pred, gt)),
                     "rr_mpjpe_mm": float(metrics.root_relative_mpjpe(pred, gt))}
             for k, v in vals.items():
-                rows[method].setdefault(k, []).append(v)
+                rows.setdefault(method, {}).setdefault(k, []).append(v)
             aligned = pred - pred[:, :1] - (gt - gt[:, :1])
-            per_joint[method].append(aligned.norm(dim=-1)[0].numpy() * 1000)
+            per_joint.setdefault(method, []).append(aligned.norm(dim=-1)[0].numpy() * 1000)
     results = {}
     for method, vals in rows.items():
         results[method] = {"detection_rate": detected / max(1, len(samples)),
                            "samples": len(vals.get("pa_mpjpe_mm", [])),
                            **{k: float(np.mean(v)) for k, v in vals.items()}}
-        if per_joint[method]:
+        if per_joint.get(method):
             results[method]["rr_error_per_keypoint_mm"] = [
                 round(float(x), 1) for x in np.mean(per_joint[method], axis=0)]
     return {"task": "freihand", "root": str(root), "split": split, "num": len(samples),
-            "n": n, "steps": steps, "results": results, "seconds": time.perf_counter() - t0}
+            "n": n, "steps": steps, "modes": list(modes), "results": results,
+            "seconds": time.perf_counter() - t0}

@@ -198,6 +198,7 @@ class HandDiffusionPipeline:
             pose_ms = (time.perf_counter() - t1) * 1000
             for i in idx:
                 out[i].timings.update(total_ms=(time.perf_counter() - t0) * 1000,
+                                      sample_ms=(t1 - t0) * 1000,
                                       batched_requests=float(len(ps)))
                 if i in posed:
                     out[i].timings["pose_ms"] = pose_ms
@@ -286,10 +287,13 @@ class HandDiffusionPipeline:
               guidance_scale: float | None = None, seed: int = 0, eta: float = 0.0,
               guidance_space: str | None = None, central_first: bool | None = None,
               guidance_strength: float | None = None, progress: Progress | None = None,
-              pose: bool = False) -> Hypotheses:
+              pose: bool = False, joints3d=None, joints3d_conf=None,
+              joints3d_weight: float = 0.0) -> Hypotheses:
         """Meshes matching 2D keypoints [21, 2] (pixels). With intrinsics K [3, 3] the result
-        is in the camera frame; without, wrist-relative with a weak-perspective fit."""
-        return self._one(Fit2D(keypoints2d, confidence, K),
+        is in the camera frame; without, wrist-relative with a weak-perspective fit.
+        `joints3d` [21, 3]: a 3D view of the same hand in camera axes (see `Fit2D`)."""
+        return self._one(Fit2D(keypoints2d, confidence, K, joints3d, joints3d_conf,
+                               joints3d_weight),
                          Options(n, steps, seed, eta, central_first, guidance_scale,
                                  guidance_strength, guidance_space, pose), progress)
 

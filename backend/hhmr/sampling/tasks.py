@@ -237,15 +237,21 @@ class Refit3D(Task):
 class Fit2D(Task):
     """Meshes matching 2D keypoints [21, 2] (pixels) with `confidence` [21]. With intrinsics
     K [3, 3] the result is in the camera frame; without, wrist-relative with a
-    weak-perspective fit."""
+    weak-perspective fit. `joints3d` [21, 3] (metres, camera axes, any origin; e.g.
+    MediaPipe's world landmarks) is a second, 3D view of the same hand: it conditions the net
+    with its confidence `joints3d_conf` [21] (1 exact, 0 unknown) and, weighted by
+    `joints3d_weight` (score per mm against per pixel), ranks the hypotheses."""
 
     keypoints: Any
     confidence: Any = None
     K: Any = None
+    joints3d: Any = None
+    joints3d_conf: Any = None
+    joints3d_weight: float = 0.0
     name: ClassVar[str] = "fit2d"
 
     def kind(self) -> tuple:
-        return ("fit2d", self.K is not None)
+        return ("fit2d", self.K is not None, self.joints3d is not None)
 
     def prepare(self, pipe: HandDiffusionPipeline, n: int) -> tuple:
         kp = as_tensor(self.keypoints, (21, 2), "keypoints2d")
@@ -259,23 +265,43 @@ class Fit2D(Task):
                   "K": None if K is None else K[None].repeat(n, 1, 1)}
         cond = Conditions(keypoints2d=normalize_keypoints(kp[None], conf[None]).repeat(n, 1, 1),
                           keypoints2d_conf=conf[None].repeat(n, 1))
-        return cond, inputs, {"inputs": inputs, "kp": kp, "conf": conf}, None
+        state = {"inputs": inputs, "kp": kp, "conf": conf}
+        if self.joints3d is not None:
+            j3 = as_tensor(self.joints3d, (21, 3), "joints3d")
+            c3 = torch.ones(21) if self.joints3d_conf is None else \
+                torch.as_tensor(np.asarray(self.joints3d_conf)).float().reshape(21).clamp(0, 1)
+            if c3[0] <= 0:
+                raise ValueError("joints3d needs the wrist (the net reads wrist-relative joints)")
+            rel = j3 - j3[:1]
+            cond.joints3d = (rel / SCALE)[None].repeat(n, 1, 1)
+            cond.joints3d_mask = c3[None].repeat(n, 1)
+            state.update(joints3d=rel, joints3d_conf=c3)
+        return cond, inputs, state, None
 
     def operator(self, pipe, inputs):
         return ProjectionOperator(pipe.regressor, inputs["keypoints"], inputs["confidence"],
                                   inputs["K"], solve_rotation=True)
 
     def finish(self, pipe: HandDiffusionPipeline, state: dict, v: torch.Tensor) -> Hypotheses:
-        # the hand turned and placed by the camera solved for it, scored by reprojection error
+        # the hand turned and placed by the camera solved for it, scored by its reprojection
+        # error (px) plus, with joints3d, its wrist-relative distance to them (mm, weighted)
         op = self.operator(pipe, {k: None if x is None else x.to(v)
                                   for k, x in state["inputs"].items()})
         projected, solved = op.solve(v)
         v = op.rotate(v)
-        kp, conf = state["kp"].to(v), state["conf"]
-        err = ((projected - kp[None]).norm(dim=-1) * conf.to(v)).sum(-1) / conf.sum()
+        kp, conf = state["kp"].to(v), state["conf"].to(v)
+        err = ((projected - kp[None]).norm(dim=-1) * conf).sum(-1) / conf.sum()
+        extra = {"reprojection_px": err}
+        if "joints3d" in state:
+            j = pipe.regressor @ v
+            c3 = state["joints3d_conf"].to(v)
+            d = ((j - j[:, :1] - state["joints3d"].to(v)[None]).norm(dim=-1) * c3).sum(-1) \
+                / c3.sum()
+            extra["joints3d_mm"] = d * 1000
+            err = err + self.joints3d_weight * d * 1000
         if self.K is not None:
-            return pipe.hypotheses(v + solved[:, None], -err, transl=solved)
-        return pipe.hypotheses(v, -err, weak_scale=solved[0], weak_transl=solved[1])
+            return pipe.hypotheses(v + solved[:, None], -err, transl=solved, **extra)
+        return pipe.hypotheses(v, -err, weak_scale=solved[0], weak_transl=solved[1], **extra)
 
 
 def as_tensor(x, shape: tuple[int, ...], name: str) -> torch.Tensor:

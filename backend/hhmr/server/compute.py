@@ -91,7 +91,8 @@ def plan_request(pipe, op: str, args: dict):
     tasks = {"generate": lambda: Generate(args["autoguidance"]),
              "inpaint": lambda: Inpaint(args["vertices"], args["keep"]),
              "refit3d": lambda: Refit3D(args["joints"], args["joint_mask"]),
-             "fit2d": lambda: Fit2D(args["keypoints"], args["confidence"], args["K"])}
+             "fit2d": lambda: Fit2D(args["keypoints"], args["confidence"], args["K"],
+                                    args["joints3d"], args["joints3d_confidence"])}
     if op not in tasks:
         raise P.ProtocolError(P.UNKNOWN_OP, f"op '{op}' is not available on this server")
     names = SAMPLING_OPTIONS + (GUIDANCE_OPTIONS if op != "generate" else ())
@@ -103,8 +104,9 @@ def reconstruct_request(pipe, args: dict, progress: Progress,
     """The result map of a reconstruct request: every hand found in the image (of at most
     `max_pixels` pixels). An image that fails to decode raises ImageError (BAD_ARGUMENT) or
     ImageTooLarge (TOO_LARGE)."""
-    from hhmr.reconstruct import default_intrinsics, reconstruct
+    from hhmr.reconstruct import BEST_MODE, default_intrinsics, reconstruct
 
+    t0 = time.perf_counter()
     if args["image"] is not None:
         # the pixel limit again, on the size the decoder itself reads, before decoding: the
         # protocol's header scan is only an early refusal
@@ -114,10 +116,12 @@ def reconstruct_request(pipe, args: dict, progress: Progress,
     K = args["K"]
     K = default_intrinsics(rgb.shape[1], rgb.shape[0]) if K is None else K
     opts = {k: args[k] for k in SAMPLING_OPTIONS + GUIDANCE_OPTIONS}
-    found = reconstruct(pipe, rgb, K, args["handedness"], progress=progress, **opts)
+    decode_ms = (time.perf_counter() - t0) * 1000
+    mode = args["mode"] or BEST_MODE
+    found = reconstruct(pipe, rgb, K, args["handedness"], progress=progress, mode=mode, **opts)
     hands = []
     for det, h in found:
-        item = _hypotheses(h, {})
+        item = _hypotheses(h, {"decode_ms": decode_ms, **h.timings})
         item.update(handedness=h.extra["handedness"], keypoints2d=det.keypoints,
                     detector_score=det.score)
         hands.append(item)
