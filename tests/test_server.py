@@ -96,6 +96,10 @@ def test_every_sampling_request(client):
     with pytest.raises(RemoteError, match="mode") as err:
         client.call("reconstruct", rgb=np.zeros((8, 8, 3), np.uint8), mode="depth")
     assert err.value.code == P.BAD_ARGUMENT
+    with pytest.raises(RemoteError, match="box") as err:
+        client.call("reconstruct", rgb=np.zeros((8, 8, 3), np.uint8),
+                    box=np.array([5, 5, 2, 8], np.float32))
+    assert err.value.code == P.BAD_ARGUMENT
 
 
 def test_progress_and_cancel(server):

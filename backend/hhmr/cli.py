@@ -133,6 +133,16 @@ def _guide_arg(text: str | None) -> str | bool | None:
     return False if text == "none" else text
 
 
+def _box(text: str) -> tuple[float, ...]:
+    try:
+        box = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4 or not (box[2] > box[0] and box[3] > box[1]):
+        raise argparse.ArgumentTypeError("expected X0,Y0,X1,Y1 with X1 > X0 and Y1 > Y0")
+    return box
+
+
 def _reconstruct(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
@@ -157,7 +167,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
             K = (np.array(json.loads(sidecar.read_text()), dtype=np.float32)
                  if sidecar.exists() else default_intrinsics(*photo.size, args.fov))
             hands = reconstruct(pipe, rgb, K, args.handedness, n=args.n, steps=args.steps,
-                                seed=args.seed, mode=args.mode)
+                                seed=args.seed, mode=args.mode, box=args.box)
         except ImportError:
             raise  # the detector is missing: every image would fail, main() says so once
         except Exception as err:  # noqa: BLE001 - one image's failure must not lose the others
@@ -342,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fov", type=float, default=50.0,
                    help="horizontal field of view (degrees) when there is no NAME.K.json")
     p.add_argument("--handedness", choices=["left", "right"], default=None)
+    p.add_argument("--box", type=_box, default=None, metavar="X0,Y0,X1,Y1",
+                   help="reconstruct the one hand in this box (pixels), found by the landmark "
+                        "network when the palm detector misses it (gloves, instruments)")
     p.add_argument("--mode", choices=["skel2d", "skel2d+world"], default="skel2d+world",
                    help="what the photo conditions on: the detector's 2D keypoints, or with its "
                         "3D world landmarks too (default)")

@@ -471,6 +471,9 @@ def _inpaint_check(args: dict[str, Any], ctx: _Ctx) -> None:
 def _reconstruct_check(args: dict[str, Any], ctx: _Ctx) -> None:
     if (args["image"] is None) == (args["rgb"] is None):
         raise _bad("give exactly one of 'image' (PNG/JPEG bytes) or 'rgb' (uint8 [H, W, 3])")
+    box = args.get("box")
+    if box is not None and not (box[2] > box[0] and box[3] > box[1]):
+        raise _bad("'box' must be x0, y0, x1, y1 with x1 > x0 and y1 > y0")
 
 
 @dataclass(frozen=True)
@@ -521,6 +524,9 @@ OPS: dict[str, OpSpec] = {
         "rgb": Arg(_rgb, "uint8 [H, W, 3] RGB pixels"),
         "K": Arg(_camera, "float [3, 3] camera intrinsics, |entries| <= 1e6"),
         "handedness": Arg(_choice("left", "right"), "'left' or 'right' (default: detected)"),
+        "box": Arg(_array((4,), "float", 0.0, MAX_PIXELS_COORD),
+                   "float [4] x0, y0, x1, y1 pixels: reconstruct the one hand in this box (the "
+                   "landmark network runs on it when the palm detector finds none)"),
         "mode": Arg(_choice("skel2d", "skel2d+world"), "what the photo conditions on: "
                     "'skel2d' (the detector's 2D keypoints) or 'skel2d+world' (with its 3D "
                     "world landmarks; the default)"),

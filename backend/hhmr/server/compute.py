@@ -118,7 +118,8 @@ def reconstruct_request(pipe, args: dict, progress: Progress,
     opts = {k: args[k] for k in SAMPLING_OPTIONS + GUIDANCE_OPTIONS}
     decode_ms = (time.perf_counter() - t0) * 1000
     mode = args["mode"] or BEST_MODE
-    found = reconstruct(pipe, rgb, K, args["handedness"], progress=progress, mode=mode, **opts)
+    found = reconstruct(pipe, rgb, K, args["handedness"], progress=progress, mode=mode,
+                        box=args["box"], **opts)
     hands = []
     for det, h in found:
         item = _hypotheses(h, {"decode_ms": decode_ms, **h.timings})
