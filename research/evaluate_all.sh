@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Re-run every measurement behind weights/MODEL_CARD.md and rewrite the card.
-# Usage: bash research/evaluate_all.sh   (about 20 minutes on a 2-core CPU)
+# Usage: bash research/evaluate_all.sh   (about 35 minutes on a 2-core CPU)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=weights/eval
@@ -12,8 +12,17 @@ hhmr evaluate --task refit3d_finger --num 50 --n 8 --seed 0 --json > "$out/refit
 hhmr evaluate --task pose --num 64 --seed 0 --json > "$out/pose.json"
 hhmr evaluate --task fit2d --num 30 --seed 0 --json > "$out/fit2d.json"
 hhmr evaluate --task sweep --num 8 --seed 0 --json > "$out/sweep_min_of_n.json"
-hhmr evaluate --freihand-root ../shared/data/real_interhand_sample --n 4 --json \
-  > "$out/real_interhand_sample.json"
+# real photos: every reconstruct mode beside MediaPipe's world landmarks, n=1 and n=16
+# (ranked, mean and oracle rows)
+for n in 1 16; do
+  suffix=$([ "$n" = 1 ] && echo "" || echo "_n$n")
+  hhmr evaluate --freihand-root ../shared/data/real_hgcnn_dev --n "$n" --json \
+    > "$out/real_hgcnn_dev$suffix.json"
+  hhmr evaluate --freihand-root ../shared/data/real_interhand_sample --n "$n" --json \
+    > "$out/real_interhand_sample$suffix.json"
+done
 hhmr bench --json > "$out/bench.json"
-hhmr bench --service --json > "$out/service_bench.json"
+hhmr bench --reconstruct ../shared/data/real_photos/freihand_style/119.jpg \
+  ../shared/data/real_photos/wild/test2.jpg --json > "$out/reconstruct_bench.json"
+hhmr bench --service --faults --json > "$out/service_bench.json"
 python research/model_card.py

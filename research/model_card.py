@@ -120,28 +120,10 @@ def training_commands(ckpt: dict, target: str = "weights/hhmr_prior.pt") -> list
     stages = ckpt.get("stages") or []
     if len(stages) < 2:
         return [f"- Command: `{command}`, then {copy}"]
-    lines = ["- Commands, each resuming (or, with `--init`, starting from the weights of) the one "
-             "before:"]
-    lines += [f"  {i}. `{st['command']}`: to step {st['to_step']}, {st['minutes']:.1f} min"
+    lines = ["- Commands, each resuming the one before:"]
+    lines += [f"  {i}. `{st['command']}`: to step {st['to_step']}, {st['minutes']:.1f} min in all"
               for i, st in enumerate(stages, 1)]
     return lines + [f"  then {copy}"]
-
-
-def total_minutes(ckpt: dict) -> float:
-    """CPU minutes of every stage: a resumed run's minutes include its earlier ones, a run
-    started `--init` from other weights counts from zero."""
-    total, last = 0.0, 0.0
-    for st in ckpt.get("stages") or [{"minutes": ckpt["minutes"]}]:
-        started = st.get("init") or "--init " in st.get("command", "")
-        total += st["minutes"] - (0.0 if started else last)
-        last = st["minutes"]
-    return total
-
-
-def config_name(ckpt: dict) -> str:
-    command = ckpt.get("command", "")
-    return command.split("--config ")[1].split()[0] if "--config " in command \
-        else "configs/prior.toml"
 
 
 def run_time(ckpt: dict) -> str:
@@ -227,9 +209,7 @@ def guide_section() -> list[str]:
              "of the prior's.", "",
              *training_commands(ckpt, "weights/hhmr_guide.pt"),
              f"- Model: {ckpt['config']['model']}",
-             f"- Steps: {ckpt['step']}, " + run_time(ckpt)
-        + (f"; all stages together {total_minutes(ckpt):.1f} CPU min"
-           if len(ckpt.get("stages") or []) > 1 else ""),
+             f"- Steps: {ckpt['step']}, " + run_time(ckpt),
              size_line(ckpt, GUIDE)]
     sweep = EVAL / "autoguidance.json"
     if sweep.exists():
@@ -288,14 +268,12 @@ def main() -> None:
         "## Training",
         "",
         *training_commands(ckpt),
-        f"- Config: `backend/hhmr/{config_name(ckpt)}` (model {cfg['model']}, batch "
+        f"- Config: `backend/hhmr/configs/prior.toml` (model {cfg['model']}, batch "
         f"{cfg['train']['batch_size']}, lr {cfg['train']['lr']}, timestep focus "
         f"{cfg['train'].get('t_focus', 0.0)}, timestep weighting "
         f"{cfg['train'].get('t_weighting', 'uniform')}, loss weights {cfg['loss']})",
         f"- Device: {ckpt.get('device', 'cpu')} (this project's 2-core CPU machine)",
-        f"- Steps: {ckpt['step']}, " + run_time(ckpt)
-        + (f"; all stages together {total_minutes(ckpt):.1f} CPU min"
-           if len(ckpt.get("stages") or []) > 1 else ""),
+        f"- Steps: {ckpt['step']}, " + run_time(ckpt),
         "- Weights: " + (f"exponential moving average (decay {ckpt['ema_decay']})"
                          if ckpt.get("ema_decay") else "the last step's (no moving average)"),
         size_line(ckpt, WEIGHTS),

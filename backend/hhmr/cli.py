@@ -63,7 +63,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"resuming from {resume}")
     result = train(config, Path(args.out), resume=resume, device=args.device,
                    max_steps=args.max_steps, max_minutes=args.max_minutes,
-                   command=args.command_line, init=Path(args.init) if args.init else None)
+                   command=args.command_line)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -274,9 +274,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/prior", help="checkpoints go here")
     p.add_argument("--resume", default=None, help="checkpoint to resume from")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
-    p.add_argument("--init", default=None, metavar="WEIGHTS",
-                   help="start a fresh run from these weights (fine-tuning, e.g. "
-                        "configs/photo.toml from the prior's final.pt)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--max-minutes", type=float, default=None)

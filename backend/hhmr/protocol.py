@@ -516,8 +516,8 @@ OPS: dict[str, OpSpec] = {
                         "float [21, 3] the same hand's 3D joints in camera axes (metres, any "
                         "origin; e.g. MediaPipe's world landmarks): a second condition"),
         "joints3d_confidence": Arg(_array((NUM_JOINTS,), "float", 0.0, 1.0),
-                                   "float [21] in [0, 1]: how far to trust joints3d (1 exact; "
-                                   "default 1)"),
+                                   "float [21] in [0, 1]: 0 leaves a joint out; each joint's "
+                                   "weight in the score (default 1)"),
         **SAMPLING_ARGS}, "fit meshes to 2D keypoints", sampling=True),
     "reconstruct": OpSpec({
         "image": Arg(_image, "PNG or JPEG file bytes"),

@@ -207,15 +207,14 @@ def detect_hands(rgb: np.ndarray, max_hands: int = 4, min_confidence: float = 0.
 # against per pixel of reprojection error).
 MODES = {"skel2d": {"world": False}, "skel2d+world": {"world": True}}
 BEST_MODE = "skel2d+world"
-WORLD_CONFIDENCE = 0.5  # the 3D condition's confidence for world landmarks (1 exact)
-WORLD_RANK_WEIGHT = 0.0
+WORLD_RANK_WEIGHT = 0.2
 
 
 def fit_detection(pipe: HandDiffusionPipeline, kp: np.ndarray, handedness: str,
                   K: np.ndarray, confidence: np.ndarray | None = None,
                   progress: Callable[[int, int], None] | None = None,
                   world: np.ndarray | None = None, world_weight: float = WORLD_RANK_WEIGHT,
-                  world_confidence: float = WORLD_CONFIDENCE, **opts) -> Hypotheses:
+                  **opts) -> Hypotheses:
     """fit2d in the camera frame, with `world` landmarks [21, 3] (camera axes, metres) as a
     3D view when given; a left hand is fitted mirrored and mirrored back."""
     kp = np.asarray(kp, dtype=np.float32).copy()
@@ -227,9 +226,7 @@ def fit_detection(pipe: HandDiffusionPipeline, kp: np.ndarray, handedness: str,
             world[:, 0] = -world[:, 0]
     h = pipe.fit2d(torch.from_numpy(kp), None if confidence is None else
                    torch.as_tensor(confidence), torch.from_numpy(np.asarray(K, np.float32)),
-                   progress=progress, joints3d=world, joints3d_weight=world_weight,
-                   joints3d_conf=None if world is None else np.full(21, world_confidence,
-                                                                     np.float32), **opts)
+                   progress=progress, joints3d=world, joints3d_weight=world_weight, **opts)
     if handedness == "left":
         flip = torch.tensor([-1.0, 1.0, 1.0])
         h.vertices, h.joints = h.vertices * flip, h.joints * flip

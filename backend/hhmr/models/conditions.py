@@ -21,7 +21,7 @@ class Conditions:
     """Inputs of the denoiser besides x_t. Absent modalities are None; masks are 1 = known."""
 
     joints3d: torch.Tensor | None = None  # [B, 21, 3] wrist-relative, model units
-    joints3d_mask: torch.Tensor | None = None  # [B, 21] confidence: 1 exact, 0 unknown
+    joints3d_mask: torch.Tensor | None = None  # [B, 21]
     keypoints2d: torch.Tensor | None = None  # [B, 21, 2] normalised (see normalize_keypoints)
     keypoints2d_conf: torch.Tensor | None = None  # [B, 21] in [0, 1]; 0 = unknown
     image_tokens: torch.Tensor | None = None  # [B, P + 1, image_dim]: P patches + global
@@ -76,21 +76,12 @@ class ConditionEncoder(nn.Module):
         self.joint_embedding = nn.Parameter(torch.randn(21, dim) * 0.02)
         self.modality_embedding = nn.Parameter(torch.randn(3, dim) * 0.02)
         self.patch_embedding = nn.Parameter(torch.randn(num_patches + 1, dim) * 0.02)
-        self.skel3d = mlp(4, dim)  # position and confidence
+        self.skel3d = mlp(3, dim)
         self.skel2d = mlp(3, dim)
         self.image = nn.Linear(image_dim, dim)
         self.null3d = nn.Parameter(torch.randn(21, dim) * 0.02)
         self.null2d = nn.Parameter(torch.randn(21, dim) * 0.02)
         self.null_image = nn.Parameter(torch.randn(num_patches + 1, dim) * 0.02)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # weights from before the 3D confidence input: its column starts at zero, so they
-        # give the same tokens (a zero-initialised condition, as DiffHand adds depth)
-        key = prefix + "skel3d.0.weight"
-        w = state_dict.get(key)
-        if w is not None and w.shape[1] == 3:
-            state_dict[key] = torch.cat([w, w.new_zeros(w.shape[0], 1)], 1)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def num_tokens(self) -> int:
@@ -102,8 +93,7 @@ class ConditionEncoder(nn.Module):
         if cond.joints3d is not None:
             mask = cond.joints3d_mask if cond.joints3d_mask is not None else \
                 torch.ones(b, 21, device=dev)
-            t = self.skel3d(torch.cat([cond.joints3d, mask[..., None]], -1)) + \
-                self.joint_embedding
+            t = self.skel3d(cond.joints3d) + self.joint_embedding
             toks.append(torch.where(mask[..., None] > 0, t, self.null3d.expand(b, -1, -1)))
         else:
             toks.append(self.null3d.expand(b, -1, -1))

@@ -239,8 +239,8 @@ class Fit2D(Task):
     K [3, 3] the result is in the camera frame; without, wrist-relative with a
     weak-perspective fit. `joints3d` [21, 3] (metres, camera axes, any origin; e.g.
     MediaPipe's world landmarks) is a second, 3D view of the same hand: it conditions the net
-    with its confidence `joints3d_conf` [21] (1 exact, 0 unknown) and, weighted by
-    `joints3d_weight` (score per mm against per pixel), ranks the hypotheses."""
+    (joints with `joints3d_conf` [21] > 0) and, weighted by `joints3d_weight` (score per mm
+    against per pixel) and per joint by `joints3d_conf`, ranks the hypotheses."""
 
     keypoints: Any
     confidence: Any = None
@@ -274,7 +274,7 @@ class Fit2D(Task):
                 raise ValueError("joints3d needs the wrist (the net reads wrist-relative joints)")
             rel = j3 - j3[:1]
             cond.joints3d = (rel / SCALE)[None].repeat(n, 1, 1)
-            cond.joints3d_mask = c3[None].repeat(n, 1)
+            cond.joints3d_mask = (c3 > 0).float()[None].repeat(n, 1)
             state.update(joints3d=rel, joints3d_conf=c3)
         return cond, inputs, state, None
 

@@ -114,10 +114,8 @@ class EMA:
 
 def train(config: dict, out_dir: Path, resume: Path | None = None, device: str = "auto",
           max_steps: int | None = None, max_minutes: float | None = None,
-          progress: bool = True, command: str = "", init: Path | None = None) -> dict:
-    """Train; writes out_dir/checkpoint.pt periodically and out_dir/final.pt at the end.
-    `init`: a weights file (final.pt) whose net a fresh run starts from (fine-tuning); its
-    training stages are kept in the new file's history."""
+          progress: bool = True, command: str = "") -> dict:
+    """Train; writes out_dir/checkpoint.pt periodically and out_dir/final.pt at the end."""
     tcfg = dict(config["train"])
     if max_steps is not None:
         tcfg["max_steps"] = max_steps
@@ -148,13 +146,6 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
         # the runs that led here: each command with the step and minutes it ended at
         stages = ckpt.get("stages") or [{"command": ckpt.get("command", "an earlier run"),
                                          "to_step": step, "minutes": round(elapsed / 60, 2)}]
-    started_from = ckpt.get("init") if ckpt is not None else None
-    if fresh and init is not None:
-        started_from = str(init)
-        start = torch.load(init, map_location=dev, weights_only=False)
-        net.load_state_dict(start["model"])
-        stages = list(start.get("stages") or [])
-    data_cfg = config.get("data", {})
     ema = EMA(net, tcfg["ema_decay"]) if tcfg.get("ema_decay") else None
     if ema is not None and ckpt is not None and ckpt.get("ema"):
         ema.state = ckpt["ema"]
@@ -166,11 +157,9 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
 
     def all_stages() -> list[dict]:
         """The earlier runs and this one, as far as it has got."""
-        this = {"command": command, "to_step": step, "minutes": round(clock.minutes(), 2),
-                "wall_minutes": round(clock.wall_seconds() / 60, 2)}
-        if started_from is not None:  # its minutes count from zero
-            this["init"] = started_from
-        return stages + [this]
+        return stages + [{"command": command, "to_step": step,
+                          "minutes": round(clock.minutes(), 2),
+                          "wall_minutes": round(clock.wall_seconds() / 60, 2)}]
 
     def save(path: Path) -> None:
         """Write through a temporary file, so a run killed while saving keeps its last
@@ -181,16 +170,14 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
                     "elapsed_s": clock.seconds(), "wall_elapsed_s": clock.wall_seconds(),
                     "config": config,
                     "history": history, "hand": hand.name, "command": command,
-                    "stages": all_stages(), "num_vertices": hand.num_vertices,
-                    "init": started_from}, tmp)
+                    "stages": all_stages(), "num_vertices": hand.num_vertices}, tmp)
         os.replace(tmp, path)
 
     while step < tcfg["max_steps"]:
         if clock.minutes() > tcfg["max_minutes"]:
             break
         gen = torch.Generator().manual_seed(tcfg["seed"] * 100_000 + step)
-        batch = synthetic_batch(hand, prior, tcfg["batch_size"], gen,
-                                p_loose3d=data_cfg.get("p_loose3d", 0.0))
+        batch = synthetic_batch(hand, prior, tcfg["batch_size"], gen)
         cond = drop_conditions(batch.conditions, dropout, gen)
         x0 = (batch.vertices / SCALE).to(dev)
         cond = type(cond)(**{k: None if v is None else v.to(dev)
