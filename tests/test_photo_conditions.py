@@ -50,10 +50,39 @@ def test_a_left_hands_world_landmarks_are_mirrored_like_its_keypoints(tiny_pipe,
         return real(kp, conf, K_, **opts)
 
     monkeypatch.setattr(tiny_pipe, "fit2d", spy)
-    fit_mode(tiny_pipe, det, "left", K, "skel2d+world", n=1, steps=1)
+    fit_mode(tiny_pipe, det, "left", K, "skel2d+world_all", n=1, steps=1)
     assert np.allclose(seen["kp"][:, 0], 2 * K[0, 2] - det.keypoints[:, 0])
     assert np.allclose(seen["joints3d"], world * [-1, 1, 1])
     fit_mode(tiny_pipe, det, "right", K, "skel2d", n=1, steps=1)
     assert seen["joints3d"] is None
     with pytest.raises(ValueError, match="unknown mode"):
         fit_mode(tiny_pipe, det, "right", K, "depth")
+
+
+def test_world_landmarks_that_disagree_with_the_photo_are_left_out(tiny_pipe, monkeypatch):
+    from hhmr import protocol as P
+    from hhmr.reconstruct import MODES, Detection, fit_mode, world_residual
+
+    assert tuple(MODES) == P.RECONSTRUCT_MODES
+    rng = np.random.default_rng(2)
+    world = rng.normal(size=(21, 3)).astype(np.float32) * 0.03
+    world[0] = 0
+    # keypoints: the landmarks seen head-on, scaled and moved; two of them then misplaced
+    kp = (world[:, :2] * 4000 + [300, 200]).astype(np.float32)
+    assert world_residual(kp, world).max() < 1e-4
+    kp[[4, 8]] += 60
+    res = world_residual(kp, world)
+    assert (res[[4, 8]] > 0.03).all() and np.delete(res, [4, 8]).max() < 0.03
+    K = np.array([[400, 0, 300], [0, 400, 200], [0, 0, 1]], np.float32)
+    seen = {}
+    real = tiny_pipe.fit2d
+    monkeypatch.setattr(tiny_pipe, "fit2d", lambda *a, **o: seen.update(o) or real(*a, **o))
+    det = Detection(kp, world, "right", 0.9)
+    fit_mode(tiny_pipe, det, "right", K, "skel2d+world", n=1, steps=1)
+    assert seen["joints3d_conf"].tolist() == [0.0 if i in (4, 8) else 1.0 for i in range(21)]
+    fit_mode(tiny_pipe, det, "right", K, "skel2d+world_all", n=1, steps=1)
+    assert seen["joints3d"] is not None and seen["joints3d_conf"] is None
+    kp[1:12] += 80  # most landmarks disagree: none is used
+    fit_mode(tiny_pipe, Detection(kp, world, "right", 0.9), "right", K, "skel2d+world", n=1,
+             steps=1)
+    assert seen["joints3d"] is None

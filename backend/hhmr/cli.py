@@ -230,6 +230,8 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from hhmr import protocol as P  # the standard library only
+
     parser = argparse.ArgumentParser(prog="hhmr", description="Holistic hand mesh recovery")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -260,9 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freihand-root", default=None,
                    help="evaluate reconstruct on real photos in FreiHAND layout instead")
     p.add_argument("--split", default="evaluation")
-    p.add_argument("--mode", action="append", default=None, choices=["skel2d", "skel2d+world"],
+    p.add_argument("--mode", action="append", default=None, choices=P.RECONSTRUCT_MODES,
                    help="reconstruct mode, repeatable (default: every mode): skel2d = "
-                        "MediaPipe's 2D keypoints; skel2d+world = with its 3D world landmarks")
+                        "MediaPipe's 2D keypoints; skel2d+world = with those of its 3D world "
+                        "landmarks that agree with them; skel2d+world_all = with all of them")
     p.add_argument("--limit", type=int, default=None, help="only the first LIMIT photos")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_evaluate)
@@ -352,9 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--box", type=_box, default=None, metavar="X0,Y0,X1,Y1",
                    help="reconstruct the one hand in this box (pixels), found by the landmark "
                         "network when the palm detector misses it (gloves, instruments)")
-    p.add_argument("--mode", choices=["skel2d", "skel2d+world"], default="skel2d+world",
-                   help="what the photo conditions on: the detector's 2D keypoints, or with its "
-                        "3D world landmarks too (default)")
+    p.add_argument("--mode", choices=P.RECONSTRUCT_MODES, default="skel2d+world",
+                   help="what the photo conditions on: the detector's 2D keypoints, with those "
+                        "of its 3D world landmarks that agree with them (default), or with all")
     p.add_argument("--max-pixels", type=int, default=8192 * 8192,
                    help="largest image to decode, in pixels (default 8192*8192); a larger one "
                         "fails without being decoded")

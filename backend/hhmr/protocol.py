@@ -468,6 +468,9 @@ def _inpaint_check(args: dict[str, Any], ctx: _Ctx) -> None:
                    f"{args['keep'].shape[0]}; they must match")
 
 
+RECONSTRUCT_MODES = ("skel2d", "skel2d+world", "skel2d+world_all")  # hhmr.reconstruct.MODES
+
+
 def _reconstruct_check(args: dict[str, Any], ctx: _Ctx) -> None:
     if (args["image"] is None) == (args["rgb"] is None):
         raise _bad("give exactly one of 'image' (PNG/JPEG bytes) or 'rgb' (uint8 [H, W, 3])")
@@ -527,9 +530,10 @@ OPS: dict[str, OpSpec] = {
         "box": Arg(_array((4,), "float", 0.0, MAX_PIXELS_COORD),
                    "float [4] x0, y0, x1, y1 pixels: reconstruct the one hand in this box (the "
                    "landmark network runs on it when the palm detector finds none)"),
-        "mode": Arg(_choice("skel2d", "skel2d+world"), "what the photo conditions on: "
-                    "'skel2d' (the detector's 2D keypoints) or 'skel2d+world' (with its 3D "
-                    "world landmarks; the default)"),
+        "mode": Arg(_choice(*RECONSTRUCT_MODES), "what the photo conditions on: 'skel2d' "
+                    "(the detector's 2D keypoints), 'skel2d+world' (with those of its 3D world "
+                    "landmarks that agree with them; the default) or 'skel2d+world_all' (with "
+                    "all of them)"),
         **SAMPLING_ARGS}, "recover hand meshes from an image", _reconstruct_check, True),
 }
 

@@ -13,7 +13,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from hhmr import metrics
-from hhmr.reconstruct import MODES, detect_hands, fit_mode
+from hhmr.reconstruct import MODES, RANK_3D_WEIGHT, detect_hands, fit_mode
 from hhmr.sampling import HandDiffusionPipeline
 
 
@@ -45,9 +45,10 @@ def evaluate_freihand(root: str | Path, split: str = "evaluation", n: int = 1, s
                       modes: tuple[str, ...] = tuple(MODES), limit: int | None = None,
                       **fit_opts) -> dict:
     """Every mode on the same detections, MediaPipe's world landmarks as the baseline. With
-    n > 1 each mode also gets rows for the top-ranked hypothesis (best score), the mean of
-    the n and the oracle (the best of the n against the ground truth); its plain row is the
-    hypothesis shown first."""
+    n > 1 each mode also gets rows for the top-ranked hypothesis (best score: reprojection
+    error), with world landmarks also the one ranked by reprojection plus RANK_3D_WEIGHT
+    times their distance (ranked_3d), the mean of the n and the oracle (the best of the n
+    against the ground truth); its plain row is the hypothesis shown first."""
     samples = load_freihand(Path(root), split)[:limit]
     pipe = HandDiffusionPipeline.from_pretrained(weights)
     t0 = time.perf_counter()
@@ -73,6 +74,9 @@ def evaluate_freihand(root: str | Path, split: str = "evaluation", n: int = 1, s
             if n > 1:
                 pa = metrics.pa_mpjpe(h.joints, gt.expand_as(h.joints))
                 preds[f"{mode}/ranked"] = h.joints[int(h.scores.argmax())][None]
+                if "joints3d_mm" in h.extra:
+                    both = h.extra["reprojection_px"] + RANK_3D_WEIGHT * h.extra["joints3d_mm"]
+                    preds[f"{mode}/ranked_3d"] = h.joints[int(both.argmin())][None]
                 preds[f"{mode}/mean"] = h.joints.mean(0, keepdim=True)
                 preds[f"{mode}/oracle"] = h.joints[int(pa.argmin())][None]
         for method, pred in preds.items():
