@@ -32,7 +32,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         modes = tuple(args.mode) if args.mode else tuple(MODES)
         result = evaluate_freihand(args.freihand_root, args.split, n=args.n, steps=args.steps,
                                    weights=args.weights, progress=not args.json, modes=modes,
-                                   limit=args.limit)
+                                   limit=args.limit, **({} if args.world_gate is None else
+                                                        {"world_gate": args.world_gate}))
     elif args.task == "prior":
         from hhmr.evaluation.prior import evaluate_prior
 
@@ -267,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "MediaPipe's 2D keypoints; skel2d+world = with those of its 3D world "
                         "landmarks that agree with them; skel2d+world_all = with all of them")
     p.add_argument("--limit", type=int, default=None, help="only the first LIMIT photos")
+    p.add_argument("--world-gate", type=float, default=None, metavar="FRACTION",
+                   help="world landmarks further than this fraction of the hand's extent from "
+                        "their keypoints are left out (default: each mode's own)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_evaluate)
 

@@ -74,8 +74,9 @@ def evaluate_freihand(root: str | Path, split: str = "evaluation", n: int = 1, s
             if n > 1:
                 pa = metrics.pa_mpjpe(h.joints, gt.expand_as(h.joints))
                 preds[f"{mode}/ranked"] = h.joints[int(h.scores.argmax())][None]
-                if "joints3d_mm" in h.extra:
-                    both = h.extra["reprojection_px"] + RANK_3D_WEIGHT * h.extra["joints3d_mm"]
+                if MODES[mode]["world"]:  # landmarks all left out: the 2D ranking
+                    both = h.extra["reprojection_px"] + RANK_3D_WEIGHT * h.extra.get(
+                        "joints3d_mm", torch.zeros(n))
                     preds[f"{mode}/ranked_3d"] = h.joints[int(both.argmin())][None]
                 preds[f"{mode}/mean"] = h.joints.mean(0, keepdim=True)
                 preds[f"{mode}/oracle"] = h.joints[int(pa.argmin())][None]
