@@ -21,7 +21,7 @@ def test_fit2d_takes_a_3d_view_with_its_confidence(tiny_pipe):
     j3 = torch.randn(21, 3) * 0.03 + torch.tensor([0.1, 0.2, 0.5])
     conf = torch.full((21,), 0.5)
     conf[7] = 0  # left out
-    plan = tiny_pipe.plan(Fit2D(kp, None, None, j3, conf, 0.5), Options(n=3))
+    plan = tiny_pipe.plan(Fit2D(kp, None, None, j3, conf), Options(n=3))
     assert torch.allclose(plan.cond.joints3d[:, 0], torch.zeros(3, 3))  # wrist-relative
     assert torch.allclose(plan.cond.joints3d[0] * SCALE, j3 - j3[0], atol=1e-6)
     assert plan.cond.joints3d_mask.sum(1).eq(20).all() and plan.cond.joints3d_mask[:, 7].eq(0).all()
@@ -29,10 +29,12 @@ def test_fit2d_takes_a_3d_view_with_its_confidence(tiny_pipe):
     assert plan.key() != tiny_pipe.plan(Fit2D(kp), Options(n=3)).key()  # not batched together
     with pytest.raises(ValueError, match="wrist"):
         tiny_pipe.plan(Fit2D(kp, joints3d=j3, joints3d_conf=torch.arange(21) > 0), Options())
-    h = tiny_pipe.fit2d(kp, n=2, steps=2, joints3d=j3, joints3d_conf=conf, joints3d_weight=1.0)
-    # the score is the reprojection error plus the weighted 3D distance, both reported
-    assert torch.allclose(-h.scores, h.extra["reprojection_px"] + h.extra["joints3d_mm"],
-                          rtol=1e-4)
+    h = tiny_pipe.fit2d(kp, n=2, steps=2, joints3d=j3, joints3d_conf=conf)
+    # the score is the reprojection error; the distance to the 3D view is reported beside
+    assert torch.allclose(-h.scores, h.extra["reprojection_px"])
+    j = h.joints - h.joints[:, :1]
+    d = ((j - (j3 - j3[0])).norm(dim=-1) * conf).sum(-1) / conf.sum() * 1000
+    assert torch.allclose(h.extra["joints3d_mm"], d, rtol=1e-4)
 
 
 def test_a_left_hands_world_landmarks_are_mirrored_like_its_keypoints(tiny_pipe, monkeypatch):
@@ -80,8 +82,10 @@ def test_world_landmarks_that_disagree_with_the_photo_are_left_out(tiny_pipe, mo
     det = Detection(kp, world, "right", 0.9)
     fit_mode(tiny_pipe, det, "right", K, "skel2d+world", n=1, steps=1)
     assert seen["joints3d_conf"].tolist() == [0.0 if i in (4, 8) else 1.0 for i in range(21)]
-    fit_mode(tiny_pipe, det, "right", K, "skel2d+world_all", n=1, steps=1)
-    assert seen["joints3d"] is not None and seen["joints3d_conf"] is None
+    fit_mode(tiny_pipe, det, "right", K, "skel2d+world_all", n=1, steps=1, world_gate=0.01)
+    assert seen["joints3d"] is not None and seen["joints3d_conf"] is None  # never gated
+    fit_mode(tiny_pipe, det, "right", K, "skel2d+world", n=1, steps=1, world_gate=0.5)
+    assert seen["joints3d_conf"].tolist() == [1.0] * 21  # another gate for a gated mode
     kp[1:12] += 80  # most landmarks disagree: none is used
     fit_mode(tiny_pipe, Detection(kp, world, "right", 0.9), "right", K, "skel2d+world", n=1,
              steps=1)

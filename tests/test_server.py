@@ -86,13 +86,15 @@ def test_every_sampling_request(client):
     kp = (p[:, :2] / p[:, 2:]).astype(np.float32)
     h = client.hypotheses("fit2d", keypoints=kp, K=K, n=2, steps=2)
     assert h.vertices.shape == (2, 803, 3) and "transl" in h.extra
-    # the same hand's 3D joints as a second, loose condition: scored by both
+    # the same hand's 3D joints as a second condition: the distance to them comes back too
     h = client.hypotheses("fit2d", keypoints=kp, K=K, joints3d=(joints + 0.3).astype(
         np.float32), joints3d_confidence=np.full(21, 0.5, np.float32), n=2, steps=2)
     assert h.extra["joints3d_mm"].shape == (2,) and h.extra["reprojection_px"].shape == (2,)
-    with pytest.raises(RemoteError, match="joints3d") as err:
-        client.hypotheses("fit2d", keypoints=kp, joints3d=np.zeros((20, 3), np.float32))
-    assert err.value.code == P.BAD_ARGUMENT
+    for bad in ({"joints3d": np.zeros((20, 3), np.float32)},
+                {"joints3d_confidence": np.ones(21, np.float32)}):
+        with pytest.raises(RemoteError, match="joints3d") as err:
+            client.hypotheses("fit2d", keypoints=kp, **bad)
+        assert err.value.code == P.BAD_ARGUMENT
     with pytest.raises(RemoteError, match="mode") as err:
         client.call("reconstruct", rgb=np.zeros((8, 8, 3), np.uint8), mode="depth")
     assert err.value.code == P.BAD_ARGUMENT

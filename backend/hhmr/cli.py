@@ -139,8 +139,10 @@ def _box(text: str) -> tuple[float, ...]:
         box = tuple(float(v) for v in text.split(","))
     except ValueError:
         box = ()
-    if len(box) != 4 or not (box[2] > box[0] and box[3] > box[1]):
-        raise argparse.ArgumentTypeError("expected X0,Y0,X1,Y1 with X1 > X0 and Y1 > Y0")
+    if len(box) != 4 or not all(0 <= v <= 1e6 for v in box) or \
+            not (box[2] > box[0] and box[3] > box[1]):
+        raise argparse.ArgumentTypeError("expected pixels X0,Y0,X1,Y1 in 0..1e6 with X1 > X0 "
+                                         "and Y1 > Y0")
     return box
 
 

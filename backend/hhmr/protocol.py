@@ -471,6 +471,11 @@ def _inpaint_check(args: dict[str, Any], ctx: _Ctx) -> None:
 RECONSTRUCT_MODES = ("skel2d", "skel2d+world", "skel2d+world_all")  # hhmr.reconstruct.MODES
 
 
+def _fit2d_check(args: dict[str, Any], ctx: _Ctx) -> None:
+    if args.get("joints3d_confidence") is not None and args.get("joints3d") is None:
+        raise _bad("'joints3d_confidence' needs 'joints3d'")
+
+
 def _reconstruct_check(args: dict[str, Any], ctx: _Ctx) -> None:
     if (args["image"] is None) == (args["rgb"] is None):
         raise _bad("give exactly one of 'image' (PNG/JPEG bytes) or 'rgb' (uint8 [H, W, 3])")
@@ -519,9 +524,9 @@ OPS: dict[str, OpSpec] = {
                         "float [21, 3] the same hand's 3D joints in camera axes (metres, any "
                         "origin; e.g. MediaPipe's world landmarks): a second condition"),
         "joints3d_confidence": Arg(_array((NUM_JOINTS,), "float", 0.0, 1.0),
-                                   "float [21] in [0, 1]: 0 leaves a joint out; each joint's "
-                                   "weight in the score (default 1)"),
-        **SAMPLING_ARGS}, "fit meshes to 2D keypoints", sampling=True),
+                                   "float [21] in [0, 1], with joints3d: 0 leaves a joint out "
+                                   "(not the wrist); its weight in joints3d_mm (default 1)"),
+        **SAMPLING_ARGS}, "fit meshes to 2D keypoints", _fit2d_check, True),
     "reconstruct": OpSpec({
         "image": Arg(_image, "PNG or JPEG file bytes"),
         "rgb": Arg(_rgb, "uint8 [H, W, 3] RGB pixels"),

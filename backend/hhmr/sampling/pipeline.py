@@ -287,13 +287,11 @@ class HandDiffusionPipeline:
               guidance_scale: float | None = None, seed: int = 0, eta: float = 0.0,
               guidance_space: str | None = None, central_first: bool | None = None,
               guidance_strength: float | None = None, progress: Progress | None = None,
-              pose: bool = False, joints3d=None, joints3d_conf=None,
-              joints3d_weight: float = 0.0) -> Hypotheses:
+              pose: bool = False, joints3d=None, joints3d_conf=None) -> Hypotheses:
         """Meshes matching 2D keypoints [21, 2] (pixels). With intrinsics K [3, 3] the result
         is in the camera frame; without, wrist-relative with a weak-perspective fit.
         `joints3d` [21, 3]: a 3D view of the same hand in camera axes (see `Fit2D`)."""
-        return self._one(Fit2D(keypoints2d, confidence, K, joints3d, joints3d_conf,
-                               joints3d_weight),
+        return self._one(Fit2D(keypoints2d, confidence, K, joints3d, joints3d_conf),
                          Options(n, steps, seed, eta, central_first, guidance_scale,
                                  guidance_strength, guidance_space, pose), progress)
 

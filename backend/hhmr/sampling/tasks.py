@@ -238,16 +238,15 @@ class Fit2D(Task):
     """Meshes matching 2D keypoints [21, 2] (pixels) with `confidence` [21]. With intrinsics
     K [3, 3] the result is in the camera frame; without, wrist-relative with a
     weak-perspective fit. `joints3d` [21, 3] (metres, camera axes, any origin; e.g.
-    MediaPipe's world landmarks) is a second, 3D view of the same hand: it conditions the net
-    (joints with `joints3d_conf` [21] > 0) and, weighted by `joints3d_weight` (score per mm
-    against per pixel) and per joint by `joints3d_conf`, ranks the hypotheses."""
+    MediaPipe's world landmarks) is a second, 3D view of the same hand: its joints with
+    `joints3d_conf` [21] > 0 condition the net, and each hypothesis reports its
+    wrist-relative distance to them (`joints3d_mm`, weighted by `joints3d_conf`)."""
 
     keypoints: Any
     confidence: Any = None
     K: Any = None
     joints3d: Any = None
     joints3d_conf: Any = None
-    joints3d_weight: float = 0.0
     name: ClassVar[str] = "fit2d"
 
     def kind(self) -> tuple:
@@ -284,7 +283,7 @@ class Fit2D(Task):
 
     def finish(self, pipe: HandDiffusionPipeline, state: dict, v: torch.Tensor) -> Hypotheses:
         # the hand turned and placed by the camera solved for it, scored by its reprojection
-        # error (px) plus, with joints3d, its wrist-relative distance to them (mm, weighted)
+        # error (px); with joints3d, its distance to them is reported beside
         op = self.operator(pipe, {k: None if x is None else x.to(v)
                                   for k, x in state["inputs"].items()})
         projected, solved = op.solve(v)
@@ -298,7 +297,6 @@ class Fit2D(Task):
             d = ((j - j[:, :1] - state["joints3d"].to(v)[None]).norm(dim=-1) * c3).sum(-1) \
                 / c3.sum()
             extra["joints3d_mm"] = d * 1000
-            err = err + self.joints3d_weight * d * 1000
         if self.K is not None:
             return pipe.hypotheses(v + solved[:, None], -err, transl=solved, **extra)
         return pipe.hypotheses(v, -err, weak_scale=solved[0], weak_transl=solved[1], **extra)
