@@ -581,11 +581,16 @@ def test_each_request_asks_the_backend_once(ctx, monkeypatch, op):
         bpy.ops.object.mode_set(mode="OBJECT")
         obj.data.vertices.foreach_set("select", [v.co.y < 0.09 for v in obj.data.vertices])
         bpy.ops.object.mode_set(mode="EDIT")
+    from hhmr_blender import jobs
+
     calls, real = [], ctx.info
-    monkeypatch.setattr(ctx, "info", lambda refresh=False: calls.append(refresh) or
+    monkeypatch.setattr(ctx, "info", lambda refresh=False: calls.append(f"info {refresh}") or
                         real(refresh))
+    builder = {"generate": "generate", "refit": "refit3d", "inpaint": "inpaint"}[op]
+    build = getattr(jobs, builder)
+    monkeypatch.setattr(jobs, builder, lambda *a, **k: calls.append("build") or build(*a, **k))
     assert getattr(bpy.ops.hhmr, op)() == {"FINISHED"}
-    assert calls == [True] and obj.mode == "OBJECT"
+    assert calls == ["info True", "build"] and obj.mode == "OBJECT"  # checked, then built
 
 
 def test_generated_hands_share_one_orientation(ctx):
