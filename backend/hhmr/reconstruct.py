@@ -160,11 +160,18 @@ class LandmarkNet:
         cx, cy, side = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0)
         best = max((self._run(rgb, cx, cy, side * sc, math.radians(deg))
                     for deg in self.ANGLES for sc in self.SCALES), key=lambda r: r[2])
-        kp = best[0]  # refine: MediaPipe's crop from landmarks (middle finger up, 2x the hand)
+        # refine as MediaPipe tracks: the landmarks' box in the hand's own frame (middle
+        # finger up), twice its size, moved a tenth towards the fingers
+        kp = best[0]
         d = kp[9] - kp[0]
-        lo, hi = kp.min(0), kp.max(0)
-        again = self._run(rgb, *(lo + hi) / 2, float((hi - lo).max()) * 2.0,
-                          math.atan2(d[0], -d[1]))
+        angle = math.atan2(d[0], -d[1])
+        c, s = math.cos(angle), math.sin(angle)
+        rot = np.array([[c, -s], [s, c]], np.float32)  # hand frame -> image
+        local = kp @ rot  # image -> hand frame
+        lo, hi = local.min(0), local.max(0)
+        side = float((hi - lo).max()) * 2.0
+        centre = rot @ ((lo + hi) / 2 - [0.0, 0.1 * side])
+        again = self._run(rgb, float(centre[0]), float(centre[1]), side, angle)
         best = again if again[2] > best[2] else best
         if best[2] < self.MIN_PRESENCE:
             raise NoHandError(f"no hand found in the box (the landmark network is "
