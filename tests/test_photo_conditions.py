@@ -62,10 +62,13 @@ def test_a_left_hands_world_landmarks_are_mirrored_like_its_keypoints(tiny_pipe,
 
 
 def test_world_landmarks_that_disagree_with_the_photo_are_left_out(tiny_pipe, monkeypatch):
-    from hhmr import protocol as P
-    from hhmr.reconstruct import MODES, Detection, fit_mode, world_residual
+    from dataclasses import replace
 
-    assert tuple(MODES) == P.RECONSTRUCT_MODES
+    from hhmr.reconstruct import Detection, fit_mode, world_residual
+    from hhmr.sampling.config import PhotoConfig
+
+    with pytest.raises(ValueError, match="photo mode"):
+        PhotoConfig(mode="depth")
     rng = np.random.default_rng(2)
     world = rng.normal(size=(21, 3)).astype(np.float32) * 0.03
     world[0] = 0
@@ -80,11 +83,17 @@ def test_world_landmarks_that_disagree_with_the_photo_are_left_out(tiny_pipe, mo
     real = tiny_pipe.fit2d
     monkeypatch.setattr(tiny_pipe, "fit2d", lambda *a, **o: seen.update(o) or real(*a, **o))
     det = Detection(kp, world, "right", 0.9)
-    fit_mode(tiny_pipe, det, "right", K, "skel2d+world", n=1, steps=1)
+    assert tiny_pipe.config.photo.mode == "skel2d+world"  # the default mode
+    fit_mode(tiny_pipe, det, "right", K, None, n=1, steps=1)
     assert seen["joints3d_conf"].tolist() == [0.0 if i in (4, 8) else 1.0 for i in range(21)]
-    fit_mode(tiny_pipe, det, "right", K, "skel2d+world_all", n=1, steps=1, world_gate=0.01)
+
+    def gated(gate):
+        cfg = tiny_pipe.config
+        return tiny_pipe.with_config(replace(cfg, photo=replace(cfg.photo, world_gate=gate)))
+
+    fit_mode(gated(0.01), det, "right", K, "skel2d+world_all", n=1, steps=1)
     assert seen["joints3d"] is not None and seen["joints3d_conf"] is None  # never gated
-    fit_mode(tiny_pipe, det, "right", K, "skel2d+world", n=1, steps=1, world_gate=0.5)
+    fit_mode(gated(0.5), det, "right", K, "skel2d+world", n=1, steps=1)
     assert seen["joints3d_conf"].tolist() == [1.0] * 21  # another gate for a gated mode
     kp[1:12] += 80  # most landmarks disagree: none is used
     fit_mode(tiny_pipe, Detection(kp, world, "right", 0.9), "right", K, "skel2d+world", n=1,

@@ -27,13 +27,12 @@ def _demo(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     if args.freihand_root:
         from hhmr.evaluation.photos import evaluate_freihand
-        from hhmr.reconstruct import MODES
+        from hhmr.protocol import RECONSTRUCT_MODES
 
-        modes = tuple(args.mode) if args.mode else tuple(MODES)
+        modes = tuple(args.mode) if args.mode else RECONSTRUCT_MODES
         result = evaluate_freihand(args.freihand_root, args.split, n=args.n, steps=args.steps,
                                    weights=args.weights, progress=not args.json, modes=modes,
-                                   limit=args.limit, **({} if args.world_gate is None else
-                                                        {"world_gate": args.world_gate}))
+                                   limit=args.limit, world_gate=args.world_gate)
     elif args.task == "prior":
         from hhmr.evaluation.prior import evaluate_prior
 
@@ -271,8 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "landmarks that agree with them; skel2d+world_all = with all of them")
     p.add_argument("--limit", type=int, default=None, help="only the first LIMIT photos")
     p.add_argument("--world-gate", type=float, default=None, metavar="FRACTION",
-                   help="world landmarks further than this fraction of the hand's extent from "
-                        "their keypoints are left out (default: each mode's own)")
+                   help="skel2d+world: world landmarks further than this fraction of the hand's "
+                        "extent from their keypoints are left out (default: the weights' "
+                        "sampling config, photo.world_gate)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_evaluate)
 
@@ -361,9 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--box", type=_box, default=None, metavar="X0,Y0,X1,Y1",
                    help="reconstruct the one hand in this box (pixels), found by the landmark "
                         "network when the palm detector misses it (gloves, instruments)")
-    p.add_argument("--mode", choices=P.RECONSTRUCT_MODES, default="skel2d+world",
+    p.add_argument("--mode", choices=P.RECONSTRUCT_MODES, default=None,
                    help="what the photo conditions on: the detector's 2D keypoints, with those "
-                        "of its 3D world landmarks that agree with them (default), or with all")
+                        "of its 3D world landmarks that agree with them, or with all (default: "
+                        "the weights' sampling config, photo.mode: skel2d+world)")
     p.add_argument("--max-pixels", type=int, default=8192 * 8192,
                    help="largest image to decode, in pixels (default 8192*8192); a larger one "
                         "fails without being decoded")

@@ -468,7 +468,7 @@ def _inpaint_check(args: dict[str, Any], ctx: _Ctx) -> None:
                    f"{args['keep'].shape[0]}; they must match")
 
 
-RECONSTRUCT_MODES = ("skel2d", "skel2d+world", "skel2d+world_all")  # hhmr.reconstruct.MODES
+RECONSTRUCT_MODES = ("skel2d", "skel2d+world", "skel2d+world_all")  # see hhmr.reconstruct.fit_mode
 
 
 def _fit2d_check(args: dict[str, Any], ctx: _Ctx) -> None:

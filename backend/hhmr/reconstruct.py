@@ -19,7 +19,9 @@ import numpy as np
 import torch
 
 from hhmr.hand.mirror import mirror_axis_angle, mirror_faces, mirror_points
+from hhmr.protocol import RECONSTRUCT_MODES
 from hhmr.sampling import HandDiffusionPipeline, Hypotheses
+from hhmr.sampling.config import PhotoConfig
 
 DEFAULT_FOV_DEG = 50.0  # horizontal field of view assumed when K is not given
 
@@ -176,8 +178,8 @@ class LandmarkNet:
         if best[2] < self.MIN_PRESENCE:
             raise NoHandError(f"no hand found in the box (the landmark network is "
                               f"{best[2]:.0%} sure of one)")
-        # the network's score is for the photo as given (20 of 21 dev photos; the Hands
-        # solution's label is the mirrored one)
+        # the network's score is for the photo as given, not mirrored like the Hands
+        # solution's label (tests/test_reconstruct.py checks it on dev photos)
         side_label = "right" if best[3] > 0.5 else "left"
         return Detection(best[0], best[1], side_label, best[2])
 
@@ -211,18 +213,6 @@ def detect_hands(rgb: np.ndarray, max_hands: int = 4, min_confidence: float = 0.
     return hand_detector(max_hands, min_confidence)(rgb)
 
 
-# How a photo's hand becomes conditions: MediaPipe's 2D keypoints alone; with its 3D world
-# landmarks as the 3D-skeleton condition, those that agree with the keypoints (`world_residual`
-# at most `gate`; fewer than 11 agreeing: none), or all of them. Names as in hhmr.protocol.
-MODES = {"skel2d": {"world": False}, "skel2d+world": {"world": True, "gate": 0.03},
-         "skel2d+world_all": {"world": True, "gate": None}}
-BEST_MODE = "skel2d+world"
-# Scores stay the reprojection error in pixels (what the add-on shows). Ranking by it plus the
-# world landmarks' distance (RANK_3D_WEIGHT per mm) beat it but not the hypothesis shown
-# first on the dev photos (`hhmr evaluate --freihand-root ... --n 16`: ranked, ranked_3d).
-RANK_3D_WEIGHT = 0.2  # the ranked_3d row's
-
-
 def world_residual(kp: np.ndarray, world: np.ndarray) -> np.ndarray:
     """How far each world landmark [21, 3] is from its 2D keypoint [21, 2] once the landmarks
     are seen by the best scaled orthographic camera along their own z axis (their x, y are
@@ -238,9 +228,10 @@ def fit_detection(pipe: HandDiffusionPipeline, kp: np.ndarray, handedness: str,
                   K: np.ndarray, confidence: np.ndarray | None = None,
                   progress: Callable[[int, int], None] | None = None,
                   world: np.ndarray | None = None, world_gate: float | None = None,
-                  **opts) -> Hypotheses:
+                  min_agreeing: int = PhotoConfig.min_agreeing, **opts) -> Hypotheses:
     """fit2d in the camera frame, with `world` landmarks [21, 3] (camera axes, metres) as a
-    3D view when given; a left hand is fitted mirrored and mirrored back."""
+    3D view when given (with `world_gate`, only those that agree with the keypoints, see
+    `PhotoConfig`); a left hand is fitted mirrored and mirrored back."""
     kp = np.asarray(kp, dtype=np.float32).copy()
     if world is not None:
         world = np.asarray(world, dtype=np.float32).copy()
@@ -252,7 +243,7 @@ def fit_detection(pipe: HandDiffusionPipeline, kp: np.ndarray, handedness: str,
     if world is not None and world_gate is not None:
         conf3d = (world_residual(kp, world) <= world_gate).astype(np.float32)
         conf3d[0] = 1.0  # the origin
-        if conf3d.sum() < 11:  # most landmarks disagree with the photo: none is used
+        if conf3d.sum() < min_agreeing:  # most disagree with the photo: none is used
             world, conf3d = None, None
     h = pipe.fit2d(torch.from_numpy(kp), None if confidence is None else
                    torch.as_tensor(confidence), torch.from_numpy(np.asarray(K, np.float32)),
@@ -284,22 +275,23 @@ def faces_for(pipe: HandDiffusionPipeline, handedness: str) -> np.ndarray:
 
 
 def fit_mode(pipe: HandDiffusionPipeline, det: Detection, handedness: str, K: np.ndarray,
-             mode: str = BEST_MODE, progress: Callable[[int, int], None] | None = None,
+             mode: str | None = None, progress: Callable[[int, int], None] | None = None,
              **opts) -> Hypotheses:
-    """One detection fitted in one of `MODES`."""
-    if mode not in MODES:
-        raise ValueError(f"unknown mode '{mode}': one of {', '.join(MODES)}")
-    world = det.world if MODES[mode]["world"] else None
-    gate = opts.pop("world_gate", None)  # another gate for a gated mode (evaluation)
-    opts["world_gate"] = MODES[mode].get("gate") if gate is None or \
-        MODES[mode].get("gate") is None else gate
+    """One detection fitted in one of `hhmr.protocol.RECONSTRUCT_MODES` (None: the pipeline's
+    `config.photo.mode`), with the gate of its `config.photo`."""
+    photo = pipe.config.photo
+    mode = mode or photo.mode
+    if mode not in RECONSTRUCT_MODES:
+        raise ValueError(f"unknown mode '{mode}': one of {', '.join(RECONSTRUCT_MODES)}")
+    world = None if mode == "skel2d" else det.world
+    gate = photo.world_gate if mode == "skel2d+world" else None
     return fit_detection(pipe, det.keypoints, handedness, K, progress=progress, world=world,
-                         **opts)
+                         world_gate=gate, min_agreeing=photo.min_agreeing, **opts)
 
 
 def reconstruct(pipe: HandDiffusionPipeline, rgb: np.ndarray, K: np.ndarray | None = None,
                 handedness: str | None = None,
-                progress: Callable[[int, int], None] | None = None, mode: str = BEST_MODE,
+                progress: Callable[[int, int], None] | None = None, mode: str | None = None,
                 box=None, **opts) -> list[tuple[Detection, Hypotheses]]:
     """All hands found in an image, each with its hypotheses (camera frame, metres); with
     `box` (x0, y0, x1, y1 pixels) the one hand in it (`detect_in_box`). `handedness`

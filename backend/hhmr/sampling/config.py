@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from hhmr.diffusion.autoguidance import AutoGuidance
+from hhmr.protocol import RECONSTRUCT_MODES
 
 SOLVERS = ("ddim", "dpm++2m")
 SPACINGS = ("front", "trailing", "linspace", "quadratic")
@@ -91,6 +92,22 @@ class TaskConfig:
 
 
 @dataclass(frozen=True)
+class PhotoConfig:
+    """How `hhmr.reconstruct` turns a photo's detection into conditions (docs/photos.md)."""
+
+    # the default mode: "skel2d" (2D keypoints), "skel2d+world" (with the world landmarks that
+    # agree with them) or "skel2d+world_all" (with every landmark)
+    mode: str = "skel2d+world"
+    # skel2d+world keeps a landmark within this fraction of the hand's extent from its
+    # keypoint (`world_residual`), and none when fewer than `min_agreeing` are kept
+    world_gate: float = 0.03
+    min_agreeing: int = 11
+
+    def __post_init__(self) -> None:
+        _check("photo mode", self.mode, RECONSTRUCT_MODES)
+
+
+@dataclass(frozen=True)
 class SamplingConfig:
     """Every setting of sampling with one set of weights (saved in the weights file as
     "sampling")."""
@@ -111,6 +128,7 @@ class SamplingConfig:
     guide: str | None = None
     # batch sizes a server traces before its first request
     warm_batch_sizes: tuple[int, ...] = field(default=(1, 4))
+    photo: PhotoConfig = PhotoConfig()
 
     def task(self, name: str) -> TaskConfig:
         if name not in TASKS:
@@ -141,6 +159,9 @@ class SamplingConfig:
                 if task.get("autoguidance") is not None:
                     task["autoguidance"] = AutoGuidance(**task["autoguidance"])
                 d[name] = TaskConfig(**task)
+        if "photo" in d:
+            _known(PhotoConfig, d["photo"])
+            d["photo"] = PhotoConfig(**d["photo"])
         if "warm_batch_sizes" in d:
             d["warm_batch_sizes"] = tuple(d["warm_batch_sizes"])
         return cls(**d)

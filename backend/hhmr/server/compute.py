@@ -104,7 +104,7 @@ def reconstruct_request(pipe, args: dict, progress: Progress,
     """The result map of a reconstruct request: every hand found in the image (of at most
     `max_pixels` pixels). An image that fails to decode raises ImageError (BAD_ARGUMENT) or
     ImageTooLarge (TOO_LARGE)."""
-    from hhmr.reconstruct import BEST_MODE, default_intrinsics, reconstruct
+    from hhmr.reconstruct import default_intrinsics, reconstruct
 
     t0 = time.perf_counter()
     if args["image"] is not None:
@@ -117,8 +117,7 @@ def reconstruct_request(pipe, args: dict, progress: Progress,
     K = default_intrinsics(rgb.shape[1], rgb.shape[0]) if K is None else K
     opts = {k: args[k] for k in SAMPLING_OPTIONS + GUIDANCE_OPTIONS}
     decode_ms = (time.perf_counter() - t0) * 1000
-    mode = args["mode"] or BEST_MODE
-    found = reconstruct(pipe, rgb, K, args["handedness"], progress=progress, mode=mode,
+    found = reconstruct(pipe, rgb, K, args["handedness"], progress=progress, mode=args["mode"],
                         box=args["box"], **opts)
     hands = []
     for det, h in found:
