@@ -42,8 +42,7 @@ def run(op: bpy.types.Operator, make_task: Callable[[], jobs.Task]) -> set[str]:
     """Check the backend, then build and start a task (building may read the backend's
     topology and leave Edit Mode), reporting expected failures instead of raising."""
     try:
-        if runner.busy():
-            raise RuntimeError("a request is already running: wait for it or cancel it")
+        runner.ensure_idle()  # before the round trip
         runner.check()
         landed = runner.start(make_task(), checked=True)
     except EXPECTED as err:

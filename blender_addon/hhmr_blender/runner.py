@@ -76,12 +76,16 @@ def busy() -> bool:
     return STATE.job is not None
 
 
+def ensure_idle() -> None:
+    if busy():
+        raise RuntimeError("a request is already running: wait for it or cancel it")
+
+
 def start(task: jobs.Task, checked: bool = False) -> list[str] | None:
     """Send ``task`` (after `check`, unless the caller has just checked); in background mode
     wait and land the result (returns the objects it landed on), else return None and let
     the timer land it."""
-    if busy():
-        raise RuntimeError("a request is already running: wait for it or cancel it")
+    ensure_idle()
     topo = topology() if checked else check()
     STATE.error, STATE.status = "", f"{task.op}: sent"
     STATE.job = jobs.TrackedJob(client(), task, topo.num_vertices, topo)
