@@ -84,17 +84,23 @@ class HandDetector:
         h, w = rgb.shape[:2]
         with self._lock:
             res = self._hands.process(rgb)
-        if not res.multi_hand_landmarks:
-            return []
-        out = []
-        for lms, world, handed in zip(res.multi_hand_landmarks, res.multi_hand_world_landmarks,
-                                      res.multi_handedness, strict=True):
-            kp = np.array([[p.x * w - dx, p.y * h - dy] for p in lms.landmark], np.float32)
-            wl = np.array([[p.x, p.y, p.z] for p in world.landmark], dtype=np.float32)
-            label = handed.classification[0].label.lower()
-            swapped = "left" if label == "right" else "right"  # MediaPipe assumes a mirror
-            out.append(Detection(kp, wl, swapped, float(handed.classification[0].score)))
-        return out
+        return detections(res, w, h, dx, dy)
+
+
+def detections(res, w: int, h: int, dx: float = 0, dy: float = 0) -> list[Detection]:
+    """MediaPipe Hands' result for a w x h image as Detections, keypoints moved by
+    (-dx, -dy) and handedness swapped for an ordinary photo."""
+    if not res.multi_hand_landmarks:
+        return []
+    out = []
+    for lms, world, handed in zip(res.multi_hand_landmarks, res.multi_hand_world_landmarks,
+                                  res.multi_handedness, strict=True):
+        kp = np.array([[p.x * w - dx, p.y * h - dy] for p in lms.landmark], np.float32)
+        wl = np.array([[p.x, p.y, p.z] for p in world.landmark], dtype=np.float32)
+        label = handed.classification[0].label.lower()
+        swapped = "left" if label == "right" else "right"  # MediaPipe assumes a mirror
+        out.append(Detection(kp, wl, swapped, float(handed.classification[0].score)))
+    return out
 
 
 class LandmarkNet:

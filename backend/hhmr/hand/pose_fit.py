@@ -207,7 +207,8 @@ def fit_pose(model: HandModel, vertices: torch.Tensor | None = None,
              keypoints: torch.Tensor | None = None, keypoint_weights: torch.Tensor | None = None,
              prior: PoseGaussian | None = None, prior_weight: float | None = None,
              shape_weight: float = 0.5, iterations: int = 8, fit_shape: bool = True,
-             unit: float = 1e-3, vertex_stride: int = 3) -> PoseFit:
+             unit: float = 1e-3, vertex_stride: int = 3, betas: torch.Tensor | None = None
+             ) -> PoseFit:
     """Solve the pose, shape and translation of B right hands.
 
     Give `vertices` [B, V, 3] (the model's topology; the fit then also returns the
@@ -218,6 +219,8 @@ def fit_pose(model: HandModel, vertices: torch.Tensor | None = None,
     coefficients by `shape_weight` (per unit beta). Levenberg-Marquardt, `iterations` steps,
     joint angles kept inside the anatomical limits; a mesh is fitted on every
     `vertex_stride`-th vertex (the Jacobian's cost), its error and corrective use them all.
+    `betas` [B, S]: the shape to start from (the shape prior then weighs the change), held
+    fixed with `fit_shape=False` (one shape for every frame of a clip).
     """
     if (vertices is None) == (keypoints is None):
         raise ValueError("give either vertices or keypoints")
@@ -247,7 +250,9 @@ def fit_pose(model: HandModel, vertices: torch.Tensor | None = None,
     theta = torch.maximum(torch.minimum(theta, upper), lower)
     pw = (0.01 if mesh else 1.0) if prior_weight is None else prior_weight
     nb = model.num_betas if fit_shape else 0
-    betas = torch.zeros(b, model.num_betas, device=dev)
+    beta0 = torch.zeros(b, model.num_betas, device=dev) if betas is None else \
+        betas.to(dev).float().reshape(b, model.num_betas)
+    betas = torch.zeros_like(beta0)  # the change from beta0, solved for
 
     sub = torch.arange(0, model.num_vertices, max(int(vertex_stride), 1), device=dev) \
         if mesh else torch.zeros(0, dtype=torch.long, device=dev)
@@ -260,33 +265,33 @@ def fit_pose(model: HandModel, vertices: torch.Tensor | None = None,
     full_target, full_weight = target, weight
     if mesh:
         target, weight = target[:, sub], weight[:, sub]
-    pts = model_points(r0, theta, betas, torch.zeros(b, 3, device=dev))
+    pts = model_points(r0, theta, beta0, torch.zeros(b, 3, device=dev))
     wn = weight / weight.sum(1, keepdim=True)
     transl = ((target - pts) * wn[..., None]).sum(1)
     sw = weight.sqrt()
 
-    def unpack(x: torch.Tensor, r_base: torch.Tensor):
+    def unpack(x: torch.Tensor, r_base: torch.Tensor, be0: torch.Tensor):
         rg = axis_angle_to_matrix(x[..., :3]) @ r_base
         th = x[..., 3:48].reshape(*x.shape[:-1], 15, 3)
         be = x[..., 48:48 + nb]
         if nb < model.num_betas:
             be = torch.cat([be, be.new_zeros(*be.shape[:-1], model.num_betas - nb)], -1)
-        return rg, th, be, x[..., 48 + nb:]
+        return rg, th, be0 + be, x[..., 48 + nb:]
 
-    def residual(x, r_base, tgt, sqrt_w):
+    def residual(x, r_base, tgt, sqrt_w, be0):
         """Stacked residuals of one hand: data (in `unit`), pose prior, shape prior."""
-        rg, th, be, tr = unpack(x[None], r_base[None])
+        rg, th, be, tr = unpack(x[None], r_base[None], be0[None])
         d = (model_points(rg, th, be, tr)[0] - tgt) * sqrt_w[:, None] / unit
         p = whiten @ (th.reshape(45) - mean) * pw
-        return torch.cat([d.reshape(-1), p, be[0, :nb] * shape_weight])
+        return torch.cat([d.reshape(-1), p, (be - be0)[0, :nb] * shape_weight])
 
     def pack(th, be, tr):
         return torch.cat([torch.zeros(b, 3, device=dev), th.reshape(b, 45), be[:, :nb], tr], 1)
 
-    jac = vmap(jacfwd(residual), in_dims=(0, 0, 0, 0))
-    res = vmap(residual, in_dims=(0, 0, 0, 0))
+    jac = vmap(jacfwd(residual), in_dims=(0, 0, 0, 0, 0))
+    res = vmap(residual, in_dims=(0, 0, 0, 0, 0))
     x = pack(theta, betas, transl)
-    r = res(x, r0, target, sw)
+    r = res(x, r0, target, sw, beta0)
     cost = r.square().sum(1)
     damp = torch.full((b,), 1e-3, device=dev, dtype=torch.float64)
     n_par = x.shape[1]
@@ -297,7 +302,7 @@ def fit_pose(model: HandModel, vertices: torch.Tensor | None = None,
     done = 0
     for _ in range(iterations):
         done += 1
-        J = jac(x, r0, target, sw).double()  # [B, R, P]
+        J = jac(x, r0, target, sw, beta0).double()  # [B, R, P]
         jtj = J.transpose(1, 2) @ J
         jtr = (J.transpose(1, 2) @ r.double()[..., None])[..., 0]
         diag = torch.diagonal(jtj, dim1=1, dim2=2).clamp_min(1e-9)
@@ -307,7 +312,7 @@ def fit_pose(model: HandModel, vertices: torch.Tensor | None = None,
                 1e-9 * torch.eye(n_par, dtype=jtj.dtype, device=dev)
             step = torch.linalg.solve(a, -jtr).float()
             cand = torch.maximum(torch.minimum(x + step, hi), lo)
-            r_new = res(cand, r0, target, sw)
+            r_new = res(cand, r0, target, sw, beta0)
             c_new = r_new.square().sum(1)
             better = pending & (c_new < cost)
             x = torch.where(better[:, None], cand, x)
@@ -321,7 +326,7 @@ def fit_pose(model: HandModel, vertices: torch.Tensor | None = None,
         # fold the rotation update into the base so the increment stays small
         r0 = axis_angle_to_matrix(x[:, :3]) @ r0
         x = torch.cat([torch.zeros_like(x[:, :3]), x[:, 3:]], 1)
-    rg, theta, betas, transl = unpack(x, r0)
+    rg, theta, betas, transl = unpack(x, r0, beta0)
     with torch.no_grad():
         verts, kp = _posed(model, rg, theta, betas, transl)
     target, weight = full_target, full_weight

@@ -30,7 +30,12 @@ def axis_angle_to_matrix(aa: torch.Tensor) -> torch.Tensor:
 
 def matrix_to_axis_angle(r: torch.Tensor) -> torch.Tensor:
     """Inverse of `axis_angle_to_matrix` for rotation matrices [..., 3, 3] (angle in [0, pi])."""
-    q = matrix_to_quaternion(r)
+    return quaternion_to_axis_angle(matrix_to_quaternion(r))
+
+
+def quaternion_to_axis_angle(q: torch.Tensor) -> torch.Tensor:
+    """Unit quaternions (w, x, y, z) [..., 4] with w >= 0 -> rotation vectors [..., 3]."""
+    q = torch.where(q[..., :1] < 0, -q, q)
     w, xyz = q[..., :1], q[..., 1:]
     norm = xyz.norm(dim=-1, keepdim=True)
     angle = 2 * torch.atan2(norm, w)
