@@ -942,3 +942,67 @@ def test_a_rig_with_a_renamed_bone_still_shows_the_hands(ctx, landed):
     assert bpy.ops.hhmr.generate() == {"FINISHED"}
     errors = reproduction_mm(obj, landed[0])
     assert max(errors) < 0.1, errors
+
+
+CLIPS = ROOT.parent / "shared" / "data" / "real_videos"
+
+
+@pytest.mark.skipif(not CLIPS.exists(), reason="no ../shared/data")
+def test_reconstruct_from_video_plays_the_clip_on_the_hands_rig(ctx, landed):
+    """One Action on the new hand's rig, keyed at the clip's timing at the scene's rate; at
+    each key Blender's own armature puts the bones where the backend's joints are."""
+    sc = bpy.context.scene
+    sc.render.fps, sc.render.fps_base, sc.frame_start, sc.frame_end = 30, 1.0, 1, 10
+    s = sc.hhmr
+    s.video_source, s.video_path = "FILE", str(CLIPS / "hand_open_close.mp4")
+    s.video_start, s.video_end, s.video_stride, s.video_smoothing = 0, 24, 2, 4.0
+    actions_before = set(bpy.data.actions.keys())
+    assert bpy.ops.hhmr.reconstruct_video() == {"FINISHED"}
+    (name,) = ctx.STATE.landed
+    obj = bpy.data.objects[name]
+    rig = obj.parent
+    (clip,) = landed
+    assert len(clip) == 12 and "12 frames" in ctx.STATE.status
+    action = rig.animation_data.action
+    assert set(bpy.data.actions.keys()) - actions_before == {action.name}
+    times = clip.scene_frames(30, 1)
+    assert times.tolist() == [1 + 2 * k for k in range(12)]  # every 2nd frame, clip timing
+    assert sc.frame_end == 23
+    topo = ctx.topology()
+    want = clip.joints_in_object()[:, list(topo.joint_keypoints)]
+    errs = []
+    for k in range(12):
+        sc.frame_set(int(times[k]))
+        heads = np.array([rig.pose.bones[b].head for b in topo.joint_names])
+        errs.append(np.abs(heads - want[k]).max())
+    assert max(errs) < 0.002, errs  # metres
+    # the mesh is the clip's hand shape at rest, skinned by the rig
+    co = np.empty(len(obj.data.vertices) * 3, np.float32)
+    obj.data.vertices.foreach_get("co", co)
+    assert np.abs(co.reshape(-1, 3) - clip.rest_vertices(topo)).max() < 1e-5
+
+
+@pytest.mark.skipif(not CLIPS.exists(), reason="no ../shared/data")
+def test_a_failed_video_landing_leaves_nothing(ctx, monkeypatch, tmp_path):
+    from hhmr_blender import animate
+
+    s = bpy.context.scene.hhmr
+    s.video_source, s.video_path = "FILE", str(CLIPS / "hand_open_close.mp4")
+    s.video_start, s.video_end, s.video_stride = 0, 6, 1
+    objects, actions = set(bpy.data.objects.keys()), set(bpy.data.actions.keys())
+
+    def fail(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(animate.scene, "set_rest", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        bpy.ops.hhmr.reconstruct_video()
+    assert set(bpy.data.objects.keys()) == objects
+    assert set(bpy.data.actions.keys()) == actions
+    monkeypatch.undo()
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"no video here" * 50)
+    s.video_path = str(broken)
+    with pytest.raises(RuntimeError, match="as a video"):
+        bpy.ops.hhmr.reconstruct_video()
+    assert set(bpy.data.objects.keys()) == objects

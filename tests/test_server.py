@@ -6,6 +6,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -319,3 +320,36 @@ def test_reconstruct_request_on_a_real_photo(client):
     hand = P.parse_hypotheses(result["hands"][0])
     assert hand.vertices.shape == (2, 803, 3)
     assert result["hands"][0]["handedness"] in ("left", "right")
+
+
+CLIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_videos" / \
+    "hand_open_close.mp4"
+
+
+@pytest.mark.skipif(not CLIP.exists(), reason="no ../shared/data")
+def test_reconstruct_video_request_streams_progress_and_returns_the_animation(server):
+    pytest.importorskip("mediapipe")
+    c = HHMRClient(f"tcp://127.0.0.1:{server[0]}", timeout_s=60, retries=0)
+    job = c.submit("reconstruct_video", video=CLIP.read_bytes(), end=16, stride=2)
+    result = job.wait(300)
+    assert len(job.progress) >= 8  # a word per frame tracked and per frame fitted
+    assert [f for f, _ in job.progress] == sorted(f for f, _ in job.progress)
+    assert result["frames"].tolist() == list(range(0, 16, 2)) and result["detected"].all()
+    assert result["hand_pose"].shape == (8, 15, 3) and result["joints"].shape == (8, 21, 3)
+    assert result["global_orient"].shape == (8, 3) and result["betas"].ndim == 1
+    assert result["image_size"] == [1280, 720] and result["fps"] == pytest.approx(15, 0.05)
+    assert result["handedness"] in ("left", "right")
+    assert result["stage_ms"]["detect_ms"] > 0 and result["stage_ms"]["sample_ms"] > 0
+
+
+def test_reconstruct_video_refuses_what_is_not_a_clip(client):
+    with pytest.raises(RemoteError) as err:
+        client.call("reconstruct_video", video=b"\x00\x01 not a video" * 64)
+    assert err.value.code == P.BAD_ARGUMENT and "as a video" in err.value.message
+    with pytest.raises(RemoteError) as err:
+        client.call("reconstruct_video", video=b"x", start=5, end=5)
+    assert err.value.code == P.BAD_ARGUMENT and "'end'" in err.value.message
+    with pytest.raises(RemoteError) as err:
+        client.call("reconstruct_video", video="a path, not bytes")
+    assert err.value.code == P.BAD_ARGUMENT
+    assert client.call("info")["model"]  # still serving

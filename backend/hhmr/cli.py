@@ -25,6 +25,24 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if args.video:
+        from hhmr.evaluation.video import evaluate_video
+
+        result = evaluate_video(args.video, weights=args.weights, sequences=args.sequences,
+                                frames=args.frames, end=args.end, progress=not args.json)
+        result["command"] = args.command_line
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            for clip in result["clips"]:
+                print(f"{clip['clip']}: MediaPipe tracking {clip['mediapipe_tracking_mm']:.2f}, "
+                      f"static {clip['mediapipe_static_mm']:.2f} mm/frame^2")
+                for name, row in clip["settings"].items():
+                    print(f"  {name}: {row['acceleration_mm']:.2f} mm/frame^2, "
+                          f"{row['frames_per_s']:.1f} frames/s")
+            for name, row in result.get("synthetic", {}).get("results", {}).items():
+                print("synthetic", name, " ".join(f"{k}={v:.2f}" for k, v in row.items()))
+        return 0
     if args.freihand_root:
         from hhmr.evaluation.photos import evaluate_freihand
         from hhmr.protocol import RECONSTRUCT_MODES
@@ -210,6 +228,60 @@ def _reconstruct(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _reconstruct_video(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from hhmr.bvh import write_bvh
+    from hhmr.reconstruct import NoHandError
+    from hhmr.sampling import HandDiffusionPipeline
+    from hhmr.video import VideoOptions, preview, reconstruct_video
+
+    given = {k: getattr(args, k) for k in ("start", "end", "stride", "handedness",
+                                            "smoothing", "steps", "n", "seed", "mode")}
+    options = VideoOptions(**{k: v for k, v in given.items() if v is not None},
+                           fov_deg=args.fov)
+    pipe = HandDiffusionPipeline.from_pretrained(args.weights)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    clip = Path(args.clip)
+    bar = tqdm(total=1, desc=f"{clip.name}: track", unit="frame", disable=args.json)
+
+    def progress(done: int, total: int) -> None:
+        half = total // 2
+        bar.total = half
+        if done > half and bar.desc.endswith("track"):
+            bar.set_description(f"{clip.name}: fit")
+        bar.n = done if done <= half else done - half
+        bar.refresh()
+
+    try:
+        result = reconstruct_video(pipe, clip, options, progress=progress, fps=args.fps)
+    except NoHandError as err:
+        print(f"hhmr reconstruct-video: {clip}: {err}", file=sys.stderr)
+        return 1
+    finally:
+        bar.close()
+    stem = clip.stem if clip.is_file() else clip.name
+    files = {"npz": out / f"{stem}.npz", "bvh": out / f"{stem}.bvh",
+             "preview": out / f"{stem}_preview.png"}
+    result.save(files["npz"])
+    write_bvh(files["bvh"], result, pipe.hand)
+    if not args.no_preview:
+        preview(clip, result).save(files["preview"])
+    else:
+        del files["preview"]
+    summary = {"clip": str(clip), "frames": len(result.frames), "fps": result.fps,
+               "handedness": result.handedness, "found": float(result.detected.mean()),
+               "timings": result.timings, "files": {k: str(v) for k, v in files.items()}}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{clip}: {summary['frames']} frames, {result.handedness} hand found in "
+              f"{summary['found']:.0%}, {result.timings['frames_per_s']:.1f} frames/s -> "
+              + ", ".join(str(v) for v in files.values()))
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from hhmr.hand import load_hand_model
     from hhmr.mesh.hierarchy import load_hierarchy, round_trip_errors_mm
@@ -269,6 +341,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "MediaPipe's 2D keypoints; skel2d+world = with those of its 3D world "
                         "landmarks that agree with them; skel2d+world_all = with all of them")
     p.add_argument("--limit", type=int, default=None, help="only the first LIMIT photos")
+    p.add_argument("--video", action="append", default=None, metavar="CLIP",
+                   help="evaluate video instead, repeatable: jitter on each clip against "
+                        "MediaPipe's, then accuracy, jitter and lag on synthetic motion")
+    p.add_argument("--end", type=int, default=None, help="--video: only the clips' first "
+                   "END frames")
+    p.add_argument("--sequences", type=int, default=4,
+                   help="--video: synthetic sequences (0: none)")
+    p.add_argument("--frames", type=int, default=90, help="--video: frames per sequence")
     p.add_argument("--world-gate", type=float, default=None, metavar="FRACTION",
                    help="skel2d+world: world landmarks further than this fraction of the hand's "
                         "extent from their keypoints are left out (default: the weights' "
@@ -372,6 +452,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help="print a JSON list, one row per image (failed ones with an \"error\")")
     p.set_defaults(func=_reconstruct)
+
+    p = sub.add_parser("reconstruct-video",
+                       help="a hand's animation from a video or a folder of frames (needs the "
+                            "detect extra): .npz, .bvh and a preview sheet")
+    p.add_argument("clip", help="a video file (anything OpenCV reads) or a folder of images")
+    p.add_argument("--out", default="hhmr_video")
+    p.add_argument("--start", type=int, default=0, help="first frame")
+    p.add_argument("--end", type=int, default=None, help="one past the last frame")
+    p.add_argument("--stride", type=int, default=1, help="every STRIDE-th frame")
+    p.add_argument("--fps", type=float, default=30.0, help="frame rate of a folder of images")
+    p.add_argument("--handedness", choices=["left", "right"], default=None,
+                   help="the hand to follow (default: the side seen most)")
+    p.add_argument("--smoothing", type=float, default=None,
+                   help="how smooth the animation is, 0 none (default 4); it adds no lag")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps per frame (default 5)")
+    p.add_argument("--n", type=int, default=1, help="hypotheses per frame (the best is kept)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mode", choices=P.RECONSTRUCT_MODES, default=None,
+                   help="what each frame conditions on (see hhmr reconstruct --mode)")
+    p.add_argument("--fov", type=float, default=None,
+                   help="horizontal field of view in degrees (default 50)")
+    p.add_argument("--no-preview", action="store_true", help="skip the preview sheet")
+    p.add_argument("--weights", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_reconstruct_video)
 
     p = sub.add_parser("info", help="describe a hand model")
     p.add_argument("--model", default="open", choices=["open", "mano"])

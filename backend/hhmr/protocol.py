@@ -11,7 +11,7 @@ import math
 import secrets
 import struct
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import msgpack
@@ -61,6 +61,7 @@ class Limits:
     max_n: int = 64
     max_steps: int = 200
     max_pixels: int = 4096 * 4096
+    max_frames: int = 36000  # reconstruct_video: frames in the range asked (20 min at 30/s)
     max_container_len: int = DEFAULT_MAX_CONTAINER_LEN
     max_str_len: int = DEFAULT_MAX_STR_LEN
     max_depth: int = MAX_DEPTH
@@ -484,6 +485,41 @@ def _reconstruct_check(args: dict[str, Any], ctx: _Ctx) -> None:
         raise _bad("'box' must be x0, y0, x1, y1 with x1 > x0 and y1 > y0")
 
 
+def _video(name: str, x: Any, ctx: _Ctx) -> bytes:
+    if not isinstance(x, bytes) or not x:
+        raise _bad(f"'{name}' must be the bytes of a video file, got {_describe(x)}")
+    return x
+
+
+def _video_check(args: dict[str, Any], ctx: _Ctx) -> None:
+    if args["end"] is not None and args["end"] <= args["start"]:
+        raise _bad("'end' must be greater than 'start'")
+
+
+MAX_SMOOTHING = 1e4
+VIDEO_ARGS: dict[str, Arg] = {
+    "video": Arg(_video, "the bytes of a video file (MP4, MOV, AVI, ...: what OpenCV's FFmpeg "
+                 "reads), within the message limit", True),
+    "K": Arg(_camera, "float [3, 3] camera intrinsics, |entries| <= 1e6 (default: a 50 degree "
+             "horizontal field of view)"),
+    "handedness": Arg(_choice("left", "right"), "the hand to follow (default: the side seen "
+                      "in most frames)"),
+    "start": Arg(_integer(0, 10**9), "first frame (default 0)", default=0),
+    "end": Arg(_integer(1, 10**9), "one past the last frame (default: the clip's end)"),
+    "stride": Arg(_integer(1, 1000), "every stride-th frame (default 1)", default=1),
+    "smoothing": Arg(_number(MAX_SMOOTHING), "how smooth the animation is, 0..1e4: 0 none "
+                     "(default 4; it adds no lag)", default=4.0),
+    "mode": Arg(_choice(*RECONSTRUCT_MODES), "what each frame conditions on (see "
+                "reconstruct)"),
+    "n": replace(SAMPLING_ARGS["n"], doc="hypotheses per frame, the best kept, 1..max_n "
+                 "(default 1)", default=1),
+    "steps": replace(SAMPLING_ARGS["steps"], doc="diffusion steps per frame, 1..max_steps "
+                     "(default 5)", default=lambda c: min(5, c.limits.max_steps)),
+    "seed": SAMPLING_ARGS["seed"],
+    "deadline_s": SAMPLING_ARGS["deadline_s"],
+}
+
+
 @dataclass(frozen=True)
 class OpSpec:
     """The arguments of an op, a cross-argument check and a description."""
@@ -540,6 +576,9 @@ OPS: dict[str, OpSpec] = {
                     "landmarks that agree with them; the default) or 'skel2d+world_all' (with "
                     "all of them)"),
         **SAMPLING_ARGS}, "recover hand meshes from an image", _reconstruct_check, True),
+    "reconstruct_video": OpSpec(VIDEO_ARGS, "one hand's animation from a video clip: the rig's "
+                                "pose per frame and one shape (progress per frame)",
+                                _video_check, True),
 }
 
 _ENVELOPE = ("v", "id", "op", "args")

@@ -1,7 +1,8 @@
 """Hand motion from a clip: frames decoded with OpenCV, MediaPipe Hands in tracking mode, one
-hand followed through the clip, each frame fitted with `fit2d` (starting from the previous
-frame's samples when `coherence` > 0), one hand shape for the clip and a rig pose per frame:
-an animation of the 16-bone rig, with the frames where no hand was found filled and marked.
+hand followed through the clip, each frame fitted with `fit2d` (its central hypothesis: the
+sampler's best single guess, the same for the same keypoints), one hand shape for the clip and
+a rig pose per frame, smoothed over time without lag: an animation of the 16-bone rig, with
+the frames where no hand was found filled and marked.
 
 Everything is in the right hand's space while it is solved (a left hand's keypoints are
 mirrored in, as `reconstruct` does) and mirrored back at the end.
@@ -34,17 +35,17 @@ class VideoError(ValueError):
 
 @dataclass(frozen=True)
 class VideoOptions:
-    """What `reconstruct_video` does. `coherence` c in [0, 1): each frame after a found one
-    starts from its samples and runs the last 1 - c of the `steps` (0: every frame from
-    noise); `handedness` picks the hand to follow (None: the side seen most)."""
+    """What `reconstruct_video` does. `smoothing`: the animation's smoothness (the
+    Whittaker smoother's lambda, `smooth`; 0 none); `handedness` picks the hand to follow
+    (None: the side seen most); `steps`: sampling steps per frame (5 are as accurate as 10 on
+    synthetic motion, docs/video.md)."""
 
     start: int = 0  # first frame (index in the clip)
     end: int | None = None  # one past the last frame; None: to the end
     stride: int = 1  # every stride-th frame
     handedness: str | None = None
-    coherence: float = 0.7
-    smoothing: float = 4.0  # the animation's smoothness (`smooth`'s lambda); 0: none
-    steps: int = 10
+    smoothing: float = 4.0
+    steps: int = 5
     n: int = 1
     seed: int = 0
     mode: str | None = None  # one of RECONSTRUCT_MODES; None: the pipeline's photo mode
@@ -53,8 +54,6 @@ class VideoOptions:
     def __post_init__(self) -> None:
         if self.start < 0 or self.stride < 1 or (self.end is not None and self.end <= self.start):
             raise ValueError("frames: start >= 0, stride >= 1 and end > start")
-        if not 0 <= self.coherence < 1:
-            raise ValueError("coherence must be in [0, 1)")
         if not 0 <= self.smoothing <= 1e6:
             raise ValueError("smoothing must be in [0, 1e6]")
         if self.handedness not in (None, "left", "right"):
@@ -199,8 +198,8 @@ def follow(found: list[list[Detection]], side: str | None = None
         if last is None:
             pick = max(same, key=lambda d: d.score) if same else None
         else:
-            def dist(d: Detection) -> float:
-                return float(np.linalg.norm(d.keypoints.mean(0) - last))
+            def dist(d: Detection, centre: np.ndarray = last) -> float:
+                return float(np.linalg.norm(d.keypoints.mean(0) - centre))
             if same:
                 pick = min(same, key=dist)
             elif dets and min(map(dist, dets)) < size:
@@ -238,10 +237,11 @@ class Track:
     timings: dict[str, float]
 
 
-def track_clip(source: str | Path, options: VideoOptions = VideoOptions(),
+def track_clip(source: str | Path, options: VideoOptions | None = None,
                progress: Progress | None = None, fps: float = 30.0) -> Track:
     """Decode the clip and track hands (`HandTracker`), then `follow` one. `progress` gets
     (frames done, 2 x frames): the fit takes the second half."""
+    options = options or VideoOptions()
     clip = open_clip(source, options.start, options.end, options.stride, fps)
     tracker = HandTracker()
     idx, found, size = [], [], None
@@ -267,13 +267,14 @@ def track_clip(source: str | Path, options: VideoOptions = VideoOptions(),
 
 
 def reconstruct_video(pipe: HandDiffusionPipeline, source: str | Path,
-                      options: VideoOptions = VideoOptions(), K: np.ndarray | None = None,
+                      options: VideoOptions | None = None, K: np.ndarray | None = None,
                       progress: Progress | None = None, fps: float = 30.0) -> VideoResult:
     """The animation of one hand in a clip (see the module's docstring); `fps` for a folder
     of images. Raises VideoError for an unreadable clip and NoHandError when no frame has a
     hand."""
     from hhmr.reconstruct import NoHandError
 
+    options = options or VideoOptions()
     t_all = time.perf_counter()
     track = track_clip(source, options, progress, fps)
     if not any(d is not None for d in track.hand):
@@ -291,33 +292,26 @@ def reconstruct_video(pipe: HandDiffusionPipeline, source: str | Path,
 
 
 def fit_frames(pipe: HandDiffusionPipeline, dets: list[Detection | None], side: str,
-               K: np.ndarray, options: VideoOptions = VideoOptions(),
+               K: np.ndarray, options: VideoOptions | None = None,
                progress: Progress | None = None, frames: np.ndarray | None = None,
                fps: float = 30.0, size: tuple[int, int] = (0, 0)) -> VideoResult:
-    """Fit each found frame (from the previous found frame's samples when coherent), then one
-    shape for the clip and a pose per frame; frames without a hand get the pose interpolated
-    between their neighbours (held at the ends)."""
+    """Fit each found frame, then one shape for the clip and a pose per frame (see
+    `solve_clip_pose`)."""
+    options = options or VideoOptions()
     t = len(dets)
     found = np.array([d is not None for d in dets])
     nv = pipe.hand.num_vertices
     meshes = torch.zeros(t, nv, 3)
-    prev = None
     t_sample = time.perf_counter()
     for i, det in enumerate(dets):
         if progress is not None:
             progress(i, t)
         if det is None:
-            prev = None  # a lost hand restarts from noise
             continue
         right = mirrored(det, K) if side == "left" else det
-        coherent = prev is not None and options.coherence > 0
         hyps = fit_mode(pipe, right, "right", K, options.mode, n=options.n,
-                        steps=options.steps, seed=options.seed, central_first=not coherent,
-                        start=prev if coherent else None,
-                        strength=1 - options.coherence if coherent else 1.0)
-        best = hyps.order()[0]
-        meshes[i] = hyps.vertices[best]
-        prev = hyps.samples[best:best + 1].repeat(options.n, 1, 1)
+                        steps=options.steps, seed=options.seed, central_first=True)
+        meshes[i] = hyps.vertices[hyps.order()[0]]
     t_pose = time.perf_counter()
     pose = solve_clip_pose(pipe, meshes, found, options.smoothing)
     t_end = time.perf_counter()
@@ -427,3 +421,28 @@ def smooth(ids: np.ndarray, rot: torch.Tensor, transl: torch.Tensor, t: int, lam
     rots = torch.cat([rs[:1].expand(pad[0], -1, -1), rs, rs[-1:].expand(pad[1], -1, -1)])
     trs = torch.cat([ts[:1].expand(pad[0], -1), ts, ts[-1:].expand(pad[1], -1)])
     return rots, trs
+
+
+def preview(source: str | Path, result: VideoResult, count: int = 8, width: int = 360):
+    """A contact sheet of `count` frames spread over the clip with the animated hand drawn
+    over each (MediaPipe's keypoints as dots), captioned found or filled."""
+    from PIL import Image
+
+    from hhmr.render import contact_sheet, render_overlay
+
+    picks = set(np.linspace(0, len(result.frames) - 1, min(count, len(result.frames)))
+                .round().astype(int).tolist())
+    want = {int(result.frames[i]): i for i in picks}
+    clip = open_clip(source, int(result.frames[0]), int(result.frames[-1]) + 1)
+    tiles, labels = [], []
+    for f, rgb in clip.frames:
+        if f not in want:
+            continue
+        i = want[f]
+        kp = result.keypoints2d[i]
+        img = render_overlay(Image.fromarray(rgb), [result.vertices[i]], [result.faces],
+                             result.K, None if np.isnan(kp).any() else [kp])
+        scale = width / img.width
+        tiles.append(img.resize((width, round(img.height * scale))))
+        labels.append(f"frame {f}" + ("" if result.detected[i] else " (filled)"))
+    return contact_sheet(tiles, labels, columns=4)

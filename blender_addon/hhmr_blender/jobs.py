@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from . import handdata
+from .clip import ClipAnimation, reconstruct_video_args
 from .hypotheses import HypothesisSet, rank
 from .wire import client as wire_client
 from .wire import protocol
@@ -67,7 +68,10 @@ class Task:
     def results(self, result: Mapping[str, Any], num_vertices: int | None = None,
                 topology: handdata.HandTopology | None = None) -> list[HypothesisSet]:
         """Read a result map; raises ProtocolError on a malformed one. With ``topology``,
-        hypotheses that carry the backend's solved pose come with their rig (``rig``)."""
+        hypotheses that carry the backend's solved pose come with their rig (``rig``). A
+        video's result is one ClipAnimation."""
+        if self.op == "reconstruct_video":
+            return [ClipAnimation.parse(result, self.args.get("stride", 1), self.label)]
         if self.op != "reconstruct":
             h = protocol.parse_hypotheses(result, num_vertices)
             verts = handdata.from_backend(h.vertices, self.handedness)
@@ -188,6 +192,13 @@ def reconstruct(opts: Sampling, *, image: bytes | None = None, rgb: np.ndarray |
     return task
 
 
+def reconstruct_video(video: bytes, label: str = "clip", **options: Any) -> Task:
+    """One hand's animation from a video file's bytes (options: start, end, stride,
+    smoothing, handedness, steps; see clip.reconstruct_video_args)."""
+    return Task("reconstruct_video", reconstruct_video_args(video, **options), target=None,
+                label=label)
+
+
 def pixels_to_rgb(pixels: np.ndarray, width: int, height: int, channels: int) -> np.ndarray:
     """Blender image pixels (floats in [0, 1], rows bottom-up) to uint8 RGB, rows top-down."""
     p = np.asarray(pixels, np.float32).reshape(height, width, channels)[::-1]
@@ -243,6 +254,9 @@ def make_client(address: str, timeout_s: float = 30.0, retries: int = 1) -> Any:
 def describe_error(err: BaseException) -> str:
     """One line for the user."""
     if isinstance(err, RemoteError):
+        if err.code == protocol.NO_HAND and "clip" in err.message:
+            return "No hand found in any frame of the clip: try another range or a clip " \
+                "where the hand is larger and sharper."
         if err.code == protocol.NO_HAND:
             return "No hand found in the image: try a larger, sharper or better lit view."
         if err.code == protocol.CANCELLED:

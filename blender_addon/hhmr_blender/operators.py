@@ -62,6 +62,37 @@ class _Request(bpy.types.Operator):
         return not runner.busy()
 
 
+class HHMR_OT_reconstruct_video(_Request):
+    """Animate a new hand from a video: its rig plays the clip as one Action from the scene's
+    start frame"""
+
+    bl_idname = "hhmr.reconstruct_video"
+    bl_label = "Reconstruct from Video"
+
+    def execute(self, context):
+        s = context.scene.hhmr
+
+        def task() -> jobs.Task:
+            if s.video_source == "CLIP":
+                clip = s.video_clip
+                if clip is None:
+                    raise ValueError("pick a movie clip")
+                if clip.source != "MOVIE":
+                    raise ValueError("image sequences: run 'hhmr reconstruct-video FOLDER' "
+                                     "and import its .bvh, or make the frames a movie")
+                path = bpy.path.abspath(clip.filepath, library=clip.library)
+            elif s.video_path:
+                path = bpy.path.abspath(s.video_path)
+            else:
+                raise ValueError("choose a video first")
+            return jobs.reconstruct_video(
+                runner.video_bytes(path), Path(path).stem, start=s.video_start,
+                end=s.video_end or None, stride=s.video_stride, smoothing=s.video_smoothing,
+                handedness=None if s.handedness == "AUTO" else s.handedness)
+
+        return run(self, task)
+
+
 class HHMR_OT_generate(_Request):
     """Sample random hands; they land on the active HHMR hand, else on a new one"""
 
@@ -307,7 +338,8 @@ class HHMR_OT_check_backend(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (HHMR_OT_generate, HHMR_OT_reconstruct, HHMR_OT_inpaint, HHMR_OT_refit,
+CLASSES = (HHMR_OT_generate, HHMR_OT_reconstruct, HHMR_OT_reconstruct_video, HHMR_OT_inpaint,
+           HHMR_OT_refit,
            HHMR_OT_add_hand, HHMR_OT_view_photo, HHMR_OT_cancel, HHMR_OT_apply_hypothesis,
            HHMR_OT_delete_hypothesis, HHMR_OT_start_backend, HHMR_OT_stop_backend,
            HHMR_OT_check_backend)

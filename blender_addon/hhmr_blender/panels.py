@@ -90,6 +90,26 @@ class HHMR_PT_reconstruct(_Panel):
         layout.operator("hhmr.reconstruct", icon="IMAGE_DATA")
 
 
+class HHMR_PT_reconstruct_video(_Panel):
+    bl_label = "Reconstruct from Video"
+    bl_parent_id = "HHMR_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        layout = self.layout
+        s = context.scene.hhmr
+        layout.row().prop(s, "video_source", expand=True)
+        layout.prop(s, "video_path" if s.video_source == "FILE" else "video_clip")
+        row = layout.row(align=True)
+        row.prop(s, "video_start")
+        row.prop(s, "video_end")
+        row = layout.row(align=True)
+        row.prop(s, "video_stride")
+        row.prop(s, "video_smoothing")
+        layout.prop(s, "handedness")
+        layout.operator("hhmr.reconstruct_video", icon="SEQUENCE")
+
+
 class _HandPanel(_Panel):
     """A sub-panel about the selected HHMR hand (or its armature), else a hint."""
 
@@ -136,5 +156,6 @@ class HHMR_PT_hypotheses(_HandPanel):
         row.operator("hhmr.delete_hypothesis", icon="X", text="Delete")
 
 
-CLASSES = (HHMR_UL_hypotheses, HHMR_PT_main, HHMR_PT_advanced, HHMR_PT_reconstruct, HHMR_PT_edit,
+CLASSES = (HHMR_UL_hypotheses, HHMR_PT_main, HHMR_PT_advanced, HHMR_PT_reconstruct,
+           HHMR_PT_reconstruct_video, HHMR_PT_edit,
            HHMR_PT_hypotheses)

@@ -107,6 +107,22 @@ class HHMR_SceneSettings(bpy.types.PropertyGroup):
         name="Key pose", default=False,
         description="Insert keyframes for the rig's pose on the current frame whenever a "
                     "hypothesis is shown")
+    video_source: EnumProperty(name="Video", items=[
+        ("FILE", "File", "A video file on disk"),
+        ("CLIP", "Movie Clip", "A movie clip already in this .blend")])
+    video_path: StringProperty(name="Video", subtype="FILE_PATH")
+    video_clip: PointerProperty(type=bpy.types.MovieClip, name="Movie Clip")
+    video_start: IntProperty(name="First Frame", default=0, min=0,
+                             description="The clip's first frame to use (0: its start)")
+    video_end: IntProperty(name="Last Frame", default=0, min=0,
+                           description="The clip's last frame to use (0: to its end)")
+    video_stride: IntProperty(name="Every", default=1, min=1, max=1000,
+                              description="Use every n-th frame (the animation keeps the "
+                                          "clip's timing)")
+    video_smoothing: FloatProperty(
+        name="Smoothing", default=4.0, min=0.0, soft_max=50.0, max=10000.0,
+        description="How smooth the motion is: 0 raw, higher steadier (it adds no lag; very "
+                    "high values soften fast moves)")
     only_selected_bones: BoolProperty(
         name="Only selected bones", default=False,
         description="Refit to the selected bones' keypoints only; the rest is generated")

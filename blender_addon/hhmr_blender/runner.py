@@ -10,7 +10,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from . import jobs, scene
+from . import animate, jobs, scene
 from .handdata import HandTopology
 from .hypotheses import HypothesisSet
 
@@ -149,6 +149,12 @@ def _land(results: list[HypothesisSet]) -> list[str]:
     finally:
         job.close()
     STATE.landed = names
+    if job.task.op == "reconstruct_video":
+        clip = results[0]
+        STATE.last_extra = {}
+        STATE.status = f"{job.task.op}: {len(clip)} frames ({clip.detected.mean():.0%} with " \
+                       f"the hand seen) on {', '.join(names)} in {job.elapsed:.1f} s"
+        return names
     STATE.last_extra = results[0].extra if results else {}
     n = sum(len(r) for r in results)
     STATE.status = f"{job.task.op}: {n} hypotheses on {', '.join(names)} in " \
@@ -158,8 +164,11 @@ def _land(results: list[HypothesisSet]) -> list[str]:
 
 def land(results: list[HypothesisSet], task: jobs.Task) -> list[str]:
     """Put results into the scene, on the task's target hand or on new hands: all of them or,
-    if anything fails, none (new objects are removed again)."""
+    if anything fails, none (new objects are removed again). A video lands as a new
+    animated hand (animate.land_clip)."""
     topo = topology()
+    if task.op == "reconstruct_video":
+        return animate.land_clip(results[0], topo)
     target = bpy.data.objects.get(task.target) if task.target else None
     if task.target and not scene.is_hand(target):
         raise ValueError(f"the hand '{task.target}' is gone")
@@ -269,6 +278,22 @@ def _popup(text: str) -> None:
         menu.layout.label(text=text)
 
     bpy.context.window_manager.popup_menu(draw, title="HHMR", icon="ERROR")
+
+
+MAX_VIDEO_BYTES = 60 << 20  # under the backend's 64 MiB message limit
+
+
+def video_bytes(path: str) -> bytes:
+    """The bytes of a video file (absolute path), refused above MAX_VIDEO_BYTES."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no video file at {p}")
+    size = p.stat().st_size
+    if size > MAX_VIDEO_BYTES:
+        raise ValueError(f"{p.name} is {size / 2**20:.0f} MiB, more than the backend takes in "
+                         f"one request ({MAX_VIDEO_BYTES >> 20} MiB): give a frame range and "
+                         "cut it, or run 'hhmr reconstruct-video' on it")
+    return p.read_bytes()
 
 
 def image_bytes(path: str) -> bytes:

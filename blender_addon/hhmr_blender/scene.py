@@ -402,7 +402,7 @@ def pose_rig(obj: bpy.types.Object, pose: tuple[np.ndarray, ...]) -> None:
     if rig is None or len(bones) != RIG_BONES or any(b not in rig.pose.bones for b in bones):
         return
     heads, tails, quats, locs = pose
-    _set_rest(rig, bones, heads, tails)
+    set_rest(rig, bones, heads, tails)
     key = bpy.context.scene.hhmr.key_pose
     for j, bone in enumerate(bones):
         pb = rig.pose.bones[bone]
@@ -416,7 +416,7 @@ def pose_rig(obj: bpy.types.Object, pose: tuple[np.ndarray, ...]) -> None:
     rig.update_tag()
 
 
-def _set_rest(rig: bpy.types.Object, bones: list[str], heads: np.ndarray,
+def set_rest(rig: bpy.types.Object, bones: list[str], heads: np.ndarray,
               tails: np.ndarray) -> None:
     """Move the rig's rest bones (edit mode, roll 0) where they differ from ``heads`` and
     ``tails``; the active object and its mode are restored."""

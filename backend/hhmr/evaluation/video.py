@@ -28,10 +28,8 @@ from hhmr.sampling import HandDiffusionPipeline
 from hhmr.video import VideoOptions, fit_frames, track_clip
 
 # the settings compared: name and VideoOptions changes; "default" is the shipped VideoOptions
-SETTINGS = (("per_frame", {"coherence": 0.0, "smoothing": 0.0}),
-            ("coherent", {"smoothing": 0.0}),
-            ("per_frame+smoothed", {"coherence": 0.0}),
-            ("default", {}))
+SETTINGS = (("unsmoothed", {"smoothing": 0.0}), ("default", {}),
+            ("smoothed_x5", {"smoothing": VideoOptions.smoothing * 5}))
 MAX_LAG = 6  # frames searched each way for the lag
 
 
@@ -159,10 +157,11 @@ def static_world(source: str | Path, frames: np.ndarray) -> tuple[np.ndarray, np
 
 
 def evaluate_clip(pipe: HandDiffusionPipeline, source: str | Path,
-                  options: VideoOptions = VideoOptions(), settings=SETTINGS,
+                  options: VideoOptions | None = None, settings=SETTINGS,
                   progress: bool = True) -> dict:
     """Jitter of each setting against MediaPipe's, on the frames whose neighbours the tracker
     found (see the module's docstring), and the speed of the default setting."""
+    options = options or VideoOptions()
     t0 = time.perf_counter()
     track = track_clip(source, options)
     t_track = time.perf_counter() - t0
@@ -190,7 +189,7 @@ def evaluate_clip(pipe: HandDiffusionPipeline, source: str | Path,
         r = fit_frames(pipe, track.hand, track.side, K, opts, frames=track.frames)
         fit_s = time.perf_counter() - t1
         out["settings"][name] = {
-            "coherence": opts.coherence, "smoothing": opts.smoothing, "steps": opts.steps,
+            "smoothing": opts.smoothing, "steps": opts.steps,
             "acceleration_mm": acceleration(r.joints, found),
             "frames_per_s": len(found) / (t_track + fit_s),
             **{k: v for k, v in r.timings.items() if k.endswith("_ms")}}
@@ -199,13 +198,14 @@ def evaluate_clip(pipe: HandDiffusionPipeline, source: str | Path,
 
 
 def evaluate_video(clips: list[str], weights: str | None = None, sequences: int = 4,
-                   frames: int = 90, progress: bool = True) -> dict:
+                   frames: int = 90, end: int | None = None, progress: bool = True) -> dict:
+    """`evaluate_clip` on each clip (its first `end` frames), then `evaluate_synthetic`."""
     pipe = HandDiffusionPipeline.from_pretrained(weights)
     pipe.warm_up((1,))
-    result = {"task": "video", "defaults": {"coherence": VideoOptions.coherence,
-                                            "smoothing": VideoOptions.smoothing,
+    result = {"task": "video", "defaults": {"smoothing": VideoOptions.smoothing,
                                             "steps": VideoOptions.steps, "n": VideoOptions.n},
-              "clips": [evaluate_clip(pipe, c, progress=progress) for c in clips]}
+              "clips": [evaluate_clip(pipe, c, VideoOptions(end=end), progress=progress)
+                        for c in clips]}
     if sequences:
         result["synthetic"] = {"sequences": sequences, "frames": frames, "hold": 10,
                                "noise_px": 1.5,

@@ -78,19 +78,16 @@ def sample(net: Denoiser, schedule: CosineSchedule, config: SamplerConfig, cond:
            noises: list[NoiseBlock], num_vertices: int, steps: int, eta: float = 0.0,
            guidance: Guidance | None = None, replacement: Replacement | None = None,
            guide: Denoiser | None = None, autoguidance: AutoGuidance | None = None,
-           progress: Progress | None = None, start: torch.Tensor | None = None,
-           strength: float = 1.0) -> torch.Tensor:
+           progress: Progress | None = None) -> torch.Tensor:
     """Hands [B, V, 3] in metres. Batching requests changes their results by float rounding
-    alone (batch sizes take different CPU kernels). With `start` [B, V, 3] (metres; e.g. the
-    previous video frame's samples) only the last `strength` of the steps run, from `start`
-    noised to the first of them (SDEdit); a central block's first row adds no noise."""
+    alone (batch sizes take different CPU kernels)."""
     device = net.device
     batch = sum(nz.count for nz in noises)
 
     def randn() -> torch.Tensor:
         return torch.cat([nz.draw((num_vertices, 3)) for nz in noises]).to(device)
 
-    x = randn()  # the first draw: a central row is zero
+    x = randn()
     cond = Conditions(**{k: None if t is None else t.to(device) for k, t in cond.__dict__.items()})
     plain, context = net.unguided(cond, batch)
     if autoguidance is not None:
@@ -106,12 +103,6 @@ def sample(net: Denoiser, schedule: CosineSchedule, config: SamplerConfig, cond:
         and eta == 0
     sampler = DPMSolverSampler(schedule) if multistep else DDIMSampler(schedule, eta=eta)
     timesteps = sampler.set_timesteps(steps, "linspace" if x_t_guided else config.spacing)
-    if start is not None:
-        if not 0 < strength <= 1:
-            raise ValueError("strength must be in (0, 1]")
-        sampler.timesteps = timesteps = timesteps[-max(1, round(strength * steps)):]
-        t0 = timesteps[:1].repeat(batch)
-        x = schedule.add_noise(start.to(device) / SCALE, x, t0.to(device))
     timesteps = timesteps.tolist()
 
     for i, t in enumerate(timesteps):

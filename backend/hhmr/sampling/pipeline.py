@@ -37,7 +37,6 @@ from hhmr.sampling.tasks import (
     Plan,
     Refit3D,
     Task,
-    as_tensor,
 )
 
 DEFAULT_WEIGHTS = "hhmr_prior.pt"
@@ -172,16 +171,9 @@ class HandDiffusionPipeline:
         return auto
 
     # ---- running plans -----------------------------------------------------------------
-    def plan(self, task: Task, options: Options | None = None, start=None) -> Plan:
-        """Validate a request (ValueError on bad input) into a plan for `run`. `start`
-        [n, V, 3]: earlier samples (`Hypotheses.samples`) to start from, running the last
-        `options.strength` of the steps (a video's previous frame)."""
-        plan = task.plan(self, options or Options())
-        if start is not None:
-            if not 0 < plan.options.strength <= 1:
-                raise ValueError("strength must be in (0, 1]")
-            plan.start = as_tensor(start, (plan.n, self.hand.num_vertices, 3), "start")
-        return plan
+    def plan(self, task: Task, options: Options | None = None) -> Plan:
+        """Validate a request (ValueError on bad input) into a plan for `run`."""
+        return task.plan(self, options or Options())
 
     def run(self, plans: list[Plan], progress: Progress | None = None) -> list[Hypotheses]:
         """Run several plans; compatible ones share one batch on the device. `progress(step,
@@ -196,7 +188,6 @@ class HandDiffusionPipeline:
             verts = self._sample_group(ps, progress)
             for i, p, v in zip(idx, ps, verts.split([p.n for p in ps]), strict=True):
                 h = p.finish(self, v)
-                h.samples = v.detach().cpu()
                 if p.central:  # which hypothesis started from the noise's mean
                     h.extra["central"] = torch.arange(p.n) == 0
                 out[i] = h
@@ -246,11 +237,9 @@ class HandDiffusionPipeline:
             replacement = Replacement(torch.cat([p.known[0] for p in ps]).to(self.device),
                                       torch.cat([p.known[1] for p in ps]).to(self.device))
         noises = [NoiseBlock(p.options.seed, p.n, p.central) for p in ps]
-        start = None if first.start is None else torch.cat([p.start for p in ps])
         return sample(self.denoiser, self.schedule, self.config.sampler, cond, noises,
                       self.hand.num_vertices, first.options.steps, first.options.eta, guidance,
-                      replacement, self.guide_denoiser, first.autoguidance, progress, start,
-                      first.options.strength)
+                      replacement, self.guide_denoiser, first.autoguidance, progress)
 
     def _strategy(self, plan: Plan, operator) -> XtGuidance | X0Guidance:
         cfg, sampler = plan.config, self.config.sampler
@@ -263,9 +252,8 @@ class HandDiffusionPipeline:
                           sampler.x0_retries, self.regressor, influence, sampler.hold_camera)
 
     # ---- one method per task -----------------------------------------------------------
-    def _one(self, task: Task, options: Options, progress: Progress | None, start=None
-             ) -> Hypotheses:
-        return self.run([self.plan(task, options, start)], progress)[0]
+    def _one(self, task: Task, options: Options, progress: Progress | None) -> Hypotheses:
+        return self.run([self.plan(task, options)], progress)[0]
 
     def generate(self, n: int = 4, steps: int = 10, seed: int = 0, eta: float = 0.0,
                  central_first: bool | None = None, autoguidance: float | None = None,
@@ -299,14 +287,11 @@ class HandDiffusionPipeline:
               guidance_scale: float | None = None, seed: int = 0, eta: float = 0.0,
               guidance_space: str | None = None, central_first: bool | None = None,
               guidance_strength: float | None = None, progress: Progress | None = None,
-              pose: bool = False, joints3d=None, joints3d_conf=None, start=None,
-              strength: float = 1.0) -> Hypotheses:
+              pose: bool = False, joints3d=None, joints3d_conf=None) -> Hypotheses:
         """Meshes matching 2D keypoints [21, 2] (pixels). With intrinsics K [3, 3] the result
         is in the camera frame; without, wrist-relative with a weak-perspective fit.
-        `joints3d` [21, 3]: a 3D view of the same hand in camera axes (see `Fit2D`).
-        `start`/`strength`: begin from earlier samples (see `plan`)."""
+        `joints3d` [21, 3]: a 3D view of the same hand in camera axes (see `Fit2D`)."""
         return self._one(Fit2D(keypoints2d, confidence, K, joints3d, joints3d_conf),
                          Options(n, steps, seed, eta, central_first, guidance_scale,
-                                 guidance_strength, guidance_space, pose, strength), progress,
-                         start)
+                                 guidance_strength, guidance_space, pose), progress)
 

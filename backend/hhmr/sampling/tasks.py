@@ -44,7 +44,6 @@ class Options:
     guidance_strength: float | None = None
     guidance_space: str | None = None
     pose: bool = False  # solve each hypothesis's rig pose and shape (Hypotheses.pose)
-    strength: float = 1.0  # with a plan's `start`: the last fraction of the steps that runs
 
 
 @dataclass
@@ -57,7 +56,6 @@ class Hypotheses:
     # with Options.pose: global_orient [n, 3], hand_pose [n, 15, 3] (axis-angle), transl
     # [n, 3], betas [n, S], corrective [n, V, 3] (rest-space offsets), fit_error [n] metres
     pose: dict[str, torch.Tensor] | None = None
-    samples: torch.Tensor | None = None  # [n, V, 3] the sampler's output, before placing
 
     def order(self) -> list[int]:
         """Showing order: the central hypothesis (extra "central") first, the sampler's best
@@ -86,7 +84,6 @@ class Plan:
     known: tuple[torch.Tensor, torch.Tensor] | None = None  # replacement: (x_obs m, keep)
     central: bool = False
     autoguidance: AutoGuidance | None = None
-    start: torch.Tensor | None = None  # [n, V, 3] samples to start from (see `sample`)
 
     @property
     def n(self) -> int:
@@ -96,8 +93,7 @@ class Plan:
         """Plans with equal keys can share one batch."""
         o = self.options
         return (self.task.kind(), o.steps, self.space, self.scale, o.eta,
-                self.known is not None, self.iterations, self.config, self.autoguidance,
-                None if self.start is None else o.strength)
+                self.known is not None, self.iterations, self.config, self.autoguidance)
 
     def finish(self, pipe: HandDiffusionPipeline, vertices: torch.Tensor) -> Hypotheses:
         return self.task.finish(pipe, self.state, vertices)

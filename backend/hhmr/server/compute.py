@@ -129,6 +129,42 @@ def reconstruct_request(pipe, args: dict, progress: Progress,
             "K": np.asarray(K, np.float32)}
 
 
+def reconstruct_video_request(pipe, args: dict, progress: Progress,
+                              max_frames: int = P.Limits().max_frames) -> dict:
+    """The result map of a reconstruct_video request: the followed hand's rig pose per frame
+    (see `hhmr.video.VideoResult`; keypoints2d zero where no hand was found). The clip goes
+    through a private temporary file (OpenCV reads paths)."""
+    import os
+    import tempfile
+
+    from hhmr.video import VideoOptions, open_clip, reconstruct_video
+
+    options = VideoOptions(start=args["start"], end=args["end"], stride=args["stride"],
+                           handedness=args["handedness"], smoothing=args["smoothing"],
+                           steps=args["steps"], n=args["n"], seed=args["seed"],
+                           mode=args["mode"])
+    fd, path = tempfile.mkstemp(prefix="hhmr-clip-", suffix=".video")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(args["video"])
+        count = open_clip(path, options.start, options.end, options.stride).count
+        if count > max_frames:
+            raise P.ProtocolError(P.TOO_LARGE, f"the clip has {count} frames in the range "
+                                  f"asked, more than the limit of {max_frames}; give 'end' "
+                                  "or 'stride'")
+        r = reconstruct_video(pipe, path, options, K=args["K"], progress=progress)
+    finally:
+        os.unlink(path)
+    f32 = np.float32
+    return {"fps": float(r.fps), "frames": r.frames.astype(np.int32), "detected": r.detected,
+            "handedness": r.handedness, "betas": r.betas.astype(f32),
+            "global_orient": r.global_orient.astype(f32), "hand_pose": r.hand_pose.astype(f32),
+            "transl": r.transl.astype(f32), "joints": r.joints.astype(f32),
+            "keypoints2d": np.nan_to_num(r.keypoints2d).astype(f32),
+            "K": np.asarray(r.K, f32), "image_size": [int(r.size[0]), int(r.size[1])],
+            "stage_ms": {k: float(v) for k, v in r.timings.items()}}
+
+
 # ---- the thread -----------------------------------------------------------------------------
 class ComputeThread:
     """The queue of sampling requests and the thread that serves it. The socket thread
@@ -296,6 +332,12 @@ class ComputeThread:
                 replies[i] = self._guarded([item], t0, out, lambda progress, a=item.request.args:
                                            [reconstruct_request(self.pipe, a, progress,
                                                                self.limits.max_pixels)])[0]
+                continue
+            if item.request.op == "reconstruct_video":
+                replies[i] = self._guarded([item], t0, out, lambda progress, a=item.request.args:
+                                           [reconstruct_video_request(
+                                               self.pipe, a, progress,
+                                               self.limits.max_frames)])[0]
                 continue
             try:
                 plans[i] = plan_request(self.pipe, item.request.op, item.request.args)
