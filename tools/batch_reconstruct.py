@@ -1,12 +1,14 @@
-"""Reconstruct every photo in a folder into one .blend, headless, and export each hand.
+"""Reconstruct every photo and video in a folder into one .blend, headless, and export each.
 
     blender -b --python tools/batch_reconstruct.py -- --images DIR --out out.blend [--n 8]
     python tools/batch_reconstruct.py --images DIR --out out.blend [--n 8]   # bpy wheel
 
-Each hand found becomes an HHMR hand object (mesh + rig) with its hypotheses as shape keys
-hyp_00.. (best first) and a camera matching the photo; each is exported as glTF binary
-(hypotheses as morph targets, with the skin posed as the shown hypothesis) and OBJ (the best
-hypothesis) into --export-dir.
+Each hand found in a photo becomes an HHMR hand object (mesh + rig) with its hypotheses as
+shape keys hyp_00.. (best first) and a camera matching the photo; each is exported as glTF
+binary (hypotheses as morph targets, with the skin posed as the shown hypothesis) and OBJ (the
+best hypothesis) into --export-dir. Each video (.mp4, .mov, .avi, .mkv, .webm) becomes a hand
+whose rig plays the clip as one Action, one after the other on the timeline, exported as glTF
+binary with the animation and as BVH.
 The add-on comes from Blender's installed add-ons, else from this repository. Exit status:
 0 all photos done, 1 some failed (no hand, backend error), 2 setup failed.
 """
@@ -22,11 +24,12 @@ import bpy
 
 REPO_ADDON = Path(__file__).resolve().parents[1] / "blender_addon"
 SUFFIXES = {".jpg", ".jpeg", ".png"}
+VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="batch_reconstruct", description=__doc__.split("\n")[0])
-    ap.add_argument("--images", type=Path, required=True, help="folder of photos")
+    ap.add_argument("--images", type=Path, required=True, help="folder of photos and videos")
     ap.add_argument("--out", type=Path, required=True, help=".blend to write")
     ap.add_argument("--n", type=int, default=8, help="hypotheses per hand")
     ap.add_argument("--steps", type=int, default=10)
@@ -38,6 +41,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--first", choices=["central", "random"],
                     help="the first hypothesis: the sampler's central guess (the backend's "
                          "default for photos) or a random draw")
+    ap.add_argument("--video-end", type=int, help="videos: only the first N frames")
+    ap.add_argument("--stride", type=int, default=1, help="videos: every n-th frame")
+    ap.add_argument("--smoothing", type=float, help="videos: the motion's smoothness (default "
+                    "the backend's, 4)")
     ap.add_argument("--backend", default="tcp://127.0.0.1:5557", help="backend address")
     ap.add_argument("--start-backend", metavar="COMMAND", nargs="?", const="hhmr",
                     help="start a backend with this command (default 'hhmr') on --backend")
@@ -90,18 +97,45 @@ def export(obj: bpy.types.Object, folder: Path) -> list[Path]:
     return [glb, obj_path]
 
 
+def export_animation(obj: bpy.types.Object, folder: Path) -> list[Path]:
+    """glTF binary of the hand with its rig's Action, and BVH of the rig's motion."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = bpy.path.clean_name(obj.name)
+    glb, bvh = folder / f"{stem}.glb", folder / f"{stem}.bvh"
+    rig = obj.parent
+    for o in bpy.context.view_layer.objects:
+        o.select_set(False)
+    obj.select_set(True)
+    rig.select_set(True)
+    bpy.context.view_layer.objects.active = rig
+    keys = rig.animation_data.action.frame_range
+    sc = bpy.context.scene
+    old = (sc.frame_start, sc.frame_end)
+    sc.frame_start, sc.frame_end = int(keys[0]), int(round(keys[1]))  # this clip's keys only
+    try:
+        bpy.ops.export_scene.gltf(filepath=str(glb), export_format="GLB", use_selection=True,
+                                  export_skins=True, export_animations=True,
+                                  export_morph=False)
+        bpy.ops.export_anim.bvh(filepath=str(bvh), frame_start=sc.frame_start,
+                                frame_end=sc.frame_end, root_transform_only=False)
+    finally:
+        sc.frame_start, sc.frame_end = old
+    return [glb, bvh]
+
+
 def main(argv: list[str]) -> int:
     args = parse(argv)
-    images = sorted(p for p in args.images.glob("*") if p.suffix.lower() in SUFFIXES) \
-        if args.images.is_dir() else []
+    found = sorted(args.images.glob("*")) if args.images.is_dir() else []
+    images = [p for p in found if p.suffix.lower() in SUFFIXES | VIDEO_SUFFIXES]
     if not images:
-        print(f"error: no .jpg/.png photos in {args.images}", file=sys.stderr)
+        print(f"error: no .jpg/.png photos or videos in {args.images}", file=sys.stderr)
         return 2
     try:
         import addon_utils
 
         addon = enable_addon()
         addon_utils.enable("io_scene_gltf2", default_set=True)
+        addon_utils.enable("io_anim_bvh", default_set=True)
         import zmq
         from hhmr_blender import jobs, local_backend, runner
 
@@ -132,6 +166,32 @@ def main(argv: list[str]) -> int:
     for i, path in enumerate(images, 1):
         t0 = time.perf_counter()
         try:
+            if path.suffix.lower() in VIDEO_SUFFIXES:
+                sc = bpy.context.scene
+                ends = [o.parent.animation_data.action.frame_range[1]
+                        for o in bpy.data.objects if o.hhmr.is_hand and o.parent is not None
+                        and o.parent.animation_data and o.parent.animation_data.action]
+                start = int(max(ends, default=sc.frame_start - 1)) + 1  # after the last clip
+                task = jobs.reconstruct_video(runner.video_bytes(str(path)), path.stem,
+                                              end=args.video_end, stride=args.stride,
+                                              smoothing=args.smoothing)
+                runner.ensure_idle()
+                topo = runner.check()
+                job = jobs.TrackedJob(runner.client(), task, topo.num_vertices, topo)
+                try:
+                    (clip,) = job.wait()
+                finally:
+                    job.close()
+                from hhmr_blender import animate
+
+                names = animate.land_clip(clip, topo, frame_start=start)
+                files = [] if args.no_export else [
+                    f for name in names
+                    for f in export_animation(bpy.data.objects[name], export_dir)]
+                print(f"[{i}/{len(images)}] {path.name}: {len(clip)} frames "
+                      f"({clip.detected.mean():.0%} seen) from frame {start}, {len(files)} "
+                      f"files, {time.perf_counter() - t0:.1f} s", flush=True)
+                continue
             task = jobs.reconstruct(opts, image=path.read_bytes(), label=path.stem)
             task.meta["image_path"] = str(path)
             names = runner.start(task)
@@ -147,7 +207,7 @@ def main(argv: list[str]) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     bpy.ops.wm.save_as_mainfile(filepath=str(args.out.resolve()))
     local_backend.BACKEND.stop()
-    print(f"wrote {args.out} ({len(images) - failed}/{len(images)} photos, "
+    print(f"wrote {args.out} ({len(images) - failed}/{len(images)} photos and videos, "
           f"{time.perf_counter() - t_all:.1f} s)", flush=True)
     return 1 if failed else 0
 
