@@ -1006,3 +1006,163 @@ def test_a_failed_video_landing_leaves_nothing(ctx, monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="as a video"):
         bpy.ops.hhmr.reconstruct_video()
     assert set(bpy.data.objects.keys()) == objects
+
+
+def rigify_rig_fitted_to(hand_rig, side: str, curl_deg: float = 0.0):
+    """Rigify's human metarig with its `side` hand's bones moved onto the HHMR rig's rest
+    bones (as an artist fits a metarig to a character), generated into a rig; with
+    `curl_deg` each finger bone at rest bends that much more than ours (segment lengths
+    kept), a rest pose unlike ours."""
+    import addon_utils
+    from mathutils import Matrix
+
+    addon_utils.enable("rigify", default_set=True)
+    from hhmr_blender import retarget
+
+    bpy.ops.object.select_all(action="DESELECT")
+    bpy.ops.object.armature_human_metarig_add()
+    meta = bpy.context.active_object
+    ours = {b.name: (hand_rig.matrix_world @ b.head_local, hand_rig.matrix_world @ b.tail_local)
+            for b in hand_rig.data.bones}
+    theirs = retarget.rigify_map(side, "metarig")
+    inv = meta.matrix_world.inverted()
+    bpy.ops.object.mode_set(mode="EDIT")
+    eb = meta.data.edit_bones
+    wrist = ours["wrist"][0]
+    side_axis = ours["little_mcp"][0] - ours["index_mcp"][0]  # across the palm
+    for hhmr_bone, name in theirs.items():
+        head, tail = ours[hhmr_bone]
+        if hhmr_bone != "wrist" and curl_deg:
+            k = int(hhmr_bone != "thumb_cmc" and not hhmr_bone.endswith("mcp")) + \
+                int(hhmr_bone.endswith(("dip", "ip")))
+            parent = eb[name].parent if eb[name].use_connect else None
+            start = meta.matrix_world @ parent.tail if parent is not None else head
+            bend = Matrix.Rotation(np.radians(curl_deg) * (k + 1), 3, side_axis)
+            head, tail = start, start + bend @ (tail - head)
+        eb[name].head, eb[name].tail = inv @ head, inv @ tail
+    for k, finger in enumerate(("index", "middle", "ring", "little"), 1):  # the metacarpals
+        palm = eb[f"palm.0{k}.{side}"]
+        palm.head = inv @ (wrist + (ours[f"{finger}_mcp"][0] - wrist) * 0.3)
+        palm.tail = inv @ ours[f"{finger}_mcp"][0]
+    bpy.ops.object.mode_set(mode="OBJECT")
+    bpy.ops.pose.rigify_generate()
+    return bpy.context.active_object
+
+
+def mirrored_clip(src: Path, out: Path, frames: int = 60) -> Path:
+    """The clip's first frames mirrored left to right: its right hand becomes a left one."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(src))
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    writer = None
+    for _ in range(frames):
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        if writer is None:
+            h, w = bgr.shape[:2]
+            writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+        writer.write(bgr[:, ::-1].copy())
+    cap.release()
+    writer.release()
+    return out
+
+
+@pytest.mark.skipif(not CLIPS.exists(), reason="no ../shared/data")
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_a_clip_baked_onto_a_rigify_rig_puts_its_fingertips_where_ours_are(ctx, tmp_path,
+                                                                           side):
+    """The clip on a generated Rigify rig's FK controls (bone map preset, then the guess from
+    its names): at every key the rig's deform fingertips, relative to its deform hand, are
+    where ours are relative to our wrist, though its fingers rest bent where ours rest
+    straight. The metarig's bones were fitted to our hand, so lengths agree and the tolerance
+    (3 mm) is not spent on a size difference (other proportions move the tips by the
+    difference in length)."""
+    from hhmr_blender import animate, retarget
+
+    sc = bpy.context.scene
+    sc.render.fps, sc.render.fps_base, sc.frame_start = 30, 1.0, 1
+    s = sc.hhmr
+    clip = CLIPS / "hand_open_close.mp4"
+    if side == "left":
+        clip = mirrored_clip(clip, tmp_path / "mirrored.mp4")
+    s.video_source, s.video_path = "FILE", str(clip)
+    s.video_start, s.video_end, s.video_stride, s.handedness = 30, 54, 3, "AUTO"
+    assert bpy.ops.hhmr.reconstruct_video() == {"FINISHED"}
+    hand = bpy.data.objects[ctx.STATE.landed[0]]
+    assert hand.hhmr.handedness == side
+    side = "R" if side == "right" else "L"
+    source = hand.parent
+    rig = rigify_rig_fitted_to(source, side, curl_deg=15.0)
+    names = [b.name for b in rig.data.bones]
+    bone_map = retarget.map_for("RIGIFY", names, side)
+    assert len(bone_map) == 16
+    assert retarget.guess_map(names, side) == bone_map  # the names alone say as much
+    arm = rig.pose.bones.get(f"upper_arm_parent.{side}")
+    if arm is not None and "IK_FK" in arm:
+        arm["IK_FK"] = 1.0  # the arm in FK, so the hand follows hand_fk
+    times = list(source.animation_data.action["hhmr_times"])
+    action = animate.bake_to_rig(source, rig, bone_map, times)
+    assert rig.animation_data.action == action
+    fingers = (("thumb", "thumb"), ("index", "f_index"), ("middle", "f_middle"),
+               ("ring", "f_ring"), ("little", "f_pinky"))
+    last = {"thumb": "thumb_ip"}
+    errs, moved = [], []
+    for f in times:
+        sc.frame_set(int(f))
+        ow = source.matrix_world
+        wrist = ow @ source.pose.bones["wrist"].head
+        mine = np.array([ow @ source.pose.bones[last.get(a, f"{a}_dip")].tail - wrist
+                         for a, _ in fingers])
+        rw = rig.matrix_world
+        base = rw @ rig.pose.bones[f"DEF-hand.{side}"].head
+        theirs = np.array([rw @ rig.pose.bones[f"DEF-{b}.03.{side}"].tail - base
+                           for _, b in fingers])
+        errs.append(float(np.linalg.norm(mine - theirs, axis=1).max()))
+        moved.append(mine)
+    assert max(errs) < 0.003, errs
+    assert np.abs(np.array(moved) - moved[0]).max() > 0.01  # the fingers did move
+
+
+@pytest.mark.skipif(not CLIPS.exists(), reason="no ../shared/data")
+def test_reconstruct_from_video_bakes_onto_the_target_rig_and_stores_the_map(ctx):
+    """The panel's target rig: the clip lands and is baked onto it in one step, its bone map
+    stored on the rig; a target whose bones match nothing leaves the scene as it was."""
+    from hhmr_blender import retarget
+
+    sc = bpy.context.scene
+    s = sc.hhmr
+    s.video_source, s.video_path = "FILE", str(CLIPS / "hand_open_close.mp4")
+    s.video_start, s.video_end, s.video_stride, s.handedness = 0, 9, 3, "AUTO"
+    # an armature with bones named as the HHMR rig's (another HHMR hand, say) as the target
+    bpy.ops.hhmr.add_hand(handedness="right")
+    other = bpy.context.view_layer.objects.active.parent
+    for child in list(other.children):
+        bpy.data.objects.remove(child)
+    s.video_target, s.bone_map_preset = other, "AUTO"
+    assert bpy.ops.hhmr.reconstruct_video() == {"FINISHED"}
+    hand = bpy.data.objects[ctx.STATE.landed[0]]
+    assert ctx.STATE.landed[1] == other.name
+    baked = other.animation_data.action
+    assert baked is not None and baked["hhmr_source"] == hand.parent.name
+    stored = retarget.loads(other[retarget.MAP_PROPERTY])
+    assert stored == {b: b for b in retarget.HHMR_BONES}  # guessed from the names
+    # the same bones, so the same turns at every key (up to a tenth of a degree: the target's
+    # rest skeleton is the template's, the clip's its own shape's)
+    for f in hand.parent.animation_data.action["hhmr_times"]:
+        sc.frame_set(int(f))
+        for b in ("wrist", "index_pip", "thumb_mcp"):
+            m1 = hand.parent.pose.bones[b].matrix.to_3x3()
+            m2 = other.pose.bones[b].matrix.to_3x3()
+            assert np.abs(np.array(m1) - np.array(m2)).max() < 2e-3
+    # a target with no hand bones: refused, and the clip's hand does not land either
+    bpy.ops.object.armature_add()
+    plain = bpy.context.view_layer.objects.active
+    s.video_target = plain
+    objects, actions = set(bpy.data.objects.keys()), set(bpy.data.actions.keys())
+    with pytest.raises(RuntimeError, match="no finger bone"):
+        bpy.ops.hhmr.reconstruct_video()
+    assert set(bpy.data.objects.keys()) == objects
+    assert set(bpy.data.actions.keys()) == actions
+    s.video_target = None

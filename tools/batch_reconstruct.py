@@ -44,7 +44,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--video-end", type=int, help="videos: only the first N frames")
     ap.add_argument("--stride", type=int, default=1, help="videos: every n-th frame")
     ap.add_argument("--smoothing", type=float, help="videos: the motion's smoothness (default "
-                    "the backend's, 4)")
+                    "the backend's, 2)")
     ap.add_argument("--backend", default="tcp://127.0.0.1:5557", help="backend address")
     ap.add_argument("--start-backend", metavar="COMMAND", nargs="?", const="hhmr",
                     help="start a backend with this command (default 'hhmr') on --backend")

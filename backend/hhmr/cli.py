@@ -40,8 +40,10 @@ def _evaluate(args: argparse.Namespace) -> int:
                 for name, row in clip["settings"].items():
                     print(f"  {name}: {row['acceleration_mm']:.2f} mm/frame^2, "
                           f"{row['frames_per_s']:.1f} frames/s")
-            for name, row in result.get("synthetic", {}).get("results", {}).items():
-                print("synthetic", name, " ".join(f"{k}={v:.2f}" for k, v in row.items()))
+            for syn in result.get("synthetic", []):
+                for name, row in syn["results"].items():
+                    print(f"synthetic (hold {syn['hold']})", name,
+                          " ".join(f"{k}={v:.2f}" for k, v in row.items()))
         return 0
     if args.freihand_root:
         from hhmr.evaluation.photos import evaluate_freihand
@@ -465,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--handedness", choices=["left", "right"], default=None,
                    help="the hand to follow (default: the side seen most)")
     p.add_argument("--smoothing", type=float, default=None,
-                   help="how smooth the animation is, 0 none (default 4); it adds no lag")
+                   help="how smooth the animation is, 0 none (default 2); it adds no lag")
     p.add_argument("--steps", type=int, default=None, help="sampling steps per frame (default 5)")
     p.add_argument("--n", type=int, default=1, help="hypotheses per frame (the best is kept)")
     p.add_argument("--seed", type=int, default=0)

@@ -44,7 +44,7 @@ class VideoOptions:
     end: int | None = None  # one past the last frame; None: to the end
     stride: int = 1  # every stride-th frame
     handedness: str | None = None
-    smoothing: float = 4.0
+    smoothing: float = 2.0
     steps: int = 5
     n: int = 1
     seed: int = 0

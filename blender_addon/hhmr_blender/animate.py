@@ -5,7 +5,7 @@ from __future__ import annotations
 import bpy
 import numpy as np
 
-from . import scene
+from . import retarget, scene
 from .clip import ClipAnimation, continuous
 from .handdata import HandTopology
 
@@ -71,6 +71,7 @@ def land_clip(clip: ClipAnimation, topo: HandTopology, frame_start: int | None =
         action = key_action(obj.parent, f"{name} motion", bones, times, continuous(quats),
                             locs)
         action["hhmr_filled_frames"] = [int(f) for f in clip.frames[~clip.detected]]
+        action["hhmr_times"] = [float(t) for t in times]
         action["hhmr_clip_fps"] = clip.fps
         obj.hhmr.bones = ",".join(bones)
         sc.frame_end = max(sc.frame_end, int(np.ceil(times[-1])))
@@ -81,3 +82,103 @@ def land_clip(clip: ClipAnimation, topo: HandTopology, frame_start: int | None =
             bpy.data.actions.remove(action)
         raise
     return [obj.name]
+
+
+# ---------------------------------------------------------------------------- other rigs
+def _world_rotation(m) -> np.ndarray:
+    """The rotation part [3, 3] of a world matrix (scale removed)."""
+    r = np.array(m.to_3x3())
+    return r / np.linalg.norm(r, axis=0, keepdims=True)
+
+
+def bake_to_rig(source: bpy.types.Object, target: bpy.types.Object, bone_map: dict[str, str],
+                times: list[float], move_hand: bool = False) -> bpy.types.Action:
+    """Key ``target``'s mapped bones at scene frames ``times`` so that each turns with its HHMR
+    bone of ``source`` (an HHMR rig): the HHMR bone's turn from rest carried over, then the
+    target bone pointed along it (retarget.carried_rotation), so differing rest poses and
+    rolls do not carry over and fingers point where ours do. With ``move_hand`` the mapped
+    wrist bone also goes where ours is. One new Action on ``target``, all of it or none (its
+    previous action comes back)."""
+    from mathutils import Matrix
+
+    missing = [b for b in bone_map if b not in source.pose.bones] + \
+        [b for b in bone_map.values() if b not in target.pose.bones]
+    if missing:
+        raise ValueError(f"bones missing from the rigs: {', '.join(missing[:4])}")
+    pairs = sorted(bone_map.items(), key=lambda kv: len(target.data.bones[kv[1]].parent_recursive))
+    depth = [len(target.data.bones[t].parent_recursive) for _, t in pairs]
+    src_rest = {s: _world_rotation(source.matrix_world @ source.data.bones[s].matrix_local)
+                for s, _ in pairs}
+    tgt_rest = {t: _world_rotation(target.matrix_world @ target.data.bones[t].matrix_local)
+                for _, t in pairs}
+    inv = target.matrix_world.inverted()
+    sc = bpy.context.scene
+    frame_before = sc.frame_current
+    if target.animation_data is None:
+        target.animation_data_create()
+    before = target.animation_data.action
+    action = bpy.data.actions.new(f"{target.name} HHMR motion")
+    target.animation_data.action = action
+    try:
+        for f in times:
+            sc.frame_set(int(np.floor(f)), subframe=float(f - np.floor(f)))
+            for level in sorted(set(depth)):
+                for (s, t), d in zip(pairs, depth, strict=True):
+                    if d != level:
+                        continue
+                    sw = source.matrix_world @ source.pose.bones[s].matrix
+                    rot = retarget.carried_rotation(_world_rotation(sw), src_rest[s],
+                                                    tgt_rest[t], np.array(sw.col[1][:3]))
+                    tpb = target.pose.bones[t]
+                    want = Matrix(rot.tolist()).to_4x4()
+                    here = sw.translation if move_hand and s == "wrist" else \
+                        (target.matrix_world @ tpb.matrix).translation
+                    want.translation = here
+                    tpb.matrix = inv @ want
+                bpy.context.view_layer.update()
+            for s, t in pairs:
+                tpb = target.pose.bones[t]
+                prop = {"QUATERNION": "rotation_quaternion", "AXIS_ANGLE": "rotation_axis_angle"
+                        }.get(tpb.rotation_mode, "rotation_euler")
+                tpb.keyframe_insert(prop, frame=float(f), group=t)
+                if move_hand and s == "wrist":
+                    tpb.keyframe_insert("location", frame=float(f), group=t)
+    except BaseException:
+        target.animation_data.action = before
+        bpy.data.actions.remove(action)
+        raise
+    finally:
+        sc.frame_set(frame_before)
+    action["hhmr_source"] = source.name
+    return action
+
+
+def bone_map_for(target: bpy.types.Object, preset: str, side: str) -> dict[str, str]:
+    """The bone map for ``target``'s ``side`` ("L" / "R") hand: with preset AUTO the one stored
+    on it (``retarget.MAP_PROPERTY``), else guessed from its names; other presets as named."""
+    stored = target.get(retarget.MAP_PROPERTY)
+    if preset == "AUTO" and stored:
+        bone_map = retarget.loads(stored)
+        missing = [b for b in bone_map.values() if b not in target.data.bones]
+        if missing:
+            raise ValueError(f"the bone map stored on '{target.name}' names bones it lacks: "
+                             f"{', '.join(missing[:4])}")
+        return bone_map
+    return retarget.map_for(preset, [b.name for b in target.data.bones], side)
+
+
+def bake_hand(hand: bpy.types.Object, target: bpy.types.Object, preset: str = "AUTO",
+              move_hand: bool = False) -> bpy.types.Action:
+    """Bake an animated HHMR hand (a video's) onto ``target`` and store the bone map used on
+    it."""
+    rig = hand.parent
+    action = rig.animation_data.action if rig is not None and rig.animation_data else None
+    if action is None or "hhmr_times" not in action:
+        raise ValueError(f"'{hand.name}' has no video motion to bake (Reconstruct from Video)")
+    if target.type != "ARMATURE" or target == rig:
+        raise ValueError("the target must be another armature")
+    side = "L" if hand.hhmr.handedness == "left" else "R"
+    bone_map = bone_map_for(target, preset, side)
+    baked = bake_to_rig(rig, target, bone_map, list(action["hhmr_times"]), move_hand)
+    target[retarget.MAP_PROPERTY] = retarget.dumps(bone_map)
+    return baked

@@ -85,12 +85,42 @@ class HHMR_OT_reconstruct_video(_Request):
                 path = bpy.path.abspath(s.video_path)
             else:
                 raise ValueError("choose a video first")
-            return jobs.reconstruct_video(
+            t = jobs.reconstruct_video(
                 runner.video_bytes(path), Path(path).stem, start=s.video_start,
                 end=s.video_end or None, stride=s.video_stride, smoothing=s.video_smoothing,
                 handedness=None if s.handedness == "AUTO" else s.handedness)
+            if s.video_target is not None:
+                t.meta.update(bake_to=s.video_target.name, bone_map=s.bone_map_preset,
+                              move_hand=s.move_hand)
+            return t
 
         return run(self, task)
+
+
+class HHMR_OT_bake_to_rig(bpy.types.Operator):
+    """Bake the selected video hand's motion onto the target rig through its bone map"""
+
+    bl_idname = "hhmr.bake_to_rig"
+    bl_label = "Bake onto Target Rig"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context) -> bool:
+        hand = scene.hand_of(context.active_object)
+        return hand is not None and context.scene.hhmr.video_target is not None
+
+    def execute(self, context):
+        from . import animate
+
+        s = context.scene.hhmr
+        hand = scene.hand_of(context.active_object)
+        try:
+            action = animate.bake_hand(hand, s.video_target, s.bone_map_preset, s.move_hand)
+        except EXPECTED as err:
+            self.report({"ERROR"}, str(err))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Baked onto '{s.video_target.name}' as '{action.name}'")
+        return {"FINISHED"}
 
 
 class HHMR_OT_generate(_Request):
@@ -338,7 +368,8 @@ class HHMR_OT_check_backend(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (HHMR_OT_generate, HHMR_OT_reconstruct, HHMR_OT_reconstruct_video, HHMR_OT_inpaint,
+CLASSES = (HHMR_OT_generate, HHMR_OT_reconstruct, HHMR_OT_reconstruct_video,
+           HHMR_OT_bake_to_rig, HHMR_OT_inpaint,
            HHMR_OT_refit,
            HHMR_OT_add_hand, HHMR_OT_view_photo, HHMR_OT_cancel, HHMR_OT_apply_hypothesis,
            HHMR_OT_delete_hypothesis, HHMR_OT_start_backend, HHMR_OT_stop_backend,

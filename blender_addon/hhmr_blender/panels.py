@@ -107,7 +107,12 @@ class HHMR_PT_reconstruct_video(_Panel):
         row.prop(s, "video_stride")
         row.prop(s, "video_smoothing")
         layout.prop(s, "handedness")
+        layout.prop(s, "video_target")
+        if s.video_target is not None:
+            layout.prop(s, "bone_map_preset")
+            layout.prop(s, "move_hand")
         layout.operator("hhmr.reconstruct_video", icon="SEQUENCE")
+        layout.operator("hhmr.bake_to_rig", icon="ARMATURE_DATA")
 
 
 class _HandPanel(_Panel):

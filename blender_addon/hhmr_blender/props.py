@@ -120,9 +120,29 @@ class HHMR_SceneSettings(bpy.types.PropertyGroup):
                               description="Use every n-th frame (the animation keeps the "
                                           "clip's timing)")
     video_smoothing: FloatProperty(
-        name="Smoothing", default=4.0, min=0.0, soft_max=50.0, max=10000.0,
+        name="Smoothing", default=2.0, min=0.0, soft_max=50.0, max=10000.0,
         description="How smooth the motion is: 0 raw, higher steadier (it adds no lag; very "
                     "high values soften fast moves)")
+    video_target: PointerProperty(
+        type=bpy.types.Object, name="Target Rig",
+        poll=lambda self, obj: obj.type == "ARMATURE" and not any(
+            c.hhmr.is_hand for c in obj.children),
+        description="Also bake the motion onto this armature (your character's rig) through "
+                    "its bone map")
+    bone_map_preset: EnumProperty(name="Bone Map", items=[
+        ("AUTO", "Stored or Guessed", "The map stored on the target rig, else one guessed "
+                                      "from its bone names"),
+        ("RIGIFY", "Rigify Controls", "A generated Rigify rig: hand_fk and the finger FK "
+                                      "controls"),
+        ("RIGIFY_METARIG", "Rigify Metarig", "Rigify's human metarig"),
+        ("RIGIFY_DEFORM", "Rigify Deform", "A generated Rigify rig's DEF- bones"),
+        ("HHMR", "HHMR Names", "Bones named like the HHMR rig's")],
+        description="Which of the target's bones each hand bone drives; the map used is "
+                    "stored on the target rig (custom property hhmr_bone_map) for next time")
+    move_hand: BoolProperty(
+        name="Move Hand", default=False,
+        description="Also move the target's hand bone to the tracked wrist (else only turn "
+                    "it: the arm keeps its place)")
     only_selected_bones: BoolProperty(
         name="Only selected bones", default=False,
         description="Refit to the selected bones' keypoints only; the rest is generated")

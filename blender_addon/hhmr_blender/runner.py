@@ -168,7 +168,20 @@ def land(results: list[HypothesisSet], task: jobs.Task) -> list[str]:
     animated hand (animate.land_clip)."""
     topo = topology()
     if task.op == "reconstruct_video":
-        return animate.land_clip(results[0], topo)
+        names = animate.land_clip(results[0], topo)
+        target = bpy.data.objects.get(task.meta.get("bake_to", ""))
+        if target is not None:
+            hand = bpy.data.objects[names[0]]
+            try:
+                animate.bake_hand(hand, target, task.meta.get("bone_map", "AUTO"),
+                                  task.meta.get("move_hand", False))
+            except BaseException:  # the whole result or nothing
+                motion = hand.parent.animation_data.action
+                scene.remove_objects([hand, hand.parent])
+                bpy.data.actions.remove(motion)
+                raise
+            names.append(target.name)
+        return names
     target = bpy.data.objects.get(task.target) if task.target else None
     if task.target and not scene.is_hand(target):
         raise ValueError(f"the hand '{task.target}' is gone")

@@ -29,7 +29,8 @@ from hhmr.video import VideoOptions, fit_frames, track_clip
 
 # the settings compared: name and VideoOptions changes; "default" is the shipped VideoOptions
 SETTINGS = (("unsmoothed", {"smoothing": 0.0}), ("default", {}),
-            ("smoothed_x5", {"smoothing": VideoOptions.smoothing * 5}))
+            ("smoothed_x4", {"smoothing": VideoOptions.smoothing * 4}))
+HOLDS = (10, 5)  # frames between the synthetic gestures: brisk and fast (6 a second)
 MAX_LAG = 6  # frames searched each way for the lag
 
 
@@ -207,8 +208,8 @@ def evaluate_video(clips: list[str], weights: str | None = None, sequences: int 
               "clips": [evaluate_clip(pipe, c, VideoOptions(end=end), progress=progress)
                         for c in clips]}
     if sequences:
-        result["synthetic"] = {"sequences": sequences, "frames": frames, "hold": 10,
-                               "noise_px": 1.5,
-                               "results": evaluate_synthetic(pipe, sequences, frames,
-                                                             progress=progress)}
+        result["synthetic"] = [
+            {"sequences": sequences, "frames": frames, "hold": hold, "noise_px": 1.5,
+             "results": evaluate_synthetic(pipe, sequences, frames, hold, progress=progress)}
+            for hold in HOLDS]
     return result
