@@ -485,3 +485,108 @@ def test_same_orientation_moves_the_rig_with_the_hands(topo):
     assert np.abs(hset.vertices - verts).max() > 0.01  # they were turned
     # without the topology (or from a backend without pose): no rig, as before
     assert task.results(result, topo.num_vertices)[0].rig is None
+
+
+# ---------------------------------------------------------------------------- video, bone maps
+def clip_result(t: int = 4, side: str = "right") -> dict:
+    rng = np.random.default_rng(0)
+    f32 = np.float32
+    return {"fps": 15.0, "frames": np.arange(0, 2 * t, 2, dtype=np.int32),
+            "detected": np.array([True] * (t - 1) + [False]), "handedness": side,
+            "betas": rng.normal(0, 0.5, 10).astype(f32),
+            "global_orient": rng.normal(0, 0.3, (t, 3)).astype(f32),
+            "hand_pose": rng.normal(0, 0.2, (t, 15, 3)).astype(f32),
+            "transl": (rng.normal(0, 0.02, (t, 3)) + [0, 0, 0.5]).astype(f32),
+            "joints": (rng.normal(0, 0.03, (t, 21, 3)) + [0, 0, 0.5]).astype(f32)}
+
+
+def test_clip_result_is_read_checked_and_timed(topo):
+    from hhmr_blender.clip import ClipAnimation, continuous
+
+    clip = ClipAnimation.parse(clip_result(), stride=2, label="c")
+    assert len(clip) == 4 and clip.handedness == "right"
+    # clip frames 0, 2, 4, 6 of a 30 frame/s clip (15/s sent, every 2nd) at 24 frames/s
+    assert np.allclose(clip.scene_frames(24.0, 1), [1, 2.6, 4.2, 5.8])
+    rig = clip.rig(topo)
+    assert rig.transforms.shape == (4, 16, 4, 4) and np.allclose(rig.heads[0], rig.heads[3])
+    # the object sits at the seen frames' mean wrist, turned into Blender's axes (+Y ahead)
+    assert clip.location[1] > 0.4 and np.allclose(clip.joints_in_object()[:3, 0].mean(0), 0,
+                                                   atol=1e-6)
+    for key, bad in (("hand_pose", np.zeros((4, 15), np.float32)),
+                     ("joints", np.full((4, 21, 3), np.nan, np.float32)),
+                     ("handedness", "both"), ("frames", np.zeros(0, np.int32))):
+        with pytest.raises(jobs.ProtocolError):
+            ClipAnimation.parse({**clip_result(), key: bad})
+    q = np.array([[[1.0, 0, 0, 0]], [[-0.99, 0.1, 0, 0]], [[0.98, -0.2, 0, 0]]])
+    assert (continuous(q)[:, 0, 0] > 0).all() and continuous(q)[1, 0, 1] == -0.1
+
+
+def test_video_task_arguments():
+    t = jobs.reconstruct_video(b"\x00video", "clip", start=3, end=30, stride=2,
+                               smoothing=0.0, handedness="left")
+    assert t.op == "reconstruct_video" and t.args == {
+        "video": b"\x00video", "start": 3, "end": 30, "stride": 2, "smoothing": 0.0,
+        "handedness": "left"}
+    assert jobs.reconstruct_video(b"v").args == {"video": b"v", "start": 0, "stride": 1}
+    with pytest.raises(ValueError, match="empty"):
+        jobs.reconstruct_video(b"")
+    with pytest.raises(ValueError, match="after the first"):
+        jobs.reconstruct_video(b"v", start=5, end=5)
+
+
+RIGIFY_GENERATED = [  # a generated Rigify rig's hand bones (one side), helpers included
+    "ORG-hand.{s}", "MCH-hand_tweak.{s}", "hand_tweak.{s}", "MCH-hand_fk.{s}", "hand_fk.{s}",
+    "DEF-hand.{s}", "hand_ik.{s}", "MCH-hand_ik.parent.{s}", "palm.{s}", "ORG-palm.01.{s}"] + [
+    n.format(f=f, k=k) for f in ("thumb", "f_index", "f_middle", "f_ring", "f_pinky")
+    for k in (1, 2, 3) for n in ("ORG-{f}.0{k}.{{s}}", "DEF-{f}.0{k}.{{s}}",
+                                 "MCH-{f}.0{k}_drv.{{s}}", "{f}.0{k}.{{s}}", "MCH-{f}.0{k}.{{s}}")
+] + ["f_index.01_master.{s}", "thumb.01_master.{s}"]
+
+
+def test_bone_maps_from_presets_and_names():
+    from hhmr_blender import retarget
+
+    names = [n.format(s=s) for s in "LR" for n in RIGIFY_GENERATED]
+    for side in "LR":
+        assert retarget.guess_map(names, side) == retarget.rigify_map(side, "controls")
+        assert retarget.map_for("RIGIFY_DEFORM", names, side)["index_pip"] == \
+            f"DEF-f_index.02.{side}"
+    metarig = ["hand.L", "palm.01.L", "f_index.01.L", "f_index.02.L", "f_index.03.L",
+               "thumb.01.L", "thumb.02.L", "thumb.03.L", "hand.R"]
+    assert retarget.guess_map(metarig, "L") == {
+        k: v for k, v in retarget.rigify_map("L", "metarig").items() if v in metarig}
+    mixamo = [f"mixamorig:{s}Hand" for s in ("Left", "Right")] + [
+        f"mixamorig:{s}Hand{f}{k}" for s in ("Left", "Right")
+        for f in ("Thumb", "Index", "Middle", "Ring", "Pinky") for k in range(1, 5)]
+    m = retarget.guess_map(mixamo, "R")
+    assert len(m) == 16 and m["wrist"] == "mixamorig:RightHand"
+    assert m["little_dip"] == "mixamorig:RightHandPinky3" and m["thumb_cmc"].endswith("Thumb1")
+    unreal = [f"{f}_{k:02d}_{s}" for s in "lr" for f in ("thumb", "index", "middle", "ring",
+                                                          "pinky") for k in (1, 2, 3)]
+    assert retarget.guess_map(unreal + ["hand_l"], "L")["middle_dip"] == "middle_03_l"
+    named = [*retarget.HHMR_BONES]
+    assert retarget.guess_map(named, "R") == {b: b for b in named}
+    with pytest.raises(ValueError, match="no finger bone"):
+        retarget.map_for("AUTO", ["Bone", "spine", "head"], "L")
+    assert retarget.loads(retarget.dumps(m)) == m
+    with pytest.raises(ValueError):
+        retarget.loads('{"elbow": "x"}')
+
+
+def test_carried_rotation_points_the_bone_along_the_source_and_keeps_its_turn():
+    from hhmr_blender import retarget
+
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        src_rest, turn = random_rotation(rng), random_rotation(rng)
+        src_pose = turn @ src_rest
+        # the same rest: the same rotation
+        assert np.allclose(retarget.carried_rotation(src_pose, src_rest, src_rest,
+                                                     src_pose[:, 1]), src_pose, atol=1e-9)
+        # another rest (a different roll and direction): the bone points along the source's
+        tgt_rest = random_rotation(rng)
+        r = retarget.carried_rotation(src_pose, src_rest, tgt_rest, src_pose[:, 1])
+        assert np.allclose(r.T @ r, np.eye(3), atol=1e-9) and np.linalg.det(r) > 0
+        assert np.allclose(r[:, 1], src_pose[:, 1], atol=1e-9)
+    a, b = np.array([0, 1.0, 0]), np.array([0, -1.0, 0])
+    assert np.allclose(retarget.rotation_between(a, b) @ a, b)
