@@ -212,7 +212,7 @@ def test_bvh_forward_kinematics_gives_the_animation_joints(pipe, side: str, tmp_
     r = fit_frames(pipe, dets, side, K, VideoOptions(mode="skel2d", steps=2))
     path = write_bvh(tmp_path / "hand.bvh", r, pipe.hand)
     names, parents, offsets, motion = read_bvh(path)
-    assert len(names) == 16 and motion.shape == (6, 6 + 16 * 3)
+    assert len(names) == 16 and motion.shape == (6, 3 + 16 * 3)  # root position, rotations
     from hhmr.hand.topology import JOINT_TO_KEYPOINT
 
     want = r.joints[:, list(JOINT_TO_KEYPOINT)] @ CAMERA_TO_Y_UP.T

@@ -284,6 +284,44 @@ def _reconstruct_video(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from hhmr.batch import BatchOptions, LocalRunner, RayRunner, run_batch
+    from hhmr.video import VideoOptions
+
+    video = VideoOptions(**{k: v for k, v in {"end": args.end, "stride": args.stride,
+                                              "smoothing": args.smoothing}.items()
+                            if v is not None})
+    options = BatchOptions(n=args.n, steps=args.steps, video=video, chunk=args.chunk,
+                           overlap=args.overlap)
+    runner = RayRunner(args.workers, args.address, args.weights, options) \
+        if args.engine == "ray" else LocalRunner(args.weights, options)
+    bar = tqdm(total=1, desc=f"batch ({runner.name})", unit="item", disable=args.json)
+
+    def progress(done: int, total: int) -> None:
+        bar.total, bar.n = total, done
+        bar.refresh()
+
+    try:
+        report, _ = run_batch(args.inputs, args.out, runner, options, args.weights, progress)
+    finally:
+        bar.close()
+        runner.close()
+    summary = report.to_dict()
+    frames = sum(v["frames"] for v in report.videos)
+    summary["frames_per_s"] = frames / report.seconds if frames else None
+    summary["command"] = args.command_line
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for row in report.photos + report.videos:
+            print(row["path"], row.get("error") or " ".join(row.get("files", [])))
+        print(f"{report.items} items on {report.workers} {report.engine} worker(s) in "
+              f"{report.seconds:.1f} s -> {args.out}")
+    return 1 if any("error" in r for r in report.photos) else 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from hhmr.hand import load_hand_model
     from hhmr.mesh.hierarchy import load_hierarchy, round_trip_errors_mm
@@ -479,6 +517,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_reconstruct_video)
+
+    p = sub.add_parser("batch", help="photos and videos in bulk, here or on a Ray cluster "
+                       "(needs the detect extra; Ray: the ray extra)")
+    p.add_argument("inputs", nargs="+", help="photos, videos, or folders of them")
+    p.add_argument("--out", default="hhmr_batch")
+    p.add_argument("--engine", choices=["local", "ray"], default="local")
+    p.add_argument("--workers", type=int, default=2, help="ray: actors (one CPU each)")
+    p.add_argument("--address", default=None,
+                   help="ray: an existing cluster's address ('auto' inside `ray job submit`); "
+                        "default: a local cluster of --workers CPUs")
+    p.add_argument("--chunk", type=int, default=120, help="videos: frames per chunk")
+    p.add_argument("--overlap", type=int, default=8, help="videos: frames chunks share")
+    p.add_argument("--end", type=int, default=None, help="videos: only the first END frames")
+    p.add_argument("--stride", type=int, default=None, help="videos: every STRIDE-th frame")
+    p.add_argument("--smoothing", type=float, default=None, help="videos: see reconstruct-video")
+    p.add_argument("--n", type=int, default=4, help="photos: hypotheses per hand")
+    p.add_argument("--steps", type=int, default=10, help="photos: sampling steps")
+    p.add_argument("--weights", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_batch)
 
     p = sub.add_parser("info", help="describe a hand model")
     p.add_argument("--model", default="open", choices=["open", "mano"])

@@ -291,32 +291,53 @@ def reconstruct_video(pipe: HandDiffusionPipeline, source: str | Path,
     return result
 
 
-def fit_frames(pipe: HandDiffusionPipeline, dets: list[Detection | None], side: str,
+def fit_meshes(pipe: HandDiffusionPipeline, dets: list[Detection | None], side: str,
                K: np.ndarray, options: VideoOptions | None = None,
-               progress: Progress | None = None, frames: np.ndarray | None = None,
-               fps: float = 30.0, size: tuple[int, int] = (0, 0)) -> VideoResult:
-    """Fit each found frame, then one shape for the clip and a pose per frame (see
-    `solve_clip_pose`)."""
+               progress: Progress | None = None) -> torch.Tensor:
+    """Each found frame's mesh [T, V, 3] (the right hand's: a left one mirrored in; zeros
+    where no hand was found): fit2d's central hypothesis, or the best of `options.n`."""
     options = options or VideoOptions()
-    t = len(dets)
-    found = np.array([d is not None for d in dets])
-    nv = pipe.hand.num_vertices
-    meshes = torch.zeros(t, nv, 3)
-    t_sample = time.perf_counter()
+    meshes = torch.zeros(len(dets), pipe.hand.num_vertices, 3)
     for i, det in enumerate(dets):
         if progress is not None:
-            progress(i, t)
+            progress(i, len(dets))
         if det is None:
             continue
         right = mirrored(det, K) if side == "left" else det
         hyps = fit_mode(pipe, right, "right", K, options.mode, n=options.n,
                         steps=options.steps, seed=options.seed, central_first=True)
         meshes[i] = hyps.vertices[hyps.order()[0]]
-    t_pose = time.perf_counter()
-    pose = solve_clip_pose(pipe, meshes, found, options.smoothing)
-    t_end = time.perf_counter()
+    return meshes
+
+
+def fit_frames(pipe: HandDiffusionPipeline, dets: list[Detection | None], side: str,
+               K: np.ndarray, options: VideoOptions | None = None,
+               progress: Progress | None = None, frames: np.ndarray | None = None,
+               fps: float = 30.0, size: tuple[int, int] = (0, 0)) -> VideoResult:
+    """Fit each found frame (`fit_meshes`), then animate them (`animate_meshes`)."""
+    options = options or VideoOptions()
+    t0 = time.perf_counter()
+    meshes = fit_meshes(pipe, dets, side, K, options, progress)
+    sample_s = time.perf_counter() - t0
+    result = animate_meshes(pipe, meshes, dets, side, K, options.smoothing, frames, fps, size)
     if progress is not None:
-        progress(t, t)
+        progress(len(dets), len(dets))
+    result.timings["sample_ms"] = sample_s * 1000 / max(int(result.detected.sum()), 1)
+    return result
+
+
+def animate_meshes(pipe: HandDiffusionPipeline, meshes: torch.Tensor,
+                   dets: list[Detection | None], side: str, K: np.ndarray,
+                   smoothing: float = VideoOptions.smoothing, frames: np.ndarray | None = None,
+                   fps: float = 30.0, size: tuple[int, int] = (0, 0)) -> VideoResult:
+    """A clip's animation from its frames' right-hand meshes [T, V, 3] (`fit_meshes`; the
+    frames whose detection is None are filled): one shape and a pose per frame
+    (`solve_clip_pose`), mirrored back for a left hand."""
+    t = len(dets)
+    found = np.array([d is not None for d in dets])
+    t_pose = time.perf_counter()
+    pose = solve_clip_pose(pipe, meshes, found, smoothing)
+    t_end = time.perf_counter()
     out = pipe.hand(global_orient=pose["global_orient"], hand_pose=pose["hand_pose"],
                     betas=pose["betas"][None].expand(t, -1), transl=pose["transl"])
     verts, joints = out.vertices.detach(), out.joints.detach()
@@ -329,16 +350,15 @@ def fit_frames(pipe: HandDiffusionPipeline, dets: list[Detection | None], side: 
         pose["transl"] = pose["transl"] * flip
         faces = mirror_faces(faces)
     nan2, nan3 = np.full((21, 2), np.nan, np.float32), np.full((21, 3), np.nan, np.float32)
-    n_found = max(int(found.sum()), 1)
     return VideoResult(
-        fps=fps, frames=np.arange(t) if frames is None else frames, detected=found, handedness=side,
-        betas=pose["betas"].numpy(), global_orient=pose["global_orient"].numpy(),
-        hand_pose=pose["hand_pose"].numpy(), transl=pose["transl"].numpy(),
-        joints=joints.numpy(), vertices=verts.numpy(), faces=faces.numpy(),
+        fps=fps, frames=np.arange(t) if frames is None else np.asarray(frames),
+        detected=found, handedness=side, betas=pose["betas"].numpy(),
+        global_orient=pose["global_orient"].numpy(), hand_pose=pose["hand_pose"].numpy(),
+        transl=pose["transl"].numpy(), joints=joints.numpy(), vertices=verts.numpy(),
+        faces=faces.numpy(),
         keypoints2d=np.stack([nan2 if d is None else d.keypoints for d in dets]),
         world=np.stack([nan3 if d is None else d.world for d in dets]), K=K, size=size,
-        timings={"sample_ms": (t_pose - t_sample) * 1000 / n_found,
-                 "pose_ms": (t_end - t_pose) * 1000 / t, "found": float(found.mean())})
+        timings={"pose_ms": (t_end - t_pose) * 1000 / t, "found": float(found.mean())})
 
 
 def solve_clip_pose(pipe: HandDiffusionPipeline, meshes: torch.Tensor, found: np.ndarray,

@@ -93,7 +93,6 @@ class HHMR_PT_reconstruct(_Panel):
 class HHMR_PT_reconstruct_video(_Panel):
     bl_label = "Reconstruct from Video"
     bl_parent_id = "HHMR_PT_main"
-    bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):
         layout = self.layout
