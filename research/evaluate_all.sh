@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Re-run every measurement behind weights/MODEL_CARD.md and rewrite the card.
-# Usage: bash research/evaluate_all.sh   (about 35 minutes on a 2-core CPU)
+# Usage: bash research/evaluate_all.sh   (about 50 minutes on a 2-core CPU)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=weights/eval
@@ -20,6 +20,18 @@ for n in 1 16; do
     > "$out/real_hgcnn_dev$suffix.json"
   hhmr evaluate --freihand-root ../shared/data/real_interhand_sample --n "$n" --json \
     > "$out/real_interhand_sample$suffix.json"
+done
+# video: jitter on the real clips beside MediaPipe's, synthetic accuracy and lag, speed, batch
+hhmr evaluate --video ../shared/data/real_videos/hand_open_close.mp4 \
+  --video ../shared/data/real_videos/signing_fast.mp4 --json > "$out/video.json"
+python research/video_smoothing.py > "$out/video_smoothing.json"
+hhmr reconstruct-video ../shared/data/real_videos/hand_open_close.mp4 --out /tmp/rv --no-preview \
+  --json > "$out/reconstruct_video.json"
+hhmr batch ../shared/data/real_videos/hand_open_close.mp4 --engine local --workers 1 \
+  --out /tmp/bout_local_1 --json > "$out/batch_local.json"
+for w in 1 2; do
+  hhmr batch ../shared/data/real_videos/hand_open_close.mp4 --engine ray --workers "$w" \
+    --out "/tmp/bout_ray_$w" --json > "$out/batch_ray_$w.json"
 done
 hhmr bench --json > "$out/bench.json"
 hhmr bench --reconstruct ../shared/data/real_photos/freihand_style/119.jpg \

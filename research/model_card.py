@@ -76,6 +76,26 @@ def targets() -> list[tuple[str, str, str, bool]]:
             for key, goal in (("pa_mpjpe_mm", 7.0), ("rr_mpjpe_mm", 15.0)):
                 rows.append((f"photos (real_hgcnn_dev, best mode skel2d+world, n=1) {key}",
                              f"{best[key]:.2f} mm", f"<= {goal} mm", best[key] <= goal))
+    if r := _load("video"):
+        for clip in r["clips"]:
+            ours, mp = clip["settings"]["default"]["acceleration_mm"], \
+                clip["mediapipe_tracking_mm"]
+            rows.append((f"video jitter, {clip['clip']}: ours vs MediaPipe tracking "
+                         "(mm/frame^2)", f"{ours:.2f} vs {mp:.2f}", "<= half",
+                         ours <= mp / 2))
+        for syn in r.get("synthetic", []):
+            res = syn["results"]
+            a, b = res["default"]["pa_mpjpe_mm"], res["unsmoothed"]["pa_mpjpe_mm"]
+            rows.append((f"video synthetic motion (gesture every {syn['hold']} frames): "
+                         "PA-MPJPE smoothed vs not", f"{a:.2f} vs {b:.2f} mm", "no worse",
+                         a <= b))
+            lag = res["default"]["lag_frames"]
+            rows.append((f"video synthetic motion (gesture every {syn['hold']} frames): lag",
+                         f"{lag:.1f} frames", "<= 1", abs(lag) <= 1))
+    if r := _load("reconstruct_video"):
+        fps = r["timings"]["frames_per_s"]
+        rows.append((f"reconstruct-video speed, n=1 ({r['frames']} frames)",
+                     f"{fps:.1f} frames/s", ">= 10", fps >= 10))
     if r := _load("fit2d"):
         res = r["results"]
         g, ng = res["guidance/gt"]["pa_mpjpe_mm"], res["no_guidance/gt"]["pa_mpjpe_mm"]
@@ -255,6 +275,32 @@ def service_tables(result: dict) -> list[str]:
     return lines
 
 
+def video_tables(result: dict) -> list[str]:
+    """`hhmr evaluate --video`: jitter per clip beside MediaPipe's, then synthetic motion."""
+    names = list(result["clips"][0]["settings"])
+    lines = ["Jitter: mean keypoint acceleration (mm/frame^2, hand-centred) over the frames "
+             "whose neighbours MediaPipe's tracker found.", "",
+             "| clip | frames | found | MediaPipe tracking | MediaPipe per frame | "
+             + " | ".join(f"ours, {n}" for n in names) + " |",
+             "|---" * (5 + len(names)) + "|"]
+    for c in result["clips"]:
+        lines.append(f"| {c['clip']} | {c['frames']} | {c['detected'] * 100:.0f} % | "
+                     f"{c['mediapipe_tracking_mm']:.2f} | {c['mediapipe_static_mm']:.2f} | "
+                     + " | ".join(f"{c['settings'][n]['acceleration_mm']:.2f}" for n in names)
+                     + " |")
+    smooth = {n: result["clips"][0]["settings"][n]["smoothing"] for n in names}
+    lines += ["", "Settings: " + ", ".join(f"{n} = smoothing {v:g}" for n, v in smooth.items())]
+    for syn in result.get("synthetic", []):
+        keys = list(next(iter(syn["results"].values())))
+        lines += ["", f"Synthetic motion, {syn['sequences']} sequences of {syn['frames']} "
+                  f"frames, a new gesture every {syn['hold']} frames, keypoints with "
+                  f"{syn['noise_px']} px noise:", "",
+                  "| setting | " + " | ".join(keys) + " |", "|---" * (1 + len(keys)) + "|"]
+        lines += [f"| {n} | " + " | ".join(f"{v[k]:.2f}" for k in keys) + " |"
+                  for n, v in syn["results"].items()]
+    return lines
+
+
 def main() -> None:
     import argparse
 
@@ -322,6 +368,18 @@ def main() -> None:
             lines += [f"| {r['photo']} | {r['hands']} | {r['n']} | {r['round_trip_ms']} | "
                       f"{r['decode_ms']} | {r['detect_ms']} | {r['sample_ms']} | "
                       f"{r['pose_ms']} | {r['reply_ms']} |" for r in result["results"]]
+        elif result.get("task") == "video":
+            lines += video_tables(result)
+        elif "timings" in result and "frames" in result:  # reconstruct-video --json
+            t = result["timings"]
+            lines += [f"{result['frames']} frames, {result['found'] * 100:.0f} % with the hand "
+                      f"found: **{t['frames_per_s']:.1f} frames/s**; per frame: decode "
+                      f"{t['decode_ms']:.1f} ms, detect {t['detect_ms']:.1f} ms, sample "
+                      f"{t['sample_ms']:.1f} ms, pose {t['pose_ms']:.1f} ms"]
+        elif "engine" in result:  # hhmr batch --json
+            lines += [f"{result['engine']}, {result['workers']} worker(s): {result['items']} "
+                      f"items in {result['seconds']:.1f} s, "
+                      f"**{result['frames_per_s']:.1f} frames/s**"]
         elif "results" in result:  # bench
             lines += ["| task | n | guidance | median ms | peak MB |", "|---|---|---|---|---|"]
             lines += [f"| {r['task']} | {r['n']} | {r['guidance']} | {r['median_ms']} | "

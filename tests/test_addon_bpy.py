@@ -1166,3 +1166,18 @@ def test_reconstruct_from_video_bakes_onto_the_target_rig_and_stores_the_map(ctx
     assert set(bpy.data.objects.keys()) == objects
     assert set(bpy.data.actions.keys()) == actions
     s.video_target = None
+
+
+@pytest.mark.skipif(not CLIPS.exists(), reason="no ../shared/data")
+def test_undo_takes_a_landed_clip_away(ctx):
+    s = bpy.context.scene.hhmr
+    s.video_source, s.video_path = "FILE", str(CLIPS / "hand_open_close.mp4")
+    s.video_start, s.video_end, s.video_stride, s.video_target = 0, 6, 2, None
+    bpy.ops.ed.undo_push(message="before")
+    before = set(bpy.data.objects.keys())
+    assert bpy.ops.hhmr.reconstruct_video() == {"FINISHED"}
+    bpy.ops.ed.undo_push(message="after")  # what Blender's UI does after an operator
+    name = ctx.STATE.landed[0]
+    assert name in bpy.data.objects
+    bpy.ops.ed.undo()
+    assert set(bpy.data.objects.keys()) == before and ctx.STATE.status == ""

@@ -7,8 +7,9 @@ display, e.g. Xvfb (tools/video_screenshot.sh does it all):
 
 It presses Reconstruct from Video the way the button does (the timer lands the Action while
 Blender keeps drawing), adds Rigify's human metarig, generates its rig, bakes the clip onto the
-rig's right-hand controls, goes to the frame where the fingers are most bent and saves the
-window with the HHMR panel open. Prints HHMR_* lines; exits non-zero on failure.
+rig's right-hand controls, goes to the frame where the fingers are most bent, puts the HHMR
+hand beside the rig's hand and saves the window with the HHMR panel open. Prints HHMR_*
+lines; exits non-zero on failure.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import traceback
 import addon_utils
 import bpy
 import numpy as np
+from mathutils import Vector
 
 argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
 ap = argparse.ArgumentParser()
@@ -136,19 +138,26 @@ def _step() -> float | None:
                            check=False, timeout=20)
             state["tabs"] += 1
             return 0.4
-        rig = bpy.data.objects[state["rig"]]
+        # the HHMR hand beside the rig's right hand, both seen from the front
+        rig, hand = bpy.data.objects[state["rig"]], bpy.data.objects[state["hand"]]
+        theirs = rig.matrix_world @ rig.pose.bones["DEF-hand.R"].head
+        ours = hand.parent.matrix_world @ hand.parent.pose.bones["wrist"].head
+        hand.parent.location += theirs - ours + Vector((-0.22, 0.0, 0.0))
+        for o in bpy.context.view_layer.objects:
+            o.select_set(False)
+        bpy.context.view_layer.update()
         with bpy.context.temp_override(window=win, area=area, region=region):
-            bpy.ops.object.mode_set(mode="OBJECT")
-            for o in bpy.context.view_layer.objects:
-                o.select_set(False)
-            rig.select_set(True)
-            bpy.context.view_layer.objects.active = rig
-            bpy.ops.object.mode_set(mode="POSE")
-            bpy.ops.pose.select_all(action="DESELECT")
-            for b in ("hand_fk.R", "f_index.03.R", "f_pinky.03.R", "thumb.03.R"):
-                rig.data.bones[b].select = True
             bpy.ops.view3d.view_axis(type="FRONT")
-            bpy.ops.view3d.view_selected()
+        # the rig's deform bones drawn as bones (its controls are circles, hard to read)
+        rig.data.display_type, rig.show_in_front = "OCTAHEDRAL", True
+        if hasattr(rig.data, "layers"):  # Blender < 4: layer 29 holds Rigify's DEF bones
+            rig.data.layers = [i == 29 for i in range(32)]
+        else:
+            for coll in rig.data.collections:
+                coll.is_visible = coll.name == "DEF"
+        r3d = area.spaces.active.region_3d
+        r3d.view_location = theirs + Vector((-0.12, 0.0, 0.0))
+        r3d.view_distance = 0.7
         subprocess.run(["xdotool", "mousemove", "600", "400"], check=False, timeout=20)
         state["step"] = 3
         return 0.5

@@ -38,8 +38,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                 print(f"{clip['clip']}: MediaPipe tracking {clip['mediapipe_tracking_mm']:.2f}, "
                       f"static {clip['mediapipe_static_mm']:.2f} mm/frame^2")
                 for name, row in clip["settings"].items():
-                    print(f"  {name}: {row['acceleration_mm']:.2f} mm/frame^2, "
-                          f"{row['frames_per_s']:.1f} frames/s")
+                    print(f"  {name}: {row['acceleration_mm']:.2f} mm/frame^2")
             for syn in result.get("synthetic", []):
                 for name, row in syn["results"].items():
                     print(f"synthetic (hold {syn['hold']})", name,
@@ -248,12 +247,16 @@ def _reconstruct_video(args: argparse.Namespace) -> int:
     clip = Path(args.clip)
     bar = tqdm(total=1, desc=f"{clip.name}: track", unit="frame", disable=args.json)
 
-    def progress(done: int, total: int) -> None:
-        half = total // 2
-        bar.total = half
-        if done > half and bar.desc.endswith("track"):
+    fitting = []
+
+    def progress(done: int, total: int) -> None:  # tracking is the first half, fitting the rest
+        half = max(total // 2, 1)
+        if done > half and not fitting:
+            fitting.append(True)
+            bar.reset(total=half)
             bar.set_description(f"{clip.name}: fit")
-        bar.n = done if done <= half else done - half
+        bar.total = half
+        bar.n = done - half if fitting else done
         bar.refresh()
 
     try:
@@ -274,7 +277,8 @@ def _reconstruct_video(args: argparse.Namespace) -> int:
         del files["preview"]
     summary = {"clip": str(clip), "frames": len(result.frames), "fps": result.fps,
                "handedness": result.handedness, "found": float(result.detected.mean()),
-               "timings": result.timings, "files": {k: str(v) for k, v in files.items()}}
+               "timings": result.timings, "files": {k: str(v) for k, v in files.items()},
+               "command": args.command_line}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

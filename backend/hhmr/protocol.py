@@ -491,7 +491,21 @@ def _video(name: str, x: Any, ctx: _Ctx) -> bytes:
     return x
 
 
+def _frames(name: str, x: Any, ctx: _Ctx) -> list[bytes]:
+    if not isinstance(x, list) or not x:
+        raise _bad(f"'{name}' must be a list of PNG or JPEG file bytes, got {_describe(x)}")
+    if len(x) > ctx.limits.max_frames:
+        raise ProtocolError(TOO_LARGE, f"'{name}' has {len(x)} images, more than the limit of "
+                            f"{ctx.limits.max_frames}")
+    for i, image in enumerate(x):
+        _image(f"{name}[{i}]", image, ctx)
+    return x
+
+
 def _video_check(args: dict[str, Any], ctx: _Ctx) -> None:
+    if (args["video"] is None) == (args["frames"] is None):
+        raise _bad("give exactly one of 'video' (a video file's bytes) or 'frames' (a list of "
+                   "PNG/JPEG images, an image sequence)")
     if args["end"] is not None and args["end"] <= args["start"]:
         raise _bad("'end' must be greater than 'start'")
 
@@ -499,7 +513,11 @@ def _video_check(args: dict[str, Any], ctx: _Ctx) -> None:
 MAX_SMOOTHING = 1e4
 VIDEO_ARGS: dict[str, Arg] = {
     "video": Arg(_video, "the bytes of a video file (MP4, MOV, AVI, ...: what OpenCV's FFmpeg "
-                 "reads), within the message limit", True),
+                 "reads), within the message limit"),
+    "frames": Arg(_frames, "instead of 'video': an image sequence, a list of PNG or JPEG file "
+                  "bytes in order (at most max_frames, each within max_pixels)"),
+    "fps": Arg(_number(1000.0), "frames per second of 'frames' (default 30; a video file "
+               "says its own)", default=30.0),
     "K": Arg(_camera, "float [3, 3] camera intrinsics, |entries| <= 1e6 (default: a 50 degree "
              "horizontal field of view)"),
     "handedness": Arg(_choice("left", "right"), "the hand to follow (default: the side seen "

@@ -230,6 +230,21 @@ def world_residual(kp: np.ndarray, world: np.ndarray) -> np.ndarray:
     return np.linalg.norm(a * scale - b, axis=1) / extent
 
 
+def gate_world(kp: np.ndarray, world: np.ndarray | None, world_gate: float | None,
+               min_agreeing: int = PhotoConfig.min_agreeing
+               ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The world landmarks [21, 3] and their confidence [21] for fit2d: with `world_gate`,
+    1 where a landmark agrees with its keypoint (`world_residual`) and always at the origin,
+    none at all when fewer than `min_agreeing` agree; without a gate, all of them."""
+    if world is None or world_gate is None:
+        return world, None
+    conf3d = (world_residual(kp, world) <= world_gate).astype(np.float32)
+    conf3d[0] = 1.0  # the origin
+    if conf3d.sum() < min_agreeing:  # most disagree with the photo: none is used
+        return None, None
+    return world, conf3d
+
+
 def fit_detection(pipe: HandDiffusionPipeline, kp: np.ndarray, handedness: str,
                   K: np.ndarray, confidence: np.ndarray | None = None,
                   progress: Callable[[int, int], None] | None = None,
@@ -245,12 +260,7 @@ def fit_detection(pipe: HandDiffusionPipeline, kp: np.ndarray, handedness: str,
         kp[:, 0] = 2 * K[0, 2] - kp[:, 0]
         if world is not None:
             world[:, 0] = -world[:, 0]
-    conf3d = None
-    if world is not None and world_gate is not None:
-        conf3d = (world_residual(kp, world) <= world_gate).astype(np.float32)
-        conf3d[0] = 1.0  # the origin
-        if conf3d.sum() < min_agreeing:  # most disagree with the photo: none is used
-            world, conf3d = None, None
+    world, conf3d = gate_world(kp, world, world_gate, min_agreeing)
     h = pipe.fit2d(torch.from_numpy(kp), None if confidence is None else
                    torch.as_tensor(confidence), torch.from_numpy(np.asarray(K, np.float32)),
                    progress=progress, joints3d=world, joints3d_conf=conf3d, **opts)
@@ -285,14 +295,20 @@ def fit_mode(pipe: HandDiffusionPipeline, det: Detection, handedness: str, K: np
              **opts) -> Hypotheses:
     """One detection fitted in one of `hhmr.protocol.RECONSTRUCT_MODES` (None: the pipeline's
     `config.photo.mode`), with the gate of its `config.photo`."""
+    world, gate = mode_world(pipe, det, mode)
+    return fit_detection(pipe, det.keypoints, handedness, K, progress=progress, world=world,
+                         world_gate=gate, min_agreeing=pipe.config.photo.min_agreeing, **opts)
+
+
+def mode_world(pipe: HandDiffusionPipeline, det: Detection, mode: str | None
+               ) -> tuple[np.ndarray | None, float | None]:
+    """The world landmarks a mode conditions on and its gate (None: none / ungated)."""
     photo = pipe.config.photo
     mode = mode or photo.mode
     if mode not in RECONSTRUCT_MODES:
         raise ValueError(f"unknown mode '{mode}': one of {', '.join(RECONSTRUCT_MODES)}")
     world = None if mode == "skel2d" else det.world
-    gate = photo.world_gate if mode == "skel2d+world" else None
-    return fit_detection(pipe, det.keypoints, handedness, K, progress=progress, world=world,
-                         world_gate=gate, min_agreeing=photo.min_agreeing, **opts)
+    return world, photo.world_gate if mode == "skel2d+world" else None
 
 
 def reconstruct(pipe: HandDiffusionPipeline, rgb: np.ndarray, K: np.ndarray | None = None,

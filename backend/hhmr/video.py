@@ -21,12 +21,13 @@ import torch
 
 from hhmr.hand.mirror import mirror_axis_angle, mirror_faces
 from hhmr.hand.rotations import axis_angle_to_matrix, matrix_to_axis_angle
-from hhmr.reconstruct import Detection, default_intrinsics, detections, fit_mode
+from hhmr.reconstruct import Detection, default_intrinsics, detections, gate_world, mode_world
 from hhmr.sampling import HandDiffusionPipeline
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SHAPE_FRAMES = 16  # frames whose solved shapes are averaged into the clip's one shape
 POSE_ITERATIONS = 3  # pose-solver steps per frame with the clip's shape held
+FRAME_BATCH = 16  # frames sampled together
 
 
 class VideoError(ValueError):
@@ -108,7 +109,8 @@ class Clip:
 
 def open_clip(source: str | Path, start: int = 0, end: int | None = None, stride: int = 1,
               fps: float = 30.0) -> Clip:
-    """A video file (OpenCV) or a folder of images (sorted by name, at `fps`)."""
+    """A video file (OpenCV) or a folder of images (sorted by name, at `fps`); the clip's
+    `fps` is its frame rate over the stride."""
     import cv2
 
     path = Path(source)
@@ -124,7 +126,7 @@ def open_clip(source: str | Path, start: int = 0, end: int | None = None, stride
                 if bgr is None:
                     raise VideoError(f"cannot read frame image {files[i].name}")
                 yield i, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        return Clip(read_images(), fps, len(picked))
+        return Clip(read_images(), fps / stride, len(picked))
     if not path.is_file():
         raise VideoError(f"no such video or folder: {path}")
     cap = cv2.VideoCapture(str(path))
@@ -295,18 +297,28 @@ def fit_meshes(pipe: HandDiffusionPipeline, dets: list[Detection | None], side: 
                K: np.ndarray, options: VideoOptions | None = None,
                progress: Progress | None = None) -> torch.Tensor:
     """Each found frame's mesh [T, V, 3] (the right hand's: a left one mirrored in; zeros
-    where no hand was found): fit2d's central hypothesis, or the best of `options.n`."""
+    where no hand was found): fit2d's central hypothesis, or the best of `options.n`; the
+    frames are sampled FRAME_BATCH at a time in one batch (the same results up to float
+    rounding, several times faster on a CPU than one by one)."""
+    from hhmr.sampling import Fit2D, Options
+
     options = options or VideoOptions()
     meshes = torch.zeros(len(dets), pipe.hand.num_vertices, 3)
-    for i, det in enumerate(dets):
+    found = [i for i, d in enumerate(dets) if d is not None]
+    opts = Options(options.n, options.steps, options.seed, central_first=True)
+    K32 = torch.from_numpy(np.asarray(K, np.float32))
+    for b in range(0, len(found), FRAME_BATCH):
         if progress is not None:
-            progress(i, len(dets))
-        if det is None:
-            continue
-        right = mirrored(det, K) if side == "left" else det
-        hyps = fit_mode(pipe, right, "right", K, options.mode, n=options.n,
-                        steps=options.steps, seed=options.seed, central_first=True)
-        meshes[i] = hyps.vertices[hyps.order()[0]]
+            progress(b, len(found))
+        plans = []
+        for i in found[b:b + FRAME_BATCH]:
+            right = mirrored(dets[i], K) if side == "left" else dets[i]
+            world, gate = mode_world(pipe, right, options.mode)
+            world, conf3d = gate_world(right.keypoints, world, gate,
+                                       pipe.config.photo.min_agreeing)
+            plans.append(pipe.plan(Fit2D(right.keypoints, None, K32, world, conf3d), opts))
+        for i, h in zip(found[b:b + FRAME_BATCH], pipe.run(plans), strict=True):
+            meshes[i] = h.vertices[h.order()[0]]
     return meshes
 
 

@@ -8,8 +8,10 @@ scene frames each clip frame is keyed on.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -108,16 +110,43 @@ def continuous(quats: np.ndarray) -> np.ndarray:
     return q
 
 
-def reconstruct_video_args(video: bytes, *, start: int = 0, end: int | None = None,
+def sequence_files(first: Path) -> list[Path]:
+    """An image sequence's files from its first one (``frame_0001.png``): those in its folder
+    with the same prefix and extension and a frame number, in number order from it."""
+    m = re.fullmatch(r"(.*?)(\d+)", first.stem)
+    if m is None:
+        raise ValueError(f"{first.name} has no frame number")
+    prefix, number = m.group(1), int(m.group(2))
+    found = []
+    for p in first.parent.iterdir():
+        n = re.fullmatch(re.escape(prefix) + r"(\d+)", p.stem)
+        if n is not None and p.suffix.lower() == first.suffix.lower() and \
+                int(n.group(1)) >= number:
+            found.append((int(n.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def reconstruct_video_args(video: bytes | None = None, *, frames: list[bytes] | None = None,
+                           fps: float | None = None, start: int = 0, end: int | None = None,
                            stride: int = 1, smoothing: float | None = None,
                            handedness: str | None = None, steps: int | None = None
                            ) -> dict[str, Any]:
-    """The request's arguments (unset ones left to the backend's defaults)."""
-    if not video:
-        raise ValueError("the video file is empty")
+    """The request's arguments for a video file's bytes or an image sequence's files
+    (``frames``, at ``fps``); unset ones are left to the backend's defaults."""
+    if (video is None) == (frames is None):
+        raise ValueError("give a video file or an image sequence")
+    if not video and not frames:
+        raise ValueError("the video file is empty" if video is not None else
+                         "the image sequence has no frames")
     if end is not None and end <= start:
         raise ValueError("the last frame must come after the first")
-    args: dict[str, Any] = {"video": bytes(video), "start": int(start), "stride": int(stride)}
+    args: dict[str, Any] = {"start": int(start), "stride": int(stride)}
+    if video is not None:
+        args["video"] = bytes(video)
+    else:
+        args["frames"] = [bytes(f) for f in frames]
+    if fps is not None:
+        args["fps"] = float(fps)
     if end is not None:
         args["end"] = int(end)
     if smoothing is not None:

@@ -192,9 +192,10 @@ def reconstruct(opts: Sampling, *, image: bytes | None = None, rgb: np.ndarray |
     return task
 
 
-def reconstruct_video(video: bytes, label: str = "clip", **options: Any) -> Task:
-    """One hand's animation from a video file's bytes (options: start, end, stride,
-    smoothing, handedness, steps; see clip.reconstruct_video_args)."""
+def reconstruct_video(video: bytes | None = None, label: str = "clip", **options: Any) -> Task:
+    """One hand's animation from a video file's bytes, or an image sequence (``frames``:
+    the images' file bytes, with ``fps``); options: start, end, stride, smoothing,
+    handedness, steps (see clip.reconstruct_video_args)."""
     return Task("reconstruct_video", reconstruct_video_args(video, **options), target=None,
                 label=label)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import bpy
 
 from . import hypotheses, jobs, local_backend, runner, scene
+from .clip import sequence_files
 
 EXPECTED = (ValueError, FileNotFoundError, RuntimeError, TimeoutError, OSError,
             jobs.RemoteError, jobs.ProtocolError)
@@ -73,22 +74,29 @@ class HHMR_OT_reconstruct_video(_Request):
         s = context.scene.hhmr
 
         def task() -> jobs.Task:
+            side = None if s.handedness == "AUTO" else s.handedness
             if s.video_source == "CLIP":
                 clip = s.video_clip
                 if clip is None:
                     raise ValueError("pick a movie clip")
-                if clip.source != "MOVIE":
-                    raise ValueError("image sequences: run 'hhmr reconstruct-video FOLDER' "
-                                     "and import its .bvh, or make the frames a movie")
                 path = bpy.path.abspath(clip.filepath, library=clip.library)
+                if clip.source == "SEQUENCE":  # its frames, cut here: fewer bytes to send
+                    files = sequence_files(Path(path))[
+                        s.video_start:(s.video_end or None):s.video_stride]
+                    t = jobs.reconstruct_video(
+                        frames=runner.sequence_bytes(files), fps=clip.fps / s.video_stride,
+                        label=clip.name, smoothing=s.video_smoothing, handedness=side)
+                    return with_target(t)
             elif s.video_path:
                 path = bpy.path.abspath(s.video_path)
             else:
                 raise ValueError("choose a video first")
-            t = jobs.reconstruct_video(
+            return with_target(jobs.reconstruct_video(
                 runner.video_bytes(path), Path(path).stem, start=s.video_start,
                 end=s.video_end or None, stride=s.video_stride, smoothing=s.video_smoothing,
-                handedness=None if s.handedness == "AUTO" else s.handedness)
+                handedness=side))
+
+        def with_target(t: jobs.Task) -> jobs.Task:
             if s.video_target is not None:
                 t.meta.update(bake_to=s.video_target.name, bone_map=s.bone_map_preset,
                               move_hand=s.move_hand)

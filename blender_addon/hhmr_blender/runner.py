@@ -309,6 +309,18 @@ def video_bytes(path: str) -> bytes:
     return p.read_bytes()
 
 
+def sequence_bytes(files: list[Path]) -> list[bytes]:
+    """The bytes of an image sequence's files, refused above MAX_VIDEO_BYTES in all."""
+    if not files:
+        raise ValueError("no frames of the image sequence in the range asked")
+    total = sum(p.stat().st_size for p in files)
+    if total > MAX_VIDEO_BYTES:
+        raise ValueError(f"the {len(files)} frames are {total / 2**20:.0f} MiB, more than the "
+                         f"backend takes in one request ({MAX_VIDEO_BYTES >> 20} MiB): use "
+                         "'Every' or a shorter range, or run 'hhmr reconstruct-video FOLDER'")
+    return [p.read_bytes() for p in files]
+
+
 def image_bytes(path: str) -> bytes:
     """The bytes of an image file (an absolute path: bpy.path.abspath it first)."""
     p = Path(path)

@@ -11,7 +11,6 @@ accuracy, acceleration error and lag.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -161,11 +160,9 @@ def evaluate_clip(pipe: HandDiffusionPipeline, source: str | Path,
                   options: VideoOptions | None = None, settings=SETTINGS,
                   progress: bool = True) -> dict:
     """Jitter of each setting against MediaPipe's, on the frames whose neighbours the tracker
-    found (see the module's docstring), and the speed of the default setting."""
+    found (see the module's docstring). Speed is `hhmr reconstruct-video --json`'s."""
     options = options or VideoOptions()
-    t0 = time.perf_counter()
     track = track_clip(source, options)
-    t_track = time.perf_counter() - t0
     found = np.array([d is not None for d in track.hand])
     if not found.any():
         raise ValueError(f"no hand found in {source}")
@@ -186,15 +183,9 @@ def evaluate_clip(pipe: HandDiffusionPipeline, source: str | Path,
            "settings": {}}
     for name, changes in tqdm(settings, desc=Path(source).name, disable=not progress):
         opts = replace(options, **changes)
-        t1 = time.perf_counter()
         r = fit_frames(pipe, track.hand, track.side, K, opts, frames=track.frames)
-        fit_s = time.perf_counter() - t1
-        out["settings"][name] = {
-            "smoothing": opts.smoothing, "steps": opts.steps,
-            "acceleration_mm": acceleration(r.joints, found),
-            "frames_per_s": len(found) / (t_track + fit_s),
-            **{k: v for k, v in r.timings.items() if k.endswith("_ms")}}
-    out["track_ms"] = {k: v for k, v in track.timings.items()}
+        out["settings"][name] = {"smoothing": opts.smoothing, "steps": opts.steps,
+                                 "acceleration_mm": acceleration(r.joints, found)}
     return out
 
 

@@ -132,10 +132,12 @@ def reconstruct_request(pipe, args: dict, progress: Progress,
 def reconstruct_video_request(pipe, args: dict, progress: Progress,
                               max_frames: int = P.Limits().max_frames) -> dict:
     """The result map of a reconstruct_video request: the followed hand's rig pose per frame
-    (see `hhmr.video.VideoResult`; keypoints2d zero where no hand was found). The clip goes
-    through a private temporary file (OpenCV reads paths)."""
-    import os
+    (see `hhmr.video.VideoResult`; keypoints2d zero where no hand was found). The clip (a
+    video file, or an image sequence's files) goes through a private temporary folder (OpenCV
+    reads paths)."""
+    import shutil
     import tempfile
+    from pathlib import Path
 
     from hhmr.video import VideoOptions, open_clip, reconstruct_video
 
@@ -143,18 +145,25 @@ def reconstruct_video_request(pipe, args: dict, progress: Progress,
                            handedness=args["handedness"], smoothing=args["smoothing"],
                            steps=args["steps"], n=args["n"], seed=args["seed"],
                            mode=args["mode"])
-    fd, path = tempfile.mkstemp(prefix="hhmr-clip-", suffix=".video")
+    folder = Path(tempfile.mkdtemp(prefix="hhmr-clip-"))
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(args["video"])
+        if args["video"] is not None:
+            path = folder / "clip.video"
+            path.write_bytes(args["video"])
+        else:
+            path = folder
+            for i, image in enumerate(args["frames"]):
+                suffix = ".png" if image[:4] == b"\x89PNG" else ".jpg"
+                (folder / f"{i:06d}{suffix}").write_bytes(image)
         count = open_clip(path, options.start, options.end, options.stride).count
         if count > max_frames:
             raise P.ProtocolError(P.TOO_LARGE, f"the clip has {count} frames in the range "
                                   f"asked, more than the limit of {max_frames}; give 'end' "
                                   "or 'stride'")
-        r = reconstruct_video(pipe, path, options, K=args["K"], progress=progress)
+        r = reconstruct_video(pipe, path, options, K=args["K"], progress=progress,
+                              fps=args["fps"])
     finally:
-        os.unlink(path)
+        shutil.rmtree(folder, ignore_errors=True)
     f32 = np.float32
     return {"fps": float(r.fps), "frames": r.frames.astype(np.int32), "detected": r.detected,
             "handedness": r.handedness, "betas": r.betas.astype(f32),
