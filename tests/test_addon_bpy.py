@@ -955,7 +955,7 @@ def test_reconstruct_from_video_plays_the_clip_on_the_hands_rig(ctx, landed):
     sc.render.fps, sc.render.fps_base, sc.frame_start, sc.frame_end = 30, 1.0, 1, 10
     s = sc.hhmr
     s.video_source, s.video_path = "FILE", str(CLIPS / "hand_open_close.mp4")
-    s.video_start, s.video_end, s.video_stride, s.video_smoothing = 0, 24, 2, 4.0
+    s.video_start, s.video_end, s.video_stride, s.video_smoothing = 0, 23, 2, 4.0
     actions_before = set(bpy.data.actions.keys())
     assert bpy.ops.hhmr.reconstruct_video() == {"FINISHED"}
     (name,) = ctx.STATE.landed
@@ -988,7 +988,7 @@ def test_a_failed_video_landing_leaves_nothing(ctx, monkeypatch, tmp_path):
 
     s = bpy.context.scene.hhmr
     s.video_source, s.video_path = "FILE", str(CLIPS / "hand_open_close.mp4")
-    s.video_start, s.video_end, s.video_stride = 0, 6, 1
+    s.video_start, s.video_end, s.video_stride = 0, 5, 1
     objects, actions = set(bpy.data.objects.keys()), set(bpy.data.actions.keys())
 
     def fail(*a, **k):
@@ -1088,7 +1088,7 @@ def test_a_clip_baked_onto_a_rigify_rig_puts_its_fingertips_where_ours_are(ctx, 
     if side == "left":
         clip = mirrored_clip(clip, tmp_path / "mirrored.mp4")
     s.video_source, s.video_path = "FILE", str(clip)
-    s.video_start, s.video_end, s.video_stride, s.handedness = 30, 54, 3, "AUTO"
+    s.video_start, s.video_end, s.video_stride, s.handedness = 30, 53, 3, "AUTO"
     assert bpy.ops.hhmr.reconstruct_video() == {"FINISHED"}
     hand = bpy.data.objects[ctx.STATE.landed[0]]
     assert hand.hhmr.handedness == side
@@ -1125,6 +1125,66 @@ def test_a_clip_baked_onto_a_rigify_rig_puts_its_fingertips_where_ours_are(ctx, 
     assert np.abs(np.array(moved) - moved[0]).max() > 0.01  # the fingers did move
 
 
+def angle_deg(a, b) -> float:
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    c = a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+    return float(np.degrees(np.arccos(np.clip(c, -1, 1))))
+
+
+@pytest.mark.skipif(not CLIPS.exists(), reason="no ../shared/data")
+def test_a_rig_in_t_pose_gets_our_bone_directions_and_palm(ctx):
+    """Rigify's rig as it comes (a T-pose: the hand out sideways, palm down; its own
+    proportions), its object scaled: every finger bone points where ours does and the palm
+    faces where ours does (the rest hands aligned first), and no bone is left scaled."""
+    from hhmr_blender import animate, retarget
+
+    sc = bpy.context.scene
+    s = sc.hhmr
+    s.video_source, s.video_path = "FILE", str(CLIPS / "hand_open_close.mp4")
+    s.video_start, s.video_end, s.video_stride, s.handedness = 30, 53, 3, "AUTO"
+    assert bpy.ops.hhmr.reconstruct_video() == {"FINISHED"}
+    source = bpy.data.objects[ctx.STATE.landed[0]].parent
+    import addon_utils
+
+    addon_utils.enable("rigify", default_set=True)
+    bpy.ops.object.select_all(action="DESELECT")
+    bpy.ops.object.armature_human_metarig_add()
+    bpy.ops.pose.rigify_generate()
+    rig = bpy.context.active_object
+    rig.scale = (2.0, 2.0, 2.0)
+    bpy.context.view_layer.update()
+    arm = rig.pose.bones.get("upper_arm_parent.R")
+    if arm is not None and "IK_FK" in arm:
+        arm["IK_FK"] = 1.0
+    bone_map = retarget.map_for("RIGIFY", [b.name for b in rig.data.bones], "R")
+    times = list(source.animation_data.action["hhmr_times"])
+    animate.bake_to_rig(source, rig, bone_map, times)
+    deform = {k: "DEF-" + v.replace("_fk", "") for k, v in bone_map.items()}
+    worst_dir, worst_palm = 0.0, 0.0
+    for f in times:
+        sc.frame_set(int(f))
+        ow, rw = source.matrix_world, rig.matrix_world
+        for ours, theirs in deform.items():
+            if ours == "wrist":
+                continue
+            a = source.pose.bones[ours]
+            b = rig.pose.bones[theirs]
+            worst_dir = max(worst_dir, angle_deg(ow @ a.tail - ow @ a.head,
+                                                 rw @ b.tail - rw @ b.head))
+
+        def palm(obj, names):
+            w, i, k = (np.array(obj.matrix_world @ obj.pose.bones[n].head) for n in names)
+            return np.cross(i - w, k - w)
+
+        worst_palm = max(worst_palm, angle_deg(
+            palm(source, ("wrist", "index_mcp", "little_mcp")),
+            palm(rig, (deform["wrist"], deform["index_mcp"], deform["little_mcp"]))))
+    assert worst_dir < 2.0, worst_dir
+    assert worst_palm < 10.0, worst_palm  # its palm bones spread the finger bases otherwise
+    for t in bone_map.values():
+        assert np.allclose(rig.pose.bones[t].scale, 1.0, atol=1e-4)
+
+
 @pytest.mark.skipif(not CLIPS.exists(), reason="no ../shared/data")
 def test_reconstruct_from_video_bakes_onto_the_target_rig_and_stores_the_map(ctx):
     """The panel's target rig: the clip lands and is baked onto it in one step, its bone map
@@ -1134,7 +1194,7 @@ def test_reconstruct_from_video_bakes_onto_the_target_rig_and_stores_the_map(ctx
     sc = bpy.context.scene
     s = sc.hhmr
     s.video_source, s.video_path = "FILE", str(CLIPS / "hand_open_close.mp4")
-    s.video_start, s.video_end, s.video_stride, s.handedness = 0, 9, 3, "AUTO"
+    s.video_start, s.video_end, s.video_stride, s.handedness = 0, 8, 3, "AUTO"
     # an armature with bones named as the HHMR rig's (another HHMR hand, say) as the target
     bpy.ops.hhmr.add_hand(handedness="right")
     other = bpy.context.view_layer.objects.active.parent
@@ -1172,7 +1232,7 @@ def test_reconstruct_from_video_bakes_onto_the_target_rig_and_stores_the_map(ctx
 def test_undo_takes_a_landed_clip_away(ctx):
     s = bpy.context.scene.hhmr
     s.video_source, s.video_path = "FILE", str(CLIPS / "hand_open_close.mp4")
-    s.video_start, s.video_end, s.video_stride, s.video_target = 0, 6, 2, None
+    s.video_start, s.video_end, s.video_stride, s.video_target = 0, 5, 2, None
     bpy.ops.ed.undo_push(message="before")
     before = set(bpy.data.objects.keys())
     assert bpy.ops.hhmr.reconstruct_video() == {"FINISHED"}

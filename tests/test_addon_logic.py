@@ -590,3 +590,17 @@ def test_carried_rotation_points_the_bone_along_the_source_and_keeps_its_turn():
         assert np.allclose(r[:, 1], src_pose[:, 1], atol=1e-9)
     a, b = np.array([0, 1.0, 0]), np.array([0, -1.0, 0])
     assert np.allclose(retarget.rotation_between(a, b) @ a, b)
+
+
+def test_image_sequence_files_in_frame_order(tmp_path):
+    from hhmr_blender.clip import sequence_files
+
+    for n in (9, 10, 11, 100, 8):
+        (tmp_path / f"shot_{n:03d}.png").write_bytes(b"x")
+    (tmp_path / "shot_010.jpg").write_bytes(b"x")  # another extension
+    (tmp_path / "other_012.png").write_bytes(b"x")  # another prefix
+    got = sequence_files(tmp_path / "shot_009.png")
+    assert [p.name for p in got] == ["shot_009.png", "shot_010.png", "shot_011.png",
+                                     "shot_100.png"]
+    with pytest.raises(ValueError, match="no frame number"):
+        sequence_files(tmp_path / "still.png")

@@ -342,6 +342,28 @@ def test_reconstruct_video_request_streams_progress_and_returns_the_animation(se
     assert result["stage_ms"]["detect_ms"] > 0 and result["stage_ms"]["sample_ms"] > 0
 
 
+@pytest.mark.skipif(not CLIP.exists(), reason="no ../shared/data")
+def test_reconstruct_video_takes_an_image_sequence(client):
+    pytest.importorskip("mediapipe")
+    import cv2
+
+    cap = cv2.VideoCapture(str(CLIP))
+    frames = []
+    for _ in range(6):
+        ok, bgr = cap.read()
+        frames.append(cv2.imencode(".jpg", bgr[::2, ::2])[1].tobytes())
+    cap.release()
+    result = client.call("reconstruct_video", frames=frames, fps=10.0, stride=2)
+    assert result["frames"].tolist() == [0, 2, 4] and result["fps"] == pytest.approx(5.0)
+    assert result["image_size"] == [640, 360] and result["detected"].all()
+    with pytest.raises(RemoteError) as err:
+        client.call("reconstruct_video", frames=frames, video=b"x")
+    assert err.value.code == P.BAD_ARGUMENT and "exactly one" in err.value.message
+    with pytest.raises(RemoteError) as err:
+        client.call("reconstruct_video", frames=[b"not an image"])
+    assert err.value.code == P.BAD_ARGUMENT
+
+
 def test_reconstruct_video_refuses_what_is_not_a_clip(client):
     with pytest.raises(RemoteError) as err:
         client.call("reconstruct_video", video=b"\x00\x01 not a video" * 64)

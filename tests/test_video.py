@@ -260,3 +260,19 @@ def test_reconstruct_video_command_fails_clearly_on_a_broken_clip(tmp_path: Path
     assert proc.returncode == 1
     assert "cannot read broken.mp4 as a video" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(not OPEN_CLOSE.exists(), reason="needs ../shared/data/real_videos")
+def test_service_refuses_clips_beyond_its_limits_before_decoding() -> None:
+    from hhmr import protocol as P
+    from hhmr.server.compute import reconstruct_video_request
+
+    req = P.validate_request({"v": 1, "id": "a", "op": "reconstruct_video",
+                              "args": {"video": OPEN_CLOSE.read_bytes()}})
+    with pytest.raises(P.ProtocolError, match="1280x720 pixels") as err:
+        reconstruct_video_request(None, req.args, lambda i, n: None,
+                                  P.Limits(max_pixels=640 * 480))
+    assert err.value.code == P.TOO_LARGE
+    with pytest.raises(P.ProtocolError, match="621 frames") as err:
+        reconstruct_video_request(None, req.args, lambda i, n: None, P.Limits(max_frames=100))
+    assert err.value.code == P.TOO_LARGE

@@ -62,7 +62,14 @@ def find_inputs(inputs: Iterable[str | Path]) -> list[Path]:
             out.append(p)
         else:
             raise FileNotFoundError(f"no such file or folder: {p}")
-    return out
+    seen: set[Path] = set()
+    unique = [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
+    stems = [p.stem for p in unique]
+    clash = sorted({s for s in stems if stems.count(s) > 1})
+    if clash:  # the outputs are named by stem
+        raise ValueError(f"inputs share a name ({', '.join(clash)}): their outputs would "
+                         "overwrite each other; run them apart")
+    return unique
 
 
 def plan(paths: list[Path], options: BatchOptions) -> list[Item]:
@@ -166,6 +173,8 @@ class RayRunner:
 
     def __init__(self, workers: int = 2, address: str | None = None,
                  weights: str | None = None, options: BatchOptions | None = None) -> None:
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
         try:
             import ray
         except ImportError as err:
@@ -206,7 +215,7 @@ class RayRunner:
             self.ray.shutdown()
 
 
-def join_chunks(parts: list[dict], overlap: int) -> dict:
+def join_chunks(parts: list[dict]) -> dict:
     """One clip from its chunks in order: frames in order, each frame's detection from the
     chunk that saw it (the later chunk past the overlap's middle) and its mesh blended
     linearly across each overlap where both chunks saw the hand."""
@@ -300,8 +309,11 @@ def run_batch(inputs: list[str | Path], out: str | Path, runner, options: BatchO
             report.photos.append(row)
             outputs[str(path)] = res.get("hands")
             continue
-        clip = join_chunks([results[i] for i in idx], options.overlap)
+        clip = join_chunks([results[i] for i in idx])
         side = results[idx[0]]["side"]
+        if not any(d is not None for d in clip["hand"]):
+            report.videos.append({"path": str(path), "error": "no hand found in any frame"})
+            continue
         video = animate_meshes(pipe, torch.from_numpy(clip["meshes"]), clip["hand"], side,
                                clip["K"], options.video.smoothing, clip["frames"], clip["fps"],
                                clip["size"])

@@ -323,7 +323,7 @@ def _batch(args: argparse.Namespace) -> int:
             print(row["path"], row.get("error") or " ".join(row.get("files", [])))
         print(f"{report.items} items on {report.workers} {report.engine} worker(s) in "
               f"{report.seconds:.1f} s -> {args.out}")
-    return 1 if any("error" in r for r in report.photos) else 0
+    return 1 if any("error" in r for r in report.photos + report.videos) else 0
 
 
 def _info(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SHAPE_FRAMES = 16  # frames whose solved shapes are averaged into the clip's one shape
 POSE_ITERATIONS = 3  # pose-solver steps per frame with the clip's shape held
 FRAME_BATCH = 16  # frames sampled together
+POSE_BLOCK = 256  # frames posed together (the pose solver's memory grows with the batch)
 
 
 class VideoError(ValueError):
@@ -105,6 +106,7 @@ class Clip:
     frames: Iterator[tuple[int, np.ndarray]]
     fps: float
     count: int  # frames in the range asked (an estimate for files that misreport)
+    size: tuple[int, int] = (0, 0)  # (width, height) a video file declares; 0 for folders
 
 
 def open_clip(source: str | Path, start: int = 0, end: int | None = None, stride: int = 1,
@@ -158,7 +160,8 @@ def open_clip(source: str | Path, start: int = 0, end: int | None = None, stride
                     yield i, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         finally:
             cap.release()
-    return Clip(read_video(), rate / stride, len(range(start, last, stride)))
+    size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    return Clip(read_video(), rate / stride, len(range(start, last, stride)), size)
 
 
 # ---------------------------------------------------------------------------- tracking
@@ -286,7 +289,8 @@ def reconstruct_video(pipe: HandDiffusionPipeline, source: str | Path,
         K = default_intrinsics(w, h, *(() if options.fov_deg is None else (options.fov_deg,)))
     t = len(track.frames)
     result = fit_frames(pipe, track.hand, track.side, np.asarray(K, np.float32), options,
-                        None if progress is None else lambda k, n: progress(t + k, t + n),
+                        None if progress is None else
+                        lambda k, n: progress(t + round(k * t / max(n, 1)), 2 * t),
                         frames=track.frames, fps=track.fps, size=track.size)
     result.timings.update(track.timings, frames=t,
                           frames_per_s=t / (time.perf_counter() - t_all))
@@ -347,12 +351,24 @@ def animate_meshes(pipe: HandDiffusionPipeline, meshes: torch.Tensor,
     (`solve_clip_pose`), mirrored back for a left hand."""
     t = len(dets)
     found = np.array([d is not None for d in dets])
+    if not found.any():
+        from hhmr.reconstruct import NoHandError
+
+        raise NoHandError("no hand found in any frame of the clip")
     t_pose = time.perf_counter()
     pose = solve_clip_pose(pipe, meshes, found, smoothing)
     t_end = time.perf_counter()
-    out = pipe.hand(global_orient=pose["global_orient"], hand_pose=pose["hand_pose"],
-                    betas=pose["betas"][None].expand(t, -1), transl=pose["transl"])
-    verts, joints = out.vertices.detach(), out.joints.detach()
+    verts, joints = [], []
+    with torch.no_grad():
+        for b in range(0, t, POSE_BLOCK):
+            part = slice(b, b + POSE_BLOCK)
+            out = pipe.hand(global_orient=pose["global_orient"][part].to(pipe.device),
+                            hand_pose=pose["hand_pose"][part].to(pipe.device),
+                            betas=pose["betas"][None].expand(len(pose["transl"][part]), -1)
+                            .to(pipe.device), transl=pose["transl"][part].to(pipe.device))
+            verts.append(out.vertices.cpu())
+            joints.append(out.joints.cpu())
+    verts, joints = torch.cat(verts), torch.cat(joints)
     faces = pipe.hand.faces.cpu()
     if side == "left":  # back to the left hand: points x -> -x, the pose for MirroredHand
         flip = torch.tensor([-1.0, 1.0, 1.0])
@@ -386,14 +402,19 @@ def solve_clip_pose(pipe: HandDiffusionPipeline, meshes: torch.Tensor, found: np
     some = ids[np.linspace(0, len(ids) - 1, min(SHAPE_FRAMES, len(ids))).round().astype(int)]
     shape = fit_pose(hand, vertices=meshes[some].to(pipe.device), iterations=2)
     betas = shape.betas.mean(0).cpu()
-    fit = fit_pose(hand, vertices=meshes[ids].to(pipe.device), fit_shape=False,
-                   betas=betas[None].expand(len(ids), -1).to(pipe.device),
-                   iterations=POSE_ITERATIONS)
-    rot = torch.cat([fit.global_orient[:, None], fit.hand_pose], 1).cpu()  # [k, 16, 3]
+    rot, tr = [], []
+    for b in range(0, len(ids), POSE_BLOCK):  # memory bounded on long clips
+        block = ids[b:b + POSE_BLOCK]
+        fit = fit_pose(hand, vertices=meshes[block].to(pipe.device), fit_shape=False,
+                       betas=betas[None].expand(len(block), -1).to(pipe.device),
+                       iterations=POSE_ITERATIONS)
+        rot.append(torch.cat([fit.global_orient[:, None], fit.hand_pose], 1).cpu())
+        tr.append(fit.transl.cpu())
+    rot, transl_found = torch.cat(rot), torch.cat(tr)  # [k, 16, 3], [k, 3]
     if smoothing > 0 and len(ids) >= 3:
-        rots, transl = smooth(ids, rot, fit.transl.cpu(), len(found), smoothing)
+        rots, transl = smooth(ids, rot, transl_found, len(found), smoothing)
     else:
-        rots, transl = interpolate(ids, rot, fit.transl.cpu(), len(found))
+        rots, transl = interpolate(ids, rot, transl_found, len(found))
     return {"global_orient": rots[:, 0], "hand_pose": rots[:, 1:], "transl": transl,
             "betas": betas}
 

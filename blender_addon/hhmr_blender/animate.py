@@ -94,11 +94,12 @@ def _world_rotation(m) -> np.ndarray:
 def bake_to_rig(source: bpy.types.Object, target: bpy.types.Object, bone_map: dict[str, str],
                 times: list[float], move_hand: bool = False) -> bpy.types.Action:
     """Key ``target``'s mapped bones at scene frames ``times`` so that each turns with its HHMR
-    bone of ``source`` (an HHMR rig): the HHMR bone's turn from rest carried over, then the
-    target bone pointed along it (retarget.carried_rotation), so differing rest poses and
-    rolls do not carry over and fingers point where ours do. With ``move_hand`` the mapped
-    wrist bone also goes where ours is. One new Action on ``target``, all of it or none (its
-    previous action comes back)."""
+    bone of ``source`` (an HHMR rig): the HHMR bone's turn from rest carried over (with the
+    two rest hands aligned, `retarget.hand_frame`), then the target bone pointed along ours
+    (retarget.carried_rotation), so differing rest poses and rolls do not carry over and the
+    fingers and palm point where ours do; each bone keeps its own scale. With ``move_hand``
+    the mapped wrist bone also goes where ours is. One new Action on ``target``, all of it or
+    none (its previous action and pose come back)."""
     from mathutils import Matrix
 
     missing = [b for b in bone_map if b not in source.pose.bones] + \
@@ -111,12 +112,14 @@ def bake_to_rig(source: bpy.types.Object, target: bpy.types.Object, bone_map: di
                 for s, _ in pairs}
     tgt_rest = {t: _world_rotation(target.matrix_world @ target.data.bones[t].matrix_local)
                 for _, t in pairs}
+    align = _rest_alignment(source, target, bone_map)
     inv = target.matrix_world.inverted()
     sc = bpy.context.scene
     frame_before = sc.frame_current
     if target.animation_data is None:
         target.animation_data_create()
     before = target.animation_data.action
+    pose_before = {t: target.pose.bones[t].matrix_basis.copy() for _, t in pairs}
     action = bpy.data.actions.new(f"{target.name} HHMR motion")
     target.animation_data.action = action
     try:
@@ -128,12 +131,12 @@ def bake_to_rig(source: bpy.types.Object, target: bpy.types.Object, bone_map: di
                         continue
                     sw = source.matrix_world @ source.pose.bones[s].matrix
                     rot = retarget.carried_rotation(_world_rotation(sw), src_rest[s],
-                                                    tgt_rest[t], np.array(sw.col[1][:3]))
+                                                    tgt_rest[t], np.array(sw.col[1][:3]), align)
                     tpb = target.pose.bones[t]
-                    want = Matrix(rot.tolist()).to_4x4()
-                    here = sw.translation if move_hand and s == "wrist" else \
-                        (target.matrix_world @ tpb.matrix).translation
-                    want.translation = here
+                    now = target.matrix_world @ tpb.matrix
+                    here = sw.translation if move_hand and s == "wrist" else now.translation
+                    want = Matrix.LocRotScale(here, Matrix(rot.tolist()).to_quaternion(),
+                                              now.to_scale())
                     tpb.matrix = inv @ want
                 bpy.context.view_layer.update()
             for s, t in pairs:
@@ -146,11 +149,30 @@ def bake_to_rig(source: bpy.types.Object, target: bpy.types.Object, bone_map: di
     except BaseException:
         target.animation_data.action = before
         bpy.data.actions.remove(action)
+        for t, m in pose_before.items():
+            target.pose.bones[t].matrix_basis = m
         raise
     finally:
         sc.frame_set(frame_before)
     action["hhmr_source"] = source.name
     return action
+
+
+def _rest_alignment(source: bpy.types.Object, target: bpy.types.Object,
+                    bone_map: dict[str, str]) -> np.ndarray | None:
+    """The world rotation taking the target's rest hand onto the source's (their
+    `retarget.hand_frame`s from the bones' rest heads), None when the map lacks the wrist or
+    the index, middle and little fingers' first bones."""
+    keys = ("wrist", "index_mcp", "middle_mcp", "little_mcp")
+    if not all(k in bone_map for k in keys):
+        return None
+
+    def heads(obj, names):
+        return [np.array(obj.matrix_world @ obj.data.bones[n].head_local) for n in names]
+
+    src = retarget.hand_frame(*heads(source, keys))
+    tgt = retarget.hand_frame(*heads(target, [bone_map[k] for k in keys]))
+    return src @ tgt.T
 
 
 def bone_map_for(target: bpy.types.Object, preset: str, side: str) -> dict[str, str]:

@@ -75,14 +75,14 @@ class HHMR_OT_reconstruct_video(_Request):
 
         def task() -> jobs.Task:
             side = None if s.handedness == "AUTO" else s.handedness
+            last = s.video_end + 1 if s.video_end else None  # the panel's last frame is in
             if s.video_source == "CLIP":
                 clip = s.video_clip
                 if clip is None:
                     raise ValueError("pick a movie clip")
                 path = bpy.path.abspath(clip.filepath, library=clip.library)
                 if clip.source == "SEQUENCE":  # its frames, cut here: fewer bytes to send
-                    files = sequence_files(Path(path))[
-                        s.video_start:(s.video_end or None):s.video_stride]
+                    files = sequence_files(Path(path))[s.video_start:last:s.video_stride]
                     t = jobs.reconstruct_video(
                         frames=runner.sequence_bytes(files), fps=clip.fps / s.video_stride,
                         label=clip.name, smoothing=s.video_smoothing, handedness=side)
@@ -92,9 +92,8 @@ class HHMR_OT_reconstruct_video(_Request):
             else:
                 raise ValueError("choose a video first")
             return with_target(jobs.reconstruct_video(
-                runner.video_bytes(path), Path(path).stem, start=s.video_start,
-                end=s.video_end or None, stride=s.video_stride, smoothing=s.video_smoothing,
-                handedness=side))
+                runner.video_bytes(path), Path(path).stem, start=s.video_start, end=last,
+                stride=s.video_stride, smoothing=s.video_smoothing, handedness=side))
 
         def with_target(t: jobs.Task) -> jobs.Task:
             if s.video_target is not None:

@@ -113,9 +113,10 @@ class HHMR_SceneSettings(bpy.types.PropertyGroup):
     video_path: StringProperty(name="Video", subtype="FILE_PATH")
     video_clip: PointerProperty(type=bpy.types.MovieClip, name="Movie Clip")
     video_start: IntProperty(name="First Frame", default=0, min=0,
-                             description="The clip's first frame to use (0: its start)")
+                             description="The clip's first frame to use, counting from 0")
     video_end: IntProperty(name="Last Frame", default=0, min=0,
-                           description="The clip's last frame to use (0: to its end)")
+                           description="The clip's last frame to use, counting from 0 (0: to "
+                                       "its end)")
     video_stride: IntProperty(name="Every", default=1, min=1, max=1000,
                               description="Use every n-th frame (the animation keeps the "
                                           "clip's timing)")

@@ -64,7 +64,7 @@ def read_bone(name: str) -> tuple[str | None, int] | None:
     not a hand bone, or a helper (mechanism, tweak, IK target, palm) of one."""
     if _HELPER.search(name):
         return None
-    low = name.lower()
+    low = name.lower().rsplit(":", 1)[-1]  # a namespace ("mixamorig1:") says nothing
     if low in HHMR_BONES:
         return HHMR_BONES[low]
     word = next((k for k in _FINGER_WORDS if k in low), None)
@@ -142,12 +142,28 @@ def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.eye(3) + k + k @ k / (1 + c)
 
 
+def hand_frame(wrist: np.ndarray, index: np.ndarray, middle: np.ndarray, little: np.ndarray
+               ) -> np.ndarray:
+    """A hand's own axes [3, 3] (columns) from its wrist and finger bases: along the middle
+    finger, across the palm and out of it. The same hand side on both rigs gives frames that
+    correspond."""
+    y = (middle - wrist) / np.linalg.norm(middle - wrist)
+    n = np.cross(index - wrist, little - wrist)
+    x = np.cross(y, n)
+    x /= np.linalg.norm(x)
+    return np.stack([x, y, np.cross(x, y)], 1)
+
+
 def carried_rotation(source_pose: np.ndarray, source_rest: np.ndarray,
-                     target_rest: np.ndarray, direction: np.ndarray) -> np.ndarray:
+                     target_rest: np.ndarray, direction: np.ndarray,
+                     align: np.ndarray | None = None) -> np.ndarray:
     """The world rotation [3, 3] of a target bone following a source bone: the source's turn
     from its rest (``source_pose @ source_rest^T``, which keeps the twist) applied to the
     target's rest, then turned the least way so the bone (its Y axis) points along
     ``direction``, the source bone's own: rest poses that differ (a curled rest, another
-    roll) do not carry over."""
-    guess = source_pose @ source_rest.T @ target_rest
+    roll) do not carry over. ``align``: the world rotation from the target's rest hand to the
+    source's (``hand_frame``s: source @ target^T), for rigs whose hands rest turned another
+    way (a T-pose's palm down and fingers out against ours), so the palm faces where ours
+    does."""
+    guess = source_pose @ source_rest.T @ (np.eye(3) if align is None else align) @ target_rest
     return rotation_between(guess[:, 1], direction) @ guess

@@ -168,6 +168,7 @@ def land(results: list[HypothesisSet], task: jobs.Task) -> list[str]:
     animated hand (animate.land_clip)."""
     topo = topology()
     if task.op == "reconstruct_video":
+        frame_end = bpy.context.scene.frame_end
         names = animate.land_clip(results[0], topo)
         target = bpy.data.objects.get(task.meta.get("bake_to", ""))
         if target is not None:
@@ -179,6 +180,7 @@ def land(results: list[HypothesisSet], task: jobs.Task) -> list[str]:
                 motion = hand.parent.animation_data.action
                 scene.remove_objects([hand, hand.parent])
                 bpy.data.actions.remove(motion)
+                bpy.context.scene.frame_end = frame_end
                 raise
             names.append(target.name)
         return names

@@ -130,7 +130,7 @@ def reconstruct_request(pipe, args: dict, progress: Progress,
 
 
 def reconstruct_video_request(pipe, args: dict, progress: Progress,
-                              max_frames: int = P.Limits().max_frames) -> dict:
+                              limits: P.Limits | None = None) -> dict:
     """The result map of a reconstruct_video request: the followed hand's rig pose per frame
     (see `hhmr.video.VideoResult`; keypoints2d zero where no hand was found). The clip (a
     video file, or an image sequence's files) goes through a private temporary folder (OpenCV
@@ -155,11 +155,16 @@ def reconstruct_video_request(pipe, args: dict, progress: Progress,
             for i, image in enumerate(args["frames"]):
                 suffix = ".png" if image[:4] == b"\x89PNG" else ".jpg"
                 (folder / f"{i:06d}{suffix}").write_bytes(image)
-        count = open_clip(path, options.start, options.end, options.stride).count
-        if count > max_frames:
-            raise P.ProtocolError(P.TOO_LARGE, f"the clip has {count} frames in the range "
-                                  f"asked, more than the limit of {max_frames}; give 'end' "
-                                  "or 'stride'")
+        limits = limits or P.Limits()
+        clip = open_clip(path, options.start, options.end, options.stride)
+        if clip.count > limits.max_frames:
+            raise P.ProtocolError(P.TOO_LARGE, f"the clip has {clip.count} frames in the range "
+                                  f"asked, more than the limit of {limits.max_frames}; give "
+                                  "'end' or 'stride'")
+        if clip.size[0] * clip.size[1] > limits.max_pixels:  # refused before decoding a frame
+            raise P.ProtocolError(P.TOO_LARGE, f"the clip's frames are {clip.size[0]}x"
+                                  f"{clip.size[1]} pixels, more than the limit of "
+                                  f"{limits.max_pixels}; downscale it")
         r = reconstruct_video(pipe, path, options, K=args["K"], progress=progress,
                               fps=args["fps"])
     finally:
@@ -171,7 +176,8 @@ def reconstruct_video_request(pipe, args: dict, progress: Progress,
             "transl": r.transl.astype(f32), "joints": r.joints.astype(f32),
             "keypoints2d": np.nan_to_num(r.keypoints2d).astype(f32),
             "K": np.asarray(r.K, f32), "image_size": [int(r.size[0]), int(r.size[1])],
-            "stage_ms": {k: float(v) for k, v in r.timings.items()}}
+            "stage_ms": {k: float(v) for k, v in r.timings.items() if k.endswith("_ms")},
+            "frames_per_s": float(r.timings["frames_per_s"])}
 
 
 # ---- the thread -----------------------------------------------------------------------------
@@ -345,8 +351,7 @@ class ComputeThread:
             if item.request.op == "reconstruct_video":
                 replies[i] = self._guarded([item], t0, out, lambda progress, a=item.request.args:
                                            [reconstruct_video_request(
-                                               self.pipe, a, progress,
-                                               self.limits.max_frames)])[0]
+                                               self.pipe, a, progress, self.limits)])[0]
                 continue
             try:
                 plans[i] = plan_request(self.pipe, item.request.op, item.request.args)
