@@ -37,3 +37,27 @@ def test_panel_in_a_real_blender_window(tmp_path):
     assert float(rig.split()[0]) < 0.1 and "posed=True" in rig.split("\n")[0]
     bent = float(log.split("HHMR_BENT index_pip by 60 degrees, largest move ")[1].split()[0])
     assert 5 < bent < 60  # the finger bent, within its reach (about 45 mm): still a hand
+
+
+CLIP = ROOT.parent / "shared" / "data" / "real_videos" / "hand_open_close.mp4"
+
+
+@pytest.mark.skipif(not CLIP.exists(), reason="no ../shared/data")
+@pytest.mark.skipif(any(shutil.which(x) is None for x in ("blender", "xvfb-run", "xdotool")),
+                    reason="needs Debian's blender, xvfb and xdotool (see README)")
+def test_video_baked_onto_rigify_in_a_real_blender_window(tmp_path):
+    """Reconstruct from Video through the button's timer path in Blender 3.4.1, the clip
+    baked onto a generated Rigify rig (tools/video_screenshot.sh, the README's picture)."""
+    out = tmp_path / "video.png"
+    res = subprocess.run(["bash", str(ROOT / "tools" / "video_screenshot.sh"), str(out),
+                          str(CLIP)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    log = res.stdout + res.stderr
+    assert res.returncode == 0, log[-4000:]
+    assert "HHMR_OPERATOR {'FINISHED'} busy=True" in log  # the timer landed the Action
+    assert "HHMR_LANDED reconstruct_video: 46 frames (100% with the hand seen)" in log
+    assert "HHMR_BAKED 46 keys onto rig" in log
+    worst = float(log.split("HHMR_BAKE_DIRECTIONS worst ")[1].split()[0])
+    assert worst < 2.0  # every deform finger bone of the rig points along ours
+    assert int(log.split("HHMR_PANEL_DRAWS ")[1].split()[0]) > 0
+    img = np.asarray(Image.open(out).convert("RGB"))
+    assert img.shape == (800, 1280, 3) and img.std() > 20

@@ -86,7 +86,7 @@ def _step() -> float | None:
             bpy.data.objects.remove(obj)
         state["t0"] = time.perf_counter()
         with bpy.context.temp_override(window=win, area=area, region=region):
-            print("HHMR_OPERATOR", bpy.ops.hhmr.reconstruct_video())
+            print("HHMR_OPERATOR", bpy.ops.hhmr.reconstruct_video(), f"busy={runner.busy()}")
         state["step"] = 1
         return 0.1
     if state["step"] == 1:
@@ -114,13 +114,23 @@ def _step() -> float | None:
         times = list(hand.parent.animation_data.action["hhmr_times"])
         print(f"HHMR_BAKED {len(times)} keys onto {rig.name} as {action.name} in "
               f"{time.perf_counter() - t0:.1f} s")
-        # the key where the index finger bends most
+        # the key where the index finger bends most, and how far each of the rig's deform
+        # finger bones points from ours over all keys
         sc = bpy.context.scene
-        bends = []
+        bends, worst = [], 0.0
+        src = hand.parent
         for f in times:
             sc.frame_set(int(f))
             q = rig.pose.bones["f_index.02.R"].matrix.to_quaternion()
             bends.append(abs(q.angle))
+            for ours, theirs in animate.bone_map_for(rig, "AUTO", "R").items():
+                if ours == "wrist":
+                    continue
+                a, b = src.pose.bones[ours], rig.pose.bones["DEF-" + theirs]
+                da = src.matrix_world @ a.tail - src.matrix_world @ a.head
+                db = rig.matrix_world @ b.tail - rig.matrix_world @ b.head
+                worst = max(worst, np.degrees(da.angle(db)))
+        print(f"HHMR_BAKE_DIRECTIONS worst {worst:.3f} degrees over {len(times)} keys")
         sc.frame_set(int(times[int(np.argmax(bends))]))
         state["rig"], state["hand"] = rig.name, hand.name
         for o in bpy.context.view_layer.objects:
@@ -138,6 +148,7 @@ def _step() -> float | None:
                            check=False, timeout=20)
             state["tabs"] += 1
             return 0.4
+        print(f"HHMR_PANEL_DRAWS {state['drawn']} after {state['tabs']} clicks on the tabs")
         # the HHMR hand beside the rig's right hand, both seen from the front
         rig, hand = bpy.data.objects[state["rig"]], bpy.data.objects[state["hand"]]
         theirs = rig.matrix_world @ rig.pose.bones["DEF-hand.R"].head
