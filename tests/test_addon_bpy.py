@@ -1208,14 +1208,16 @@ def test_reconstruct_from_video_bakes_onto_the_target_rig_and_stores_the_map(ctx
     assert baked is not None and baked["hhmr_source"] == hand.parent.name
     stored = retarget.loads(other[retarget.MAP_PROPERTY])
     assert stored == {b: b for b in retarget.HHMR_BONES}  # guessed from the names
-    # the same bones, so the same turns at every key (up to a tenth of a degree: the target's
-    # rest skeleton is the template's, the clip's its own shape's)
+    # the same bones, so the same turns at every key: each bone along ours, its twist within
+    # a fraction of a degree (the target's rest hand is the template's, the clip's its own
+    # shape's, so their aligned hand frames differ a little)
     for f in hand.parent.animation_data.action["hhmr_times"]:
         sc.frame_set(int(f))
         for b in ("wrist", "index_pip", "thumb_mcp"):
             m1 = hand.parent.pose.bones[b].matrix.to_3x3()
             m2 = other.pose.bones[b].matrix.to_3x3()
-            assert np.abs(np.array(m1) - np.array(m2)).max() < 2e-3
+            assert np.abs(np.array(m1.col[1]) - np.array(m2.col[1])).max() < 1e-4
+            assert np.abs(np.array(m1) - np.array(m2)).max() < 5e-3
     # a target with no hand bones: refused, and the clip's hand does not land either
     bpy.ops.object.armature_add()
     plain = bpy.context.view_layer.objects.active
