@@ -18,16 +18,24 @@ from __future__ import annotations
 
 import argparse
 import math
-import shutil
-import subprocess
 import sys
 import time
-import traceback
+from pathlib import Path
 
 import addon_utils
 import bpy
 import numpy as np
 from mathutils import Quaternion
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from blender_window import (  # noqa: E402
+    click_next_tab,
+    close_splash,
+    count_draws,
+    finish,
+    guarded,
+    view3d,
+)
 
 argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
 ap = argparse.ArgumentParser()
@@ -40,42 +48,6 @@ ap.add_argument("--clicks", type=int, default=3, help="presses of Reconstruct, e
 args = ap.parse_args(argv)
 
 state = {"t0": 0.0, "step": 0, "drawn": 0, "deadline": time.monotonic() + 240}
-
-
-def finish(code: int) -> None:
-    """Leave at once with ``code`` (Blender's own quit reports 1 after this session)."""
-    import os
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-def view3d():
-    win = bpy.context.window_manager.windows[0]
-    area = max((a for a in win.screen.areas if a.type == "VIEW_3D"),
-               key=lambda a: a.width * a.height)
-    region = next(r for r in area.regions if r.type == "WINDOW")
-    return win, area, region
-
-
-def count_draws(cls) -> None:
-    draw = cls.draw
-
-    def counted(self, context):
-        state["drawn"] += 1
-        draw(self, context)
-
-    cls.draw = counted
-
-
-def step() -> float | None:
-    try:
-        return _step()
-    except Exception:  # noqa: BLE001
-        traceback.print_exc()
-        finish(3)
-        return None
 
 
 def _step() -> float | None:
@@ -95,9 +67,7 @@ def _step() -> float | None:
         s.image_source = "DATABLOCK"
         s.image = bpy.data.images.load(args.photo, check_existing=True)
         area.spaces.active.show_region_ui = True
-        if shutil.which("xdotool"):  # close the splash screen
-            subprocess.run(["xdotool", "mousemove", "200", str(win.height - 200), "key",
-                            "Escape"], check=False, timeout=20)
+        close_splash(win)
         from hhmr_blender.local_backend import LocalBackend
 
         LocalBackend().wait_ready(runner.client(timeout_s=2.0, retries=0), timeout=120)
@@ -159,15 +129,8 @@ def _step() -> float | None:
         state["step"], state["drawn"], state["tabs"] = 2, 0, 0
         return 0.5
     if state["step"] == 2:  # click down the sidebar's tab strip until "Hand" is drawn
-        if state["drawn"] == 0 and state["tabs"] < 40 and shutil.which("xdotool"):
-            ui = next(r for r in area.regions if r.type == "UI")
-            x = ui.x + ui.width - 9
-            y = win.height - (ui.y + ui.height) + 12 + 12 * state["tabs"]
-            subprocess.run(["xdotool", "mousemove", "--sync", str(x), str(y), "click", "1"],
-                           check=False, timeout=20)
-            state["tabs"] += 1
+        if click_next_tab(win, area, state):
             return 0.4
-        subprocess.run(["xdotool", "mousemove", "600", "400"], check=False, timeout=20)
         state["step"] = 3
         return 0.5
     if state["step"] == 3:
@@ -203,6 +166,6 @@ if mod is None:
     finish(2)
 from hhmr_blender import panels  # noqa: E402
 
-count_draws(panels.HHMR_PT_main)
+count_draws(panels.HHMR_PT_main, state)
 print("HHMR_ADDON", mod.__file__, bpy.app.version_string)
-bpy.app.timers.register(step, first_interval=1.0)
+bpy.app.timers.register(guarded(_step), first_interval=1.0)

@@ -15,16 +15,24 @@ lines; exits non-zero on failure.
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess
 import sys
 import time
-import traceback
+from pathlib import Path
 
 import addon_utils
 import bpy
 import numpy as np
 from mathutils import Vector
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from blender_window import (  # noqa: E402
+    click_next_tab,
+    close_splash,
+    count_draws,
+    finish,
+    guarded,
+    view3d,
+)
 
 argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
 ap = argparse.ArgumentParser()
@@ -35,30 +43,6 @@ ap.add_argument("--end", type=int, default=90)
 ap.add_argument("--stride", type=int, default=2)
 args = ap.parse_args(argv)
 state = {"step": 0, "drawn": 0, "tabs": 0, "deadline": time.monotonic() + 420}
-
-
-def finish(code: int) -> None:
-    import os
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-def view3d():
-    win = bpy.context.window_manager.windows[0]
-    area = max((a for a in win.screen.areas if a.type == "VIEW_3D"),
-               key=lambda a: a.width * a.height)
-    return win, area, next(r for r in area.regions if r.type == "WINDOW")
-
-
-def step() -> float | None:
-    try:
-        return _step()
-    except Exception:  # noqa: BLE001
-        traceback.print_exc()
-        finish(3)
-        return None
 
 
 def _step() -> float | None:
@@ -76,9 +60,7 @@ def _step() -> float | None:
         s.video_source, s.video_path = "FILE", args.clip
         s.video_end, s.video_stride = args.end, args.stride
         area.spaces.active.show_region_ui = True
-        if shutil.which("xdotool"):  # close the splash screen
-            subprocess.run(["xdotool", "mousemove", "200", str(win.height - 200), "key",
-                            "Escape"], check=False, timeout=20)
+        close_splash(win)
         from hhmr_blender.local_backend import LocalBackend
 
         LocalBackend().wait_ready(runner.client(timeout_s=2.0, retries=0), timeout=120)
@@ -140,13 +122,7 @@ def _step() -> float | None:
         state["step"] = 2
         return 0.5
     if state["step"] == 2:  # click down the sidebar's tab strip until HHMR's is drawn
-        if state["drawn"] == 0 and state["tabs"] < 40 and shutil.which("xdotool"):
-            ui = next(r for r in area.regions if r.type == "UI")
-            x = ui.x + ui.width - 9
-            y = win.height - (ui.y + ui.height) + 12 + 12 * state["tabs"]
-            subprocess.run(["xdotool", "mousemove", "--sync", str(x), str(y), "click", "1"],
-                           check=False, timeout=20)
-            state["tabs"] += 1
+        if click_next_tab(win, area, state):
             return 0.4
         print(f"HHMR_PANEL_DRAWS {state['drawn']} after {state['tabs']} clicks on the tabs")
         # the HHMR hand beside the rig's right hand, both seen from the front
@@ -169,7 +145,6 @@ def _step() -> float | None:
         r3d = area.spaces.active.region_3d
         r3d.view_location = theirs + Vector((-0.12, 0.0, 0.0))
         r3d.view_distance = 0.7
-        subprocess.run(["xdotool", "mousemove", "600", "400"], check=False, timeout=20)
         state["step"] = 3
         return 0.5
     if state["step"] == 3:
@@ -186,14 +161,6 @@ if mod is None:
     finish(2)
 from hhmr_blender import panels  # noqa: E402
 
-draw = panels.HHMR_PT_main.draw
-
-
-def counted(self, context):
-    state["drawn"] += 1
-    draw(self, context)
-
-
-panels.HHMR_PT_main.draw = counted
+count_draws(panels.HHMR_PT_main, state)
 print("HHMR_ADDON", mod.__file__, bpy.app.version_string)
-bpy.app.timers.register(step, first_interval=1.0)
+bpy.app.timers.register(guarded(_step), first_interval=1.0)
