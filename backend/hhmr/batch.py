@@ -133,7 +133,7 @@ class Worker:
 
         v = replace(self.options.video, start=item.start, end=item.end, handedness=item.side)
         track = track_clip(item.path, v)
-        K = default_intrinsics(*track.size, *(() if v.fov_deg is None else (v.fov_deg,)))
+        K = default_intrinsics(*track.size, v.fov_deg)
         meshes = fit_meshes(self.pipe, track.hand, track.side, K, v)
         return {"frames": track.frames, "hand": track.hand, "side": track.side,
                 "fps": track.fps, "size": track.size, "K": K,

@@ -240,7 +240,7 @@ def _reconstruct_video(args: argparse.Namespace) -> int:
     given = {k: getattr(args, k) for k in ("start", "end", "stride", "handedness",
                                             "smoothing", "steps", "n", "seed", "mode")}
     options = VideoOptions(**{k: v for k, v in given.items() if v is not None},
-                           fov_deg=args.fov)
+                           **({} if args.fov is None else {"fov_deg": args.fov}))
     pipe = HandDiffusionPipeline.from_pretrained(args.weights)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -526,7 +526,7 @@ VIDEO_ARGS: dict[str, Arg] = {
     "end": Arg(_integer(1, 10**9), "one past the last frame (default: the clip's end)"),
     "stride": Arg(_integer(1, 1000), "every stride-th frame (default 1)", default=1),
     "smoothing": Arg(_number(MAX_SMOOTHING), "how smooth the animation is, 0..1e4: 0 none "
-                     "(default 2; it adds no lag)", default=2.0),
+                     "(default 2; it adds no lag)"),
     "mode": Arg(_choice(*RECONSTRUCT_MODES), "what each frame conditions on (see "
                 "reconstruct)"),
     "n": replace(SAMPLING_ARGS["n"], doc="hypotheses per frame, the best kept, 1..max_n "

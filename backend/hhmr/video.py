@@ -21,7 +21,14 @@ import torch
 
 from hhmr.hand.mirror import mirror_axis_angle, mirror_faces
 from hhmr.hand.rotations import axis_angle_to_matrix, matrix_to_axis_angle
-from hhmr.reconstruct import Detection, default_intrinsics, detections, gate_world, mode_world
+from hhmr.reconstruct import (
+    DEFAULT_FOV_DEG,
+    Detection,
+    default_intrinsics,
+    detections,
+    gate_world,
+    mode_world,
+)
 from hhmr.sampling import HandDiffusionPipeline
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -51,7 +58,7 @@ class VideoOptions:
     n: int = 1
     seed: int = 0
     mode: str | None = None  # one of RECONSTRUCT_MODES; None: the pipeline's photo mode
-    fov_deg: float | None = None  # horizontal field of view when K is not given
+    fov_deg: float = DEFAULT_FOV_DEG  # horizontal field of view when K is not given
 
     def __post_init__(self) -> None:
         if self.start < 0 or self.stride < 1 or (self.end is not None and self.end <= self.start):
@@ -286,7 +293,7 @@ def reconstruct_video(pipe: HandDiffusionPipeline, source: str | Path,
         raise NoHandError("no hand found in any frame of the clip")
     w, h = track.size
     if K is None:
-        K = default_intrinsics(w, h, *(() if options.fov_deg is None else (options.fov_deg,)))
+        K = default_intrinsics(w, h, options.fov_deg)
     t = len(track.frames)
     result = fit_frames(pipe, track.hand, track.side, np.asarray(K, np.float32), options,
                         None if progress is None else

@@ -141,10 +141,8 @@ def reconstruct_video_request(pipe, args: dict, progress: Progress,
 
     from hhmr.video import VideoOptions, open_clip, reconstruct_video
 
-    options = VideoOptions(start=args["start"], end=args["end"], stride=args["stride"],
-                           handedness=args["handedness"], smoothing=args["smoothing"],
-                           steps=args["steps"], n=args["n"], seed=args["seed"],
-                           mode=args["mode"])
+    given = ("start", "end", "stride", "handedness", "smoothing", "steps", "n", "seed", "mode")
+    options = VideoOptions(**{k: args[k] for k in given if args[k] is not None})
     folder = Path(tempfile.mkdtemp(prefix="hhmr-clip-"))
     try:
         if args["video"] is not None:
