@@ -44,11 +44,15 @@ def _evaluate(args: argparse.Namespace) -> int:
                     print(f"synthetic (hold {syn['hold']})", name,
                           " ".join(f"{k}={v:.2f}" for k, v in row.items()))
         return 0
-    if args.freihand_root:
-        from hhmr.evaluation.photos import evaluate_freihand
-        from hhmr.protocol import RECONSTRUCT_MODES
+    if args.renders:
+        from hhmr.evaluation.renders import evaluate_renders
 
-        modes = tuple(args.mode) if args.mode else RECONSTRUCT_MODES
+        result = evaluate_renders(args.renders, n=args.n, steps=args.steps,
+                                  weights=args.weights, progress=not args.json)
+    elif args.freihand_root:
+        from hhmr.evaluation.photos import evaluate_freihand
+
+        modes = tuple(args.mode) if args.mode else None
         result = evaluate_freihand(args.freihand_root, args.split, n=args.n, steps=args.steps,
                                    weights=args.weights, progress=not args.json, modes=modes,
                                    limit=args.limit, world_gate=args.world_gate)
@@ -381,9 +385,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate reconstruct on real photos in FreiHAND layout instead")
     p.add_argument("--split", default="evaluation")
     p.add_argument("--mode", action="append", default=None, choices=P.RECONSTRUCT_MODES,
-                   help="reconstruct mode, repeatable (default: every mode): skel2d = "
-                        "MediaPipe's 2D keypoints; skel2d+world = with those of its 3D world "
-                        "landmarks that agree with them; skel2d+world_all = with all of them")
+                   help="reconstruct mode, repeatable (default: every mode the weights can "
+                        "run): skel2d = MediaPipe's 2D keypoints; skel2d+world = with those of "
+                        "its 3D world landmarks that agree with them; skel2d+world_all = with "
+                        "all of them; +image = with the photo's image tokens")
+    p.add_argument("--renders", type=int, default=None, metavar="N",
+                   help="evaluate on N held-out rendered hands instead (HHMR's Table 5 rows: "
+                        "image, image + 2D, image + 2D + guidance; first and min-of---n)")
     p.add_argument("--limit", type=int, default=None, help="only the first LIMIT photos")
     p.add_argument("--video", action="append", default=None, metavar="CLIP",
                    help="evaluate video instead, repeatable: jitter on each clip against "

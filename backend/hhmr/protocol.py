@@ -469,7 +469,10 @@ def _inpaint_check(args: dict[str, Any], ctx: _Ctx) -> None:
                    f"{args['keep'].shape[0]}; they must match")
 
 
-RECONSTRUCT_MODES = ("skel2d", "skel2d+world", "skel2d+world_all")  # see hhmr.reconstruct.fit_mode
+# what a photo conditions on (see hhmr.reconstruct.fit_mode); "+image" needs weights with an
+# image encoder (configs/image.toml)
+RECONSTRUCT_MODES = ("skel2d", "skel2d+world", "skel2d+world_all", "skel2d+image",
+                     "skel2d+world+image")
 
 
 def _fit2d_check(args: dict[str, Any], ctx: _Ctx) -> None:

@@ -249,10 +249,21 @@ def fit_detection(pipe: HandDiffusionPipeline, kp: np.ndarray, handedness: str,
                   K: np.ndarray, confidence: np.ndarray | None = None,
                   progress: Callable[[int, int], None] | None = None,
                   world: np.ndarray | None = None, world_gate: float | None = None,
-                  min_agreeing: int = PhotoConfig.min_agreeing, **opts) -> Hypotheses:
+                  min_agreeing: int = PhotoConfig.min_agreeing, rgb: np.ndarray | None = None,
+                  image_encoder: str | None = None, **opts) -> Hypotheses:
     """fit2d in the camera frame, with `world` landmarks [21, 3] (camera axes, metres) as a
     3D view when given (with `world_gate`, only those that agree with the keypoints, see
-    `PhotoConfig`); a left hand is fitted mirrored and mirrored back."""
+    `PhotoConfig`) and, with `image_encoder`, the tokens of the photo `rgb` cropped around
+    the keypoints; a left hand is fitted mirrored and mirrored back."""
+    tokens, encode_ms = None, 0.0
+    if image_encoder is not None:
+        from hhmr.encoders import hand_crop
+        from hhmr.encoders import image_encoder as encoder
+
+        t0 = time.perf_counter()
+        crop = hand_crop(rgb, kp, mirror=handedness == "left")
+        tokens = encoder(image_encoder)(crop[None])[0]
+        encode_ms = (time.perf_counter() - t0) * 1000
     kp = np.asarray(kp, dtype=np.float32).copy()
     if world is not None:
         world = np.asarray(world, dtype=np.float32).copy()
@@ -263,7 +274,10 @@ def fit_detection(pipe: HandDiffusionPipeline, kp: np.ndarray, handedness: str,
     world, conf3d = gate_world(kp, world, world_gate, min_agreeing)
     h = pipe.fit2d(torch.from_numpy(kp), None if confidence is None else
                    torch.as_tensor(confidence), torch.from_numpy(np.asarray(K, np.float32)),
-                   progress=progress, joints3d=world, joints3d_conf=conf3d, **opts)
+                   progress=progress, joints3d=world, joints3d_conf=conf3d,
+                   image_tokens=tokens, **opts)
+    if tokens is not None:
+        h.timings["encode_ms"] = encode_ms
     if handedness == "left":
         flip = torch.tensor([-1.0, 1.0, 1.0])
         h.vertices, h.joints = h.vertices * flip, h.joints * flip
@@ -292,23 +306,35 @@ def faces_for(pipe: HandDiffusionPipeline, handedness: str) -> np.ndarray:
 
 def fit_mode(pipe: HandDiffusionPipeline, det: Detection, handedness: str, K: np.ndarray,
              mode: str | None = None, progress: Callable[[int, int], None] | None = None,
-             **opts) -> Hypotheses:
+             rgb: np.ndarray | None = None, **opts) -> Hypotheses:
     """One detection fitted in one of `hhmr.protocol.RECONSTRUCT_MODES` (None: the pipeline's
-    `config.photo.mode`), with the gate of its `config.photo`."""
-    world, gate = mode_world(pipe, det, mode)
+    `config.photo.mode`), with the gate of its `config.photo`; the "+image" modes need the
+    photo `rgb`."""
+    world, gate, encoder = mode_inputs(pipe, det, mode)
+    if encoder is not None and rgb is None:
+        raise ValueError("an image mode needs the photo")
     return fit_detection(pipe, det.keypoints, handedness, K, progress=progress, world=world,
-                         world_gate=gate, min_agreeing=pipe.config.photo.min_agreeing, **opts)
+                         world_gate=gate, min_agreeing=pipe.config.photo.min_agreeing,
+                         rgb=rgb, image_encoder=encoder, **opts)
 
 
-def mode_world(pipe: HandDiffusionPipeline, det: Detection, mode: str | None
-               ) -> tuple[np.ndarray | None, float | None]:
-    """The world landmarks a mode conditions on and its gate (None: none / ungated)."""
+def mode_inputs(pipe: HandDiffusionPipeline, det: Detection, mode: str | None
+                ) -> tuple[np.ndarray | None, float | None, str | None]:
+    """The world landmarks a mode conditions on, their gate (None: none / ungated) and the
+    image encoder it reads the photo with (None: no image tokens)."""
     photo = pipe.config.photo
     mode = mode or photo.mode
     if mode not in RECONSTRUCT_MODES:
         raise ValueError(f"unknown mode '{mode}': one of {', '.join(RECONSTRUCT_MODES)}")
-    world = None if mode == "skel2d" else det.world
-    return world, photo.world_gate if mode == "skel2d+world" else None
+    signals = mode.split("+")
+    world = det.world if {"world", "world_all"} & set(signals) else None
+    encoder = None
+    if "image" in signals:
+        if photo.image_encoder is None:
+            raise ValueError(f"mode '{mode}' needs weights trained with image tokens "
+                             "(hhmr train --config configs/image.toml); these have none")
+        encoder = photo.image_encoder
+    return world, photo.world_gate if "world" in signals else None, encoder
 
 
 def reconstruct(pipe: HandDiffusionPipeline, rgb: np.ndarray, K: np.ndarray | None = None,
@@ -330,7 +356,7 @@ def reconstruct(pipe: HandDiffusionPipeline, rgb: np.ndarray, K: np.ndarray | No
     results = []
     for det in found:
         side = handedness if handedness and len(found) == 1 else det.handedness
-        hyps = fit_mode(pipe, det, side, K, mode, progress=progress, **opts)
+        hyps = fit_mode(pipe, det, side, K, mode, progress=progress, rgb=rgb, **opts)
         hyps.timings["detect_ms"] = detect_ms  # the photo's, shared by its hands
         results.append((det, hyps))
     return results

@@ -27,7 +27,7 @@ from hhmr.reconstruct import (
     default_intrinsics,
     detections,
     gate_world,
-    mode_world,
+    mode_inputs,
 )
 from hhmr.sampling import HandDiffusionPipeline
 
@@ -324,7 +324,10 @@ def fit_meshes(pipe: HandDiffusionPipeline, dets: list[Detection | None], side: 
         plans = []
         for i in found[b:b + FRAME_BATCH]:
             right = mirrored(dets[i], K) if side == "left" else dets[i]
-            world, gate = mode_world(pipe, right, options.mode)
+            world, gate, encoder = mode_inputs(pipe, right, options.mode)
+            if encoder is not None and options.mode is not None:
+                raise ValueError("video frames are fitted without image tokens: choose a "
+                                 "mode without '+image'")
             world, conf3d = gate_world(right.keypoints, world, gate,
                                        pipe.config.photo.min_agreeing)
             plans.append(pipe.plan(Fit2D(right.keypoints, None, K32, world, conf3d), opts))

@@ -36,6 +36,12 @@ def load_freihand(root: Path, split: str = "evaluation") -> list[dict]:
              "xyz": np.array(xyz[i], np.float32), "hand": hands[i]} for i in range(len(K))]
 
 
+def supported_modes(pipe: HandDiffusionPipeline) -> tuple[str, ...]:
+    """The modes these weights can run: the "+image" ones only with an image encoder."""
+    return tuple(m for m in RECONSTRUCT_MODES
+                 if "image" not in m.split("+") or pipe.config.photo.image_encoder)
+
+
 def _project(xyz: np.ndarray, K: np.ndarray) -> np.ndarray:
     p = xyz @ K.T
     return p[:, :2] / p[:, 2:]
@@ -49,9 +55,10 @@ def _match(dets, xyz: np.ndarray, K: np.ndarray):
 
 def evaluate_freihand(root: str | Path, split: str = "evaluation", n: int = 1, steps: int = 10,
                       weights: str | None = None, progress: bool = True,
-                      modes: tuple[str, ...] = RECONSTRUCT_MODES, limit: int | None = None,
+                      modes: tuple[str, ...] | None = None, limit: int | None = None,
                       world_gate: float | None = None) -> dict:
-    """Every mode on the same detections, MediaPipe's world landmarks as the baseline. With
+    """Every mode (None: those the weights support) on the same detections, MediaPipe's world
+    landmarks as the baseline. With
     n > 1 each mode also gets rows for the top-ranked hypothesis (best score: reprojection
     error), with world landmarks also the one ranked by reprojection plus RANK_3D_WEIGHT
     times their distance (ranked_3d), the mean of the n and the oracle (the best of the n
@@ -59,6 +66,7 @@ def evaluate_freihand(root: str | Path, split: str = "evaluation", n: int = 1, s
     replaces the weights' `config.photo.world_gate` (skel2d+world's)."""
     samples = load_freihand(Path(root), split)[:limit]
     pipe = HandDiffusionPipeline.from_pretrained(weights)
+    modes = modes or supported_modes(pipe)
     if world_gate is not None:
         cfg = pipe.config
         pipe = pipe.with_config(replace(cfg, photo=replace(cfg.photo, world_gate=world_gate)))
@@ -80,7 +88,7 @@ def evaluate_freihand(root: str | Path, split: str = "evaluation", n: int = 1, s
         gt = torch.from_numpy(s["xyz"])[None]
         preds = {"mediapipe_world": torch.from_numpy(det.world)[None]}
         for mode in modes:
-            h = fit_mode(pipe, det, side, s["K"], mode, n=n, steps=steps)
+            h = fit_mode(pipe, det, side, s["K"], mode, n=n, steps=steps, rgb=rgb)
             preds[mode] = h.joints[h.order()[0]][None]
             if n > 1:
                 pa = metrics.pa_mpjpe(h.joints, gt.expand_as(h.joints))

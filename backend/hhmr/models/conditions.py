@@ -149,7 +149,8 @@ def drop_conditions(cond: Conditions, cfg: DropoutConfig, generator: torch.Gener
         out.keypoints2d_conf = conf.to(cond.keypoints2d.device)
     if cond.image_tokens is not None:
         p = cond.image_tokens.shape[1]
-        m = (rand(b, p) >= cfg.p_patch).float()
+        m = torch.ones(b, p) if cond.image_mask is None else cond.image_mask.clone().cpu()
+        m *= (rand(b, p) >= cfg.p_patch).float()
         m *= (rand(b) >= cfg.p_modality).float()[:, None] * keep_all[:, None]
         out.image_mask = m.to(cond.image_tokens.device)
     return out

@@ -102,6 +102,9 @@ class PhotoConfig:
     # keypoint (`world_residual`), and none when fewer than `min_agreeing` are kept
     world_gate: float = 0.03
     min_agreeing: int = 11
+    # the frozen encoder whose tokens these weights read in the image slot (hhmr.encoders);
+    # None: the slot was never trained, and the "+image" modes are refused
+    image_encoder: str | None = None
 
     def __post_init__(self) -> None:
         _check("photo mode", self.mode, RECONSTRUCT_MODES)

@@ -108,6 +108,13 @@ class HandDiffusionPipeline:
                 self.generate(n, steps=1)
         return time.perf_counter() - t0
 
+    def image_slot(self) -> tuple[int, int]:
+        """The image tokens these weights read: (patches + 1, encoder width)."""
+        from hhmr.models.conditions import ConditionEncoder
+
+        enc = next(m for m in self.net.modules() if isinstance(m, ConditionEncoder))
+        return enc.num_patches + 1, enc.image_dim
+
     # ---- what tasks use ----------------------------------------------------------------
     def joint_influence(self, kind: str) -> torch.Tensor:
         """The hand's per-keypoint influence [V, 21], "bones" or "smooth" (computed once)."""
@@ -287,11 +294,14 @@ class HandDiffusionPipeline:
               guidance_scale: float | None = None, seed: int = 0, eta: float = 0.0,
               guidance_space: str | None = None, central_first: bool | None = None,
               guidance_strength: float | None = None, progress: Progress | None = None,
-              pose: bool = False, joints3d=None, joints3d_conf=None) -> Hypotheses:
+              pose: bool = False, joints3d=None, joints3d_conf=None,
+              image_tokens=None) -> Hypotheses:
         """Meshes matching 2D keypoints [21, 2] (pixels). With intrinsics K [3, 3] the result
         is in the camera frame; without, wrist-relative with a weak-perspective fit.
-        `joints3d` [21, 3]: a 3D view of the same hand in camera axes (see `Fit2D`)."""
-        return self._one(Fit2D(keypoints2d, confidence, K, joints3d, joints3d_conf),
+        `joints3d` [21, 3]: a 3D view of the same hand in camera axes; `image_tokens`
+        [P + 1, C]: the photo's (see `Fit2D`)."""
+        return self._one(Fit2D(keypoints2d, confidence, K, joints3d, joints3d_conf,
+                               image_tokens),
                          Options(n, steps, seed, eta, central_first, guidance_scale,
                                  guidance_strength, guidance_space, pose), progress)
 

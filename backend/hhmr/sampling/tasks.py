@@ -137,21 +137,32 @@ class Task:
 @dataclass(frozen=True)
 class Generate(Task):
     """Unconditional hands, wrist at the origin, random orientations. `autoguidance`: the
-    guide net's weight w in x0 = D_guide + w (D - D_guide), None for the default, 1 off."""
+    guide net's weight w in x0 = D_guide + w (D - D_guide), None for the default, 1 off.
+    With `image_tokens` [P + 1, C] (a photo's, `hhmr.encoders`) the hands are those the
+    image alone suggests, without autoguidance (the guide reads no image)."""
 
     autoguidance: float | None = None
+    image_tokens: Any = None
     name: ClassVar[str] = "generate"
+
+    def kind(self) -> tuple:
+        return ("generate", self.image_tokens is not None)
 
     def plan(self, pipe: HandDiffusionPipeline, options: Options) -> Plan:
         if options.guidance_scale is not None or options.guidance_strength is not None or \
                 options.guidance_space is not None:
             raise ValueError("generate takes no guidance options (see autoguidance)")
         plan = super().plan(pipe, options)
-        plan.scale, plan.autoguidance = 0.0, pipe.autoguidance(self.autoguidance)
+        plan.scale = 0.0
+        plan.autoguidance = None if self.image_tokens is not None else \
+            pipe.autoguidance(self.autoguidance)
         return plan
 
     def prepare(self, pipe: HandDiffusionPipeline, n: int) -> tuple:
-        return Conditions(), {}, {}, None
+        if self.image_tokens is None:
+            return Conditions(), {}, {}, None
+        tokens = as_tensor(self.image_tokens, pipe.image_slot(), "image_tokens")
+        return Conditions(image_tokens=tokens[None].repeat(n, 1, 1)), {}, {}, None
 
 
 @dataclass(frozen=True)
@@ -240,17 +251,21 @@ class Fit2D(Task):
     weak-perspective fit. `joints3d` [21, 3] (metres, camera axes, any origin; e.g.
     MediaPipe's world landmarks) is a second, 3D view of the same hand: its joints with
     `joints3d_conf` [21] > 0 condition the net, and each hypothesis reports its
-    wrist-relative distance to them (`joints3d_mm`, weighted by `joints3d_conf`)."""
+    wrist-relative distance to them (`joints3d_mm`, weighted by `joints3d_conf`).
+    `image_tokens` [P + 1, C]: the photo's crop through the weights' image encoder
+    (`hhmr.encoders`)."""
 
     keypoints: Any
     confidence: Any = None
     K: Any = None
     joints3d: Any = None
     joints3d_conf: Any = None
+    image_tokens: Any = None
     name: ClassVar[str] = "fit2d"
 
     def kind(self) -> tuple:
-        return ("fit2d", self.K is not None, self.joints3d is not None)
+        return ("fit2d", self.K is not None, self.joints3d is not None,
+                self.image_tokens is not None)
 
     def prepare(self, pipe: HandDiffusionPipeline, n: int) -> tuple:
         kp = as_tensor(self.keypoints, (21, 2), "keypoints2d")
@@ -275,6 +290,10 @@ class Fit2D(Task):
             cond.joints3d = (rel / SCALE)[None].repeat(n, 1, 1)
             cond.joints3d_mask = (c3 > 0).float()[None].repeat(n, 1)
             state.update(joints3d=rel, joints3d_conf=c3)
+        if self.image_tokens is not None:
+            slot = pipe.image_slot()
+            cond.image_tokens = as_tensor(self.image_tokens, slot, "image_tokens")[None].repeat(
+                n, 1, 1)
         return cond, inputs, state, None
 
     def operator(self, pipe, inputs):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from hhmr.models.loading import build_denoiser
 from hhmr.sampling.config import SamplingConfig
 from hhmr.training.clock import RunClock
 from hhmr.training.data import synthetic_batch
+from hhmr.training.images import RenderedHands, concat_batches
 from hhmr.training.losses import MeshLosses, timestep_weights
 
 EVAL_SEED_OFFSET = 1_000_000  # training draws use seeds below this, evaluation above
@@ -112,6 +114,34 @@ class EMA:
                              [live[k].detach() for k in self.keys], 1 - d)
 
 
+def init_from(net: torch.nn.Module, path: str | Path) -> list[str]:
+    """Start from another run's weights: every tensor of the same name and shape is copied.
+    A new image projection (another encoder's width) starts at zero with its patch
+    embedding equal to the null image, so the net begins exactly as the run it came from
+    (DiffHand's zero-initialised condition). Returns the names not copied."""
+    src = torch.load(path, map_location="cpu", weights_only=False)["model"]
+    own = net.state_dict()
+    skipped = [k for k in own if k not in src or src[k].shape != own[k].shape]
+    net.load_state_dict({k: src[k] for k in own if k not in skipped}, strict=False)
+    with torch.no_grad():
+        for name, module in net.named_modules():
+            if name.endswith("conditions") and any(k.startswith(f"{name}.image.")
+                                                   for k in skipped):
+                module.image.weight.zero_()
+                module.image.bias.zero_()
+                module.patch_embedding.copy_(module.null_image)
+    return skipped
+
+
+def sampling_config(images: RenderedHands | None) -> SamplingConfig:
+    """The sampling settings saved with new weights: the defaults, and the image encoder
+    the weights were trained to read."""
+    cfg = SamplingConfig()
+    if images is None:
+        return cfg
+    return replace(cfg, photo=replace(cfg.photo, image_encoder=images.encoder))
+
+
 def train(config: dict, out_dir: Path, resume: Path | None = None, device: str = "auto",
           max_steps: int | None = None, max_minutes: float | None = None,
           progress: bool = True, command: str = "") -> dict:
@@ -129,6 +159,12 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
     prior = PosePrior(hand)
     schedule = CosineSchedule()
     fresh = resume is None or not Path(resume).exists()
+    if fresh and tcfg.get("init"):
+        skipped = init_from(net, tcfg["init"])
+        print(f"started from {tcfg['init']}; new: {', '.join(skipped) or 'nothing'}")
+    # rendered hands with image tokens make `images.fraction` of every batch
+    images = RenderedHands(config["images"], progress) if config.get("images") else None
+    n_img = round(tcfg["batch_size"] * config["images"]["fraction"]) if images else 0
     losses = MeshLosses(hand.keypoint_regressor.to(dev), hand.faces.to(dev), config["loss"])
     t_weights = loss_weights_per_timestep(net, schedule, tcfg).to(dev)
     dropout = DropoutConfig(**config.get("dropout", {}))
@@ -177,7 +213,9 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
         if clock.minutes() > tcfg["max_minutes"]:
             break
         gen = torch.Generator().manual_seed(tcfg["seed"] * 100_000 + step)
-        batch = synthetic_batch(hand, prior, tcfg["batch_size"], gen)
+        batch = synthetic_batch(hand, prior, tcfg["batch_size"] - n_img, gen)
+        if n_img:
+            batch = concat_batches(batch, images.batch(n_img, gen))
         cond = drop_conditions(batch.conditions, dropout, gen)
         x0 = (batch.vertices / SCALE).to(dev)
         cond = type(cond)(**{k: None if v is None else v.to(dev)
@@ -223,6 +261,6 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
              "wall_minutes": clock.wall_seconds() / 60,
              "history": history, "hand": hand.name, "num_vertices": hand.num_vertices,
              "device": str(dev), "command": command, "stages": all_stages(),
-             "sampling": SamplingConfig().to_dict()}
+             "sampling": sampling_config(images).to_dict()}
     torch.save(final, out_dir / "final.pt")
     return {"steps": step, "minutes": final["minutes"], "last": history[-1] if history else {}}
