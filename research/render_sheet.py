@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from PIL import Image, ImageDraw
-
 from hhmr.data.renders import render_batch
 from hhmr.hand.topology import KEYPOINT_PARENTS
 from hhmr.render import contact_sheet
+from PIL import Image, ImageDraw
 
 
 def main() -> None:

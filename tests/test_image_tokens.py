@@ -4,7 +4,6 @@ image slot, and the tasks and modes that take them."""
 import numpy as np
 import pytest
 import torch
-
 from hhmr.encoders import PATCH_GRID, tokens_from_map
 from hhmr.models.conditions import Conditions, DropoutConfig, drop_conditions
 

@@ -3,7 +3,6 @@ their labels (keypoints, K, mask) agree with the image; crops match the renders'
 
 import numpy as np
 import pytest
-
 from hhmr.data.raster import project_points, rasterize
 from hhmr.data.renders import RenderSet, render_batch, render_set
 from hhmr.encoders import CROP_MARGIN, crop_affine, crop_intrinsics, hand_crop
