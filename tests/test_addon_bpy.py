@@ -296,6 +296,29 @@ def test_reconstruct_from_file_and_datablock(ctx):
     assert np.abs(keys(obj2)["hyp_00"][0] - first).max() < 0.01
 
 
+@pytest.mark.skipif(not PHOTOS.exists(), reason="no ../shared/data")
+def test_a_hand_box_finds_the_gloved_hand_the_detector_misses(ctx):
+    s = bpy.context.scene.hhmr
+    s.image_source, s.image_path = "FILE", str(PHOTOS / "wild" / "test4.jpg")
+    s.use_box, s.handedness = False, "AUTO"
+    with pytest.raises(RuntimeError, match="No hand found"):
+        bpy.ops.hhmr.reconstruct()
+    s.use_box, s.box = True, (470, 720, 1030, 1600)  # the lower gloved hand
+    try:
+        assert bpy.ops.hhmr.reconstruct() == {"FINISHED"}
+    finally:
+        s.use_box = False
+    (name,) = ctx.STATE.landed
+    obj = bpy.data.objects[name]
+    assert len(obj.hhmr.hypotheses) == 3 and obj.hhmr.camera is not None
+    s.use_box, s.box = True, (5000, 0, 6000, 10)  # off the photo: said before any request
+    try:
+        with pytest.raises(RuntimeError, match="box"):
+            bpy.ops.hhmr.reconstruct()
+    finally:
+        s.use_box = False
+
+
 def test_no_hand_is_reported_and_changes_nothing(ctx, tmp_path):
     blank = bpy.data.images.new("blank", 64, 64)
     s = bpy.context.scene.hhmr

@@ -604,3 +604,20 @@ def test_image_sequence_files_in_frame_order(tmp_path):
                                      "shot_100.png"]
     with pytest.raises(ValueError, match="no frame number"):
         sequence_files(tmp_path / "still.png")
+
+
+def test_a_hand_box_drawn_in_the_image_view_becomes_photo_pixels():
+    # Blender's image view: 0..1 from the bottom left; the backend's box: pixels, top left
+    box = jobs.box_from_view((0.75, 0.2), (0.25, 0.6), 400, 200)
+    assert box == (100.0, 80.0, 300.0, 160.0)
+    assert jobs.check_box((350, 20, 500, 90), 400, 200).tolist() == [350, 20, 400, 90]
+    for bad in ((10, 10, 12, 100), (500, 0, 600, 50), (0, 0, float("nan"), 10)):
+        with pytest.raises(ValueError, match="box"):
+            jobs.check_box(bad, 400, 200)
+    rgb = np.zeros((200, 400, 3), np.uint8)
+    task = jobs.reconstruct(jobs.Sampling(2, 5, 0), rgb=rgb, box=(0.0, 0.0, 50.0, 60.0),
+                            handedness="left")
+    assert task.args["box"].tolist() == [0, 0, 50, 60] and task.args["handedness"] == "left"
+    P.validate_request({"v": P.PROTOCOL_VERSION, "op": "reconstruct", "id": "1",
+                        "args": task.args})  # the server takes it
+    assert "box" not in jobs.reconstruct(jobs.Sampling(2, 5, 0), rgb=rgb).args

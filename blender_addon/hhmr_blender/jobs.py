@@ -174,8 +174,11 @@ def refit3d(keypoints: np.ndarray, mask: np.ndarray | None, handedness: str,
 
 
 def reconstruct(opts: Sampling, *, image: bytes | None = None, rgb: np.ndarray | None = None,
-                label: str = "photo", handedness: str | None = None) -> Task:
-    """Hands from a photo: encoded file bytes or RGB pixels [H, W, 3] uint8."""
+                label: str = "photo", handedness: str | None = None,
+                box: tuple[float, float, float, float] | None = None) -> Task:
+    """Hands from a photo: encoded file bytes or RGB pixels [H, W, 3] uint8. With `box`
+    (x0, y0, x1, y1 pixels from the photo's top left) only the hand in it, found even where
+    the palm detector misses it."""
     if (image is None) == (rgb is None):
         raise ValueError("give an image file or an image datablock")
     args: dict[str, Any] = {**opts.args()}
@@ -187,9 +190,34 @@ def reconstruct(opts: Sampling, *, image: bytes | None = None, rgb: np.ndarray |
         h, w = args["rgb"].shape[:2]
     if handedness in ("left", "right"):
         args["handedness"] = handedness
+    if box is not None:
+        args["box"] = check_box(box, w, h)
     task = Task("reconstruct", args, target=None, label=label)
     task.meta["image_wh"] = (int(w), int(h))
     return task
+
+
+def check_box(box, width: int, height: int) -> np.ndarray:
+    """A box x0, y0, x1, y1 (pixels) clipped to a width x height photo, or a ValueError
+    that says what is wrong with it."""
+    b = np.asarray(box, np.float64).reshape(4)
+    if not np.isfinite(b).all():
+        raise ValueError("the hand box has no size: draw it on the photo again")
+    x0, x1 = sorted(np.clip(b[[0, 2]], 0, width))
+    y0, y1 = sorted(np.clip(b[[1, 3]], 0, height))
+    if x1 - x0 < 8 or y1 - y0 < 8:
+        raise ValueError("the hand box is under 8 pixels wide or tall, or off the photo: "
+                         "draw it around the hand")
+    return np.array([x0, y0, x1, y1], np.float32)
+
+
+def box_from_view(a: tuple[float, float], b: tuple[float, float], width: int, height: int
+                  ) -> tuple[float, float, float, float]:
+    """The box between two points of Blender's image view (0..1, origin bottom left, as
+    `View2D.region_to_view` gives them) in photo pixels from the top left."""
+    xs = sorted((a[0] * width, b[0] * width))
+    ys = sorted(((1 - a[1]) * height, (1 - b[1]) * height))
+    return xs[0], ys[0], xs[1], ys[1]
 
 
 def reconstruct_video(video: bytes | None = None, label: str = "clip", **options: Any) -> Task:

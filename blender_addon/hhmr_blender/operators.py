@@ -161,6 +161,7 @@ class HHMR_OT_reconstruct(_Request):
     def execute(self, context):
         s = context.scene.hhmr
         side = None if s.handedness == "AUTO" else s.handedness
+        box = tuple(s.box) if s.use_box else None
 
         def task() -> jobs.Task:
             if s.image_source == "DATABLOCK":
@@ -172,18 +173,90 @@ class HHMR_OT_reconstruct(_Request):
                     raise ValueError(f"image '{img.name}' has no pixels (is its file missing?)")
                 rgb = jobs.pixels_to_rgb(img.pixels[:], w, h, img.channels)
                 t = jobs.reconstruct(sampling(context), rgb=rgb, label=img.name,
-                                     handedness=side)
+                                     handedness=side, box=box)
                 t.meta["image"] = img.name
                 return t
             if not s.image_path:
                 raise ValueError("choose a photo first")
             path = bpy.path.abspath(s.image_path)
             t = jobs.reconstruct(sampling(context), image=runner.image_bytes(path),
-                                 label=Path(path).stem, handedness=side)
+                                 label=Path(path).stem, handedness=side, box=box)
             t.meta["image_path"] = path
             return t
 
         return run(self, task)
+
+
+class HHMR_OT_draw_box(bpy.types.Operator):
+    """Drag a box around one hand on the photo in this Image Editor: Reconstruct then takes
+    only that hand, and finds it where the detector alone does not"""
+
+    bl_idname = "hhmr.draw_box"
+    bl_label = "Draw Hand Box"
+
+    @classmethod
+    def poll(cls, context) -> bool:
+        space = context.space_data
+        return context.area is not None and context.area.type == "IMAGE_EDITOR" and \
+            getattr(space, "image", None) is not None
+
+    def invoke(self, context, event):
+        self.start = self.end = None
+        self.handle = bpy.types.SpaceImageEditor.draw_handler_add(
+            self.draw, (context,), "WINDOW", "POST_PIXEL")
+        context.window_manager.modal_handler_add(self)
+        context.area.header_text_set("Drag around the hand; Esc cancels")
+        return {"RUNNING_MODAL"}
+
+    def draw(self, context) -> None:
+        if self.start is None or self.end is None:
+            return
+        import gpu
+        from gpu_extras.batch import batch_for_shader
+
+        (x0, y0), (x1, y1) = self.start, self.end
+        try:
+            shader = gpu.shader.from_builtin("UNIFORM_COLOR")
+        except ValueError:  # Blender before 3.5
+            shader = gpu.shader.from_builtin("2D_UNIFORM_COLOR")
+        batch = batch_for_shader(shader, "LINE_LOOP",
+                                 {"pos": [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]})
+        shader.uniform_float("color", (1.0, 0.8, 0.1, 1.0))
+        batch.draw(shader)
+
+    def finish(self, context) -> None:
+        bpy.types.SpaceImageEditor.draw_handler_remove(self.handle, "WINDOW")
+        context.area.header_text_set(None)
+        context.area.tag_redraw()
+
+    def modal(self, context, event):
+        context.area.tag_redraw()
+        if event.type in {"ESC", "RIGHTMOUSE"}:
+            self.finish(context)
+            return {"CANCELLED"}
+        pos = (event.mouse_region_x, event.mouse_region_y)
+        if event.type == "LEFTMOUSE" and event.value == "PRESS":
+            self.start = self.end = pos
+        elif event.type == "MOUSEMOVE" and self.start is not None:
+            self.end = pos
+        elif event.type == "LEFTMOUSE" and event.value == "RELEASE" and self.start:
+            self.end = pos
+            self.finish(context)
+            img = context.space_data.image
+            to_view = context.region.view2d.region_to_view
+            w, h = img.size
+            try:
+                box = jobs.check_box(jobs.box_from_view(to_view(*self.start),
+                                                        to_view(*self.end), w, h), w, h)
+            except ValueError as err:
+                self.report({"ERROR"}, str(err))
+                return {"CANCELLED"}
+            s = context.scene.hhmr
+            s.image_source, s.image = "DATABLOCK", img
+            s.box, s.use_box = tuple(float(v) for v in box), True
+            self.report({"INFO"}, "hand box {:.0f}, {:.0f} - {:.0f}, {:.0f} px".format(*box))
+            return {"FINISHED"}
+        return {"RUNNING_MODAL"}
 
 
 class HHMR_OT_inpaint(_Request):
@@ -375,7 +448,7 @@ class HHMR_OT_check_backend(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (HHMR_OT_generate, HHMR_OT_reconstruct, HHMR_OT_reconstruct_video,
+CLASSES = (HHMR_OT_generate, HHMR_OT_reconstruct, HHMR_OT_draw_box, HHMR_OT_reconstruct_video,
            HHMR_OT_bake_to_rig, HHMR_OT_inpaint,
            HHMR_OT_refit,
            HHMR_OT_add_hand, HHMR_OT_view_photo, HHMR_OT_cancel, HHMR_OT_apply_hypothesis,

@@ -87,6 +87,32 @@ class HHMR_PT_reconstruct(_Panel):
         layout.row().prop(s, "image_source", expand=True)
         layout.prop(s, "image_path" if s.image_source == "FILE" else "image")
         layout.prop(s, "handedness")
+        draw_box_settings(layout, s)
+        layout.operator("hhmr.reconstruct", icon="IMAGE_DATA")
+
+
+def draw_box_settings(layout, s) -> None:
+    row = layout.row(align=True)
+    row.prop(s, "use_box")
+    if s.use_box:
+        layout.prop(s, "box", text="")
+
+
+class HHMR_PT_image_editor(bpy.types.Panel):
+    """The photo side of Reconstruct, in the Image Editor's sidebar (tab "Hand"): draw a
+    box around a hand on the shown photo, choose its side, reconstruct."""
+
+    bl_label = "Reconstruct Hand"
+    bl_space_type = "IMAGE_EDITOR"
+    bl_region_type = "UI"
+    bl_category = "Hand"
+
+    def draw(self, context):
+        layout = self.layout
+        s = context.scene.hhmr
+        layout.operator("hhmr.draw_box", icon="SELECT_SET")
+        draw_box_settings(layout, s)
+        layout.prop(s, "handedness")
         layout.operator("hhmr.reconstruct", icon="IMAGE_DATA")
 
 
@@ -161,5 +187,6 @@ class HHMR_PT_hypotheses(_HandPanel):
 
 
 CLASSES = (HHMR_UL_hypotheses, HHMR_PT_main, HHMR_PT_advanced, HHMR_PT_reconstruct,
+           HHMR_PT_image_editor,
            HHMR_PT_reconstruct_video, HHMR_PT_edit,
            HHMR_PT_hypotheses)

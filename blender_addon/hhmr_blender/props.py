@@ -44,6 +44,13 @@ class HHMR_Hypothesis(bpy.types.PropertyGroup):
 
 class HHMR_ObjectSettings(bpy.types.PropertyGroup):
     is_hand: BoolProperty(name="HHMR hand", default=False)
+    use_box: BoolProperty(
+        name="Hand Box", default=False,
+        description="Reconstruct only the hand inside the box drawn on the photo; it finds "
+                    "hands the detector misses (gloves, instruments, a hand filling the photo)")
+    box: FloatVectorProperty(
+        name="Box", size=4, default=(0.0, 0.0, 0.0, 0.0), min=0.0,
+        description="x0, y0, x1, y1 in photo pixels from its top left (Draw Box sets it)")
     handedness: EnumProperty(name="Hand", items=[("right", "Right", ""), ("left", "Left", "")])
     hypotheses: CollectionProperty(type=HHMR_Hypothesis)
     active_index: IntProperty(name="Shown hypothesis", default=-1, update=_show_active)
@@ -94,6 +101,13 @@ class HHMR_SceneSettings(bpy.types.PropertyGroup):
         ("DATABLOCK", "Image", "An image already in this .blend")])
     image_path: StringProperty(name="Photo", subtype="FILE_PATH")
     image: PointerProperty(type=bpy.types.Image, name="Photo")
+    use_box: BoolProperty(
+        name="Hand Box", default=False,
+        description="Reconstruct only the hand inside the box drawn on the photo; it finds "
+                    "hands the detector misses (gloves, instruments, a hand filling the photo)")
+    box: FloatVectorProperty(
+        name="Box", size=4, default=(0.0, 0.0, 0.0, 0.0), min=0.0,
+        description="x0, y0, x1, y1 in photo pixels from its top left (Draw Box sets it)")
     handedness: EnumProperty(name="Hand", items=[
         ("AUTO", "Detect", "Left or right as the detector sees it"),
         ("right", "Right", ""), ("left", "Left", "")])
