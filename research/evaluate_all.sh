@@ -21,6 +21,16 @@ for n in 1 16; do
   hhmr evaluate --freihand-root ../shared/data/real_interhand_sample --n "$n" --json \
     > "$out/real_interhand_sample$suffix.json"
 done
+# image tokens: the prior fine-tuned with rendered hands (not shipped: no gain on real photos,
+# docs/photos.md); made by `hhmr train --config configs/image.toml --out runs/image`
+if [ -f runs/image/final.pt ]; then
+  for set in real_hgcnn_dev real_interhand_sample; do
+    hhmr evaluate --freihand-root "../shared/data/$set" --weights runs/image/final.pt --json \
+      > "$out/${set}_image.json"
+  done
+  hhmr evaluate --renders 128 --n 16 --weights runs/image/final.pt --json > "$out/renders_image.json"
+  python research/image_encoders.py --json "$out/image_encoders_probe.json"
+fi
 # video: jitter on the real clips beside MediaPipe's, synthetic accuracy and lag, speed, batch
 hhmr evaluate --video ../shared/data/real_videos/hand_open_close.mp4 \
   --video ../shared/data/real_videos/signing_fast.mp4 --json > "$out/video.json"

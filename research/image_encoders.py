@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -76,19 +77,21 @@ def main() -> None:
     crops, dev_joints, dev_world = dev_crops(DEV.resolve(), args.limit)
     y = train.joints.reshape(len(train), -1)
     out = {"renders": args.renders, "test_renders": args.test_renders, "dev_photos": len(crops),
-           "lam": args.lam, "rows": {}}
+           "lam": args.lam, "command": "python " + " ".join(sys.argv), "results": {}}
+    rows = out["results"]  # "what (where)": PA-MPJPE and root-relative MPJPE, mm
     mean_pose = np.broadcast_to(y.mean(0), (len(crops), y.shape[1]))
-    out["rows"]["mean training pose"] = {"dev": scores(mean_pose, dev_joints)}
-    out["rows"]["MediaPipe world landmarks"] = {"dev": scores(dev_world, dev_joints)}
+    rows["mean training pose (dev photos)"] = scores(mean_pose, dev_joints)
+    rows["MediaPipe world landmarks (dev photos)"] = scores(dev_world, dev_joints)
     for name in ENCODERS:
         tr = cached_tokens(args.cache, 1, args.renders, name).astype(np.float32)
         te = cached_tokens(args.cache, 2, args.test_renders, name, chunk=128).astype(np.float32)
         dv = image_encoder(name)(crops)
         for part, sl in (("global", slice(16, 17)), ("patches+global", slice(0, 17))):
             f = ridge(tr[:, sl].reshape(len(tr), -1), y, args.lam)
-            out["rows"][f"{name} {part}"] = {
-                "renders": scores(f(te[:, sl].reshape(len(te), -1)), test.joints),
-                "dev": scores(f(dv[:, sl].reshape(len(dv), -1)), dev_joints)}
+            rows[f"probe: {name} {part} (held-out renders)"] = scores(
+                f(te[:, sl].reshape(len(te), -1)), test.joints)
+            rows[f"probe: {name} {part} (dev photos)"] = scores(
+                f(dv[:, sl].reshape(len(dv), -1)), dev_joints)
     print(json.dumps(out, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")

@@ -386,9 +386,9 @@ def test_progress_text_names_the_op_once():
     from hhmr_blender.jobs import progress_text
 
     assert progress_text("reconstruct", "reconstruct: step 8 of 10", 0.8, 2.04) == \
-        "reconstruct: step 8 of 10 80% (2.0 s)"
+        "reconstruct: step 8 of 10 80% (2 s)"
     assert progress_text("generate", "queued, 2 ahead", 0.0, 0.5) == \
-        "generate: queued, 2 ahead 0% (0.5 s)"
+        "generate: queued, 2 ahead 0% (0 s)"
 
 
 def test_align_palms_undoes_a_rigid_motion_and_never_mirrors():

@@ -99,3 +99,25 @@ def test_world_landmarks_that_disagree_with_the_photo_are_left_out(tiny_pipe, mo
     fit_mode(tiny_pipe, Detection(kp, world, "right", 0.9), "right", K, "skel2d+world", n=1,
              steps=1)
     assert seen["joints3d"] is None
+
+
+def test_a_wrist_landmark_that_disagrees_is_moved_to_the_keypoints_view():
+    from dataclasses import replace
+
+    from hhmr.reconstruct import gate_world, world_residual
+    from hhmr.sampling.config import PhotoConfig
+
+    rng = np.random.default_rng(3)
+    world = rng.normal(size=(21, 3)).astype(np.float32) * 0.03
+    world[0] = 0
+    kp = (world[:, :2] * 4000 + [300, 200]).astype(np.float32)
+    bad = world.copy()
+    bad[0, :2] += 0.02  # the wrist landmark misplaced, its keypoint right
+    assert world_residual(kp, bad)[0] > 0.03
+    moved, conf = gate_world(kp, bad, PhotoConfig())
+    assert np.abs(moved[0, :2] - world[0, :2]).max() < 2e-3 and moved[0, 2] == bad[0, 2]
+    assert conf.tolist() == [1.0] * 21 and np.array_equal(bad[0, :2], world[0, :2] + 0.02)
+    kept, conf = gate_world(kp, bad, replace(PhotoConfig(), anchor_wrist=False))
+    assert np.array_equal(kept, bad) and conf[0] == 1.0  # the origin is always kept
+    everything, conf = gate_world(kp, bad, None)  # no gate: every landmark as it is
+    assert everything is bad and conf is None

@@ -44,7 +44,7 @@ ap.add_argument("--photo", required=True)
 ap.add_argument("--out", required=True)
 ap.add_argument("--n", type=int, default=8)
 ap.add_argument("--steps", type=int, default=10)
-ap.add_argument("--clicks", type=int, default=3, help="presses of Reconstruct, each timed")
+ap.add_argument("--clicks", type=int, default=5, help="presses of Reconstruct, each timed")
 args = ap.parse_args(argv)
 
 state = {"t0": 0.0, "step": 0, "drawn": 0, "deadline": time.monotonic() + 240}
@@ -76,13 +76,36 @@ def _step() -> float | None:
 
         def keep(results, task):  # the backend's meshes, to compare the rig's with
             state["results"] = results
-            return land(results, task)
+            state["reply_at"] = time.perf_counter() - state["t0"]
+            try:
+                return land(results, task)
+            finally:
+                state["landed_in"] = time.perf_counter() - state["t0"] - state["reply_at"]
+                state["drawn_at"] = None
+
+        def drawn():  # the 3D view's first draw after landing: the hand on screen
+            if state.get("drawn_at", 0) is None:
+                state["drawn_at"] = time.perf_counter() - state["t0"]
+
+        bpy.types.SpaceView3D.draw_handler_add(drawn, (), "WINDOW", "POST_PIXEL")
 
         runner.land = keep
+        from hhmr_blender import jobs
+
+        parse = jobs.Task.results
+
+        def capture(task, result, *a, **kw):  # the reply as sent: its stage timings
+            state["reply"] = result
+            return parse(task, result, *a, **kw)
+
+        jobs.Task.results = capture
         state["step"] = "click"
     if state["step"] == "click":
         for obj in list(bpy.data.objects):  # the previous press's hand, rig and camera
             bpy.data.objects.remove(obj)
+        state["step"] = "press"
+        return 2.0  # Blender redraws for about 1.5 s after a removal: the clock starts after
+    if state["step"] == "press":
         state["clicks"] = state.get("clicks", 0) + 1
         state["t0"] = time.perf_counter()
         with bpy.context.temp_override(window=win, area=area, region=region):
@@ -98,10 +121,17 @@ def _step() -> float | None:
             print("HHMR_ERROR", runner.STATE.error)
             finish(5)
             return None
-        dt = time.perf_counter() - state["t0"]
+        landed = state["reply_at"] + state["landed_in"]
+        drawn = state["drawn_at"] or time.perf_counter() - state["t0"]
         which = "first request, fresh backend" if state["clicks"] == 1 else "again"
-        print(f"HHMR_TIMING click to shape keys: {dt:.2f} s (n={args.n}, steps={args.steps}, "
-              f"{which})")
+        print(f"HHMR_TIMING click to shape keys: {landed:.2f} s, to the first 3D-view frame "
+              f"showing them {drawn:.2f} s (n={args.n}, steps={args.steps}, {which})")
+        hands = (state.get("reply") or {}).get("hands") or [{}]
+        stages = hands[0].get("timings", {})
+        print("HHMR_STAGES backend: " + ", ".join(f"{k.removesuffix('_ms')} {v:.0f} ms"
+                                                  for k, v in stages.items() if k.endswith("_ms"))
+              + f"; add-on: reply in hand after {state['reply_at'] * 1000:.0f} ms, landed in "
+              f"{state['landed_in'] * 1000:.0f} ms, drawn {(drawn - landed) * 1000:.0f} ms later")
         if state["clicks"] < args.clicks:
             state["step"] = "click"
             return 0.05

@@ -219,28 +219,40 @@ def detect_hands(rgb: np.ndarray, max_hands: int = 4, min_confidence: float = 0.
     return hand_detector(max_hands, min_confidence)(rgb)
 
 
+def _ortho(kp: np.ndarray, world: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """The best scaled orthographic view of the world landmarks [21, 3] along their own z
+    axis (their x, y are the image's up to a few degrees) onto the keypoints [21, 2]: both
+    centroids and the scale."""
+    a_mean, b_mean = world[:, :2].mean(0), kp.mean(0)
+    a, b = world[:, :2] - a_mean, kp - b_mean
+    return a_mean, b_mean, float((a * b).sum() / max((a * a).sum(), 1e-12))
+
+
 def world_residual(kp: np.ndarray, world: np.ndarray) -> np.ndarray:
-    """How far each world landmark [21, 3] is from its 2D keypoint [21, 2] once the landmarks
-    are seen by the best scaled orthographic camera along their own z axis (their x, y are
-    the image's up to a few degrees), as a fraction of the keypoints' extent [21]."""
-    a = world[:, :2] - world[:, :2].mean(0)
-    b = kp - kp.mean(0)
-    scale = float((a * b).sum() / max((a * a).sum(), 1e-12))
+    """How far each world landmark [21, 3] is from its 2D keypoint [21, 2] in `_ortho`'s
+    view, as a fraction of the keypoints' extent [21]."""
+    a_mean, b_mean, scale = _ortho(kp, world)
     extent = float(np.linalg.norm(kp.max(0) - kp.min(0))) or 1.0
-    return np.linalg.norm(a * scale - b, axis=1) / extent
+    return np.linalg.norm((world[:, :2] - a_mean) * scale - (kp - b_mean), axis=1) / extent
 
 
-def gate_world(kp: np.ndarray, world: np.ndarray | None, world_gate: float | None,
-               min_agreeing: int = PhotoConfig.min_agreeing
+def gate_world(kp: np.ndarray, world: np.ndarray | None, photo: PhotoConfig | None
                ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The world landmarks [21, 3] and their confidence [21] for fit2d: with `world_gate`,
-    1 where a landmark agrees with its keypoint (`world_residual`) and always at the origin,
-    none at all when fewer than `min_agreeing` agree; without a gate, all of them."""
-    if world is None or world_gate is None:
+    """The world landmarks [21, 3] and their confidence [21] for fit2d: with a gate (`photo`,
+    see `PhotoConfig`), 1 where a landmark agrees with its keypoint (`world_residual`) and
+    always at the origin, none at all when fewer than `min_agreeing` agree, and a disagreeing
+    wrist re-anchored first (`anchor_wrist`); without one (None), all of them."""
+    if world is None or photo is None:
         return world, None
-    conf3d = (world_residual(kp, world) <= world_gate).astype(np.float32)
+    residual = world_residual(kp, world)
+    if photo.anchor_wrist and residual[0] > photo.world_gate:
+        a_mean, b_mean, scale = _ortho(kp, world)
+        world = world.copy()
+        world[0, :2] = a_mean + (kp[0] - b_mean) / scale
+        residual = world_residual(kp, world)
+    conf3d = (residual <= photo.world_gate).astype(np.float32)
     conf3d[0] = 1.0  # the origin
-    if conf3d.sum() < min_agreeing:  # most disagree with the photo: none is used
+    if conf3d.sum() < photo.min_agreeing:  # most disagree with the photo: none is used
         return None, None
     return world, conf3d
 
@@ -248,12 +260,12 @@ def gate_world(kp: np.ndarray, world: np.ndarray | None, world_gate: float | Non
 def fit_detection(pipe: HandDiffusionPipeline, kp: np.ndarray, handedness: str,
                   K: np.ndarray, confidence: np.ndarray | None = None,
                   progress: Callable[[int, int], None] | None = None,
-                  world: np.ndarray | None = None, world_gate: float | None = None,
-                  min_agreeing: int = PhotoConfig.min_agreeing, rgb: np.ndarray | None = None,
+                  world: np.ndarray | None = None, gate: PhotoConfig | None = None,
+                  rgb: np.ndarray | None = None,
                   image_encoder: str | None = None, **opts) -> Hypotheses:
     """fit2d in the camera frame, with `world` landmarks [21, 3] (camera axes, metres) as a
-    3D view when given (with `world_gate`, only those that agree with the keypoints, see
-    `PhotoConfig`) and, with `image_encoder`, the tokens of the photo `rgb` cropped around
+    3D view when given (with a `gate`, only those that agree with the keypoints, see
+    `gate_world`) and, with `image_encoder`, the tokens of the photo `rgb` cropped around
     the keypoints; a left hand is fitted mirrored and mirrored back."""
     tokens, encode_ms = None, 0.0
     if image_encoder is not None:
@@ -271,7 +283,7 @@ def fit_detection(pipe: HandDiffusionPipeline, kp: np.ndarray, handedness: str,
         kp[:, 0] = 2 * K[0, 2] - kp[:, 0]
         if world is not None:
             world[:, 0] = -world[:, 0]
-    world, conf3d = gate_world(kp, world, world_gate, min_agreeing)
+    world, conf3d = gate_world(kp, world, gate)
     h = pipe.fit2d(torch.from_numpy(kp), None if confidence is None else
                    torch.as_tensor(confidence), torch.from_numpy(np.asarray(K, np.float32)),
                    progress=progress, joints3d=world, joints3d_conf=conf3d,
@@ -314,13 +326,13 @@ def fit_mode(pipe: HandDiffusionPipeline, det: Detection, handedness: str, K: np
     if encoder is not None and rgb is None:
         raise ValueError("an image mode needs the photo")
     return fit_detection(pipe, det.keypoints, handedness, K, progress=progress, world=world,
-                         world_gate=gate, min_agreeing=pipe.config.photo.min_agreeing,
-                         rgb=rgb, image_encoder=encoder, **opts)
+                         gate=gate, rgb=rgb, image_encoder=encoder, **opts)
 
 
 def mode_inputs(pipe: HandDiffusionPipeline, det: Detection, mode: str | None
-                ) -> tuple[np.ndarray | None, float | None, str | None]:
-    """The world landmarks a mode conditions on, their gate (None: none / ungated) and the
+                ) -> tuple[np.ndarray | None, PhotoConfig | None, str | None]:
+    """The world landmarks a mode conditions on, their gate (`gate_world`'s; None: none /
+    ungated) and the
     image encoder it reads the photo with (None: no image tokens)."""
     photo = pipe.config.photo
     mode = mode or photo.mode
@@ -334,7 +346,7 @@ def mode_inputs(pipe: HandDiffusionPipeline, det: Detection, mode: str | None
             raise ValueError(f"mode '{mode}' needs weights trained with image tokens "
                              "(hhmr train --config configs/image.toml); these have none")
         encoder = photo.image_encoder
-    return world, photo.world_gate if "world" in signals else None, encoder
+    return world, photo if "world" in signals else None, encoder
 
 
 def reconstruct(pipe: HandDiffusionPipeline, rgb: np.ndarray, K: np.ndarray | None = None,

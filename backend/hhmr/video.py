@@ -328,8 +328,7 @@ def fit_meshes(pipe: HandDiffusionPipeline, dets: list[Detection | None], side: 
             if encoder is not None and options.mode is not None:
                 raise ValueError("video frames are fitted without image tokens: choose a "
                                  "mode without '+image'")
-            world, conf3d = gate_world(right.keypoints, world, gate,
-                                       pipe.config.photo.min_agreeing)
+            world, conf3d = gate_world(right.keypoints, world, gate)
             plans.append(pipe.plan(Fit2D(right.keypoints, None, K32, world, conf3d), opts))
         for i, h in zip(found[b:b + FRAME_BATCH], pipe.run(plans), strict=True):
             meshes[i] = h.vertices[h.order()[0]]

@@ -128,10 +128,11 @@ VARIETY_WEIGHTS = {"TYPICAL": 1.0, "WIDE": 2.25}
 
 
 def progress_text(op: str, message: str, fraction: float, elapsed_s: float) -> str:
-    """The status line of a running request ("generate: step 3 of 10 30% (1.2 s)"); the
-    backend's messages already name the op."""
+    """The status line of a running request ("generate: step 3 of 10 30% (1 s)"); the
+    backend's messages already name the op. Whole seconds: the line (and the redraw it
+    costs) changes only when the progress does or a second passes."""
     message = message.removeprefix(f"{op}:").strip()
-    return f"{op}: {message} {fraction * 100:.0f}% ({elapsed_s:.1f} s)".replace("  ", " ")
+    return f"{op}: {message} {fraction * 100:.0f}% ({elapsed_s:.0f} s)".replace("  ", " ")
 
 
 def generate(opts: Sampling, target: str | None = None, variety: str = "DEFAULT",

@@ -14,7 +14,7 @@ from . import animate, jobs, scene
 from .handdata import HandTopology
 from .hypotheses import HypothesisSet
 
-POLL_S = 0.1
+POLL_S = 0.05
 FORCE_ASYNC = False  # tests: use the timer path in background mode, polling by hand
 
 
@@ -114,8 +114,10 @@ def poll() -> float | None:
         return None
     if results is None:
         frac, msg = job.progress
-        STATE.status = jobs.progress_text(job.task.op, msg, frac, job.elapsed)
-        _progress(frac)
+        status = jobs.progress_text(job.task.op, msg, frac, job.elapsed)
+        if status != STATE.status:  # each redraw costs CPU the backend could use
+            STATE.status = status
+            _progress(frac)
         return POLL_S
     try:
         _land(results)
@@ -279,10 +281,14 @@ def _progress_end() -> None:
 
 
 def _redraw() -> None:
+    """The sidebars that show the status; the 3D views themselves redraw when the scene
+    changes (redrawing them on every poll would take a software-GL Blender's CPU)."""
     for win in _windows():
         for area in win.screen.areas:
             if area.type == "VIEW_3D":
-                area.tag_redraw()
+                for region in area.regions:
+                    if region.type == "UI":
+                        region.tag_redraw()
 
 
 def _popup(text: str) -> None:

@@ -102,6 +102,10 @@ class PhotoConfig:
     # keypoint (`world_residual`), and none when fewer than `min_agreeing` are kept
     world_gate: float = 0.03
     min_agreeing: int = 11
+    # a wrist landmark that fails the gate is moved (x, y) to where the keypoints put it
+    # before the others are gated: the net reads wrist-relative joints, so a wrong wrist
+    # would shift every landmark it sees
+    anchor_wrist: bool = True
     # the frozen encoder whose tokens these weights read in the image slot (hhmr.encoders);
     # None: the slot was never trained, and the "+image" modes are refused
     image_encoder: str | None = None
