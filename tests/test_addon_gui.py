@@ -3,6 +3,7 @@ zip, the Reconstruct button's timer path lands 8 hypotheses whose rig follows th
 tab is drawn, and screenshots are saved, the second with a finger bent by the rig
 (tools/panel_screenshot.sh, which also makes the README's pictures)."""
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,11 +21,18 @@ PHOTO = ROOT.parent / "shared" / "data" / "real_photos" / "freihand_style" / "11
                     reason="needs Debian's blender, xvfb and xdotool (see README)")
 def test_panel_in_a_real_blender_window(tmp_path):
     out = tmp_path / "panel.png"
+    timings = tmp_path / "click.json"
     res = subprocess.run(["bash", str(ROOT / "tools" / "panel_screenshot.sh"), str(out),
-                          str(PHOTO)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+                          str(PHOTO), "--clicks", "2", "--timings", str(timings)],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
     log = res.stdout + res.stderr
     assert res.returncode == 0, log[-4000:]
     assert "HHMR_ADDON" in log and "scripts/addons/hhmr_blender" in log and "3.4.1" in log
+    presses = json.loads(timings.read_text())["presses"]  # each press timed, by stage
+    assert [p["first"] for p in presses] == [True, False]
+    for p in presses:
+        assert 0 < p["reply_in_hand_ms"] <= p["shape_keys_ms"] <= p["drawn_ms"]
+        assert {"detect_ms", "sample_ms", "pose_ms"} <= set(p["backend"])
     assert "busy=True" in log  # the operator returned at once; the timer landed the result
     assert "HHMR_LANDED 8 hypotheses" in log and "'hyp_07'" in log
     draws = int(log.split("HHMR_PANEL_DRAWS ")[1].split()[0])

@@ -17,7 +17,9 @@ failure.
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -45,6 +47,7 @@ ap.add_argument("--out", required=True)
 ap.add_argument("--n", type=int, default=8)
 ap.add_argument("--steps", type=int, default=10)
 ap.add_argument("--clicks", type=int, default=5, help="presses of Reconstruct, each timed")
+ap.add_argument("--timings", help="also write each press's times and stages to this JSON")
 args = ap.parse_args(argv)
 
 state = {"t0": 0.0, "step": 0, "drawn": 0, "deadline": time.monotonic() + 240}
@@ -128,6 +131,11 @@ def _step() -> float | None:
               f"showing them {drawn:.2f} s (n={args.n}, steps={args.steps}, {which})")
         hands = (state.get("reply") or {}).get("hands") or [{}]
         stages = hands[0].get("timings", {})
+        state.setdefault("presses", []).append({
+            "first": state["clicks"] == 1, "shape_keys_ms": round(landed * 1000),
+            "drawn_ms": round(drawn * 1000), "reply_in_hand_ms": round(state["reply_at"] * 1000),
+            "land_ms": round(state["landed_in"] * 1000),
+            "backend": {k: round(v) for k, v in stages.items() if k.endswith("_ms")}})
         print("HHMR_STAGES backend: " + ", ".join(f"{k.removesuffix('_ms')} {v:.0f} ms"
                                                   for k, v in stages.items() if k.endswith("_ms"))
               + f"; add-on: reply in hand after {state['reply_at'] * 1000:.0f} ms, landed in "
@@ -135,6 +143,16 @@ def _step() -> float | None:
         if state["clicks"] < args.clicks:
             state["step"] = "click"
             return 0.05
+        if args.timings:
+            warm = [p for p in state["presses"] if not p["first"]]
+            Path(args.timings).write_text(json.dumps({
+                "command": f"bash tools/panel_screenshot.sh {Path(args.out).name} "
+                           f"{os.path.relpath(args.photo)} --timings {args.timings}",
+                "task": "click", "photo": Path(args.photo).name, "n": args.n,
+                "steps": args.steps, "blender": bpy.app.version_string,
+                "median_after_warmup_ms": {k: float(np.median([p[k] for p in warm]))
+                                           for k in ("shape_keys_ms", "drawn_ms")} if warm
+                else {}, "presses": state["presses"]}, indent=1) + "\n")
         hand = bpy.data.objects[runner.STATE.landed[0]]
         keys = [k.name for k in hand.data.shape_keys.key_blocks]
         print(f"HHMR_LANDED {len(hand.hhmr.hypotheses)} hypotheses on {hand.name} "

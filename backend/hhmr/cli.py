@@ -55,7 +55,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         modes = tuple(args.mode) if args.mode else None
         result = evaluate_freihand(args.freihand_root, args.split, n=args.n, steps=args.steps,
                                    weights=args.weights, progress=not args.json, modes=modes,
-                                   limit=args.limit, world_gate=args.world_gate)
+                                   limit=args.limit, world_gate=args.world_gate,
+                                   anchor_wrist=args.anchor_wrist)
     elif args.task == "prior":
         from hhmr.evaluation.prior import evaluate_prior
 
@@ -405,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skel2d+world: world landmarks further than this fraction of the hand's "
                         "extent from their keypoints are left out (default: the weights' "
                         "sampling config, photo.world_gate)")
+    p.add_argument("--anchor-wrist", choices=("on", "off"), default=None,
+                   help="skel2d+world: re-anchor a wrist landmark that fails the gate (default: "
+                        "the weights' sampling config, photo.anchor_wrist)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_evaluate)
 

@@ -56,20 +56,25 @@ def _match(dets, xyz: np.ndarray, K: np.ndarray):
 def evaluate_freihand(root: str | Path, split: str = "evaluation", n: int = 1, steps: int = 10,
                       weights: str | None = None, progress: bool = True,
                       modes: tuple[str, ...] | None = None, limit: int | None = None,
-                      world_gate: float | None = None) -> dict:
+                      world_gate: float | None = None, anchor_wrist: str | None = None
+                      ) -> dict:
     """Every mode (None: those the weights support) on the same detections, MediaPipe's world
     landmarks as the baseline. With
     n > 1 each mode also gets rows for the top-ranked hypothesis (best score: reprojection
     error), with world landmarks also the one ranked by reprojection plus RANK_3D_WEIGHT
     times their distance (ranked_3d), the mean of the n and the oracle (the best of the n
-    against the ground truth); its plain row is the hypothesis shown first. `world_gate`
-    replaces the weights' `config.photo.world_gate` (skel2d+world's)."""
+    against the ground truth); its plain row is the hypothesis shown first. `world_gate` and
+    `anchor_wrist` ("on"/"off") replace the weights' `config.photo` settings (the gate of
+    skel2d+world)."""
     samples = load_freihand(Path(root), split)[:limit]
     pipe = HandDiffusionPipeline.from_pretrained(weights)
     modes = modes or supported_modes(pipe)
-    if world_gate is not None:
+    photo = {"world_gate": world_gate,
+             "anchor_wrist": None if anchor_wrist is None else anchor_wrist == "on"}
+    photo = {k: v for k, v in photo.items() if v is not None}
+    if photo:
         cfg = pipe.config
-        pipe = pipe.with_config(replace(cfg, photo=replace(cfg.photo, world_gate=world_gate)))
+        pipe = pipe.with_config(replace(cfg, photo=replace(cfg.photo, **photo)))
     t0 = time.perf_counter()
     rows: dict[str, dict[str, list[float]]] = {"mediapipe_world": {}}
     per_joint: dict[str, list[np.ndarray]] = {}
