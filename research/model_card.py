@@ -370,7 +370,7 @@ def main() -> None:
         result = json.loads(path.read_text())
         lines += ["", f"### {path.stem}", "", f"`{result.get('command', '')}`", ""]
         tag = path.stem.rsplit("_", 1)[-1]
-        if tag in NOT_SHIPPED or path.stem == "image_encoders_probe":
+        if tag in NOT_SHIPPED:
             lines += [f"Not the shipped weights: {NOT_SHIPPED['image']}.", ""]
         if "results" in result and isinstance(result["results"], dict):
             lines += table(result)

@@ -146,7 +146,7 @@ def _step() -> float | None:
         if args.timings:
             warm = [p for p in state["presses"] if not p["first"]]
             Path(args.timings).write_text(json.dumps({
-                "command": f"bash tools/panel_screenshot.sh {Path(args.out).name} "
+                "command": f"bash tools/panel_screenshot.sh {os.path.relpath(args.out)} "
                            f"{os.path.relpath(args.photo)} --timings {args.timings}",
                 "task": "click", "photo": Path(args.photo).name, "n": args.n,
                 "steps": args.steps, "blender": bpy.app.version_string,
