@@ -124,4 +124,5 @@ def test_image_modes_need_weights_with_an_encoder(tiny_net, hand):
     K = np.array([[200, 0, 100], [0, 200, 100], [0, 0, 1]], np.float32)
     with pytest.raises(ValueError, match="trained with image tokens"):
         fit_mode(pipe, det, "right", K, "skel2d+image", rgb=np.zeros((200, 200, 3), np.uint8))
-    assert supported_modes(pipe) == ("skel2d", "skel2d+world", "skel2d+world_all")
+    assert supported_modes(pipe) == ("skel2d", "skel2d+lifted", "skel2d+world",
+                                     "skel2d+world_all")

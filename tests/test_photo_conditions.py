@@ -83,8 +83,7 @@ def test_world_landmarks_that_disagree_with_the_photo_are_left_out(tiny_pipe, mo
     real = tiny_pipe.fit2d
     monkeypatch.setattr(tiny_pipe, "fit2d", lambda *a, **o: seen.update(o) or real(*a, **o))
     det = Detection(kp, world, "right", 0.9)
-    assert tiny_pipe.config.photo.mode == "skel2d+world"  # the default mode
-    fit_mode(tiny_pipe, det, "right", K, None, n=1, steps=1)
+    fit_mode(tiny_pipe, det, "right", K, "skel2d+world", n=1, steps=1)
     assert seen["joints3d_conf"].tolist() == [0.0 if i in (4, 8) else 1.0 for i in range(21)]
 
     def gated(gate):
@@ -99,6 +98,44 @@ def test_world_landmarks_that_disagree_with_the_photo_are_left_out(tiny_pipe, mo
     fit_mode(tiny_pipe, Detection(kp, world, "right", 0.9), "right", K, "skel2d+world", n=1,
              steps=1)
     assert seen["joints3d"] is None
+
+
+def test_keypoints_are_lifted_to_the_mean_of_the_detectors_two_depths(tiny_pipe, monkeypatch):
+    from hhmr.reconstruct import Detection, fit_mode, lift_keypoints
+
+    rng = np.random.default_rng(4)
+    K = np.array([[500, 0, 320], [0, 500, 240], [0, 0, 1]], np.float32)
+    joints = (rng.normal(size=(21, 3)) * 0.03 + [0.02, -0.01, 0.6]).astype(np.float32)
+    p = joints @ K.T
+    kp = p[:, :2] / p[:, 2:]
+    world = joints - joints.mean(0)  # MediaPipe's: metres, hand-centred, camera axes
+    scale = 500 / 0.6  # pixels per metre at the hand
+    depth = (joints[:, 2] - joints[0, 2]) * scale  # the image landmarks': pixels, wrist 0
+    for d in (depth, None):  # both depths right, or the world z alone
+        lifted = lift_keypoints(kp, world, d, K)
+        q = lifted @ K.T
+        assert np.abs(q[:, :2] / q[:, 2:] - kp).max() < 1e-3  # on the keypoints' rays
+        rel, truth = lifted - lifted[0], joints - joints[0]
+        assert np.abs(rel - truth).max() < 0.004  # weak perspective's error: a few mm
+    noise = rng.normal(size=21).astype(np.float32) * 0.01
+    wrong = world + np.stack([0 * noise, 0 * noise, noise], 1)  # the world z off, depth right
+    def z_error(lifted):  # each joint's depth error about the hand's own, metres
+        dz, truth = lifted[:, 2] - lifted[:, 2].mean(), joints[:, 2] - joints[:, 2].mean()
+        return dz - truth
+
+    both, alone = z_error(lift_keypoints(kp, wrong, depth, K)), z_error(
+        lift_keypoints(kp, wrong, None, K))
+    assert np.abs(alone - (noise - noise.mean())).max() < 0.002
+    assert np.abs(both - alone / 2).max() < 0.002  # half the world z's error is left
+
+    seen = {}
+    real = tiny_pipe.fit2d
+    monkeypatch.setattr(tiny_pipe, "fit2d", lambda *a, **o: seen.update(o) or real(*a, **o))
+    assert tiny_pipe.config.photo.mode == "skel2d+lifted"  # the default mode
+    fit_mode(tiny_pipe, Detection(kp, world, "right", 0.9, depth), "right", K, None, n=1,
+             steps=1)
+    assert np.allclose(seen["joints3d"], lift_keypoints(kp, world, depth, K))
+    assert seen["joints3d_conf"] is not None  # gated like the world landmarks
 
 
 def test_a_wrist_landmark_that_disagrees_is_moved_to_the_keypoints_view():

@@ -124,8 +124,14 @@ def _step() -> float | None:
             print("HHMR_ERROR", runner.STATE.error)
             finish(5)
             return None
+        if state.get("drawn_at") is None and time.perf_counter() - state["t0"] < 30:
+            return 0.05  # landed, not drawn yet
+        if state.get("drawn_at") is None:
+            print("HHMR_ERROR the 3D view never drew the hand")
+            finish(6)
+            return None
         landed = state["reply_at"] + state["landed_in"]
-        drawn = state["drawn_at"] or time.perf_counter() - state["t0"]
+        drawn = state["drawn_at"]
         which = "first request, fresh backend" if state["clicks"] == 1 else "again"
         print(f"HHMR_TIMING click to shape keys: {landed:.2f} s, to the first 3D-view frame "
               f"showing them {drawn:.2f} s (n={args.n}, steps={args.steps}, {which})")
@@ -147,7 +153,8 @@ def _step() -> float | None:
             warm = [p for p in state["presses"] if not p["first"]]
             Path(args.timings).write_text(json.dumps({
                 "command": f"bash tools/panel_screenshot.sh {os.path.relpath(args.out)} "
-                           f"{os.path.relpath(args.photo)} --timings {args.timings}",
+                           f"{os.path.relpath(args.photo)} --timings {args.timings}"
+                           + (f" --clicks {args.clicks}" if args.clicks != 5 else ""),
                 "task": "click", "photo": Path(args.photo).name, "n": args.n,
                 "steps": args.steps, "blender": bpy.app.version_string,
                 "median_after_warmup_ms": {k: float(np.median([p[k] for p in warm]))

@@ -387,9 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="evaluation")
     p.add_argument("--mode", action="append", default=None, choices=P.RECONSTRUCT_MODES,
                    help="reconstruct mode, repeatable (default: every mode the weights can "
-                        "run): skel2d = MediaPipe's 2D keypoints; skel2d+world = with those of "
-                        "its 3D world landmarks that agree with them; skel2d+world_all = with "
-                        "all of them; +image = with the photo's image tokens")
+                        "run): skel2d = MediaPipe's 2D keypoints; skel2d+lifted = with the "
+                        "keypoints lifted to its depth; skel2d+world = with those of its 3D "
+                        "world landmarks that agree with them; skel2d+world_all = with all of "
+                        "them; +image = with the photo's image tokens")
     p.add_argument("--renders", type=int, default=None, metavar="N",
                    help="evaluate on N held-out rendered hands instead (HHMR's Table 5 rows: "
                         "image, image + 2D, image + 2D + guidance; first and min-of---n)")
@@ -403,12 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--video: synthetic sequences (0: none)")
     p.add_argument("--frames", type=int, default=90, help="--video: frames per sequence")
     p.add_argument("--world-gate", type=float, default=None, metavar="FRACTION",
-                   help="skel2d+world: world landmarks further than this fraction of the hand's "
-                        "extent from their keypoints are left out (default: the weights' "
+                   help="skel2d+lifted and skel2d+world: 3D joints further than this fraction "
+                        "of the hand's extent from their keypoints are left out (default: the weights' "
                         "sampling config, photo.world_gate)")
     p.add_argument("--anchor-wrist", choices=("on", "off"), default=None,
-                   help="skel2d+world: re-anchor a wrist landmark that fails the gate (default: "
-                        "the weights' sampling config, photo.anchor_wrist)")
+                   help="with --freihand-root, skel2d+lifted and skel2d+world: re-anchor a wrist "
+                        "that fails the gate (default: the weights' sampling config, photo.anchor_wrist)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_evaluate)
 
@@ -498,9 +499,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reconstruct the one hand in this box (pixels), found by the landmark "
                         "network when the palm detector misses it (gloves, instruments)")
     p.add_argument("--mode", choices=P.RECONSTRUCT_MODES, default=None,
-                   help="what the photo conditions on: the detector's 2D keypoints, with those "
-                        "of its 3D world landmarks that agree with them, or with all (default: "
-                        "the weights' sampling config, photo.mode: skel2d+world)")
+                   help="what the photo conditions on: the detector's 2D keypoints, with them "
+                        "lifted to its depth, with those of its 3D world landmarks that agree "
+                        "with them, or with all (default: the weights' sampling config, "
+                        "photo.mode: skel2d+lifted)")
     p.add_argument("--max-pixels", type=int, default=8192 * 8192,
                    help="largest image to decode, in pixels (default 8192*8192); a larger one "
                         "fails without being decoded")

@@ -471,8 +471,8 @@ def _inpaint_check(args: dict[str, Any], ctx: _Ctx) -> None:
 
 # what a photo conditions on (see hhmr.reconstruct.fit_mode); "+image" needs weights with an
 # image encoder (configs/image.toml)
-RECONSTRUCT_MODES = ("skel2d", "skel2d+world", "skel2d+world_all", "skel2d+image",
-                     "skel2d+world+image")
+RECONSTRUCT_MODES = ("skel2d", "skel2d+lifted", "skel2d+world", "skel2d+world_all",
+                     "skel2d+image", "skel2d+world+image")
 
 
 def _fit2d_check(args: dict[str, Any], ctx: _Ctx) -> None:
@@ -593,9 +593,10 @@ OPS: dict[str, OpSpec] = {
                    "float [4] x0, y0, x1, y1 pixels: reconstruct the one hand in this box (the "
                    "landmark network runs on it when the palm detector finds none)"),
         "mode": Arg(_choice(*RECONSTRUCT_MODES), "what the photo conditions on: 'skel2d' "
-                    "(the detector's 2D keypoints), 'skel2d+world' (with those of its 3D world "
-                    "landmarks that agree with them; the default) or 'skel2d+world_all' (with "
-                    "all of them)"),
+                    "(the detector's 2D keypoints), 'skel2d+lifted' (with the keypoints lifted "
+                    "to the depth of the detector's two 3D estimates; the default), "
+                    "'skel2d+world' (with those of its 3D world landmarks that agree with the "
+                    "keypoints) or 'skel2d+world_all' (with all of them)"),
         **SAMPLING_ARGS}, "recover hand meshes from an image", _reconstruct_check, True),
     "reconstruct_video": OpSpec(VIDEO_ARGS, "one hand's animation from a video clip: the rig's "
                                 "pose per frame and one shape (progress per frame)",

@@ -36,6 +36,9 @@ class Detection:
     world: np.ndarray  # [21, 3] MediaPipe world landmarks (metres, hand-centred)
     handedness: str  # "left" / "right", for an ordinary (unmirrored) photo
     score: float
+    # [21] the image landmarks' depth (pixels, x's scale, relative to the wrist, smaller is
+    # nearer): the network's second depth estimate, beside the world landmarks' z
+    depth: np.ndarray | None = None
 
 
 def default_intrinsics(width: int, height: int, fov_deg: float = DEFAULT_FOV_DEG
@@ -97,9 +100,10 @@ def detections(res, w: int, h: int, dx: float = 0, dy: float = 0) -> list[Detect
                                   res.multi_handedness, strict=True):
         kp = np.array([[p.x * w - dx, p.y * h - dy] for p in lms.landmark], np.float32)
         wl = np.array([[p.x, p.y, p.z] for p in world.landmark], dtype=np.float32)
+        depth = np.array([p.z * w for p in lms.landmark], np.float32)
         label = handed.classification[0].label.lower()
         swapped = "left" if label == "right" else "right"  # MediaPipe assumes a mirror
-        out.append(Detection(kp, wl, swapped, float(handed.classification[0].score)))
+        out.append(Detection(kp, wl, swapped, float(handed.classification[0].score), depth))
     return out
 
 
@@ -136,9 +140,9 @@ class LandmarkNet:
         self._lock = threading.Lock()
 
     def _run(self, rgb: np.ndarray, cx: float, cy: float, side: float, angle: float
-             ) -> tuple[np.ndarray, np.ndarray, float, float]:
+             ) -> tuple[np.ndarray, np.ndarray, float, float, np.ndarray]:
         """(keypoints [21, 2] image pixels, world [21, 3] camera axes, presence, right-hand
-        score as MediaPipe gives it) for the square crop of `side` pixels centred at (cx, cy),
+        score as MediaPipe gives it, depth [21] image pixels) for the square crop of `side` pixels centred at (cx, cy),
         rotated by `angle` radians."""
         from PIL import Image
 
@@ -157,7 +161,8 @@ class LandmarkNet:
                        a[3] * lm[:, 0] + a[4] * lm[:, 1] + a[5]], 1).astype(np.float32)
         world = world.reshape(21, 3).astype(np.float32)
         world[:, :2] = world[:, :2] @ np.array([[c, s], [-s, c]], np.float32)  # crop -> image
-        return kp, world, float(presence.ravel()[0]), float(right.ravel()[0])
+        depth = (lm[:, 2] * k).astype(np.float32)
+        return kp, world, float(presence.ravel()[0]), float(right.ravel()[0]), depth
 
     def __call__(self, rgb: np.ndarray, box) -> Detection:
         """The hand in `box` (x0, y0, x1, y1 pixels) of an RGB image, or NoHandError."""
@@ -187,7 +192,7 @@ class LandmarkNet:
         # the network's score is for the photo as given, not mirrored like the Hands
         # solution's label (tests/test_reconstruct.py checks it on dev photos)
         side_label = "right" if best[3] > 0.5 else "left"
-        return Detection(best[0], best[1], side_label, best[2])
+        return Detection(best[0], best[1], side_label, best[2], best[4])
 
 
 @functools.lru_cache(maxsize=1)
@@ -236,6 +241,24 @@ def world_residual(kp: np.ndarray, world: np.ndarray) -> np.ndarray:
     return np.linalg.norm((world[:, :2] - a_mean) * scale - (kp - b_mean), axis=1) / extent
 
 
+def lift_keypoints(kp: np.ndarray, world: np.ndarray, depth: np.ndarray | None,
+                   K: np.ndarray) -> np.ndarray:
+    """The keypoints [21, 2] lifted along their camera rays to a 3D skeleton [21, 3] (camera
+    frame, metres): the hand's distance from the world landmarks' [21, 3] size against the
+    keypoints' (`_ortho`), each joint's depth about it the mean of the two depth estimates of
+    MediaPipe's network, the world landmarks' z and the image landmarks' `depth` [21] (pixels;
+    None: the world z alone). It projects onto the keypoints exactly; the two depths' errors
+    are partly independent, so their mean is nearer the truth than either (docs/photos.md)."""
+    _, _, scale = _ortho(kp[1:], world[1:])  # pixels per metre
+    dz = world[:, 2] - world[:, 2].mean()
+    if depth is not None:
+        dz = 0.5 * (dz + (depth - depth.mean()) / max(scale, 1e-6))
+    f = (float(K[0, 0]) + float(K[1, 1])) / 2
+    z = f / max(scale, 1e-6) + dz
+    return np.stack([(kp[:, 0] - K[0, 2]) * z / K[0, 0], (kp[:, 1] - K[1, 2]) * z / K[1, 1], z],
+                    1).astype(np.float32)
+
+
 def gate_world(kp: np.ndarray, world: np.ndarray | None, photo: PhotoConfig | None
                ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The world landmarks [21, 3] and their confidence [21] for fit2d: with a gate (`photo`,
@@ -246,7 +269,9 @@ def gate_world(kp: np.ndarray, world: np.ndarray | None, photo: PhotoConfig | No
         return world, None
     residual = world_residual(kp, world)
     if photo.anchor_wrist and residual[0] > photo.world_gate:
-        a_mean, b_mean, scale = _ortho(kp, world)
+        a_mean, b_mean, scale = _ortho(kp[1:], world[1:])  # the view the fingers agree on
+        if scale <= 1e-6:
+            return None, None
         world = world.copy()
         world[0, :2] = a_mean + (kp[0] - b_mean) / scale
         residual = world_residual(kp, world)
@@ -322,31 +347,33 @@ def fit_mode(pipe: HandDiffusionPipeline, det: Detection, handedness: str, K: np
     """One detection fitted in one of `hhmr.protocol.RECONSTRUCT_MODES` (None: the pipeline's
     `config.photo.mode`), with the gate of its `config.photo`; the "+image" modes need the
     photo `rgb`."""
-    world, gate, encoder = mode_inputs(pipe, det, mode)
+    world, gate, encoder = mode_inputs(pipe, det, mode, K)
     if encoder is not None and rgb is None:
         raise ValueError("an image mode needs the photo")
     return fit_detection(pipe, det.keypoints, handedness, K, progress=progress, world=world,
                          gate=gate, rgb=rgb, image_encoder=encoder, **opts)
 
 
-def mode_inputs(pipe: HandDiffusionPipeline, det: Detection, mode: str | None
+def mode_inputs(pipe: HandDiffusionPipeline, det: Detection, mode: str | None, K: np.ndarray
                 ) -> tuple[np.ndarray | None, PhotoConfig | None, str | None]:
-    """The world landmarks a mode conditions on, their gate (`gate_world`'s; None: none /
-    ungated) and the
-    image encoder it reads the photo with (None: no image tokens)."""
+    """The 3D skeleton a mode conditions on (the world landmarks, or the keypoints lifted
+    with camera `K`), its gate (`gate_world`'s; None: none / ungated) and the image encoder
+    it reads the photo with (None: no image tokens)."""
     photo = pipe.config.photo
     mode = mode or photo.mode
     if mode not in RECONSTRUCT_MODES:
         raise ValueError(f"unknown mode '{mode}': one of {', '.join(RECONSTRUCT_MODES)}")
     signals = mode.split("+")
     world = det.world if {"world", "world_all"} & set(signals) else None
+    if "lifted" in signals:
+        world = lift_keypoints(det.keypoints, det.world, det.depth, K)
     encoder = None
     if "image" in signals:
         if photo.image_encoder is None:
             raise ValueError(f"mode '{mode}' needs weights trained with image tokens "
                              "(hhmr train --config configs/image.toml); these have none")
         encoder = photo.image_encoder
-    return world, photo if "world" in signals else None, encoder
+    return world, photo if {"world", "lifted"} & set(signals) else None, encoder
 
 
 def reconstruct(pipe: HandDiffusionPipeline, rgb: np.ndarray, K: np.ndarray | None = None,

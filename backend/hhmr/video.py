@@ -324,7 +324,7 @@ def fit_meshes(pipe: HandDiffusionPipeline, dets: list[Detection | None], side: 
         plans = []
         for i in found[b:b + FRAME_BATCH]:
             right = mirrored(dets[i], K) if side == "left" else dets[i]
-            world, gate, encoder = mode_inputs(pipe, right, options.mode)
+            world, gate, encoder = mode_inputs(pipe, right, options.mode, K)
             if encoder is not None and options.mode is not None:
                 raise ValueError("video frames are fitted without image tokens: choose a "
                                  "mode without '+image'")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from hhmr import metrics
 from hhmr.protocol import RECONSTRUCT_MODES
-from hhmr.reconstruct import detect_hands, fit_mode
+from hhmr.reconstruct import detect_hands, fit_mode, lift_keypoints
 from hhmr.sampling import HandDiffusionPipeline
 
 # The ranked_3d rows' weight of the world landmarks' distance (per mm) against the
@@ -59,13 +59,14 @@ def evaluate_freihand(root: str | Path, split: str = "evaluation", n: int = 1, s
                       world_gate: float | None = None, anchor_wrist: str | None = None
                       ) -> dict:
     """Every mode (None: those the weights support) on the same detections, MediaPipe's world
-    landmarks as the baseline. With
+    landmarks as the baseline (and the keypoints it lifts, `lift_keypoints`, as they are).
+    With
     n > 1 each mode also gets rows for the top-ranked hypothesis (best score: reprojection
     error), with world landmarks also the one ranked by reprojection plus RANK_3D_WEIGHT
     times their distance (ranked_3d), the mean of the n and the oracle (the best of the n
     against the ground truth); its plain row is the hypothesis shown first. `world_gate` and
     `anchor_wrist` ("on"/"off") replace the weights' `config.photo` settings (the gate of
-    skel2d+world)."""
+    skel2d+lifted and skel2d+world)."""
     samples = load_freihand(Path(root), split)[:limit]
     pipe = HandDiffusionPipeline.from_pretrained(weights)
     modes = modes or supported_modes(pipe)
@@ -76,7 +77,7 @@ def evaluate_freihand(root: str | Path, split: str = "evaluation", n: int = 1, s
         cfg = pipe.config
         pipe = pipe.with_config(replace(cfg, photo=replace(cfg.photo, **photo)))
     t0 = time.perf_counter()
-    rows: dict[str, dict[str, list[float]]] = {"mediapipe_world": {}}
+    rows: dict[str, dict[str, list[float]]] = {"mediapipe_world": {}, "mediapipe_lifted": {}}
     per_joint: dict[str, list[np.ndarray]] = {}
     detected = 0
     for s in tqdm(samples, desc="freihand", disable=not progress, unit="image"):
@@ -91,7 +92,9 @@ def evaluate_freihand(root: str | Path, split: str = "evaluation", n: int = 1, s
         rows["mediapipe_world"].setdefault("keypoint_2d_px", []).append(float(err2d.mean()))
         side = s["hand"] or det.handedness
         gt = torch.from_numpy(s["xyz"])[None]
-        preds = {"mediapipe_world": torch.from_numpy(det.world)[None]}
+        preds = {"mediapipe_world": torch.from_numpy(det.world)[None],
+                 "mediapipe_lifted": torch.from_numpy(
+                     lift_keypoints(det.keypoints, det.world, det.depth, s["K"]))[None]}
         for mode in modes:
             h = fit_mode(pipe, det, side, s["K"], mode, n=n, steps=steps, rgb=rgb)
             preds[mode] = h.joints[h.order()[0]][None]
@@ -120,5 +123,5 @@ def evaluate_freihand(root: str | Path, split: str = "evaluation", n: int = 1, s
             results[method]["rr_error_per_keypoint_mm"] = [
                 round(float(x), 1) for x in np.mean(per_joint[method], axis=0)]
     return {"task": "freihand", "root": str(root), "split": split, "num": len(samples),
-            "n": n, "steps": steps, "modes": list(modes), "results": results,
-            "seconds": time.perf_counter() - t0}
+            "n": n, "steps": steps, "modes": list(modes), "photo": asdict(pipe.config.photo),
+            "results": results, "seconds": time.perf_counter() - t0}

@@ -95,11 +95,13 @@ class TaskConfig:
 class PhotoConfig:
     """How `hhmr.reconstruct` turns a photo's detection into conditions (docs/photos.md)."""
 
-    # the default mode: "skel2d" (2D keypoints), "skel2d+world" (with the world landmarks that
+    # the default mode: "skel2d" (2D keypoints), "skel2d+lifted" (with the keypoints lifted to
+    # the detector's depth, `lift_keypoints`), "skel2d+world" (with the world landmarks that
     # agree with them) or "skel2d+world_all" (with every landmark)
-    mode: str = "skel2d+world"
-    # skel2d+world keeps a landmark within this fraction of the hand's extent from its
-    # keypoint (`world_residual`), and none when fewer than `min_agreeing` are kept
+    mode: str = "skel2d+lifted"
+    # skel2d+lifted and skel2d+world keep a 3D joint within this fraction of the hand's extent
+    # from its keypoint in an orthographic view (`world_residual`), and none when fewer than
+    # `min_agreeing` are kept
     world_gate: float = 0.03
     min_agreeing: int = 11
     # a wrist landmark that fails the gate is moved (x, y) to where the keypoints put it
