@@ -31,6 +31,7 @@ if [ -f runs/image/final.pt ]; then
   hhmr evaluate --renders 128 --n 16 --weights runs/image/final.pt --json > "$out/renders_image.json"
   python research/image_encoders.py --json "$out/image_encoders_probe.json"
 fi
+python research/photo_depth.py --json "$out/photo_depth.json" > /dev/null
 # video: jitter on the real clips beside MediaPipe's, synthetic accuracy and lag, speed, batch
 hhmr evaluate --video ../shared/data/real_videos/hand_open_close.mp4 \
   --video ../shared/data/real_videos/signing_fast.mp4 --json > "$out/video.json"

@@ -402,6 +402,28 @@ def main() -> None:
                       "the hypotheses landed in the scene; drawn: to the 3D view's first frame "
                       "showing them (software OpenGL: one 3D-view redraw costs about 190 ms "
                       "here)."]
+        elif "bands" in result:  # research/photo_depth.py
+            f = result["floor"]
+            lines += [f"Floor, first {f['photos']} photos, PA-MPJPE / root-relative mm: fit2d "
+                      f"from the true 2D keypoints {f['true_2d'][0]} / {f['true_2d'][1]}, with "
+                      f"the true 3D joints {f['true_2d_and_3d'][0]} / "
+                      f"{f['true_2d_and_3d'][1]}, refit3d to those alone "
+                      f"{f['refit3d_true_3d'][0]} / {f['refit3d_true_3d'][1]}.", "",
+                      "| image depth weight (lifted, as it is) | PA-MPJPE mm | "
+                      "root-relative MPJPE mm |", "|---|---|---|"]
+            lines += [f"| {m['image_depth_weight']} | {m['pa_mpjpe_mm']} | {m['rr_mpjpe_mm']} |"
+                      for m in result["mix"]]
+            lines += ["", "| depth disagreement | photos | skel2d PA-MPJPE mm | skel2d+lifted |",
+                      "|---|---|---|---|"]
+            lines += [f"| {b['disagreement'][0]:.3f}-{b['disagreement'][1]:.3f} | "
+                      f"{b['photos']} | {b['skel2d_pa_mm']} | {b['lifted_pa_mm']} |"
+                      for b in result["bands"]]
+            lines += ["", "| fallback above | photos fallen back | PA-MPJPE mm | "
+                      "root-relative MPJPE mm |", "|---|---|---|---|"]
+            lines += [f"| {'never' if f['threshold'] is None else f['threshold']} | "
+                      f"{f['fallen_back']} | {f['pa_mpjpe_mm']} | {f['rr_mpjpe_mm']} |"
+                      for f in result["fallback"]]
+            lines += ["", f"Shipped: {result['shipped_threshold']}."]
         elif result.get("task") == "video":
             lines += video_tables(result)
         elif "timings" in result and "frames" in result:  # reconstruct-video --json

@@ -101,7 +101,7 @@ def test_world_landmarks_that_disagree_with_the_photo_are_left_out(tiny_pipe, mo
 
 
 def test_keypoints_are_lifted_to_the_mean_of_the_detectors_two_depths(tiny_pipe, monkeypatch):
-    from hhmr.reconstruct import Detection, fit_mode, lift_keypoints
+    from hhmr.reconstruct import Detection, depth_disagreement, fit_mode, lift_keypoints
 
     rng = np.random.default_rng(4)
     K = np.array([[500, 0, 320], [0, 500, 240], [0, 0, 1]], np.float32)
@@ -136,6 +136,12 @@ def test_keypoints_are_lifted_to_the_mean_of_the_detectors_two_depths(tiny_pipe,
              steps=1)
     assert np.allclose(seen["joints3d"], lift_keypoints(kp, world, depth, K))
     assert seen["joints3d_conf"] is not None  # gated like the world landmarks
+    assert depth_disagreement(kp, world, depth) < 0.01
+    noisy = depth + rng.normal(size=21).astype(np.float32) * 40  # pixels: ~5 cm at the hand
+    assert depth_disagreement(kp, world, noisy) > tiny_pipe.config.photo.max_depth_disagreement
+    fit_mode(tiny_pipe, Detection(kp, world, "right", 0.9, noisy), "right", K, None, n=1,
+             steps=1)
+    assert seen["joints3d"] is None  # the two depths disagree: the keypoints alone
 
 
 def test_a_wrist_landmark_that_disagrees_is_moved_to_the_keypoints_view():

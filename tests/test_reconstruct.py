@@ -146,9 +146,9 @@ def test_the_landmark_network_on_a_box_reads_real_hands():
     """On boxes around the dev photos' hands (ground truth + 10 %): keypoints within a few
     pixels of the truth and the side right (one person's left hand)."""
     from hhmr.evaluation.photos import _project, load_freihand
-    from hhmr.reconstruct import landmark_net, world_residual
+    from hhmr.reconstruct import depth_disagreement, landmark_net, world_residual
 
-    errs, sides = [], []
+    errs, sides, depths = [], [], []
     for s in load_freihand(DATA / "real_hgcnn_dev")[:100:10]:
         gt = _project(s["xyz"], s["K"])
         lo, hi = gt.min(0), gt.max(0)
@@ -161,4 +161,8 @@ def test_the_landmark_network_on_a_box_reads_real_hands():
         # the 3D landmarks, turned back from the crop, agree with the 2D ones (about 0.02-0.08
         # of the hand's extent; unturned from a side-on crop they are off by 0.15-0.26)
         assert np.median(world_residual(det.keypoints, det.world)) < 0.1
+        depths.append(depth_disagreement(det.keypoints, det.world, det.depth))
     assert np.mean(errs) < 12 and sum(sides) >= 8, (errs, sides)
+    # its image depth on the Hands solution's scale agrees with its world z (median 0.05 of
+    # the hand's extent; 0.07 without MediaPipe's 1 / 0.4)
+    assert np.median(depths) < 0.06, depths

@@ -404,12 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--video: synthetic sequences (0: none)")
     p.add_argument("--frames", type=int, default=90, help="--video: frames per sequence")
     p.add_argument("--world-gate", type=float, default=None, metavar="FRACTION",
-                   help="skel2d+lifted and skel2d+world: 3D joints further than this fraction "
-                        "of the hand's extent from their keypoints are left out (default: the weights' "
-                        "sampling config, photo.world_gate)")
+                   help="skel2d+lifted and skel2d+world: 3D joints further than this "
+                        "fraction of the hand's extent from their keypoints are left out "
+                        "(default: the weights' sampling config, photo.world_gate)")
     p.add_argument("--anchor-wrist", choices=("on", "off"), default=None,
-                   help="with --freihand-root, skel2d+lifted and skel2d+world: re-anchor a wrist "
-                        "that fails the gate (default: the weights' sampling config, photo.anchor_wrist)")
+                   help="with --freihand-root, skel2d+lifted and skel2d+world: re-anchor a "
+                        "wrist that fails the gate (default: the weights' sampling config, "
+                        "photo.anchor_wrist)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_evaluate)
 

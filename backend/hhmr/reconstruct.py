@@ -142,8 +142,8 @@ class LandmarkNet:
     def _run(self, rgb: np.ndarray, cx: float, cy: float, side: float, angle: float
              ) -> tuple[np.ndarray, np.ndarray, float, float, np.ndarray]:
         """(keypoints [21, 2] image pixels, world [21, 3] camera axes, presence, right-hand
-        score as MediaPipe gives it, depth [21] image pixels) for the square crop of `side` pixels centred at (cx, cy),
-        rotated by `angle` radians."""
+        score as MediaPipe gives it, depth [21] image pixels) for the square crop of `side`
+        pixels centred at (cx, cy), rotated by `angle` radians."""
         from PIL import Image
 
         c, s, k = math.cos(angle), math.sin(angle), side / 224
@@ -161,7 +161,9 @@ class LandmarkNet:
                        a[3] * lm[:, 0] + a[4] * lm[:, 1] + a[5]], 1).astype(np.float32)
         world = world.reshape(21, 3).astype(np.float32)
         world[:, :2] = world[:, :2] @ np.array([[c, s], [-s, c]], np.float32)  # crop -> image
-        depth = (lm[:, 2] * k).astype(np.float32)
+        # MediaPipe's graph scales z as x, then divides it by 0.4 (its landmarks calculator's
+        # normalize_z): the same depth as the Hands solution's (a test compares them)
+        depth = (lm[:, 2] * k / 0.4).astype(np.float32)
         return kp, world, float(presence.ravel()[0]), float(right.ravel()[0]), depth
 
     def __call__(self, rgb: np.ndarray, box) -> Detection:
@@ -241,6 +243,28 @@ def world_residual(kp: np.ndarray, world: np.ndarray) -> np.ndarray:
     return np.linalg.norm((world[:, :2] - a_mean) * scale - (kp - b_mean), axis=1) / extent
 
 
+def _depths(kp: np.ndarray, world: np.ndarray, depth: np.ndarray | None
+            ) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """The two depth estimates about their means [21] (metres; the image landmarks' None
+    without `depth`) and the pixels per metre of `_ortho`'s view."""
+    _, _, scale = _ortho(kp[1:], world[1:])
+    scale = max(scale, 1e-6)
+    image = None if depth is None else (depth - depth.mean()) / scale
+    return world[:, 2] - world[:, 2].mean(), image, scale
+
+
+def depth_disagreement(kp: np.ndarray, world: np.ndarray, depth: np.ndarray | None) -> float:
+    """How far MediaPipe's two depth estimates (the world landmarks' z and the image
+    landmarks' `depth`) disagree: their RMS difference over the hand's extent (0 without
+    `depth`). On the dev photos the lifted skeleton's error grows with it; past about 10 %
+    the keypoints alone do as well (docs/photos.md)."""
+    a, b, _ = _depths(kp, world, depth)
+    if b is None:
+        return 0.0
+    extent = float(np.linalg.norm(world.max(0) - world.min(0))) or 1.0
+    return float(np.sqrt(((a - b) ** 2).mean())) / extent
+
+
 def lift_keypoints(kp: np.ndarray, world: np.ndarray, depth: np.ndarray | None,
                    K: np.ndarray) -> np.ndarray:
     """The keypoints [21, 2] lifted along their camera rays to a 3D skeleton [21, 3] (camera
@@ -249,12 +273,11 @@ def lift_keypoints(kp: np.ndarray, world: np.ndarray, depth: np.ndarray | None,
     MediaPipe's network, the world landmarks' z and the image landmarks' `depth` [21] (pixels;
     None: the world z alone). It projects onto the keypoints exactly; the two depths' errors
     are partly independent, so their mean is nearer the truth than either (docs/photos.md)."""
-    _, _, scale = _ortho(kp[1:], world[1:])  # pixels per metre
-    dz = world[:, 2] - world[:, 2].mean()
-    if depth is not None:
-        dz = 0.5 * (dz + (depth - depth.mean()) / max(scale, 1e-6))
+    dz, image, scale = _depths(kp, world, depth)
+    if image is not None:
+        dz = 0.5 * (dz + image)
     f = (float(K[0, 0]) + float(K[1, 1])) / 2
-    z = f / max(scale, 1e-6) + dz
+    z = f / scale + dz
     return np.stack([(kp[:, 0] - K[0, 2]) * z / K[0, 0], (kp[:, 1] - K[1, 2]) * z / K[1, 1], z],
                     1).astype(np.float32)
 
@@ -365,7 +388,8 @@ def mode_inputs(pipe: HandDiffusionPipeline, det: Detection, mode: str | None, K
         raise ValueError(f"unknown mode '{mode}': one of {', '.join(RECONSTRUCT_MODES)}")
     signals = mode.split("+")
     world = det.world if {"world", "world_all"} & set(signals) else None
-    if "lifted" in signals:
+    if "lifted" in signals and (depth_disagreement(det.keypoints, det.world, det.depth)
+                                <= photo.max_depth_disagreement):
         world = lift_keypoints(det.keypoints, det.world, det.depth, K)
     encoder = None
     if "image" in signals:

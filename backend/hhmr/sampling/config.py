@@ -104,6 +104,9 @@ class PhotoConfig:
     # `min_agreeing` are kept
     world_gate: float = 0.03
     min_agreeing: int = 11
+    # skel2d+lifted falls back to the keypoints alone when MediaPipe's two depth estimates
+    # disagree by more than this fraction of the hand's extent (`depth_disagreement`)
+    max_depth_disagreement: float = 0.10
     # a wrist landmark that fails the gate is moved (x, y) to where the keypoints put it
     # before the others are gated: the net reads wrist-relative joints, so a wrong wrist
     # would shift every landmark it sees
