@@ -101,6 +101,8 @@ def test_world_landmarks_that_disagree_with_the_photo_are_left_out(tiny_pipe, mo
 
 
 def test_keypoints_are_lifted_to_the_mean_of_the_detectors_two_depths(tiny_pipe, monkeypatch):
+    from dataclasses import replace
+
     from hhmr.reconstruct import Detection, depth_disagreement, fit_mode, lift_keypoints
 
     rng = np.random.default_rng(4)
@@ -136,6 +138,15 @@ def test_keypoints_are_lifted_to_the_mean_of_the_detectors_two_depths(tiny_pipe,
              steps=1)
     assert np.allclose(seen["joints3d"], lift_keypoints(kp, world, depth, K))
     assert seen["joints3d_conf"] is not None  # gated like the world landmarks
+    left = Detection(kp, world, "left", 0.9, depth)  # fitted mirrored, like its keypoints
+    fit_mode(tiny_pipe, left, "left", K, None, n=1, steps=1)
+    mirrored = seen["joints3d"]
+    assert np.allclose(mirrored, lift_keypoints(kp, world, depth, K) * [-1, 1, 1])
+    q = mirrored @ K.T
+    assert np.abs(q[:, 0] / q[:, 2] - (2 * K[0, 2] - kp[:, 0])).max() < 1e-3
+    far = replace(left, world=world * 0)  # no extent in the image: no depth to lift
+    fit_mode(tiny_pipe, far, "left", K, None, n=1, steps=1)
+    assert seen["joints3d"] is None
     assert depth_disagreement(kp, world, depth) < 0.01
     noisy = depth + rng.normal(size=21).astype(np.float32) * 40  # pixels: ~5 cm at the hand
     assert depth_disagreement(kp, world, noisy) > tiny_pipe.config.photo.max_depth_disagreement

@@ -166,3 +166,17 @@ def test_the_landmark_network_on_a_box_reads_real_hands():
     # its image depth on the Hands solution's scale agrees with its world z (median 0.05 of
     # the hand's extent; 0.07 without MediaPipe's 1 / 0.4)
     assert np.median(depths) < 0.06, depths
+
+
+def test_the_box_networks_depth_is_on_the_hands_solutions_scale():
+    """On a dev photo where both find the same keypoints, the landmark network's image depth
+    on a box equals the Hands solution's (without MediaPipe's 1 / 0.4 it is 0.4 of it)."""
+    from hhmr.reconstruct import detect_hands, landmark_net
+
+    rgb = np.asarray(Image.open(DATA / "real_hgcnn_dev" / "rgb" / "00000000.jpg").convert("RGB"))
+    hands = detect_hands(rgb)[0]
+    lo, hi = hands.keypoints.min(0), hands.keypoints.max(0)
+    box = landmark_net()(rgb, (*(lo - 10), *(hi + 10)))
+    assert np.abs(box.keypoints - hands.keypoints).mean() < 3
+    a, b = hands.depth - hands.depth.mean(), box.depth - box.depth.mean()
+    assert 0.8 < (a * b).sum() / (b * b).sum() < 1.25

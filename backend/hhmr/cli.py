@@ -503,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the photo conditions on: the detector's 2D keypoints, with them "
                         "lifted to its depth, with those of its 3D world landmarks that agree "
                         "with them, or with all (default: the weights' sampling config, "
-                        "photo.mode: skel2d+lifted)")
+                        "photo.mode; skel2d+lifted for the shipped weights)")
     p.add_argument("--max-pixels", type=int, default=8192 * 8192,
                    help="largest image to decode, in pixels (default 8192*8192); a larger one "
                         "fails without being decoded")

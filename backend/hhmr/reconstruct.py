@@ -162,7 +162,7 @@ class LandmarkNet:
         world = world.reshape(21, 3).astype(np.float32)
         world[:, :2] = world[:, :2] @ np.array([[c, s], [-s, c]], np.float32)  # crop -> image
         # MediaPipe's graph scales z as x, then divides it by 0.4 (its landmarks calculator's
-        # normalize_z): the same depth as the Hands solution's (a test compares them)
+        # normalize_z): the same depth as the Hands solution's (tests/test_reconstruct.py)
         depth = (lm[:, 2] * k / 0.4).astype(np.float32)
         return kp, world, float(presence.ravel()[0]), float(right.ravel()[0]), depth
 
@@ -282,6 +282,18 @@ def lift_keypoints(kp: np.ndarray, world: np.ndarray, depth: np.ndarray | None,
                     1).astype(np.float32)
 
 
+def usable_lift(det: Detection, K: np.ndarray, photo: PhotoConfig) -> np.ndarray | None:
+    """The detection's lifted keypoints (`lift_keypoints`), or None where its depth is not
+    to be trusted: the two depths disagree (`max_depth_disagreement`), the world landmarks
+    have no extent in the image, or a joint would land behind the camera."""
+    if _ortho(det.keypoints[1:], det.world[1:])[2] <= 1e-6:
+        return None
+    if depth_disagreement(det.keypoints, det.world, det.depth) > photo.max_depth_disagreement:
+        return None
+    lifted = lift_keypoints(det.keypoints, det.world, det.depth, K)
+    return lifted if (lifted[:, 2] > 0).all() else None
+
+
 def gate_world(kp: np.ndarray, world: np.ndarray | None, photo: PhotoConfig | None
                ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The world landmarks [21, 3] and their confidence [21] for fit2d: with a gate (`photo`,
@@ -388,9 +400,8 @@ def mode_inputs(pipe: HandDiffusionPipeline, det: Detection, mode: str | None, K
         raise ValueError(f"unknown mode '{mode}': one of {', '.join(RECONSTRUCT_MODES)}")
     signals = mode.split("+")
     world = det.world if {"world", "world_all"} & set(signals) else None
-    if "lifted" in signals and (depth_disagreement(det.keypoints, det.world, det.depth)
-                                <= photo.max_depth_disagreement):
-        world = lift_keypoints(det.keypoints, det.world, det.depth, K)
+    if "lifted" in signals:
+        world = usable_lift(det, K, photo)
     encoder = None
     if "image" in signals:
         if photo.image_encoder is None:
