@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from hhmr import metrics
-from hhmr.evaluation.photos import _match, load_freihand
+from hhmr.evaluation.photos import _match, _project, load_freihand
 from hhmr.reconstruct import (
     _depths,
     depth_disagreement,
@@ -50,8 +50,7 @@ def floor(pipe: HandDiffusionPipeline, samples: list[dict]) -> dict:
     """fit2d from the true 2D keypoints, with the true 3D joints, and refit3d to those."""
     rows = []
     for s in tqdm(samples, desc="floor", unit="photo"):
-        p = s["xyz"] @ s["K"].T
-        kp, side = p[:, :2] / p[:, 2:], s["hand"] or "right"
+        kp, side = _project(s["xyz"], s["K"]), s["hand"] or "right"
         world = s["xyz"] - s["xyz"].mean(0)
         row = []
         for w in (None, world):
@@ -68,7 +67,7 @@ def floor(pipe: HandDiffusionPipeline, samples: list[dict]) -> dict:
 
 def mixed(det, K: np.ndarray, weight: float) -> np.ndarray:
     """The lifted skeleton with this weight of the image depth."""
-    world_z, image_z, scale = _depths(det.keypoints, det.world, det.depth)
+    world_z, image_z, _ = _depths(det.keypoints, det.world, det.depth)
     world = det.world.copy()
     world[:, 2] = (1 - weight) * world_z + weight * image_z
     return lift_keypoints(det.keypoints, world, None, K)
