@@ -262,6 +262,36 @@ def test_a_late_word_during_the_backoff_cancels_the_resend(monkeypatch):
         router.close()
 
 
+def test_a_dropped_job_stops_its_monitor_before_its_sockets_close():
+    """A Job let go without close(): its monitor is disabled and both sockets closed, in that
+    order; a monitor left without its reader would block ZeroMQ's I/O thread at the next
+    connection event, and with it every later request of the process."""
+    import gc
+
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        client = HHMRClient(f"tcp://127.0.0.1:{port}", timeout_s=2.0, retries=0)
+        job = client.submit("info")
+        assert router.poll(5000)
+        router.recv_multipart()  # never answered
+        sock, monitor = job._sock, job._monitor
+        assert sock._monitor_socket is monitor
+        del job
+        gc.collect()
+        assert monitor.closed and sock.closed and sock._monitor_socket is None
+        for _ in range(20):  # later requests connect, handshake and are answered
+            later = client.submit("info")
+            assert router.poll(5000)
+            envelope = router.recv_multipart()[:-1]
+            router.send_multipart(envelope + [P.pack(P.ok_reply(later.id, {"ok": 1}))])
+            assert later.wait(5) == {"ok": 1}
+    finally:
+        router.close()
+
+
 def test_resend_storm_runs_each_id_once(small):
     """Defect 2: 12 clients (timeout 3 s, 2 retries) made the server run 33 jobs for 12
     ids. Each client here also resends its request twice on fresh sockets."""

@@ -114,12 +114,24 @@ class Job:
     def close(self) -> None:
         """Drop the socket; a reply still under way is discarded."""
         if self._monitor is not None:
+            # libzmq sends monitor events blocking, under the lock disable_monitor takes: read
+            # what is queued first, so a full monitor pipe cannot stall this call forever
+            while self._monitor.poll(0):
+                self._monitor.recv_multipart(zmq.NOBLOCK)
             self._sock.disable_monitor()
             self._monitor.close(linger=0)
             self._monitor = None
         if self._sock is not None:
             self._sock.close(linger=0)
             self._sock = None
+
+    def __del__(self) -> None:
+        # a Job dropped unclosed: stop its monitor before the sockets go, in that order (a
+        # monitor that outlives its reader blocks ZeroMQ's I/O thread for every socket)
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: zmq may already be gone
+            pass
 
     def _send(self) -> None:
         self.close()
