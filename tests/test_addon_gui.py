@@ -35,6 +35,8 @@ def test_panel_in_a_real_blender_window(tmp_path):
         assert {"detect_ms", "sample_ms", "pose_ms"} <= set(p["backend"])
     assert "busy=True" in log  # the operator returned at once; the timer landed the result
     assert "HHMR_LANDED 8 hypotheses" in log and "'hyp_07'" in log
+    # software OpenGL draws the base mesh (a subdivision level would double the first frame)
+    assert "viewport subdivision 0 (SOFTWARE)" in log
     draws = int(log.split("HHMR_PANEL_DRAWS ")[1].split()[0])
     assert draws > 0, "the HHMR panel was never drawn"
     for shot in (out, tmp_path / "panel_bent.png"):  # on the photo, then a finger bent

@@ -321,6 +321,39 @@ def test_projection_operator_holds_its_camera_when_asked(hand):
     assert weak.loss(turned).item() > first.item() and weak.camera[0] is scale
 
 
+def test_held_camera_gradient_in_closed_form_is_autograds(hand, gen):
+    """x0 guidance's repeated steps take the held camera's loss and gradient in closed form:
+    the same as autograd's (confidences, a rotation, a joint behind the clamp included);
+    none without a held perspective camera."""
+    from hhmr.hand.rotations import axis_angle_to_matrix
+
+    reg = hand.keypoint_regressor
+    K = torch.tensor([[600.0, 0, 112], [0, 580, 100], [0, 0, 1]]).expand(3, 3, 3)
+    kp = torch.rand(3, 21, 2, generator=gen) * 200
+    conf = torch.rand(3, 21, generator=gen)
+    op = ProjectionOperator(reg, kp, conf, K, solve_rotation=True)
+    joints = (reg @ hand.v_template)[None] + 0.01 * torch.randn(3, 21, 3, generator=gen)
+    assert op.held_loss_and_grad(joints) is None  # nothing held yet
+    op.loss(hand.v_template[None].expand(3, -1, -1))  # solves rotation and camera
+    op.hold_camera = True
+    joints[0, 5, 2] = -10.0  # far behind the camera: clamped, no gradient through depth
+    loss, grad = op.held_loss_and_grad(joints)
+    z = joints.clone().requires_grad_(True)
+    auto = op.joint_loss(z)
+    (auto_grad,) = torch.autograd.grad(auto.sum(), z)
+    assert torch.allclose(loss, auto.detach(), rtol=1e-5)
+    assert torch.allclose(grad, auto_grad, rtol=1e-4, atol=1e-6 * auto_grad.abs().max())
+    assert not torch.allclose(op.rotation, torch.eye(3).expand(3, 3, 3), atol=1e-3)
+    op.rotation = axis_angle_to_matrix(torch.tensor([[0.2, -0.3, 0.1]] * 3))
+    assert torch.allclose(op.held_loss_and_grad(joints)[1],
+                          torch.autograd.grad(op.joint_loss(z).sum(), z)[0], rtol=1e-4,
+                          atol=1e-6 * auto_grad.abs().max())
+    weak = ProjectionOperator(reg, kp, conf, None)
+    weak.loss(hand.v_template[None].expand(3, -1, -1))
+    weak.hold_camera = True
+    assert weak.held_loss_and_grad(joints) is None
+
+
 def test_descend_takes_back_steps_that_raise_the_loss(gen):
     """x0 guidance's descent: plain gradient steps at a stable scale; at a scale that would
     diverge, every kept step lowers the loss and the result still converges."""

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import addon_utils
 import bpy
+import gpu
 import numpy as np
 from mathutils import Quaternion
 
@@ -163,7 +164,8 @@ def _step() -> float | None:
         hand = bpy.data.objects[runner.STATE.landed[0]]
         keys = [k.name for k in hand.data.shape_keys.key_blocks]
         print(f"HHMR_LANDED {len(hand.hhmr.hypotheses)} hypotheses on {hand.name} "
-              f"({len(runner.STATE.landed)} hand(s)), keys {keys}")
+              f"({len(runner.STATE.landed)} hand(s)), keys {keys}, viewport subdivision "
+              f"{hand.modifiers[scene.SUBDIVISION].levels} ({gpu.platform.device_type_get()})")
         for o in bpy.context.view_layer.objects:
             o.select_set(False)
         hand.select_set(True)

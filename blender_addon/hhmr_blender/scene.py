@@ -96,9 +96,21 @@ def create_hand(topo: HandTopology, handedness: str, name: str,
     mod.object = rig
     # smooth in the viewport and finer in renders; operators read the base mesh (base_mesh)
     sub = obj.modifiers.new(SUBDIVISION, "SUBSURF")
-    sub.levels, sub.render_levels = 1, 2
+    sub.levels, sub.render_levels = viewport_subdivision(), 2
     obj.hhmr.is_hand, obj.hhmr.handedness = True, handedness
     return obj
+
+
+def viewport_subdivision() -> int:
+    """A new hand's subdivision level in the viewport: 1, or 0 where software OpenGL draws it
+    (llvmpipe, as under Xvfb), where that level doubles the wait for the hand's first frame
+    (about 0.25 s more, docs/photos.md); renders subdivide either way."""
+    try:
+        import gpu
+
+        return 0 if gpu.platform.device_type_get() == "SOFTWARE" else 1
+    except (ImportError, SystemError, AttributeError):  # background Blender: nothing drawn
+        return 1
 
 
 def beside(hand: bpy.types.Object) -> np.ndarray:

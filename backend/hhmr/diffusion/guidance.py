@@ -337,3 +337,27 @@ class ProjectionOperator:
         projected, _ = self.solve_joints(joints)
         kp, conf, _ = self._inputs(b)
         return (conf[..., None] * (projected - kp).square()).sum((1, 2)) / self.unit ** 2
+
+    def held_loss_and_grad(self, joints: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """`joint_loss` [B] and its gradient [B, 21, 3] in closed form while the perspective
+        camera is held (x0 guidance's repeated steps: no autograd graph, the same values);
+        None when it is not held or there is no K."""
+        if not (self.hold_camera and self.camera is not None and self.K is not None):
+            return None
+        b = joints.shape[0]
+        kp, conf, K = self._inputs(b)
+        p = self.rotate(joints) + self.camera[:, None]  # camera frame [B, J, 3]
+        q = p @ K.transpose(1, 2)
+        z = q[..., 2:].clamp_min(1e-6)
+        err = q[..., :2] / z - kp
+        c = conf[..., None] / self.unit ** 2
+        loss = (c * err.square()).sum((1, 2))
+        # d/dq of sum c err^2: 2 c err / z for q_x, q_y; minus their sum times q_xy / z for
+        # q_z (zero where the depth is clamped)
+        g_xy = 2 * c * err / z
+        g_z = -(g_xy * q[..., :2]).sum(-1, keepdim=True) / z * (q[..., 2:] > 1e-6)
+        grad = torch.cat([g_xy, g_z], -1) @ K  # dq/dp = K
+        if self.rotation is not None:
+            grad = grad @ self.rotation  # p = R j + t
+        return loss, grad

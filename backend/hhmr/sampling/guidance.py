@@ -31,14 +31,21 @@ def descend(loss_of: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor
             step_of: Callable[[torch.Tensor], torch.Tensor],
             change_of: Callable[[torch.Tensor], torch.Tensor],
             move_of: Callable[[torch.Tensor], torch.Tensor], scale: float, iters: int,
-            max_step: float | None = None, retries: int = 8) -> torch.Tensor:
+            max_step: float | None = None, retries: int = 8,
+            loss_and_grad: Callable[[torch.Tensor], tuple | None] | None = None
+            ) -> torch.Tensor:
     """x0 guidance's gradient descent: `iters` steps c = scale * step_of(grad_z loss_of(z))
     per sample from z = start, z moving by change_of(sum of c) and the mesh by move_of(c)
     (capped at RMS max_step). A step that raises its sample's loss is taken back and halved
     (at most `retries` extra evaluations), so strengths beyond the stable range converge
-    instead of diverging. Returns the sum of the steps taken."""
+    instead of diverging. `loss_and_grad(z)`, where it returns one, replaces autograd.
+    Returns the sum of the steps taken."""
 
     def evaluate(total: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if loss_and_grad is not None:
+            out = loss_and_grad((start + change_of(total)).detach())
+            if out is not None:
+                return out
         with torch.enable_grad():
             z = (start + change_of(total)).detach().requires_grad_(True)
             loss = loss_of(z)
@@ -129,9 +136,20 @@ class X0Guidance:
             calls += 1
             return op.joint_loss(z * SCALE)
 
+        def loss_and_grad(z: torch.Tensor) -> tuple | None:
+            nonlocal calls
+            if not (isinstance(op, ProjectionOperator) and self.hold_camera and calls > 0):
+                return None
+            op.hold_camera = True
+            out = op.held_loss_and_grad(z * SCALE)
+            if out is not None:
+                calls += 1
+                return out[0], out[1] * SCALE
+            return None
+
         total = descend(joint_loss, self.regressor @ x0, lambda g: -(jw.T @ g),
                         lambda c: jw @ c, lambda c: w @ c, self.scale, self.iterations,
-                        self.max_step, self.retries)
+                        self.max_step, self.retries, loss_and_grad)
         if isinstance(op, ProjectionOperator):
             op.hold_camera = False
         return w @ total
