@@ -400,7 +400,7 @@ def main() -> None:
             lines += ["", f"Blender {result['blender']} under Xvfb, {result['photo']}, "
                       f"n={result['n']}, {result['steps']} steps; shape keys: from the click to "
                       "the hypotheses landed in the scene; drawn: to the 3D view's first frame "
-                      "showing them (software OpenGL: one 3D-view redraw costs about 200 ms "
+                      "showing them (software OpenGL: drawing the 3D view takes about 200 ms "
                       "here, and new hands show their base mesh, no subdivision level, "
                       "which would double that first frame)."]
         elif "bands" in result:  # research/photo_depth.py

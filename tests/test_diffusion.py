@@ -323,31 +323,42 @@ def test_projection_operator_holds_its_camera_when_asked(hand):
 
 def test_held_camera_gradient_in_closed_form_is_autograds(hand, gen):
     """x0 guidance's repeated steps take the held camera's loss and gradient in closed form:
-    the same as autograd's (confidences, a rotation, a joint behind the clamp included);
-    none without a held perspective camera."""
+    the same as autograd's, sample by sample (confidences, a solved rotation and another
+    one); a joint behind the camera's depth clamp gets none through its depth; none without
+    a held perspective camera."""
     from hhmr.hand.rotations import axis_angle_to_matrix
 
     reg = hand.keypoint_regressor
     K = torch.tensor([[600.0, 0, 112], [0, 580, 100], [0, 0, 1]]).expand(3, 3, 3)
     kp = torch.rand(3, 21, 2, generator=gen) * 200
-    conf = torch.rand(3, 21, generator=gen)
+    conf = torch.rand(3, 21, generator=gen) + 0.1
     op = ProjectionOperator(reg, kp, conf, K, solve_rotation=True)
     joints = (reg @ hand.v_template)[None] + 0.01 * torch.randn(3, 21, 3, generator=gen)
     assert op.held_loss_and_grad(joints) is None  # nothing held yet
     op.loss(hand.v_template[None].expand(3, -1, -1))  # solves rotation and camera
     op.hold_camera = True
-    joints[0, 5, 2] = -10.0  # far behind the camera: clamped, no gradient through depth
-    loss, grad = op.held_loss_and_grad(joints)
-    z = joints.clone().requires_grad_(True)
-    auto = op.joint_loss(z)
-    (auto_grad,) = torch.autograd.grad(auto.sum(), z)
-    assert torch.allclose(loss, auto.detach(), rtol=1e-5)
-    assert torch.allclose(grad, auto_grad, rtol=1e-4, atol=1e-6 * auto_grad.abs().max())
     assert not torch.allclose(op.rotation, torch.eye(3).expand(3, 3, 3), atol=1e-3)
-    op.rotation = axis_angle_to_matrix(torch.tensor([[0.2, -0.3, 0.1]] * 3))
-    assert torch.allclose(op.held_loss_and_grad(joints)[1],
-                          torch.autograd.grad(op.joint_loss(z).sum(), z)[0], rtol=1e-4,
-                          atol=1e-6 * auto_grad.abs().max())
+
+    def autograd(j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = j.clone().requires_grad_(True)
+        loss = op.joint_loss(z)
+        return loss.detach(), torch.autograd.grad(loss.sum(), z)[0]
+
+    for rotation in (op.rotation, axis_angle_to_matrix(torch.tensor([[0.2, -0.3, 0.1]] * 3))):
+        op.rotation = rotation
+        loss, grad = op.held_loss_and_grad(joints)
+        auto_loss, auto_grad = autograd(joints)
+        assert torch.allclose(loss, auto_loss, rtol=1e-5)
+        scale = auto_grad.abs().amax((1, 2), keepdim=True)  # each sample's own
+        assert ((grad - auto_grad).abs() <= 1e-5 * scale).all()
+    behind = joints.clone()
+    behind[0, 5] = -op.rotation[0].T @ op.camera[0] * 2  # depth -camera z: clamped
+    grad, auto_grad = op.held_loss_and_grad(behind)[1], autograd(behind)[1]
+    assert torch.allclose(grad[0, 5], auto_grad[0, 5], rtol=1e-4)
+    rest = torch.ones(3, 21, dtype=torch.bool)
+    rest[0, 5] = False
+    scale = auto_grad[rest].abs().max()
+    assert ((grad - auto_grad)[rest].abs() <= 1e-5 * scale).all()
     weak = ProjectionOperator(reg, kp, conf, None)
     weak.loss(hand.v_template[None].expand(3, -1, -1))
     weak.hold_camera = True

@@ -292,6 +292,22 @@ def test_a_dropped_job_stops_its_monitor_before_its_sockets_close():
         router.close()
 
 
+def test_a_job_closes_while_its_context_terminates():
+    """close() on a Job whose context is being terminated (an add-on or app shutting down)
+    closes both sockets, so the termination finishes instead of waiting on them forever."""
+    import threading
+
+    ctx = zmq.Context()
+    job = HHMRClient(f"tcp://127.0.0.1:{free_port()}", timeout_s=2.0, retries=0,
+                     context=ctx).submit("info")
+    term = threading.Thread(target=ctx.term, daemon=True)
+    term.start()
+    time.sleep(0.3)
+    job.close()
+    term.join(10)
+    assert not term.is_alive() and ctx.closed
+
+
 def test_resend_storm_runs_each_id_once(small):
     """Defect 2: 12 clients (timeout 3 s, 2 retries) made the server run 33 jobs for 12
     ids. Each client here also resends its request twice on fresh sockets."""

@@ -67,15 +67,17 @@ class Job:
     """One request in flight. ``poll()`` returns None until done, then the result (or raises
     RemoteError / TimeoutError); progress messages collect in ``progress``."""
 
+    _sock: zmq.Socket | None = None
+    _monitor: zmq.Socket | None = None
+
     def __init__(self, client: HHMRClient, op: str, args: dict[str, Any]):
+        self._pid = os.getpid()  # a forked child must not touch its parent's sockets
         self.client, self.op = client, op
         msg = P.make_request(op, args)
         self.id: str = msg["id"]
         self.progress: list[tuple[float, str]] = []
         self._payload = P.pack(msg)
         self._tries_left = client.retries
-        self._sock: zmq.Socket | None = None
-        self._monitor: zmq.Socket | None = None
         self._resend_at: float | None = None  # a resend waiting out its backoff
         self._handshake_ok = False
         self._handshake_failed: str | None = None  # a failure without detail, by event name
@@ -113,21 +115,26 @@ class Job:
 
     def close(self) -> None:
         """Drop the socket; a reply still under way is discarded."""
-        if self._monitor is not None:
-            # libzmq sends monitor events blocking, under the lock disable_monitor takes: read
-            # what is queued first, so a full monitor pipe cannot stall this call forever
-            while self._monitor.poll(0):
-                self._monitor.recv_multipart(zmq.NOBLOCK)
-            self._sock.disable_monitor()
-            self._monitor.close(linger=0)
-            self._monitor = None
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
+        monitor, sock, self._monitor, self._sock = self._monitor, self._sock, None, None
+        try:
+            if monitor is not None and sock is not None:
+                # libzmq sends monitor events blocking, under the lock disable_monitor takes:
+                # read what is queued first, so a full monitor pipe cannot stall this call
+                while monitor.poll(0):
+                    monitor.recv_multipart(zmq.NOBLOCK)
+                sock.disable_monitor()
+        except zmq.ZMQError:  # e.g. the context is terminating: closing is all that is left
+            pass
+        finally:
+            for s in (monitor, sock):
+                if s is not None:
+                    s.close(linger=0)
 
     def __del__(self) -> None:
         # a Job dropped unclosed: stop its monitor before the sockets go, in that order (a
-        # monitor that outlives its reader blocks ZeroMQ's I/O thread for every socket)
+        # monitor that outlives its reader would block ZeroMQ's I/O thread)
+        if getattr(self, "_pid", None) != os.getpid():
+            return
         try:
             self.close()
         except Exception:  # interpreter shutdown: zmq may already be gone

@@ -347,7 +347,9 @@ class ProjectionOperator:
             return None
         b = joints.shape[0]
         kp, conf, K = self._inputs(b)
-        p = self.rotate(joints) + self.camera[:, None]  # camera frame [B, J, 3]
+        rotation = self.rotation if self.solve_rotation else None  # as solve_joints reads it
+        p = (joints if rotation is None else joints @ rotation.transpose(1, 2)) \
+            + self.camera[:, None]  # camera frame [B, J, 3]
         q = p @ K.transpose(1, 2)
         z = q[..., 2:].clamp_min(1e-6)
         err = q[..., :2] / z - kp
@@ -358,6 +360,6 @@ class ProjectionOperator:
         g_xy = 2 * c * err / z
         g_z = -(g_xy * q[..., :2]).sum(-1, keepdim=True) / z * (q[..., 2:] > 1e-6)
         grad = torch.cat([g_xy, g_z], -1) @ K  # dq/dp = K
-        if self.rotation is not None:
-            grad = grad @ self.rotation  # p = R j + t
+        if rotation is not None:
+            grad = grad @ rotation  # p = R j + t
         return loss, grad
