@@ -348,7 +348,7 @@ class ProjectionOperator:
         b = joints.shape[0]
         kp, conf, K = self._inputs(b)
         rotation = self.rotation if self.solve_rotation else None  # as solve_joints reads it
-        p = (joints if rotation is None else joints @ rotation.transpose(1, 2)) \
+        p = (self.rotate(joints) if self.solve_rotation else joints) \
             + self.camera[:, None]  # camera frame [B, J, 3]
         q = p @ K.transpose(1, 2)
         z = q[..., 2:].clamp_min(1e-6)
