@@ -391,11 +391,13 @@ def main() -> None:
                       f"{r['pose_ms']} | {r['reply_ms']} |" for r in result["results"]]
         elif result.get("task") == "click":  # tools/panel_screenshot.sh --timings
             lines += ["| press | shape keys ms | drawn ms | reply in hand ms | land ms | "
-                      "backend stages ms |", "|---|---|---|---|---|---|"]
+                      "Blender CPU while waiting ms | backend stages ms |",
+                      "|---|---|---|---|---|---|---|"]
             lines += [f"| {'first (fresh backend)' if p['first'] else i} | "
                       f"{p['shape_keys_ms']} | {p['drawn_ms']} | {p['reply_in_hand_ms']} | "
-                      f"{p['land_ms']} | " + ", ".join(f"{k.removesuffix('_ms')} {v}"
-                                                      for k, v in p["backend"].items()) + " |"
+                      f"{p['land_ms']} | {p.get('blender_cpu_while_waiting_ms', '')} | "
+                      + ", ".join(f"{k.removesuffix('_ms')} {v}"
+                                  for k, v in p["backend"].items()) + " |"
                       for i, p in enumerate(result["presses"], 1)]
             lines += ["", f"Blender {result['blender']} under Xvfb, {result['photo']}, "
                       f"n={result['n']}, {result['steps']} steps; shape keys: from the click to "
@@ -437,6 +439,14 @@ def main() -> None:
             lines += [f"{result['engine']}, {result['workers']} worker(s): {result['items']} "
                       f"items in {result['seconds']:.1f} s, "
                       f"**{result['frames_per_s']:.1f} frames/s**"]
+        elif path.stem == "openmp_threads":  # research/openmp_threads.py
+            lines += ["| where `reconstruct` samples | threads | sample ms | pose ms |",
+                      "|---|---|---|---|"]
+            lines += [f"| {r['case'].replace('_', ' ')} | {r['threads']} | {r['sample_ms']} | "
+                      f"{r['pose_ms']} |" for r in result["results"]]
+            lines += ["", f"{result['photo'].rsplit('/', 1)[-1]}, n={result['n']}, "
+                      f"{result['steps']} steps, medians; why the server samples on its main "
+                      "thread and answers `info` without torch (docs/service.md)."]
         elif "results" in result:  # bench
             lines += ["| task | n | guidance | median ms | peak MB |", "|---|---|---|---|---|"]
             lines += [f"| {r['task']} | {r['n']} | {r['guidance']} | {r['median_ms']} | "

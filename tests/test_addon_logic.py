@@ -382,6 +382,14 @@ def test_results_replace_only_their_own_kind_unless_told():
         replaces("SOMETIMES", "generate", [])
 
 
+def test_the_status_line_redraws_at_most_once_per_interval():
+    from hhmr_blender.jobs import Throttle
+
+    t = Throttle(0.5, 10.0)
+    assert [t.due(now) for now in (10.1, 10.5, 10.7, 10.99, 11.0, 11.6)] == \
+        [False, True, False, False, True, True]
+
+
 def test_progress_text_names_the_op_once():
     from hhmr_blender.jobs import progress_text
 

@@ -1,4 +1,4 @@
-"""The compute thread's replies (hhmr.server.compute), in-process with a stand-in pipeline:
+"""The compute loop's replies (hhmr.server.compute), in-process with a stand-in pipeline:
 results with NaN or infinite values never go out as "ok"."""
 
 import threading
@@ -43,7 +43,7 @@ def hypotheses(n: int = 2, vertex: float = 0.0, score: float = 0.0) -> Hypothese
 
 
 def reply(op: str, args: dict, pipe) -> dict:
-    worker = compute.ComputeThread(threading.Event())
+    worker = compute.ComputeLoop(threading.Event())
     worker.pipe = pipe
     item = compute.QueuedRequest([b"peer"], P.validate_request(P.make_request(op, args)))
     return worker._run_batch([item], Sink())[0]
@@ -146,14 +146,14 @@ class FlakyPipe(StandInPipe):
 
 
 def test_a_failing_batch_is_answered_internal_and_the_thread_serves_on():
-    """A bug in a batch ends its requests with INTERNAL; the compute thread lives on."""
+    """A bug in a batch ends its requests with INTERNAL; the compute loop serves on."""
     import zmq
 
     ctx = zmq.Context()
     results = ctx.socket(zmq.PULL)
     results.bind("inproc://test-results")
     stop = threading.Event()
-    worker = compute.ComputeThread(stop)
+    worker = compute.ComputeLoop(stop)
     worker.start(FlakyPipe(), ctx, "inproc://test-results")
     try:
         finals = []
@@ -161,7 +161,7 @@ def test_a_failing_batch_is_answered_internal_and_the_thread_serves_on():
             req = P.validate_request(P.make_request("generate", {"n": 2}, id=rid))
             worker.submit(compute.QueuedRequest([b"peer"], req, b"owner"))
             while True:
-                assert results.poll(10_000), "no reply from the compute thread"
+                assert results.poll(10_000), "no reply from the compute loop"
                 msg = P.parse_reply(P.unpack(results.recv_multipart()[-1], 1 << 30))
                 if msg.status != "progress":
                     finals.append(msg)
@@ -182,3 +182,41 @@ def test_a_failing_plan_is_answered_internal():
 
     r = reply("generate", {"n": 2}, BadPlan(lambda p: hypotheses()))
     assert r["status"] == "error" and r["error"]["code"] == P.INTERNAL
+
+
+def test_the_server_computes_on_the_thread_that_calls_serve_forever():
+    """`Server.serve_forever` runs the compute loop on its caller's thread (the process's main
+    thread in `hhmr serve`: torch's OpenMP pool runs about half as fast from another) and the
+    socket loop on a thread of its own; both end when `stop` is set."""
+    from types import SimpleNamespace
+
+    from hhmr.client import HHMRClient
+    from hhmr.evaluation.service import free_port
+    from hhmr.server import Server
+
+    ran_on = []
+
+    def make(plan):
+        ran_on.append(threading.current_thread())
+        return hypotheses()
+
+    address = f"tcp://127.0.0.1:{free_port()}"
+    server = Server(address)
+    server.open()
+    server.pipe, server.device = StandInPipe(make), "cpu"
+    server.pipe.hand = SimpleNamespace(num_vertices=V)
+    got = []
+
+    def client():
+        try:
+            got.append(HHMRClient(address, timeout_s=10, retries=0).call("generate", n=2))
+        finally:
+            server.stop.set()
+
+    asker = threading.Thread(target=client)
+    asker.start()
+    server.serve_forever()  # returns once the client has its reply
+    asker.join(10)
+    assert ran_on == [threading.current_thread()]
+    assert len(got) == 1 and got[0]["vertices"].shape == (2, V, 3)
+    assert not any(t.name == "hhmr-sockets" for t in threading.enumerate())

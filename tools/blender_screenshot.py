@@ -81,6 +81,8 @@ def _step() -> float | None:
         def keep(results, task):  # the backend's meshes, to compare the rig's with
             state["results"] = results
             state["reply_at"] = time.perf_counter() - state["t0"]
+            # Blender's own CPU while it waited: what it took from the backend's cores
+            state["waiting_cpu"] = time.process_time() - state["cpu0"]
             try:
                 return land(results, task)
             finally:
@@ -111,7 +113,7 @@ def _step() -> float | None:
         return 2.0  # Blender redraws for about 1.5 s after a removal: the clock starts after
     if state["step"] == "press":
         state["clicks"] = state.get("clicks", 0) + 1
-        state["t0"] = time.perf_counter()
+        state["t0"], state["cpu0"] = time.perf_counter(), time.process_time()
         with bpy.context.temp_override(window=win, area=area, region=region):
             result = bpy.ops.hhmr.reconstruct()
         print("HHMR_OPERATOR", result, "returned in",
@@ -142,11 +144,13 @@ def _step() -> float | None:
             "first": state["clicks"] == 1, "shape_keys_ms": round(landed * 1000),
             "drawn_ms": round(drawn * 1000), "reply_in_hand_ms": round(state["reply_at"] * 1000),
             "land_ms": round(state["landed_in"] * 1000),
+            "blender_cpu_while_waiting_ms": round(state["waiting_cpu"] * 1000),
             "backend": {k: round(v) for k, v in stages.items() if k.endswith("_ms")}})
         print("HHMR_STAGES backend: " + ", ".join(f"{k.removesuffix('_ms')} {v:.0f} ms"
                                                   for k, v in stages.items() if k.endswith("_ms"))
               + f"; add-on: reply in hand after {state['reply_at'] * 1000:.0f} ms, landed in "
-              f"{state['landed_in'] * 1000:.0f} ms, drawn {(drawn - landed) * 1000:.0f} ms later")
+              f"{state['landed_in'] * 1000:.0f} ms, drawn {(drawn - landed) * 1000:.0f} ms later; "
+              f"Blender's CPU while waiting {state['waiting_cpu'] * 1000:.0f} ms")
         if state["clicks"] < args.clicks:
             state["step"] = "click"
             return 0.05

@@ -127,6 +127,27 @@ def _rig(extra: Mapping[str, Any], topology: handdata.HandTopology | None, hande
 VARIETY_WEIGHTS = {"TYPICAL": 1.0, "WIDE": 2.25}
 
 
+# How often a running request's status line may redraw: under software OpenGL (Xvfb, VMs)
+# each redraw of the status bar or sidebar costs Blender about 45 ms of CPU, which a backend
+# on the same cores loses (docs/blender.md)
+STATUS_REDRAW_S = 0.5
+
+
+@dataclass
+class Throttle:
+    """`due(now)` is True at most once per `interval` seconds, the first time `interval`
+    after `last`."""
+
+    interval: float
+    last: float
+
+    def due(self, now: float) -> bool:
+        if now - self.last < self.interval:
+            return False
+        self.last = now
+        return True
+
+
 def progress_text(op: str, message: str, fraction: float, elapsed_s: float) -> str:
     """The status line of a running request ("generate: step 3 of 10 30% (1 s)"); the
     backend's messages already name the op. Whole seconds: the line (and the redraw it

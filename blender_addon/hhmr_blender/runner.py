@@ -4,6 +4,7 @@ request blocks. Results land through scene.apply_hypotheses, all at once or not 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,9 @@ class State:
     last_extra: dict = field(default_factory=dict)  # extra of the last result's first hand
     topologies: dict[str, HandTopology] = field(default_factory=dict)  # per backend address
     info: dict | None = None
+    # when the running request's status line may change (and redraw)
+    redraw: jobs.Throttle = field(default_factory=lambda: jobs.Throttle(jobs.STATUS_REDRAW_S,
+                                                                        0.0))
 
 
 STATE = State()
@@ -97,6 +101,7 @@ def start(task: jobs.Task, checked: bool = False) -> list[str] | None:
             raise
         return _land(results)
     _progress_begin()
+    STATE.redraw = jobs.Throttle(jobs.STATUS_REDRAW_S, time.monotonic())
     bpy.app.timers.register(poll, first_interval=POLL_S)
     return None
 
@@ -115,7 +120,8 @@ def poll() -> float | None:
     if results is None:
         frac, msg = job.progress
         status = jobs.progress_text(job.task.op, msg, frac, job.elapsed)
-        if status != STATE.status:  # each redraw costs CPU the backend could use
+        # each redraw costs CPU the backend could use: at most one per STATUS_REDRAW_S
+        if status != STATE.status and STATE.redraw.due(time.monotonic()):
             STATE.status = status
             _progress(frac)
         return POLL_S

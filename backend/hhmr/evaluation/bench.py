@@ -95,7 +95,8 @@ def run_reconstruct_bench(photos: list[str], n: int = 8, steps: int = 10, repeat
                           pose: bool = True, device: str = "auto", weights: str | None = None,
                           mode: str | None = None) -> dict:
     """`reconstruct` the way the add-on asks for it (a photo file, n hypotheses with their rig
-    poses) against a real `hhmr serve` on loopback, after one warm-up request: per photo the
+    poses, an `info` first) against a real `hhmr serve` on loopback started as the add-on
+    starts it (torch's default threads), after one warm-up request: per photo the
     median round trip and the server's stages (decode, detect, sample and score, pose solve;
     `reply_ms` is the round trip less the server's compute: encoding, transport, decoding)."""
     from pathlib import Path
@@ -104,8 +105,9 @@ def run_reconstruct_bench(photos: list[str], n: int = 8, steps: int = 10, repeat
     from hhmr.evaluation import service as S
 
     rows = []
-    with S.service(device=device, weights=weights) as (_, address):
+    with S.service(device=device, weights=weights, threads=None) as (_, address):
         client = HHMRClient(address, timeout_s=120, retries=0)
+        client.info()  # as the add-on asks before each request
         opts = {"n": n, "steps": steps, "pose": pose, **({"mode": mode} if mode else {})}
         for photo in photos:
             data = Path(photo).read_bytes()
@@ -124,5 +126,5 @@ def run_reconstruct_bench(photos: list[str], n: int = 8, steps: int = 10, repeat
                          "steps": steps, "pose": pose,
                          "round_trip_ms": round(statistics.median(trips), 1),
                          **{k: round(statistics.median(v), 1) for k, v in stages.items()}})
-    return {"op": "reconstruct", "threads": torch.get_num_threads(),
+    return {"op": "reconstruct", "threads": torch.get_num_threads(),  # the server's default
             "machine": platform.processor() or platform.machine(), "results": rows}

@@ -32,8 +32,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def service(*extra: str, device: str = "auto", weights: str | None = None):
-    """A real `hhmr serve` on a free loopback port; yields (process, address); its log is a
+def service(*extra: str, device: str = "auto", weights: str | None = None,
+            threads: int | None = 1):
+    """A real `hhmr serve` on a free loopback port, with `threads` OpenMP threads (None:
+    torch's default, as the add-on starts it); yields (process, address); its log is a
     file (`process.log_path`)."""
     address = f"tcp://127.0.0.1:{free_port()}"
     cmd = [shutil.which("hhmr") or "hhmr", "serve", "--bind", address, "--device", device,
@@ -41,8 +43,10 @@ def service(*extra: str, device: str = "auto", weights: str | None = None):
     if weights:
         cmd += ["--weights", weights]
     log = tempfile.NamedTemporaryFile("w", suffix=".log", delete=False)
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     proc.log_path = log.name
     try:
         HHMRClient(address, timeout_s=2.0, retries=60).info()  # waits for the model

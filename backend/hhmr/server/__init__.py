@@ -1,16 +1,17 @@
 """`hhmr serve`: the ZeroMQ + msgpack backend service.
 
 A socket thread (`frontend`) receives, validates and answers requests and queues the sampling
-ops for a compute thread (`compute`), which batches them on the device and sends progress and
-results back; `broker` routes requests to several such processes (workers, linked to it by
-`worker_link`) and supervises them, and `sockets` holds what the server and the broker share.
+ops for the compute loop on the main thread (`compute`), which batches them on the device and
+sends progress and results back; `broker` routes requests to several such processes (workers,
+linked to it by `worker_link`) and supervises them, and `sockets` holds what the server and the
+broker share.
 """
 
 from hhmr.server.broker import serve_broker
 from hhmr.server.compute import (
     MAX_BATCH,
     Cancelled,
-    ComputeThread,
+    ComputeLoop,
     QueuedRequest,
     plan_request,
     reconstruct_request,
@@ -18,6 +19,6 @@ from hhmr.server.compute import (
 from hhmr.server.frontend import Server, hand_topology, serve
 from hhmr.server.sockets import bind_router, check_bind, connect_dealer, is_loopback
 
-__all__ = ["MAX_BATCH", "Cancelled", "ComputeThread", "QueuedRequest", "Server", "bind_router",
+__all__ = ["MAX_BATCH", "Cancelled", "ComputeLoop", "QueuedRequest", "Server", "bind_router",
            "check_bind", "connect_dealer", "hand_topology", "is_loopback", "plan_request",
            "reconstruct_request", "serve", "serve_broker"]

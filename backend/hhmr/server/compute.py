@@ -1,6 +1,7 @@
-"""The compute thread of `hhmr serve`: it batches the queued sampling requests that arrived
+"""The compute loop of `hhmr serve`: it batches the queued sampling requests that arrived
 together, runs them on the pipeline with progress and cancel, and turns results and errors
-into replies.
+into replies. The server runs it on the process's main thread (`ComputeLoop.run`): torch's
+OpenMP pool runs this workload about half as fast from any other thread (docs/service.md).
 
 Replies travel back to the socket thread through an inproc PUSH socket (ZeroMQ sockets never
 cross threads). `plan_request` and `reconstruct_request` are the only calls into the
@@ -179,11 +180,12 @@ def reconstruct_video_request(pipe, args: dict, progress: Progress,
 
 
 # ---- the thread -----------------------------------------------------------------------------
-class ComputeThread:
-    """The queue of sampling requests and the thread that serves it. The socket thread
-    submits, attaches, cancels and heart-beats requests here (under `lock`); the queue is the
-    insertion-ordered dict `queued`. A cancelled queued request leaves it at the socket
-    thread's next `beat` (within one poll turn, 0.2 s)."""
+class ComputeLoop:
+    """The queue of sampling requests and the loop that serves it (`run` on the calling
+    thread, or `start` on a new one). The socket thread submits, attaches, cancels and
+    heart-beats requests here (under `lock`); the queue is the insertion-ordered dict
+    `queued`. A cancelled queued request leaves it at the socket thread's next `beat` (within
+    one poll turn, 0.2 s)."""
 
     def __init__(self, stop: threading.Event, limits: P.Limits | None = None) -> None:
         self.stop = stop
@@ -195,6 +197,7 @@ class ComputeThread:
         self.batch_s = 1.0  # running mean of a batch's seconds, for BUSY's retry-after
         self.pipe = None
         self.thread: threading.Thread | None = None
+        self.finished = threading.Event()  # the loop has ended (its PUSH socket closed)
 
     def submit(self, item: QueuedRequest) -> QueuedRequest:
         """Queue a request, or attach a resend to the same owner's queued or running request
@@ -279,15 +282,21 @@ class ComputeThread:
                         item.request.id, item.fraction, f"{item.request.op}: running")))
         return out
 
+    def run(self, pipe, ctx: zmq.Context, results: str) -> None:
+        """Serve with `pipe` on this thread until `stop` is set, pushing replies to the inproc
+        address `results`."""
+        self.pipe = pipe
+        self._loop(ctx, results)
+
     def start(self, pipe, ctx: zmq.Context, results: str) -> None:
-        """Start serving with `pipe`, pushing replies to the inproc address `results`."""
+        """`run` on a new (daemon) thread."""
         self.pipe = pipe
         self.thread = threading.Thread(target=self._loop, args=(ctx, results), daemon=True)
         self.thread.start()
 
     def join(self, timeout: float) -> None:
-        if self.thread is not None:
-            self.thread.join(timeout=timeout)
+        """Wait at most `timeout` seconds for the loop to end."""
+        self.finished.wait(timeout)
 
     def _loop(self, ctx: zmq.Context, results: str) -> None:
         out = ctx.socket(zmq.PUSH)
@@ -314,11 +323,12 @@ class ComputeThread:
                 if not self.queued:
                     release_memory()
         except BaseException:
-            # without this thread nothing would ever answer: stop the server, loudly
-            log.exception("the compute thread failed: the server stops")
+            # without this loop nothing would ever answer: stop the server, loudly
+            log.exception("the compute loop failed: the server stops")
             self.stop.set()
         finally:
             out.close()
+            self.finished.set()
 
     def _take(self) -> list[QueuedRequest]:
         """The next batch (requests that arrived together share the device), moved from the

@@ -1,8 +1,9 @@
 """The socket thread of `hhmr serve`: it binds the client-facing socket (a ROUTER, or a
 worker's DEALER connected to a broker), decodes and validates each request, answers `info`,
-`status` and `cancel` itself and queues the sampling ops for the compute thread.
+`status` and `cancel` itself and queues the sampling ops for the compute loop (on the main
+thread).
 
-It also forwards the compute thread's progress and final replies to the clients. Malformed
+It also forwards the compute loop's progress and final replies to the clients. Malformed
 input gets an error reply and the server keeps serving; one log line per request.
 """
 
@@ -17,7 +18,7 @@ import zmq
 
 from hhmr import __version__
 from hhmr import protocol as P
-from hhmr.server.compute import Busy, ComputeThread, QueuedRequest
+from hhmr.server.compute import Busy, ComputeLoop, QueuedRequest
 from hhmr.server.sockets import (
     Incoming,
     RouterLink,
@@ -38,7 +39,7 @@ ORPHAN_GRACE_S = 5.0  # a dropped client's requests are cancelled unless resent 
 
 class Server:
     """One `hhmr serve` process: `open` binds, `load` loads the model, `serve_forever` runs
-    the socket loop (this thread) and the compute thread until `stop` is set."""
+    the compute loop (this thread) and the socket loop (a thread) until `stop` is set."""
 
     def __init__(self, bind: str = "tcp://127.0.0.1:5557", device: str = "auto",
                  limits: P.Limits | None = None, weights: str | None = None,
@@ -56,9 +57,10 @@ class Server:
         if connect is None:
             check_bind(bind, curve_secret_key, curve_clients)
         self.stop = threading.Event()
-        self.compute = ComputeThread(self.stop, self.limits)
+        self.compute = ComputeLoop(self.stop, self.limits)
         self.ctx = zmq.Context()
         self.pipe = None
+        self.topology: dict | None = None  # the info reply's, made by `load`
         self.started = time.time()
         self.served = 0
         self.auth = None
@@ -69,6 +71,10 @@ class Server:
 
         self.device = pick_device(self.device_name)
         self.pipe = HandDiffusionPipeline.from_pretrained(self.weights, device=str(self.device))
+        # made here, on the main thread: a torch op on the socket thread would start a second
+        # OpenMP pool, and with more pool threads than cores every pool stops spin-waiting,
+        # which halves sampling speed on a 2-core CPU (docs/service.md)
+        self.topology = hand_topology(self.pipe.hand)
         seconds = self.pipe.warm_up()
         log.info("model ready on %s (warm-up %.1f s)", self.device, seconds)
 
@@ -84,11 +90,25 @@ class Server:
                                                self.curve_secret_key))
 
     def serve_forever(self) -> None:
-        link = self.link
+        """Serve until `stop` is set: the compute loop on this thread (the main one: torch's
+        OpenMP pool runs about half as fast from any other, docs/service.md) and the socket
+        loop on a thread of its own."""
         results = self.ctx.socket(zmq.PULL)
         address = f"inproc://results-{id(self)}"
         results.bind(address)
-        self.compute.start(self.pipe, self.ctx, address)
+        sockets = threading.Thread(target=self._socket_loop, args=(results,),
+                                   name="hhmr-sockets")
+        sockets.start()
+        try:
+            self.compute.run(self.pipe, self.ctx, address)
+        finally:
+            self.stop.set()
+            sockets.join()
+
+    def _socket_loop(self, results: zmq.Socket) -> None:
+        """Receive and answer requests, forward the compute loop's replies, beat; on `stop`,
+        cancel everything, send the final replies and close the sockets."""
+        link = self.link
         poller = zmq.Poller()
         poller.register(link.socket, zmq.POLLIN)
         poller.register(results, zmq.POLLIN)
@@ -107,6 +127,8 @@ class Server:
                         self._serve_one(inc)
                 self._beat()
                 link.tick()
+        except BaseException:  # noqa: BLE001 - logged; the compute loop sees `stop` and ends
+            log.exception("the socket loop failed: the server stops")
         finally:
             self.stop.set()
             self.compute.cancel_all()
@@ -124,7 +146,7 @@ class Server:
             log.info("stopped after %d requests", self.served)
 
     def _forward(self, results: zmq.Socket) -> None:
-        """Send on the compute thread's progress and final replies."""
+        """Send on the compute loop's progress and final replies."""
         while True:
             try:
                 frames = results.recv_multipart(zmq.NOBLOCK)
@@ -195,6 +217,7 @@ class Server:
         return [reply]
 
     def info(self) -> dict:
+        """The `info` result (no torch op: this runs on the socket thread)."""
         hand = self.pipe.hand
         auto = self.pipe.autoguidance()
         return {
@@ -203,7 +226,7 @@ class Server:
             "autoguidance": None if auto is None else auto.weight,
             "limits": self.limits.to_dict(), "heartbeat_s": HEARTBEAT_S,
             "ops": list(P.OPS),
-            "topology": hand_topology(hand),
+            "topology": self.topology,
         }
 
 
