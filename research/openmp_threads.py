@@ -1,11 +1,11 @@
 """Why `hhmr serve` samples on its main thread and answers `info` without torch: the median
-`reconstruct` stages of one photo (n=8, 10 steps, rig poses) in this process, each case in a
-fresh process, with torch's default threads:
+`reconstruct` stages of one photo (n=8, 10 steps, rig poses), each case in a fresh process
+with torch's default threads:
 
 - main: everything on the main thread (what the server does now);
 - main, after a torch op on another thread that lives on: as when the socket thread built
   `info`'s topology (each thread that runs a parallel op gets an OpenMP pool of its own, and
-  with more pool threads than cores libgomp stops spin-waiting);
+  with more OpenMP threads than cores libgomp all but stops spin-waiting);
 - second thread: sampling on a thread other than the main one, after the main thread's
   warm-up (the server's old compute thread).
 
@@ -25,10 +25,9 @@ CASES = ("main", "main_after_other_thread_op", "second_thread")
 def measure(case: str, photo: str, repeats: int) -> dict:
     import numpy as np
     import torch
-    from PIL import Image
-
     from hhmr.reconstruct import reconstruct
     from hhmr.sampling import HandDiffusionPipeline
+    from PIL import Image
 
     pipe = HandDiffusionPipeline.from_pretrained(None)
     pipe.warm_up()

@@ -220,3 +220,49 @@ def test_the_server_computes_on_the_thread_that_calls_serve_forever():
     assert ran_on == [threading.current_thread()]
     assert len(got) == 1 and got[0]["vertices"].shape == (2, V, 3)
     assert not any(t.name == "hhmr-sockets" for t in threading.enumerate())
+
+
+def test_a_stop_mid_request_ends_it_as_shutting_down():
+    """A signal reaches the compute loop (the main thread) before the socket thread cancels
+    anything: the running request still ends CANCELLED "the server is shutting down"."""
+    stop = threading.Event()
+
+    class StoppedMidway(StandInPipe):
+        def run(self, plans, progress=None):
+            progress(0, 2)
+            stop.set()  # SIGTERM's handler
+            progress(1, 2)
+            return [hypotheses() for _ in plans]
+
+    worker = compute.ComputeLoop(stop)
+    worker.pipe = StoppedMidway(None)
+    item = compute.QueuedRequest([b"peer"], P.validate_request(P.make_request("generate", {})))
+    [r] = worker._run_batch([item], Sink())
+    assert r["status"] == "error" and r["error"]["code"] == P.CANCELLED
+    assert "shutting down" in r["error"]["message"]
+
+
+def test_a_failing_socket_loop_stops_the_server_with_an_error():
+    """A bug that ends the socket loop stops the compute loop too (no server left running
+    deaf) and `serve_forever` raises, so `hhmr serve` exits non-zero."""
+    from types import SimpleNamespace
+
+    from hhmr.evaluation.service import free_port
+    from hhmr.server import Server, ServerFailed
+
+    server = Server(f"tcp://127.0.0.1:{free_port()}")
+    server.open()
+    server.pipe, server.device = StandInPipe(None), "cpu"
+    server.pipe.hand = SimpleNamespace(num_vertices=V)
+    beat, calls = server._beat, []
+
+    def failing_beat():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the socket loop")
+        beat()
+
+    server._beat = failing_beat
+    with pytest.raises(ServerFailed, match="internal error"):
+        server.serve_forever()
+    assert server.compute.finished.is_set() and server.ctx.closed

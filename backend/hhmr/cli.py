@@ -128,7 +128,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from hhmr.server import serve, serve_broker
+    from hhmr.server import ServerFailed, serve, serve_broker
 
     try:
         if getattr(args, "connect", None):
@@ -146,7 +146,7 @@ def _serve(args: argparse.Namespace) -> int:
                   limits=Limits(max_n=args.max_n, max_steps=args.max_steps,
                                 max_queued=args.max_queued,
                                 max_queued_per_client=args.max_queued_per_client))
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, ServerFailed) as err:
         print(f"hhmr serve: {err}", file=sys.stderr)
         return 1
     return 0

@@ -128,8 +128,8 @@ VARIETY_WEIGHTS = {"TYPICAL": 1.0, "WIDE": 2.25}
 
 
 # How often a running request's status line may redraw: under software OpenGL (Xvfb, VMs)
-# each redraw of the status bar or sidebar costs Blender about 45 ms of CPU, which a backend
-# on the same cores loses (docs/blender.md)
+# each redraw of the status bar or sidebar costs Blender tens of milliseconds of CPU, which a
+# backend on the same cores loses (docs/photos.md, Speed)
 STATUS_REDRAW_S = 0.5
 
 

@@ -107,7 +107,7 @@ def run_reconstruct_bench(photos: list[str], n: int = 8, steps: int = 10, repeat
     rows = []
     with S.service(device=device, weights=weights, threads=None) as (_, address):
         client = HHMRClient(address, timeout_s=120, retries=0)
-        client.info()  # as the add-on asks before each request
+        client.info()  # as the add-on does (before each request; once is enough here)
         opts = {"n": n, "steps": steps, "pose": pose, **({"mode": mode} if mode else {})}
         for photo in photos:
             data = Path(photo).read_bytes()

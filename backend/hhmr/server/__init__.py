@@ -16,9 +16,9 @@ from hhmr.server.compute import (
     plan_request,
     reconstruct_request,
 )
-from hhmr.server.frontend import Server, hand_topology, serve
+from hhmr.server.frontend import Server, ServerFailed, hand_topology, serve
 from hhmr.server.sockets import bind_router, check_bind, connect_dealer, is_loopback
 
-__all__ = ["MAX_BATCH", "Cancelled", "ComputeLoop", "QueuedRequest", "Server", "bind_router",
-           "check_bind", "connect_dealer", "hand_topology", "is_loopback", "plan_request",
-           "reconstruct_request", "serve", "serve_broker"]
+__all__ = ["MAX_BATCH", "Cancelled", "ComputeLoop", "QueuedRequest", "Server", "ServerFailed",
+           "bind_router", "check_bind", "connect_dealer", "hand_topology", "is_loopback",
+           "plan_request", "reconstruct_request", "serve", "serve_broker"]

@@ -3,8 +3,8 @@ together, runs them on the pipeline with progress and cancel, and turns results 
 into replies. The server runs it on the process's main thread (`ComputeLoop.run`): torch's
 OpenMP pool runs this workload about half as fast from any other thread (docs/service.md).
 
-Replies travel back to the socket thread through an inproc PUSH socket (ZeroMQ sockets never
-cross threads). `plan_request` and `reconstruct_request` are the only calls into the
+Replies travel back to the socket thread through an inproc PUSH socket (each ZeroMQ socket
+is used by one thread only). `plan_request` and `reconstruct_request` are the only calls into the
 pipeline's task API.
 """
 
@@ -179,7 +179,7 @@ def reconstruct_video_request(pipe, args: dict, progress: Progress,
             "frames_per_s": float(r.timings["frames_per_s"])}
 
 
-# ---- the thread -----------------------------------------------------------------------------
+# ---- the loop -------------------------------------------------------------------------------
 class ComputeLoop:
     """The queue of sampling requests and the loop that serves it (`run` on the calling
     thread, or `start` on a new one). The socket thread submits, attaches, cancels and
@@ -198,6 +198,7 @@ class ComputeLoop:
         self.pipe = None
         self.thread: threading.Thread | None = None
         self.finished = threading.Event()  # the loop has ended (its PUSH socket closed)
+        self.failed = False  # it ended on a bug (logged), not on `stop`
 
     def submit(self, item: QueuedRequest) -> QueuedRequest:
         """Queue a request, or attach a resend to the same owner's queued or running request
@@ -299,9 +300,10 @@ class ComputeLoop:
         self.finished.wait(timeout)
 
     def _loop(self, ctx: zmq.Context, results: str) -> None:
-        out = ctx.socket(zmq.PUSH)
-        out.connect(results)
+        out = None
         try:
+            out = ctx.socket(zmq.PUSH)
+            out.connect(results)
             while not self.stop.is_set():
                 batch = self._take()
                 if not batch:
@@ -309,7 +311,7 @@ class ComputeLoop:
                 t0 = time.perf_counter()
                 try:
                     replies = self._run_batch(batch, out)
-                except Exception:  # noqa: BLE001 - a bug ends these requests, not the thread
+                except Exception:  # noqa: BLE001 - a bug ends these requests, not the loop
                     log.exception("a batch of %d requests failed", len(batch))
                     replies = [P.error_reply(q.request.id, P.INTERNAL, "internal error while "
                                              "running the request (logged)") for q in batch]
@@ -322,12 +324,17 @@ class ComputeLoop:
                     out.send_multipart(item.envelope + [P.pack(reply)])
                 if not self.queued:
                     release_memory()
+        except KeyboardInterrupt:  # on the main thread without `on_signals`: a stop
+            self.stop.set()
+            raise
         except BaseException:
             # without this loop nothing would ever answer: stop the server, loudly
             log.exception("the compute loop failed: the server stops")
+            self.failed = True
             self.stop.set()
         finally:
-            out.close()
+            if out is not None:
+                out.close()
             self.finished.set()
 
     def _take(self) -> list[QueuedRequest]:
@@ -383,7 +390,10 @@ class ComputeLoop:
         """A progress reply to every request of the batch per step; Cancelled once the
         server stops or all of them are cancelled."""
         def progress(i: int, total: int) -> None:
-            if self.stop.is_set() or all(q.cancel.is_set() for q in items):
+            if self.stop.is_set():  # a signal reaches this (main) thread first
+                for q in items:
+                    q.stop(P.CANCELLED, "the server is shutting down")
+            if all(q.cancel.is_set() for q in items):
                 raise Cancelled
             now = time.perf_counter()
             for q in items:

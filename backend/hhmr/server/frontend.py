@@ -1,4 +1,4 @@
-"""The socket thread of `hhmr serve`: it binds the client-facing socket (a ROUTER, or a
+"""The socket thread of `hhmr serve`: it serves the client-facing socket (a ROUTER, or a
 worker's DEALER connected to a broker), decodes and validates each request, answers `info`,
 `status` and `cancel` itself and queues the sampling ops for the compute loop (on the main
 thread).
@@ -33,6 +33,10 @@ from hhmr.server.worker_link import WorkerLink
 log = logging.getLogger("hhmr.serve")
 
 
+class ServerFailed(RuntimeError):
+    """`serve_forever` ended because one of its loops failed (logged), not on `stop`."""
+
+
 HEARTBEAT_S = 1.0  # a queued or running request hears from the server at least this often
 ORPHAN_GRACE_S = 5.0  # a dropped client's requests are cancelled unless resent within this
 
@@ -61,6 +65,7 @@ class Server:
         self.ctx = zmq.Context()
         self.pipe = None
         self.topology: dict | None = None  # the info reply's, made by `load`
+        self.sockets_failed = False  # the socket loop ended on a bug (logged)
         self.started = time.time()
         self.served = 0
         self.auth = None
@@ -72,8 +77,8 @@ class Server:
         self.device = pick_device(self.device_name)
         self.pipe = HandDiffusionPipeline.from_pretrained(self.weights, device=str(self.device))
         # made here, on the main thread: a torch op on the socket thread would start a second
-        # OpenMP pool, and with more pool threads than cores every pool stops spin-waiting,
-        # which halves sampling speed on a 2-core CPU (docs/service.md)
+        # OpenMP pool, and with more OpenMP threads than cores libgomp all but stops
+        # spin-waiting, which halves sampling speed on a 2-core CPU (docs/service.md)
         self.topology = hand_topology(self.pipe.hand)
         seconds = self.pipe.warm_up()
         log.info("model ready on %s (warm-up %.1f s)", self.device, seconds)
@@ -92,7 +97,7 @@ class Server:
     def serve_forever(self) -> None:
         """Serve until `stop` is set: the compute loop on this thread (the main one: torch's
         OpenMP pool runs about half as fast from any other, docs/service.md) and the socket
-        loop on a thread of its own."""
+        loop on a thread of its own. Raises ServerFailed when either loop ended on a bug."""
         results = self.ctx.socket(zmq.PULL)
         address = f"inproc://results-{id(self)}"
         results.bind(address)
@@ -104,17 +109,19 @@ class Server:
         finally:
             self.stop.set()
             sockets.join()
+        if self.compute.failed or self.sockets_failed:
+            raise ServerFailed("the server stopped on an internal error (logged above)")
 
     def _socket_loop(self, results: zmq.Socket) -> None:
         """Receive and answer requests, forward the compute loop's replies, beat; on `stop`,
         cancel everything, send the final replies and close the sockets."""
-        link = self.link
-        poller = zmq.Poller()
-        poller.register(link.socket, zmq.POLLIN)
-        poller.register(results, zmq.POLLIN)
-        log.info("hhmr %s serving %s on %s", __version__, self.connect or self.bind,
-                 self.device)
         try:
+            link = self.link
+            poller = zmq.Poller()
+            poller.register(link.socket, zmq.POLLIN)
+            poller.register(results, zmq.POLLIN)
+            log.info("hhmr %s serving %s on %s", __version__, self.connect or self.bind,
+                     self.device)
             while not self.stop.is_set():
                 events = dict(poller.poll(200))
                 if results in events:
@@ -129,21 +136,30 @@ class Server:
                 link.tick()
         except BaseException:  # noqa: BLE001 - logged; the compute loop sees `stop` and ends
             log.exception("the socket loop failed: the server stops")
+            self.sockets_failed = True
         finally:
             self.stop.set()
-            self.compute.cancel_all()
-            self.compute.join(timeout=10)
-            # the final CANCELLED replies of running and queued requests, then a moment for
-            # them to leave before the socket closes
-            self._forward(results)
-            self._beat()
-            link.socket.setsockopt(zmq.LINGER, 500)
-            link.close()
-            results.close()
-            if self.auth is not None:
-                self.auth.stop()
-            self.ctx.term()
-            log.info("stopped after %d requests", self.served)
+            try:
+                self._close(results)
+            except BaseException:  # noqa: BLE001
+                log.exception("the socket loop failed while closing")
+                self.sockets_failed = True
+
+    def _close(self, results: zmq.Socket) -> None:
+        """Cancel every request, send the final replies, close the sockets and the context."""
+        self.compute.cancel_all()
+        self.compute.join(timeout=10)
+        # the final CANCELLED replies of running and queued requests, then a moment for them
+        # to leave before the socket closes
+        self._forward(results)
+        self._beat()
+        self.link.socket.setsockopt(zmq.LINGER, 500)
+        self.link.close()
+        results.close()
+        if self.auth is not None:
+            self.auth.stop()
+        self.ctx.term()
+        log.info("stopped after %d requests", self.served)
 
     def _forward(self, results: zmq.Socket) -> None:
         """Send on the compute loop's progress and final replies."""
