@@ -180,3 +180,26 @@ def test_the_box_networks_depth_is_on_the_hands_solutions_scale():
     assert np.abs(box.keypoints - hands.keypoints).mean() < 3
     a, b = hands.depth - hands.depth.mean(), box.depth - box.depth.mean()
     assert 0.8 < (a * b).sum() / (b * b).sum() < 1.25
+
+
+def test_warm_up_builds_what_a_first_photo_needs(monkeypatch):
+    """`reconstruct.warm_up` (run by `hhmr serve` at load) leaves no trace for the first real
+    photo's fit to build: the default mode's conditions at n=8 are traced already."""
+    from hhmr.models import tracing
+    from hhmr.reconstruct import reconstruct, warm_up
+    from hhmr.sampling import HandDiffusionPipeline
+
+    fresh = HandDiffusionPipeline.from_pretrained()  # no traces from earlier tests
+    assert fresh.denoiser.traced is not None  # sampling without gradients goes through traces
+    warm_up(fresh)
+    built, trace = [], tracing.TracedDenoiser._trace
+
+    def counting(self, x_t, *args):
+        built.append(x_t.shape[0])
+        return trace(self, x_t, *args)
+
+    monkeypatch.setattr(tracing.TracedDenoiser, "_trace", counting)
+    rgb = np.asarray(Image.open(DATA / "real_photos" / "freihand_style" / "119.jpg")
+                     .convert("RGB"))
+    [(_, h)] = reconstruct(fresh, rgb, n=8, steps=2, pose=True)
+    assert h.pose is not None and built == []

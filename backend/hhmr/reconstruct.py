@@ -411,6 +411,25 @@ def mode_inputs(pipe: HandDiffusionPipeline, det: Detection, mode: str | None, K
     return world, photo if {"world", "lifted"} & set(signals) else None, encoder
 
 
+def warm_up(pipe: HandDiffusionPipeline, n: int = 8) -> float:
+    """Pay now what a server's first photo would (about 3 s on a 2-core CPU): MediaPipe's
+    graph and models, the frozen traces of a photo's fit at `n` hypotheses (keypoints and a
+    3D skeleton, the default mode's conditions) and the pose solver's first call, on the
+    open hand seen from the front. Returns the seconds it took."""
+    t0 = time.perf_counter()
+    try:
+        hand_detector()(np.zeros((64, 64, 3), np.uint8))
+    except ImportError:  # no `detect` extra: photos fail later, with its message
+        pass
+    K = default_intrinsics(256, 256)
+    joints = (pipe.hand.keypoint_regressor @ pipe.hand.v_template).cpu().numpy()
+    camera = joints - joints[0] + np.array([0.0, 0.0, 0.5], np.float32)
+    kp = (camera @ K.T)[:, :2] / (camera @ K.T)[:, 2:]
+    fit_detection(pipe, kp, "right", K, world=joints - joints[0], gate=pipe.config.photo,
+                  n=n, steps=1, pose=True)
+    return time.perf_counter() - t0
+
+
 def reconstruct(pipe: HandDiffusionPipeline, rgb: np.ndarray, K: np.ndarray | None = None,
                 handedness: str | None = None,
                 progress: Callable[[int, int], None] | None = None, mode: str | None = None,

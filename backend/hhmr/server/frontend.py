@@ -72,6 +72,7 @@ class Server:
 
     def load(self) -> None:
         from hhmr.device import pick_device
+        from hhmr.reconstruct import warm_up as warm_up_photos
         from hhmr.sampling import HandDiffusionPipeline
 
         self.device = pick_device(self.device_name)
@@ -81,6 +82,10 @@ class Server:
         # spin-waiting, which halves sampling speed on a 2-core CPU (docs/service.md)
         self.topology = hand_topology(self.pipe.hand)
         seconds = self.pipe.warm_up()
+        try:  # the first photo would pay it: about 2 s on a 2-core CPU (docs/photos.md)
+            seconds += warm_up_photos(self.pipe)
+        except Exception:  # noqa: BLE001 - only a speed-up: photos still work, slower once
+            log.exception("warming up the photo path failed")
         log.info("model ready on %s (warm-up %.1f s)", self.device, seconds)
 
     def open(self) -> None:
