@@ -7,14 +7,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rev=$1; rounds=${2:-4}; extra=("${@:3}")
+[[ $rounds =~ ^[0-9]+$ ]] || { echo "ROUNDS must be a number (before --service)" >&2; exit 2; }
 out=$(mktemp -d); base="$out/base"
 git worktree add -q --detach "$base" "$rev"
 trap 'git worktree remove --force "$base"; rm -rf "$out"' EXIT
 py=$(command -v python)
 for i in $(seq "$rounds"); do
-  python -m hhmr.cli bench "${extra[@]}" --json > "$out/b$i.json"
-  (cd "$base" && PYTHONPATH="$base/backend" "$py" -m hhmr.cli bench "${extra[@]}" --json \
-    > "$out/a$i.json")
+  python -m hhmr.cli bench ${extra[@]+"${extra[@]}"} --json > "$out/b$i.json"
+  (cd "$base" && PYTHONPATH="$base/backend" "$py" -m hhmr.cli bench \
+    ${extra[@]+"${extra[@]}"} --json > "$out/a$i.json")
 done
 python - "$out" "$rounds" <<'PY'
 import json, statistics, sys

@@ -457,6 +457,29 @@ def test_start_and_stop_local_backend(ctx):
         bpy.ops.hhmr.start_backend()
 
 
+def test_a_press_while_the_local_backend_loads_says_so(ctx, tmp_path):
+    """Until the backend this Blender started first answers (it loads and warms its model
+    for several seconds), a press says it is still loading rather than "no answer"."""
+    from hhmr_blender import local_backend
+
+    slow = tmp_path / "slow-hhmr"  # a backend that never gets to answer
+    slow.write_text("#!/bin/sh\nsleep 60\n")
+    slow.chmod(0o755)
+    prefs = ctx.prefs()
+    prefs.address, prefs.command = f"tcp://127.0.0.1:{free_port()}", str(slow)
+    assert bpy.ops.hhmr.start_backend() == {"FINISHED"}
+    try:
+        with pytest.raises(RuntimeError, match="still loading its model"):
+            bpy.ops.hhmr.check_backend()
+        with pytest.raises(RuntimeError, match="still loading its model"):
+            bpy.ops.hhmr.generate()
+        local_backend.BACKEND.answered = True  # a backend that answered once and hangs now
+        with pytest.raises(RuntimeError, match="No answer from the backend"):
+            bpy.ops.hhmr.check_backend()
+    finally:
+        assert bpy.ops.hhmr.stop_backend() == {"FINISHED"}
+
+
 @pytest.mark.skipif(not PHOTOS.exists(), reason="no ../shared/data")
 def test_reconstruct_left_hand(ctx):
     """A left hand (forced, as the Hand menu does) lands mirrored, with outward normals, and

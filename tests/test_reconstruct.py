@@ -184,7 +184,7 @@ def test_the_box_networks_depth_is_on_the_hands_solutions_scale():
 
 def test_warm_up_builds_what_a_first_photo_needs(monkeypatch):
     """`reconstruct.warm_up` (run by `hhmr serve` at load) leaves no trace for the first real
-    photo's fit to build: the default mode's conditions at n=8 are traced already."""
+    photo's fit at n=8 to build."""
     from hhmr.models import tracing
     from hhmr.reconstruct import reconstruct, warm_up
     from hhmr.sampling import HandDiffusionPipeline

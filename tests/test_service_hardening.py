@@ -46,6 +46,8 @@ def small():
     yield port, proc
     out = stop_server(proc)
     assert proc.returncode == 0, out[-2000:]
+    assert "model ready" in out and "warming up the photo path failed" not in out \
+        and "MediaPipe failed" not in out, out[-3000:]
 
 
 def test_deep_nesting_is_refused_and_the_server_lives(small):

@@ -9,6 +9,7 @@ back as a left hand, in the camera frame of the photo.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import threading
 import time
@@ -22,6 +23,8 @@ from hhmr.hand.mirror import mirror_axis_angle, mirror_faces, mirror_points
 from hhmr.protocol import RECONSTRUCT_MODES
 from hhmr.sampling import HandDiffusionPipeline, Hypotheses
 from hhmr.sampling.config import PhotoConfig
+
+log = logging.getLogger("hhmr.reconstruct")
 
 DEFAULT_FOV_DEG = 50.0  # horizontal field of view assumed when K is not given
 
@@ -412,15 +415,17 @@ def mode_inputs(pipe: HandDiffusionPipeline, det: Detection, mode: str | None, K
 
 
 def warm_up(pipe: HandDiffusionPipeline, n: int = 8) -> float:
-    """Pay now what a server's first photo would (about 3 s on a 2-core CPU): MediaPipe's
-    graph and models, the frozen traces of a photo's fit at `n` hypotheses (keypoints and a
-    3D skeleton, the default mode's conditions) and the pose solver's first call, on the
-    open hand seen from the front. Returns the seconds it took."""
+    """Pay now what a server's first photo would (about 2.4 s on a 2-core CPU): MediaPipe's
+    graph, the frozen trace at `n` hypotheses (the add-on's default) with x0 guidance's first
+    steps, and the pose solver's first call, on the open hand seen from the front. Returns
+    the seconds it took."""
     t0 = time.perf_counter()
     try:
         hand_detector()(np.zeros((64, 64, 3), np.uint8))
     except ImportError:  # no `detect` extra: photos fail later, with its message
         pass
+    except Exception:  # noqa: BLE001 - the rest still warms; photos will say what is wrong
+        log.exception("MediaPipe failed to start")
     K = default_intrinsics(256, 256)
     joints = (pipe.hand.keypoint_regressor @ pipe.hand.v_template).cpu().numpy()
     camera = joints - joints[0] + np.array([0.0, 0.0, 0.5], np.float32)

@@ -31,6 +31,9 @@ def command_line(command: str, address: str) -> list[str]:
     return [found, *parts[1:], "serve", "--bind", address]
 
 
+STARTUP_S = 120.0  # a backend still silent this long after its start is stuck, not loading
+
+
 class LocalBackend:
     """One child backend process, with its log in a temporary file."""
 
@@ -38,6 +41,8 @@ class LocalBackend:
         self.proc: subprocess.Popen | None = None
         self.log_path: str | None = None
         self.address: str | None = None
+        self.started_at = 0.0  # time.monotonic() of the start
+        self.answered = False  # it has answered since (its model is loaded)
 
     @property
     def running(self) -> bool:
@@ -54,6 +59,15 @@ class LocalBackend:
                                          stdin=subprocess.DEVNULL, creationflags=flags,
                                          env={**os.environ, **(env or {})})
         self.address = address
+        self.started_at, self.answered = time.monotonic(), False
+
+    def loading_for(self, address: str) -> float | None:
+        """Seconds since this backend started, if it is the one on `address`, is running and
+        has not answered yet (it loads and warms its model first); else None."""
+        if not self.running or address != self.address or self.answered:
+            return None
+        age = time.monotonic() - self.started_at
+        return age if age < STARTUP_S else None
 
     def log_tail(self, lines: int = 5) -> str:
         if not self.log_path or not Path(self.log_path).exists():
@@ -82,7 +96,9 @@ class LocalBackend:
             try:
                 job = client.submit("info")
                 try:
-                    return job.wait(timeout=min(2.0, max(end - time.monotonic(), 0.1)))
+                    info = job.wait(timeout=min(2.0, max(end - time.monotonic(), 0.1)))
+                    self.answered = True
+                    return info
                 finally:
                     job.close()
             except TimeoutError:

@@ -11,7 +11,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from . import animate, jobs, scene
+from . import animate, jobs, local_backend, scene
 from .handdata import HandTopology
 from .hypotheses import HypothesisSet
 
@@ -50,14 +50,24 @@ INFO_TIMEOUT_S = 3.0  # the one blocking call (once per backend): keep a dead ba
 
 
 def info(refresh: bool = False) -> dict:
-    """The backend's ``info`` (blocking, short timeout); raises TimeoutError/RemoteError."""
+    """The backend's ``info`` (blocking, short timeout); raises TimeoutError/RemoteError, or
+    RuntimeError while the local backend this Blender started is still loading."""
     if STATE.info is None or refresh:
+        address = prefs().address
         c = client(timeout_s=min(prefs().timeout_s, INFO_TIMEOUT_S), retries=0)
         job = c.submit("info")
         try:
             STATE.info = job.wait()
+        except TimeoutError as err:
+            age = local_backend.BACKEND.loading_for(address)
+            if age is None:
+                raise
+            raise RuntimeError(f"The local backend started {age:.0f} s ago is still loading "
+                               "its model: try again in a few seconds.") from err
         finally:
             job.close()
+        if local_backend.BACKEND.address == address:
+            local_backend.BACKEND.answered = True
     return STATE.info
 
 

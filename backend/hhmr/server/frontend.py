@@ -82,7 +82,7 @@ class Server:
         # spin-waiting, which halves sampling speed on a 2-core CPU (docs/service.md)
         self.topology = hand_topology(self.pipe.hand)
         seconds = self.pipe.warm_up()
-        try:  # the first photo would pay it: about 2 s on a 2-core CPU (docs/photos.md)
+        try:  # the first photo would pay it: about 2.4 s on a 2-core CPU (docs/photos.md)
             seconds += warm_up_photos(self.pipe)
         except Exception:  # noqa: BLE001 - only a speed-up: photos still work, slower once
             log.exception("warming up the photo path failed")
