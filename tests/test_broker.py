@@ -297,6 +297,35 @@ def test_restarts_back_off_and_stop_at_the_cap():
         broker.close()
 
 
+def test_a_worker_stuck_loading_is_killed_and_restarted():
+    """A worker that never says READY (stuck while loading its model) is killed READY_S
+    after its start; the slot then restarts as after any death."""
+    import subprocess
+
+    from hhmr.server.broker import READY_S
+
+    broker = Broker(f"tcp://127.0.0.1:{free_port()}", 0)
+    stuck = subprocess.Popen(["sleep", "600"])
+    try:
+        slot = Slot(0, proc=stuck, started=0.0)
+        broker.slots = [slot]
+        broker._supervise(READY_S - 1)
+        assert stuck.poll() is None and slot.proc is stuck  # still loading: left alone
+        broker._supervise(READY_S + 1)
+        assert stuck.poll() is not None and slot.proc is None
+        assert slot.restart_at == READY_S + 1 + 1.0  # the first backoff
+        ready = Slot(1, proc=subprocess.Popen(["sleep", "600"]), started=0.0, ready=True)
+        broker.slots = [ready]
+        broker._supervise(READY_S + 1)
+        assert ready.proc.poll() is None  # a worker that was ready is the heartbeats' job
+        ready.proc.kill()
+        ready.proc.wait()
+    finally:
+        if stuck.poll() is None:
+            stuck.kill()
+        broker.close()
+
+
 def test_worker_link_frames():
     """WorkerLink speaks the broker's frames with RouterLink's interface, and notices a
     silent broker."""

@@ -54,6 +54,7 @@ log = logging.getLogger("hhmr.serve")
 BACKOFF_S = 1.0  # first restart delay; doubles per restart of a slot, up to BACKOFF_MAX_S
 BACKOFF_MAX_S = 30.0
 HEALTHY_S = 60.0  # a worker that ran this long resets its slot's backoff
+READY_S = 300.0  # a worker not ready this long after its start is stuck in loading: killed
 MAX_RESTARTS = 5  # restarts per slot within RESTART_WINDOW_S; then the slot stays down
 RESTART_WINDOW_S = 600.0
 SMALL_REQUEST = 64 << 10  # requests up to this size are decoded to read their op
@@ -107,6 +108,7 @@ class Slot:
     backoff: float = BACKOFF_S
     history: list[float] = field(default_factory=list)  # its restarts in the window
     down: bool = False  # too many restarts: left down
+    ready: bool = False  # its current process has said READY
 
 
 class Broker:
@@ -256,6 +258,8 @@ class Broker:
     def _ready(self, wid: bytes, now: float) -> None:
         log.info("worker %s ready (%d live)", wid.decode(errors="replace"), len(self.live))
         slot = self._slot_of(wid)
+        if slot is not None:
+            slot.ready = True
         if slot is not None and slot.died is not None:
             self.replace_s = now - slot.died
             slot.died = None
@@ -373,9 +377,15 @@ class Broker:
                     slot.proc.kill()  # hung: supervision restarts it
                 self._forget(wid, f"silent for {LIVENESS * self.heartbeat_s:.0f} s: dead")
 
-    def _supervise(self, now: float) -> None:
+    def _supervise(self, now: float, ready_s: float = READY_S) -> None:
         for slot in self.slots:
             proc = slot.proc
+            if proc is not None and not slot.ready and now - slot.started > ready_s \
+                    and proc.poll() is None:
+                log.error("worker slot %d (pid %d) not ready %.0f s after its start: killed",
+                          slot.index, proc.pid, now - slot.started)
+                proc.kill()
+                proc.wait()
             if proc is not None and proc.poll() is not None:
                 self._died(slot, now)
             if slot.proc is None and not slot.down and slot.restart_at is not None \
@@ -411,7 +421,7 @@ class Broker:
 
     def _start(self, slot: Slot) -> None:
         slot.proc = subprocess.Popen(self.cmd, env=dict(os.environ))
-        slot.started = time.monotonic()
+        slot.started, slot.ready = time.monotonic(), False
         log.info("worker slot %d: started pid %d", slot.index, slot.proc.pid)
 
     def _stop_workers(self) -> None:
