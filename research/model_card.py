@@ -377,6 +377,12 @@ def main() -> None:
             lines += [f"Not the shipped weights: {NOT_SHIPPED[tag]}.", ""]
         if "results" in result and isinstance(result["results"], dict):
             lines += table(result)
+            if "other_hand_only" in result:
+                lines += ["", f"Photos where the detector found only another hand than the "
+                          f"ground truth's (counted as not found): {result['other_hand_only']} "
+                          f"of {result['num']}; the largest distances of a photo's nearest "
+                          "detection from the truth (mean keypoint distance over the hand's "
+                          f"2D diagonal; 0.2 is another hand): {result['hand_distances']}."]
             if path.stem == "generate":
                 lines += ["", "fidelity: mean distance (mm) from each hand to the nearest of 2000 "
                           "held-out prior hands; coverage: from each of those to the nearest "
