@@ -446,7 +446,9 @@ def test_start_and_stop_local_backend(ctx):
     try:
         info = local_backend.BACKEND.wait_ready(ctx.client(timeout_s=5.0), timeout=120)
         assert info["topology"]["num_vertices"] == 803
+        local_backend.BACKEND.answered = False
         assert bpy.ops.hhmr.check_backend() == {"FINISHED"}
+        assert local_backend.BACKEND.answered  # an answer marks it loaded
         with pytest.raises(RuntimeError, match="already running"):
             bpy.ops.hhmr.start_backend()
     finally:
@@ -463,7 +465,7 @@ def test_a_press_while_the_local_backend_loads_says_so(ctx, tmp_path):
     from hhmr_blender import local_backend
 
     slow = tmp_path / "slow-hhmr"  # a backend that never gets to answer
-    slow.write_text("#!/bin/sh\nsleep 60\n")
+    slow.write_text("#!/bin/sh\nexec sleep 60\n")
     slow.chmod(0o755)
     prefs = ctx.prefs()
     prefs.address, prefs.command = f"tcp://127.0.0.1:{free_port()}", str(slow)

@@ -299,30 +299,34 @@ def test_restarts_back_off_and_stop_at_the_cap():
 
 def test_a_worker_stuck_loading_is_killed_and_restarted():
     """A worker that never says READY (stuck while loading its model) is killed READY_S
-    after its start; the slot then restarts as after any death."""
+    after its start, without blocking the broker's loop, and its slot restarts with the
+    backoff it had (a stuck worker is no healthy one); a worker that said READY is left to
+    the heartbeats."""
     import subprocess
 
     from hhmr.server.broker import READY_S
 
     broker = Broker(f"tcp://127.0.0.1:{free_port()}", 0)
     stuck = subprocess.Popen(["sleep", "600"])
+    ready = subprocess.Popen(["sleep", "600"])
     try:
-        slot = Slot(0, proc=stuck, started=0.0)
-        broker.slots = [slot]
+        slot = Slot(0, proc=stuck, started=0.0, backoff=8.0)
+        fine = Slot(1, proc=ready, started=0.0)
+        broker.slots = [slot, fine]
+        broker._ready(f"{ready.pid}-worker".encode(), 1.0)  # its READY
+        assert fine.ready and not slot.ready
         broker._supervise(READY_S - 1)
         assert stuck.poll() is None and slot.proc is stuck  # still loading: left alone
         broker._supervise(READY_S + 1)
-        assert stuck.poll() is not None and slot.proc is None
-        assert slot.restart_at == READY_S + 1 + 1.0  # the first backoff
-        ready = Slot(1, proc=subprocess.Popen(["sleep", "600"]), started=0.0, ready=True)
-        broker.slots = [ready]
-        broker._supervise(READY_S + 1)
-        assert ready.proc.poll() is None  # a worker that was ready is the heartbeats' job
-        ready.proc.kill()
-        ready.proc.wait()
+        assert slot.killed and stuck.wait(10) is not None  # killed, not waited for
+        broker._supervise(READY_S + 2)  # a later turn sees it gone
+        assert slot.proc is None and slot.restart_at == READY_S + 2 + 8.0
+        assert ready.poll() is None and fine.proc is ready
     finally:
-        if stuck.poll() is None:
-            stuck.kill()
+        for p in (stuck, ready):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
         broker.close()
 
 

@@ -109,6 +109,7 @@ class Slot:
     history: list[float] = field(default_factory=list)  # its restarts in the window
     down: bool = False  # too many restarts: left down
     ready: bool = False  # its current process has said READY
+    killed: bool = False  # its current process was killed for not getting ready
 
 
 class Broker:
@@ -377,15 +378,15 @@ class Broker:
                     slot.proc.kill()  # hung: supervision restarts it
                 self._forget(wid, f"silent for {LIVENESS * self.heartbeat_s:.0f} s: dead")
 
-    def _supervise(self, now: float, ready_s: float = READY_S) -> None:
+    def _supervise(self, now: float) -> None:
         for slot in self.slots:
             proc = slot.proc
-            if proc is not None and not slot.ready and now - slot.started > ready_s \
-                    and proc.poll() is None:
+            if proc is not None and not slot.ready and not slot.killed \
+                    and now - slot.started > READY_S and proc.poll() is None:
                 log.error("worker slot %d (pid %d) not ready %.0f s after its start: killed",
                           slot.index, proc.pid, now - slot.started)
-                proc.kill()
-                proc.wait()
+                proc.kill()  # reaped by a later turn's poll(): this loop never blocks
+                slot.killed = True
             if proc is not None and proc.poll() is not None:
                 self._died(slot, now)
             if slot.proc is None and not slot.down and slot.restart_at is not None \
@@ -405,7 +406,7 @@ class Broker:
         for wid in list(self.live):
             if pid_of(wid) == proc.pid:
                 self._forget(wid, "exited")
-        if now - slot.started > HEALTHY_S:
+        if slot.ready and now - slot.started > HEALTHY_S:  # not one stuck loading
             slot.backoff = BACKOFF_S
         slot.history = [t for t in slot.history if now - t < RESTART_WINDOW_S]
         if len(slot.history) >= MAX_RESTARTS:
@@ -421,7 +422,7 @@ class Broker:
 
     def _start(self, slot: Slot) -> None:
         slot.proc = subprocess.Popen(self.cmd, env=dict(os.environ))
-        slot.started, slot.ready = time.monotonic(), False
+        slot.started, slot.ready, slot.killed = time.monotonic(), False, False
         log.info("worker slot %d: started pid %d", slot.index, slot.proc.pid)
 
     def _stop_workers(self) -> None:
