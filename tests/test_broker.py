@@ -307,8 +307,7 @@ def test_a_worker_stuck_loading_is_killed_and_restarted():
     from hhmr.server.broker import READY_S
 
     broker = Broker(f"tcp://127.0.0.1:{free_port()}", 0)
-    stuck = subprocess.Popen(["sleep", "600"])
-    ready = subprocess.Popen(["sleep", "600"])
+    stuck, ready, other = (subprocess.Popen(["sleep", "600"]) for _ in range(3))
     try:
         slot = Slot(0, proc=stuck, started=0.0, backoff=8.0)
         fine = Slot(1, proc=ready, started=0.0)
@@ -322,8 +321,14 @@ def test_a_worker_stuck_loading_is_killed_and_restarted():
         broker._supervise(READY_S + 2)  # a later turn sees it gone
         assert slot.proc is None and slot.restart_at == READY_S + 2 + 8.0
         assert ready.poll() is None and fine.proc is ready
+        # workers under other pids than those started (a launcher between): no deadline
+        late = Slot(2, proc=other, started=0.0)
+        broker.slots = [late]
+        broker._ready(b"1-worker", READY_S)  # pid 1: no slot's
+        broker._supervise(2 * READY_S)
+        assert broker.unmatched_ready and other.poll() is None and not late.killed
     finally:
-        for p in (stuck, ready):
+        for p in (stuck, ready, other):
             if p.poll() is None:
                 p.kill()
                 p.wait()

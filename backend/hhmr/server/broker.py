@@ -148,6 +148,7 @@ class Broker:
         if weights:
             self.cmd += ["--weights", weights]
         self.slots = [Slot(i) for i in range(workers)]
+        self.unmatched_ready = False  # a READY came from a pid no slot started (see _ready)
         self.live: dict[bytes, float] = {}  # worker id -> when it counts as dead
         self.sent_to: dict[bytes, set[bytes]] = {}  # client connection -> workers it reached
         self.envelopes: dict[bytes, list[bytes]] = {}  # connections whose envelope is longer
@@ -261,6 +262,12 @@ class Broker:
         slot = self._slot_of(wid)
         if slot is not None:
             slot.ready = True
+        elif self.slots and not self.unmatched_ready:
+            # a worker of ours under another pid than the one started (a launcher between,
+            # as a Windows venv's python.exe is): readiness cannot be told apart per slot
+            self.unmatched_ready = True
+            log.warning("worker %s matches no slot's pid: no readiness deadline",
+                        wid.decode(errors="replace"))
         if slot is not None and slot.died is not None:
             self.replace_s = now - slot.died
             slot.died = None
@@ -382,7 +389,8 @@ class Broker:
         for slot in self.slots:
             proc = slot.proc
             if proc is not None and not slot.ready and not slot.killed \
-                    and now - slot.started > READY_S and proc.poll() is None:
+                    and not self.unmatched_ready and now - slot.started > READY_S \
+                    and proc.poll() is None:
                 log.error("worker slot %d (pid %d) not ready %.0f s after its start: killed",
                           slot.index, proc.pid, now - slot.started)
                 proc.kill()  # reaped by a later turn's poll(): this loop never blocks
