@@ -428,8 +428,8 @@ def warm_up(pipe: HandDiffusionPipeline, n: int = 8) -> float:
         log.exception("MediaPipe failed to start")
     K = default_intrinsics(256, 256)
     joints = (pipe.hand.keypoint_regressor @ pipe.hand.v_template).cpu().numpy()
-    camera = joints - joints[0] + np.array([0.0, 0.0, 0.5], np.float32)
-    kp = (camera @ K.T)[:, :2] / (camera @ K.T)[:, 2:]
+    pixels = (joints - joints[0] + np.array([0.0, 0.0, 0.5], np.float32)) @ K.T
+    kp = pixels[:, :2] / pixels[:, 2:]
     fit_detection(pipe, kp, "right", K, world=joints - joints[0], gate=pipe.config.photo,
                   n=n, steps=1, pose=True)
     return time.perf_counter() - t0

@@ -55,8 +55,7 @@ SAME_HAND = 0.2
 
 def _match(dets, xyz: np.ndarray, K: np.ndarray):
     """The detection nearest to the ground-truth hand (mean 2D keypoint distance)."""
-    gt2d = _project(xyz, K)
-    return min(dets, key=lambda d: float(np.linalg.norm(d.keypoints - gt2d, axis=1).mean()))
+    return min(dets, key=lambda d: hand_distance(d, xyz, K))
 
 
 def hand_distance(det, xyz: np.ndarray, K: np.ndarray) -> float:

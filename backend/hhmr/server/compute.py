@@ -291,8 +291,7 @@ class ComputeLoop:
 
     def start(self, pipe, ctx: zmq.Context, results: str) -> None:
         """`run` on a new (daemon) thread."""
-        self.pipe = pipe
-        self.thread = threading.Thread(target=self._loop, args=(ctx, results), daemon=True)
+        self.thread = threading.Thread(target=self.run, args=(pipe, ctx, results), daemon=True)
         self.thread.start()
 
     def join(self, timeout: float) -> None:
