@@ -20,7 +20,7 @@ import torch
 from hhmr import metrics
 from hhmr.data.renders import render_set
 from hhmr.encoders import ENCODERS, hand_crop, image_encoder
-from hhmr.evaluation.photos import _match, load_freihand
+from hhmr.evaluation.photos import _match, load_freihand, same_hand
 from hhmr.reconstruct import detect_hands
 from hhmr.training.images import cached_tokens
 from PIL import Image
@@ -55,6 +55,8 @@ def dev_crops(root: Path, limit: int | None) -> tuple[np.ndarray, np.ndarray, np
         if not dets:
             continue
         det = _match(dets, s["xyz"], s["K"])
+        if not same_hand(det, s["xyz"], s["K"]):  # another hand: not found, as in hhmr evaluate
+            continue
         left = (s["hand"] or det.handedness) == "left"
         crops.append(hand_crop(rgb, det.keypoints, mirror=left))
         flip = np.array([-1.0 if left else 1.0, 1, 1], np.float32)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from hhmr import metrics
-from hhmr.evaluation.photos import _match, _project, load_freihand
+from hhmr.evaluation.photos import _match, _project, load_freihand, same_hand
 from hhmr.reconstruct import (
     _depths,
     depth_disagreement,
@@ -91,6 +91,8 @@ def main() -> None:
         if not dets:
             continue
         det = _match(dets, s["xyz"], s["K"])
+        if not same_hand(det, s["xyz"], s["K"]):  # another hand: not found, as in hhmr evaluate
+            continue
         mix.append([errors(torch.from_numpy(mixed(det, s["K"], w)), s["xyz"]) for w in MIX])
         row = [depth_disagreement(det.keypoints, det.world, det.depth)]
         for mode in ("skel2d", "skel2d+lifted"):

@@ -14,6 +14,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from hhmr import metrics
+from hhmr.evaluation import convention
 from hhmr.protocol import RECONSTRUCT_MODES
 from hhmr.reconstruct import detect_hands, fit_mode, lift_keypoints
 from hhmr.sampling import HandDiffusionPipeline
@@ -82,7 +83,9 @@ def evaluate_freihand(root: str | Path, split: str = "evaluation", n: int = 1, s
     n > 1 each mode also gets rows for the top-ranked hypothesis (best score: reprojection
     error), with world landmarks also the one ranked by reprojection plus RANK_3D_WEIGHT
     times their distance (ranked_3d), the mean of the n and the oracle (the best of the n
-    against the ground truth); its plain row is the hypothesis shown first. `world_gate` and
+    against the ground truth); its plain row is the hypothesis shown first. Each row also
+    gets its errors in the set's own joint convention (`convention`, cross-fitted, with at
+    least `convention.MIN_SAMPLES` photos found). `world_gate` and
     `anchor_wrist` ("on"/"off") replace the weights' `config.photo` settings (the gate of
     skel2d+lifted and skel2d+world)."""
     samples = load_freihand(Path(root), split)[:limit]
@@ -97,6 +100,8 @@ def evaluate_freihand(root: str | Path, split: str = "evaluation", n: int = 1, s
     t0 = time.perf_counter()
     rows: dict[str, dict[str, list[float]]] = {"mediapipe_world": {}, "mediapipe_lifted": {}}
     per_joint: dict[str, list[np.ndarray]] = {}
+    joints: dict[str, list[np.ndarray]] = {}  # each method's joints [21, 3], for `convention`
+    truths, lefts = [], []
     detected = other_hand = 0
     distances = []  # hand_distance of each photo's nearest detection
     for s in tqdm(samples, desc="freihand", disable=not progress, unit="image"):
@@ -115,6 +120,8 @@ def evaluate_freihand(root: str | Path, split: str = "evaluation", n: int = 1, s
         rows["mediapipe_world"].setdefault("keypoint_2d_px", []).append(float(err2d.mean()))
         side = s["hand"] or det.handedness
         gt = torch.from_numpy(s["xyz"])[None]
+        truths.append(s["xyz"])
+        lefts.append(side == "left")
         preds = {"mediapipe_world": torch.from_numpy(det.world)[None],
                  "mediapipe_lifted": torch.from_numpy(
                      lift_keypoints(det.keypoints, det.world, det.depth, s["K"]))[None]}
@@ -137,6 +144,16 @@ def evaluate_freihand(root: str | Path, split: str = "evaluation", n: int = 1, s
                 rows.setdefault(method, {}).setdefault(k, []).append(v)
             aligned = pred - pred[:, :1] - (gt - gt[:, :1])
             per_joint.setdefault(method, []).append(aligned.norm(dim=-1)[0].numpy() * 1000)
+            joints.setdefault(method, []).append(pred[0].double().numpy())
+    for method, found in joints.items():  # each method in the set's joint convention
+        shifted = convention.cross_fitted(found, truths, lefts)
+        if shifted is None:
+            continue
+        for pred, truth in zip(shifted, truths, strict=True):
+            pred, truth = torch.from_numpy(pred)[None], torch.from_numpy(truth).double()[None]
+            for k, metric in (("pa_mpjpe_convention_mm", metrics.pa_mpjpe),
+                              ("rr_mpjpe_convention_mm", metrics.root_relative_mpjpe)):
+                rows[method].setdefault(k, []).append(float(metric(pred, truth)))
     results = {}
     for method, vals in rows.items():
         results[method] = {"detection_rate": detected / max(1, len(samples)),

@@ -1,0 +1,76 @@
+"""Joint convention of a photo set, cross-fitted (docs/photos.md, "Whose joints").
+
+Datasets place a joint where their annotators (or their own hand model) put it; ours are
+the open hand's. Real annotations put the finger MCPs about 15 mm nearer the wrist than our
+model does (`research/joint_convention.py`), a fixed difference that PA-MPJPE keeps counting
+however well the pose is found. So `hhmr evaluate` also reports each mode after moving every
+predicted joint by a constant offset in its own bone's frame (63 numbers), fitted on the
+other folds of the same set and never on the sample it moves: how far the poses are, once
+the two definitions of a joint agree. Nothing here is used outside evaluation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hhmr.hand import KEYPOINT_PARENTS
+
+FOLDS = 5
+MIN_SAMPLES = 20  # fewer found photos: no convention row
+_PARENTS = np.array(KEYPOINT_PARENTS[1:])
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-9)
+
+
+def bone_frames(joints: np.ndarray) -> tuple[np.ndarray, float]:
+    """Each joint's frame [21, 3 axes, 3] of a right hand's joints [21, 3]: along its bone
+    (the wrist: towards the middle MCP), across it in the palm's plane, and the palm's
+    normal; and the hand's scale (wrist to middle MCP)."""
+    normal = _unit(np.cross(joints[5] - joints[0], joints[17] - joints[0]))
+    along = np.empty((21, 3))
+    along[0] = _unit(joints[9] - joints[0])
+    along[1:] = _unit(joints[1:] - joints[_PARENTS])
+    up = _unit(normal[None] - (along @ normal)[:, None] * along)
+    return np.stack([along, np.cross(along, up), up], 1), float(
+        np.linalg.norm(joints[9] - joints[0]))
+
+
+def _right(joints: np.ndarray, left: bool) -> np.ndarray:
+    return joints * np.array([-1.0, 1.0, 1.0]) if left else joints
+
+
+def fit_offsets(preds: list[np.ndarray], truths: list[np.ndarray], left: list[bool]
+                ) -> np.ndarray:
+    """The mean offset [21, 3] from each predicted joint to the truth's, both wrist-aligned,
+    in the prediction's bone frames and hand scales (left hands mirrored to right)."""
+    out = []
+    for p, t, lf in zip(preds, truths, left, strict=True):
+        p, t = _right(p, lf), _right(t, lf)
+        frames, scale = bone_frames(p)
+        out.append(np.einsum("jab,jb->ja", frames, t - t[0] + p[0] - p) / scale)
+    return np.mean(out, 0)
+
+
+def shift(pred: np.ndarray, offsets: np.ndarray, left: bool) -> np.ndarray:
+    """The prediction [21, 3] with each joint moved by its offset (`fit_offsets`)."""
+    p = _right(pred, left)
+    frames, scale = bone_frames(p)
+    return _right(p + scale * np.einsum("jab,ja->jb", frames, offsets), left)
+
+
+def cross_fitted(preds: list[np.ndarray], truths: list[np.ndarray], left: list[bool],
+                 folds: int = FOLDS) -> list[np.ndarray] | None:
+    """Every prediction shifted by the offsets fitted on the other folds (sample i is in
+    fold i % folds); None with fewer than MIN_SAMPLES."""
+    if len(preds) < max(MIN_SAMPLES, folds):
+        return None
+    out: list[np.ndarray] = [np.empty(0)] * len(preds)
+    for f in range(folds):
+        train = [i for i in range(len(preds)) if i % folds != f]
+        offsets = fit_offsets([preds[i] for i in train], [truths[i] for i in train],
+                              [left[i] for i in train])
+        for i in range(f, len(preds), folds):
+            out[i] = shift(preds[i], offsets, left[i])
+    return out
