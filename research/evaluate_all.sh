@@ -32,6 +32,7 @@ if [ -f runs/image/final.pt ]; then
   python research/image_encoders.py --json "$out/image_encoders_probe.json"
 fi
 python research/photo_depth.py --json "$out/photo_depth.json" > /dev/null
+python research/joint_convention.py --json "$out/joint_convention.json" > /dev/null
 # video: jitter on the real clips beside MediaPipe's, synthetic accuracy and lag, speed, batch
 hhmr evaluate --video ../shared/data/real_videos/hand_open_close.mp4 \
   --video ../shared/data/real_videos/signing_fast.mp4 --json > "$out/video.json"

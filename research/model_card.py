@@ -19,14 +19,14 @@ WEIGHTS = ROOT / "weights" / "hhmr_prior.pt"
 GUIDE = ROOT / "weights" / "hhmr_guide.pt"
 EVAL = ROOT / "weights" / "eval"
 KEYS = ("pa_mpjpe_mm", "pa_mpvpe_mm", "min_of_16_pa_mpjpe_mm", "min_of_16_pa_mpvpe_mm",
-        "rr_mpjpe_mm", "pa_mpjpe_convention_mm", "rr_mpjpe_convention_mm", "keypoint_2d_px", "kept_err_mm", "apd_mm", "si_pct", "fidelity_mm",
-        "coverage_mm", "detection_rate", "samples")
+        "rr_mpjpe_mm", "pa_mpjpe_convention_mm", "rr_mpjpe_convention_mm", "keypoint_2d_px",
+        "kept_err_mm", "apd_mm", "si_pct", "fidelity_mm", "coverage_mm", "detection_rate",
+        "samples")
 # evaluations of weights that are not shipped, with what made them (docs/photos.md)
 NOT_SHIPPED = {
     "image": "the prior fine-tuned with image tokens on rendered hands (`hhmr train "
              "--config configs/image.toml --out runs/image`, 30.0 CPU minutes from the shipped "
-             "prior; not shipped: no gain on real photos); its real-photo rows were run before the "
-             "wrist re-anchoring, so compare them with the other rows of the same table",
+             "prior; not shipped: no gain on real photos)",
 }
 
 
@@ -437,6 +437,20 @@ def main() -> None:
                       f"{f['fallen_back']} | {f['pa_mpjpe_mm']} | {f['rr_mpjpe_mm']} |"
                       for f in result["fallback"]]
             lines += ["", f"Shipped: {result['shipped_threshold']}."]
+        elif path.stem == "joint_convention":  # research/joint_convention.py
+            names = list(result["mcp_place"])
+            lines += ["MCP place along each finger's chain wrist-MCP-PIP-DIP-tip (0 wrist, "
+                      "1 tip), medians:", "", "| set | " + " | ".join(
+                          result["model_mcp_beyond_dev_mm"]) + " |",
+                      "|---" * (len(result["model_mcp_beyond_dev_mm"]) + 1) + "|"]
+            lines += [f"| {n} ({result['counts'][n]}) | " + " | ".join(
+                f"{v:.3f}" for v in result["mcp_place"][n].values()) + " |" for n in names]
+            beyond = ", ".join(f"{k} {v}" for k, v in result["model_mcp_beyond_dev_mm"].items())
+            cost = result["pa_mpjpe_of_truth_in_proportions_of_mm"]
+            lines += ["", f"The open hand's MCPs lie beyond real_hgcnn_dev's by (mm): {beyond}. "
+                      "PA-MPJPE of that set's own truth with its bones rescaled to the open "
+                      f"hand's proportions: {cost['open_hand_model']} mm; to MediaPipe's: "
+                      f"{cost['mediapipe_world_on_dev']} mm (docs/photos.md, \"Whose joints\")."]
         elif result.get("task") == "video":
             lines += video_tables(result)
         elif "timings" in result and "frames" in result:  # reconstruct-video --json
