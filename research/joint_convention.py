@@ -29,7 +29,7 @@ from hhmr.evaluation import convention
 from hhmr.evaluation.photos import _match, load_freihand, same_hand
 from hhmr.hand import KEYPOINT_PARENTS
 from hhmr.hand.open_hand import OpenHand
-from hhmr.reconstruct import detect_hands, fit_mode
+from hhmr.reconstruct import Detection, detect_hands, fit_mode
 from hhmr.sampling import HandDiffusionPipeline
 from PIL import Image
 from tqdm import tqdm
@@ -76,7 +76,7 @@ def both(preds: list[np.ndarray], truths: list[np.ndarray]) -> list[float]:
             round(float(np.mean(rr)), 2)]
 
 
-def control(dev: list[dict], dets: list) -> dict:
+def control(dev: list[dict], dets: list[Detection | None]) -> dict:
     """The default mode's joints on the dev photos as they are and cross-fitted three ways."""
     pipe = HandDiffusionPipeline.from_pretrained()
     preds, truths, left = [], [], []
@@ -90,14 +90,13 @@ def control(dev: list[dict], dets: list) -> dict:
         left.append(side == "left")
     mcp = np.zeros((21, 3))
     mcp[[5, 9, 13, 17]] = 1
-    along = mcp * [1, 0, 0]
-    return {"mode": pipe.config.photo.mode, "photos": len(preds),
-            "as_is": both(preds, truths),
-            "every_joint_offset": both(convention.cross_fitted(preds, truths, left), truths),
-            "mcp_offsets_only": both(convention.cross_fitted(preds, truths, left, mask=mcp),
-                                     truths),
-            "mcp_along_bone_only": both(
-                convention.cross_fitted(preds, truths, left, mask=along), truths)}
+    out = {"mode": pipe.config.photo.mode, "photos": len(preds), "as_is": both(preds, truths)}
+    for name, mask in (("every_joint_offset", None), ("mcp_offsets_only", mcp),
+                       ("mcp_along_bone_only", mcp * [1, 0, 0])):
+        shifted = convention.cross_fitted(preds, truths, left, mask=mask)
+        if shifted is not None:  # None: too few photos found
+            out[name] = both(shifted, truths)
+    return out
 
 
 def along_chain(x: np.ndarray, finger: int, place: float) -> np.ndarray:
@@ -107,7 +106,7 @@ def along_chain(x: np.ndarray, finger: int, place: float) -> np.ndarray:
     d = place * seg.sum()
     k = min(int(np.searchsorted(np.cumsum(seg), d)), 3)
     start = seg[:k].sum()
-    return x[idx[k]] + (d - start) / seg[k] * (x[idx[k + 1]] - x[idx[k]])
+    return x[idx[k]] + (d - start) / max(seg[k], 1e-9) * (x[idx[k + 1]] - x[idx[k]])
 
 
 def figure(path: str, model: np.ndarray, vertices: np.ndarray, place: dict) -> None:

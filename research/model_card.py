@@ -384,14 +384,14 @@ def main() -> None:
                           f"this one misplaced; counted as not found): "
                           f"{result['other_hand_only']} of {result['num']}; the largest such "
                           f"distances: {result['hand_distances']}."]
+            elif result.get("task") == "freihand":
+                lines += ["", "Run before `hhmr evaluate` checked that a detection is the "
+                          "ground truth's hand: detections of another hand count as found."]
             if any("pa_mpjpe_convention_mm" in r for r in result["results"].values()):
                 lines += ["", "The convention columns: each row's joints moved by per-joint "
                           "offsets in their bone frames, fitted on the other four of five folds "
                           "of the same run against this set's truth (its own joint convention; "
                           "`hhmr.evaluation.convention`); they compare only with each other."]
-            elif result.get("task") == "freihand":
-                lines += ["", "Run before `hhmr evaluate` checked that a detection is the "
-                          "ground truth's hand: detections of another hand count as found."]
             if path.stem == "generate":
                 lines += ["", "fidelity: mean distance (mm) from each hand to the nearest of 2000 "
                           "held-out prior hands; coverage: from each of those to the nearest "
@@ -457,7 +457,7 @@ def main() -> None:
                       f"hand's proportions: {cost['open_hand_model']} mm; to MediaPipe's: "
                       f"{cost['mediapipe_world_on_dev']} mm (docs/photos.md, \"Whose joints\")."]
             c = result.get("control_pa_rr_mm")
-            if c:
+            if c and "mcp_along_bone_only" in c:
                 lines += ["", f"Control, the default mode ({c['mode']}, n=1, {c['photos']} dev "
                           "photos), PA-MPJPE / root-relative MPJPE mm: as it is "
                           f"{c['as_is'][0]} / {c['as_is'][1]}; with every joint's cross-fitted "

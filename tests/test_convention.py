@@ -47,6 +47,23 @@ def test_the_offsets_a_set_was_made_with_are_found_and_undone():
     assert max(err) < 1e-9, max(err)  # metres, wrist-aligned
 
 
+def test_a_joint_moved_along_its_bone_is_found_along_it():
+    """Truths made without `shift`: each index PIP moved 6 mm further along its bone (from
+    the MCP). The fit finds that on the first axis of that joint alone, in hand scales."""
+    preds = posed_hands(30, seed=3)
+    truths = []
+    for p in preds:
+        t = p.copy()
+        bone = p[6] - p[5]
+        t[6] = p[6] + 0.006 * bone / np.linalg.norm(bone)
+        truths.append(t)
+    scale = np.linalg.norm(preds[0][9] - preds[0][0])  # the palm is rigid: one scale
+    offsets = convention.fit_offsets(preds, truths, [False] * 30)
+    expected = np.zeros((21, 3))
+    expected[6, 0] = 0.006 / scale
+    assert np.abs(offsets - expected).max() < 1e-6  # float32 joints: the scale varies a hair
+
+
 def test_bone_frames_are_right_handed_and_keep_across_in_a_fist():
     """The frames stay put as a finger curls past 90 degrees (an axis built from the palm's
     normal would flip there)."""
