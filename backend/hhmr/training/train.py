@@ -133,10 +133,15 @@ def init_from(net: torch.nn.Module, path: str | Path) -> list[str]:
     return skipped
 
 
-def sampling_config(images: RenderedHands | None) -> SamplingConfig:
-    """The sampling settings saved with new weights: the defaults, and the image encoder
-    the weights were trained to read."""
+def sampling_config(images: RenderedHands | None, init: str | Path | None = None
+                    ) -> SamplingConfig:
+    """The sampling settings saved with new weights: those of the weights the run started
+    from (a fine-tune keeps its tuned sampler and guide net), else the defaults; and the image
+    encoder the weights were trained to read."""
     cfg = SamplingConfig()
+    if init:
+        cfg = SamplingConfig.from_dict(
+            torch.load(init, map_location="cpu", weights_only=False).get("sampling"))
     if images is None:
         return cfg
     return replace(cfg, photo=replace(cfg.photo, image_encoder=images.encoder))
@@ -261,6 +266,6 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
              "wall_minutes": clock.wall_seconds() / 60,
              "history": history, "hand": hand.name, "num_vertices": hand.num_vertices,
              "device": str(dev), "command": command, "stages": all_stages(),
-             "sampling": sampling_config(images).to_dict()}
+             "sampling": sampling_config(images, tcfg.get("init")).to_dict()}
     torch.save(final, out_dir / "final.pt")
     return {"steps": step, "minutes": final["minutes"], "last": history[-1] if history else {}}
