@@ -4,9 +4,10 @@ import pytest
 import torch
 
 
-def test_tiny_training_run_lowers_the_loss(tmp_path):
+def test_tiny_training_run_lowers_the_loss(tmp_path, monkeypatch):
     """The shipped recipe at a tiny size: the loss falls, resume continues, final.pt holds
-    the moving average and the default sampling settings."""
+    the moving average, the default sampling settings and the rig it was trained on, and
+    neither loading nor resuming takes another rig."""
     from hhmr.sampling import SamplingConfig
     from hhmr.training.train import load_config, train
 
@@ -34,6 +35,20 @@ def test_tiny_training_run_lowers_the_loss(tmp_path):
     assert torch.equal(final["model"][name], live["ema"][name])
     assert not torch.equal(final["model"][name], live["model"][name])
     assert SamplingConfig.from_dict(final["sampling"]) == SamplingConfig()
+    from hhmr.hand import load_hand_model
+    from hhmr.models.loading import load_denoiser
+    from hhmr.training import train as train_module
+
+    hand = load_hand_model()
+    assert final["hand_rig"] == hand.rig_digest()
+    load_denoiser(tmp_path / "final.pt", hand)
+    other = load_hand_model()
+    other.keypoint_regressor[9] = other.keypoint_regressor[9].roll(1)  # a moved MCP
+    with pytest.raises(ValueError, match="another rig"):
+        load_denoiser(tmp_path / "final.pt", other)
+    monkeypatch.setattr(train_module, "load_hand_model", lambda: other)
+    with pytest.raises(ValueError, match="another rig"):
+        train(cfg, tmp_path, resume=tmp_path / "checkpoint.pt", max_steps=90, progress=False)
 
 
 def test_training_timesteps_can_focus_on_the_sampler_grid():

@@ -83,6 +83,16 @@ class HandModel(nn.Module):
     def num_betas(self) -> int:
         return self.shapedirs.shape[-1]
 
+    def rig_digest(self) -> str:
+        """A short fingerprint of the template, shape directions, skinning weights and keypoint
+        regressor: weights trained on one rig are wrong on another with the same vertices."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for t in (self.v_template, self.shapedirs, self.weights, self.keypoint_regressor):
+            h.update(t.detach().cpu().float().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
     def joint_regressor16(self) -> torch.Tensor:
         """Rows of the keypoint regressor for the 16 kinematic joints [16, V]."""
         return self.keypoint_regressor[list(JOINT_TO_KEYPOINT)]

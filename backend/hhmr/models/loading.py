@@ -46,6 +46,10 @@ def load_denoiser(path: str | Path, hand: HandModel) -> tuple[torch.nn.Module, d
     if ckpt.get("num_vertices") != hand.num_vertices:
         raise ValueError(f"{path} was trained for {ckpt.get('num_vertices')} vertices, "
                          f"the hand has {hand.num_vertices}: retrain")
+    if ckpt.get("hand_rig") not in (None, hand.rig_digest()):
+        raise ValueError(f"{path} was trained on another rig of this hand (joints or skinning "
+                         f"differ: {ckpt['hand_rig']} against {hand.rig_digest()}): use the "
+                         "hand asset it was trained with (HHMR_WEIGHTS), or retrain")
     net = build_denoiser(ckpt["config"]["model"], hand)
     net.load_state_dict(ckpt["model"])
     return net.requires_grad_(False), ckpt

@@ -159,6 +159,7 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
     dev = pick_device(device)
     torch.manual_seed(tcfg["seed"])
     hand = load_hand_model()
+    rig = hand.rig_digest()  # saved with the weights; loading them checks it
     net = build_denoiser(config["model"], hand)
     net.to(dev)
     prior = PosePrior(hand)
@@ -180,6 +181,9 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
     ckpt = None
     if not fresh:
         ckpt = torch.load(resume, map_location=dev, weights_only=False)
+        if ckpt.get("hand_rig") not in (None, rig):
+            raise ValueError(f"{resume} was trained on another rig of the hand: resume it with "
+                             "the hand asset it started with (HHMR_WEIGHTS)")
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         step, elapsed, history = ckpt["step"], ckpt["elapsed_s"], ckpt.get("history", [])
@@ -210,7 +214,7 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
                     "ema": None if ema is None else ema.state,
                     "elapsed_s": clock.seconds(), "wall_elapsed_s": clock.wall_seconds(),
                     "config": config,
-                    "history": history, "hand": hand.name, "command": command,
+                    "history": history, "hand": hand.name, "hand_rig": rig, "command": command,
                     "stages": all_stages(), "num_vertices": hand.num_vertices}, tmp)
         os.replace(tmp, path)
 
@@ -264,7 +268,8 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
              "ema_decay": None if ema is None else ema.decay,
              "step": step, "minutes": clock.minutes(),
              "wall_minutes": clock.wall_seconds() / 60,
-             "history": history, "hand": hand.name, "num_vertices": hand.num_vertices,
+             "history": history, "hand": hand.name, "hand_rig": rig,
+             "num_vertices": hand.num_vertices,
              "device": str(dev), "command": command, "stages": all_stages(),
              "sampling": sampling_config(images, tcfg.get("init")).to_dict()}
     torch.save(final, out_dir / "final.pt")
