@@ -28,12 +28,12 @@ NOT_SHIPPED = {
              "--config configs/image.toml --out runs/image`, 30.0 CPU minutes from the shipped "
              "prior; not shipped: no gain on real photos)",
     "knucklesft": "the shipped prior fine-tuned for 25.0 CPU minutes on the candidate hand with "
-                  "its MCP joints at the knuckles (docs/hand_model.md): `python "
+                  "its MCP joints at the knuckles (docs/hand_model.md), run with the candidate "
+                  "in place of weights/hands/open_hand_right.npz; equivalently `python "
                   "tools/build_hand_model.py --knuckles-only weights/hands/open_hand_right.npz "
-                  "--out runs/knuckles_w/hands && cp weights/*.pt runs/knuckles_w/`, then, with "
-                  "`HHMR_WEIGHTS=runs/knuckles_w` (the candidate hand), `hhmr train --out "
-                  "runs/knuckles --fresh "
-                  "--set 'train.init=\"weights/hhmr_prior.pt\"' --set train.lr=3e-4 --set "
+                  "--out runs/knuckles_w/hands`, then with `HHMR_WEIGHTS=runs/knuckles_w` both "
+                  "`hhmr train --out runs/knuckles --fresh --set "
+                  "'train.init=\"weights/hhmr_prior.pt\"' --set train.lr=3e-4 --set "
                   "train.warmup_steps=100 --set train.ema_decay=0.998 --set train.seed=3 "
                   "--max-minutes 25` and the command above; not shipped: worse on held-out "
                   "synthetic hands than the shipped prior on its own hand",

@@ -127,17 +127,3 @@ def test_image_modes_need_weights_with_an_encoder(tiny_net, hand):
     assert supported_modes(pipe) == ("skel2d", "skel2d+lifted", "skel2d+world",
                                      "skel2d+world_all")
 
-
-def test_a_fine_tune_keeps_the_sampling_settings_it_started_from(tmp_path):
-    """Weights fine-tuned from the shipped prior sample as it does (its guide net, its tuned
-    tasks); weights trained from scratch get the defaults."""
-    from hhmr.paths import weights_dir
-    from hhmr.sampling.config import SamplingConfig
-    from hhmr.training.train import sampling_config
-
-    shipped = weights_dir() / "hhmr_prior.pt"
-    own = SamplingConfig.from_dict(torch.load(shipped, map_location="cpu",
-                                              weights_only=False)["sampling"])
-    assert own.guide == "hhmr_guide.pt" and own != SamplingConfig()
-    assert sampling_config(None, init=shipped) == own
-    assert sampling_config(None) == SamplingConfig()

@@ -172,3 +172,26 @@ def test_the_configs_reproduce_the_shipped_recipes(name, weights):
         assert GraphUNetConfig.from_dict(model) == GraphUNetConfig()
         assert asdict(DropoutConfig()) == {**asdict(DropoutConfig()),
                                            **shipped["config"]["dropout"]}
+
+
+def test_a_fine_tune_keeps_the_sampling_settings_it_started_from(tmp_path):
+    """Weights fine-tuned from others (`train.init`) sample as those do (their tuned tasks,
+    the guide file they name); from scratch, the defaults. The image encoder is always the
+    run's own."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from hhmr.sampling.config import SamplingConfig
+    from hhmr.training.train import sampling_config
+
+    tuned = SamplingConfig().with_task("fit2d", x0_iterations=7)
+    tuned = replace(tuned, guide="my_guide.pt",
+                    photo=replace(tuned.photo, image_encoder="efficientnet"))
+    init = tmp_path / "init.pt"
+    torch.save({"sampling": tuned.to_dict()}, init)
+    kept = sampling_config(None, init=init)
+    assert kept.guide == "my_guide.pt" and kept.fit2d.x0_iterations == 7
+    assert kept.photo.image_encoder is None  # this run trains no image slot
+    images = SimpleNamespace(encoder="mediapipe")
+    assert sampling_config(images, init=init).photo.image_encoder == "mediapipe"
+    assert sampling_config(None) == SamplingConfig()

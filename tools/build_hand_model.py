@@ -279,6 +279,18 @@ def fit_regressor(v: np.ndarray, joints: np.ndarray, tips: np.ndarray, tip_ids: 
 KNUCKLE_PLACE = (0.498, 0.467, 0.472, 0.532)
 KNUCKLE_BAND = 0.008  # metres either side of a knuckle over which palm skin turns into finger
 KNUCKLE_COLUMN = 0.006  # lateral scale (metres) sharing the palm's skin among the four fingers
+# palm skin further than this from every finger's axis (metres) stays with the wrist, fading
+# out over the last KNUCKLE_FADE
+KNUCKLE_REACH, KNUCKLE_FADE = 0.02, 0.01
+
+
+def mcp_place(kp: np.ndarray, finger: int, mcp: np.ndarray) -> float:
+    """Where a point `mcp` taken as index..little `finger`'s MCP lies along its chain
+    wrist-MCP-PIP-DIP-tip of keypoints `kp` [21, 3] (0 wrist, 1 tip)."""
+    p, d, t = (6 + 4 * finger + k for k in range(3))
+    first = np.linalg.norm(mcp - kp[0])
+    distal = np.linalg.norm(kp[d] - kp[p]) + np.linalg.norm(kp[t] - kp[d])
+    return float(first / (first + np.linalg.norm(kp[p] - mcp) + distal))
 
 
 def move_knuckles(v: np.ndarray, weights: np.ndarray, reg: np.ndarray,
@@ -295,17 +307,10 @@ def move_knuckles(v: np.ndarray, weights: np.ndarray, reg: np.ndarray,
     kp = reg @ v
     new, axes, shifts = kp.copy(), [], []
     for f in range(4):
-        m, p, d, t = (5 + 4 * f + k for k in range(4))
-        a = unit(kp[p] - kp[m])
-        rest = np.linalg.norm(kp[d] - kp[p]) + np.linalg.norm(kp[t] - kp[d])
-
-        def place_at(s: float, m: int = m, p: int = p, a: np.ndarray = a,
-                     rest: float = rest) -> float:
-            mcp = kp[m] - s * a
-            first = np.linalg.norm(mcp - kp[0])
-            return first / (first + np.linalg.norm(kp[p] - mcp) + rest)
-
-        s = brentq(lambda s: place_at(s) - place[f], 0.0, 0.05)  # noqa: B023
+        m = 5 + 4 * f
+        a = unit(kp[m + 1] - kp[m])
+        s = brentq(lambda s, f=f, m=m, a=a: mcp_place(kp, f, kp[m] - s * a) - place[f],
+                   0.0, 0.05)
         new[m] = kp[m] - s * a
         axes.append(a)
         shifts.append(float(s))
@@ -315,14 +320,15 @@ def move_knuckles(v: np.ndarray, weights: np.ndarray, reg: np.ndarray,
     lateral = np.stack([np.abs(np.cross(v[:, :2] - new[5 + 4 * f, :2], axes[f][:2]))
                         for f in range(4)], 1)
     g = np.exp(-0.5 * (lateral / KNUCKLE_COLUMN) ** 2)
-    column = g / g.sum(1, keepdims=True) * np.clip((0.02 - lateral.min(1, keepdims=True)) / 0.01,
-                                                   0, 1)
+    reach = np.clip((KNUCKLE_REACH - lateral.min(1, keepdims=True)) / KNUCKLE_FADE, 0, 1)
+    column = g / g.sum(1, keepdims=True) * reach
     along = np.stack([(v - new[5 + 4 * f]) @ axes[f] for f in range(4)], 1)
     ramp = np.clip((along + KNUCKLE_BAND) / (2 * KNUCKLE_BAND), 0, 1)
     ramp = ramp * ramp * (3 - 2 * ramp)
     moved = weights[:, :1] * column * ramp  # [V, 4] wrist weight handed to each finger
     weights = weights.copy()
-    weights[:, 0] = np.clip(weights[:, 0] - moved.sum(1), 0.0, None)  # no -1e-16
+    # clipped: round-off must not leave a weight of -1e-16
+    weights[:, 0] = np.clip(weights[:, 0] - moved.sum(1), 0.0, None)
     weights[:, mcp_joint] += moved
     reg = reg.copy()
     for f in range(4):
@@ -390,7 +396,9 @@ def knuckles_only(path: Path, out: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=ROOT / "weights" / "hands")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="folder to write (default weights/hands; required with the knuckle "
+                         "flags, which make a candidate)")
     ap.add_argument("--target-vertices", type=int, default=800)
     ap.add_argument("--knuckles", action="store_true",
                     help="move the finger MCP joints to the knuckles (a candidate: the shipped "
@@ -398,6 +406,10 @@ def main() -> None:
     ap.add_argument("--knuckles-only", type=Path, metavar="NPZ",
                     help="write NPZ with only the knuckle step applied to --out (no anny)")
     args = ap.parse_args()
+    if args.out is None:
+        if args.knuckles or args.knuckles_only:
+            ap.error("--knuckles and --knuckles-only make a candidate: give --out")
+        args.out = ROOT / "weights" / "hands"
     if args.knuckles_only:
         knuckles_only(args.knuckles_only, args.out)
         return

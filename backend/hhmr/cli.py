@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -567,7 +568,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    args.command_line = "hhmr " + shlex.join(argv)  # quoted: it can be pasted into a shell
+    # quoted, and with the weights folder when it is not the shipped one: it can be pasted
+    # into a shell and runs the same
+    env = os.environ.get("HHMR_WEIGHTS")
+    args.command_line = (f"HHMR_WEIGHTS={shlex.quote(env)} " if env else "") + "hhmr " + \
+        shlex.join(argv)
     try:
         return int(args.func(args) or 0)
     except (FileNotFoundError, ValueError, ImportError) as err:

@@ -84,13 +84,15 @@ class HandModel(nn.Module):
         return self.shapedirs.shape[-1]
 
     def rig_digest(self) -> str:
-        """A short fingerprint of the template, shape directions, skinning weights and keypoint
-        regressor: weights trained on one rig are wrong on another with the same vertices."""
+        """A short fingerprint of the template, faces, shape directions, skinning weights,
+        keypoint regressor and fingertips: weights trained on one rig are wrong on another with
+        the same vertices."""
         import hashlib
 
         h = hashlib.sha256()
-        for t in (self.v_template, self.shapedirs, self.weights, self.keypoint_regressor):
-            h.update(t.detach().cpu().float().contiguous().numpy().tobytes())
+        for t in (self.v_template, self.faces, self.shapedirs, self.weights,
+                  self.keypoint_regressor, self.tip_vertex_ids):
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
 
     def joint_regressor16(self) -> torch.Tensor:

@@ -18,7 +18,7 @@ from hhmr.diffusion.schedule import CosineSchedule
 from hhmr.hand import load_hand_model
 from hhmr.models import SCALE, X0Denoiser
 from hhmr.models.conditions import DropoutConfig, drop_conditions
-from hhmr.models.loading import build_denoiser
+from hhmr.models.loading import build_denoiser, read_weights
 from hhmr.sampling.config import SamplingConfig
 from hhmr.training.clock import RunClock
 from hhmr.training.data import synthetic_batch
@@ -135,16 +135,15 @@ def init_from(net: torch.nn.Module, path: str | Path) -> list[str]:
 
 def sampling_config(images: RenderedHands | None, init: str | Path | None = None
                     ) -> SamplingConfig:
-    """The sampling settings saved with new weights: those of the weights the run started
-    from (a fine-tune keeps its tuned sampler and guide net), else the defaults; and the image
-    encoder the weights were trained to read."""
+    """The sampling settings saved with new weights: those saved in the weights the run
+    starts from (a fine-tune keeps its tuned tasks and the guide file they name), else the
+    defaults; the image encoder is the one this run trains with, or none."""
     cfg = SamplingConfig()
     if init:
         cfg = SamplingConfig.from_dict(
             torch.load(init, map_location="cpu", weights_only=False).get("sampling"))
-    if images is None:
-        return cfg
-    return replace(cfg, photo=replace(cfg.photo, image_encoder=images.encoder))
+    return replace(cfg, photo=replace(cfg.photo,
+                                      image_encoder=images.encoder if images else None))
 
 
 def train(config: dict, out_dir: Path, resume: Path | None = None, device: str = "auto",
@@ -168,8 +167,12 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
     if fresh and tcfg.get("init"):
         skipped = init_from(net, tcfg["init"])
         print(f"started from {tcfg['init']}; new: {', '.join(skipped) or 'nothing'}")
+        if read_weights(tcfg["init"]).get("hand_rig") not in (None, rig):
+            print("it was trained on another rig of this hand: this run fine-tunes it to "
+                  "this one")
     # rendered hands with image tokens make `images.fraction` of every batch
     images = RenderedHands(config["images"], progress) if config.get("images") else None
+    sampling = sampling_config(images, tcfg.get("init") if fresh else None).to_dict()
     n_img = round(tcfg["batch_size"] * config["images"]["fraction"]) if images else 0
     losses = MeshLosses(hand.keypoint_regressor.to(dev), hand.faces.to(dev), config["loss"])
     t_weights = loss_weights_per_timestep(net, schedule, tcfg).to(dev)
@@ -187,6 +190,7 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         step, elapsed, history = ckpt["step"], ckpt["elapsed_s"], ckpt.get("history", [])
+        sampling = ckpt.get("sampling", sampling)
         wall_elapsed = ckpt.get("wall_elapsed_s", elapsed)
         # the runs that led here: each command with the step and minutes it ended at
         stages = ckpt.get("stages") or [{"command": ckpt.get("command", "an earlier run"),
@@ -215,7 +219,8 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
                     "elapsed_s": clock.seconds(), "wall_elapsed_s": clock.wall_seconds(),
                     "config": config,
                     "history": history, "hand": hand.name, "hand_rig": rig, "command": command,
-                    "stages": all_stages(), "num_vertices": hand.num_vertices}, tmp)
+                    "stages": all_stages(), "num_vertices": hand.num_vertices,
+                    "sampling": sampling}, tmp)
         os.replace(tmp, path)
 
     while step < tcfg["max_steps"]:
@@ -271,6 +276,6 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
              "history": history, "hand": hand.name, "hand_rig": rig,
              "num_vertices": hand.num_vertices,
              "device": str(dev), "command": command, "stages": all_stages(),
-             "sampling": sampling_config(images, tcfg.get("init")).to_dict()}
+             "sampling": sampling}
     torch.save(final, out_dir / "final.pt")
     return {"steps": step, "minutes": final["minutes"], "last": history[-1] if history else {}}
