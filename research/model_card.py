@@ -27,6 +27,13 @@ NOT_SHIPPED = {
     "image": "the prior fine-tuned with image tokens on rendered hands (`hhmr train "
              "--config configs/image.toml --out runs/image`, 30.0 CPU minutes from the shipped "
              "prior; not shipped: no gain on real photos)",
+    "knuckles": "the shipped recipe trained from scratch on the candidate hand with its MCP "
+                "joints at the knuckles (docs/hand_model.md): `python tools/build_hand_model.py "
+                "--knuckles-only weights/hands/open_hand_right.npz --out runs/knuckles_w/hands`, "
+                "then `HHMR_WEIGHTS=runs/knuckles_w hhmr train --config configs/prior.toml --out "
+                "runs/prior_knuckles --fresh` (88.0 CPU minutes, 12640 steps on this VM against "
+                "the shipped prior's 19561) and the command above; not shipped yet: less "
+                "trained than the shipped prior, root-relative error past 15 mm",
     "knucklesft": "the shipped prior fine-tuned for 25.0 CPU minutes on the candidate hand with "
                   "its MCP joints at the knuckles (docs/hand_model.md), run with the candidate "
                   "in place of weights/hands/open_hand_right.npz; equivalently `python "
