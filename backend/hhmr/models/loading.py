@@ -39,6 +39,12 @@ def read_weights(path: str | Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def other_rig(ckpt: dict, hand: HandModel) -> bool:
+    """Whether these weights record a rig other than the hand's (files from before the rig
+    digest record none and pass)."""
+    return ckpt.get("hand_rig") not in (None, hand.rig_digest())
+
+
 def load_denoiser(path: str | Path, hand: HandModel) -> tuple[torch.nn.Module, dict]:
     """A trained denoiser for inference (no parameter gradients: guidance differentiates
     w.r.t. x_t alone) and the file's contents."""
@@ -46,7 +52,7 @@ def load_denoiser(path: str | Path, hand: HandModel) -> tuple[torch.nn.Module, d
     if ckpt.get("num_vertices") != hand.num_vertices:
         raise ValueError(f"{path} was trained for {ckpt.get('num_vertices')} vertices, "
                          f"the hand has {hand.num_vertices}: retrain")
-    if ckpt.get("hand_rig") not in (None, hand.rig_digest()):
+    if other_rig(ckpt, hand):
         raise ValueError(f"{path} was trained on another rig of this hand (joints or skinning "
                          f"differ: {ckpt['hand_rig']} against {hand.rig_digest()}): use the "
                          "hand asset it was trained with (HHMR_WEIGHTS), or retrain")

@@ -18,7 +18,7 @@ from hhmr.diffusion.schedule import CosineSchedule
 from hhmr.hand import load_hand_model
 from hhmr.models import SCALE, X0Denoiser
 from hhmr.models.conditions import DropoutConfig, drop_conditions
-from hhmr.models.loading import build_denoiser, read_weights
+from hhmr.models.loading import build_denoiser, other_rig, read_weights
 from hhmr.sampling.config import SamplingConfig
 from hhmr.training.clock import RunClock
 from hhmr.training.data import synthetic_batch
@@ -114,12 +114,13 @@ class EMA:
                              [live[k].detach() for k in self.keys], 1 - d)
 
 
-def init_from(net: torch.nn.Module, path: str | Path) -> list[str]:
+def init_from(net: torch.nn.Module, weights: str | Path | dict) -> list[str]:
     """Start from another run's weights: every tensor of the same name and shape is copied.
     A new image projection (another encoder's width) starts at zero with its patch
     embedding equal to the null image, so the net begins exactly as the run it came from
-    (DiffHand's zero-initialised condition). Returns the names not copied."""
-    src = torch.load(path, map_location="cpu", weights_only=False)["model"]
+    (DiffHand's zero-initialised condition). `weights`: a file or its loaded contents.
+    Returns the names not copied."""
+    src = (weights if isinstance(weights, dict) else read_weights(weights))["model"]
     own = net.state_dict()
     skipped = [k for k in own if k not in src or src[k].shape != own[k].shape]
     net.load_state_dict({k: src[k] for k in own if k not in skipped}, strict=False)
@@ -133,15 +134,16 @@ def init_from(net: torch.nn.Module, path: str | Path) -> list[str]:
     return skipped
 
 
-def sampling_config(images: RenderedHands | None, init: str | Path | None = None
+def sampling_config(images: RenderedHands | None, init: str | Path | dict | None = None
                     ) -> SamplingConfig:
     """The sampling settings saved with new weights: those saved in the weights the run
     starts from (a fine-tune keeps its tuned tasks and the guide file they name), else the
-    defaults; the image encoder is the one this run trains with, or none."""
+    defaults; the image encoder is the one this run trains with, or none. `init`: a file
+    or its loaded contents."""
     cfg = SamplingConfig()
     if init:
         cfg = SamplingConfig.from_dict(
-            torch.load(init, map_location="cpu", weights_only=False).get("sampling"))
+            (init if isinstance(init, dict) else read_weights(init)).get("sampling"))
     return replace(cfg, photo=replace(cfg.photo,
                                       image_encoder=images.encoder if images else None))
 
@@ -164,15 +166,16 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
     prior = PosePrior(hand)
     schedule = CosineSchedule()
     fresh = resume is None or not Path(resume).exists()
-    if fresh and tcfg.get("init"):
-        skipped = init_from(net, tcfg["init"])
+    init = read_weights(tcfg["init"]) if fresh and tcfg.get("init") else None
+    if init is not None:
+        skipped = init_from(net, init)
         print(f"started from {tcfg['init']}; new: {', '.join(skipped) or 'nothing'}")
-        if read_weights(tcfg["init"]).get("hand_rig") not in (None, rig):
+        if other_rig(init, hand):
             print("it was trained on another rig of this hand: this run fine-tunes it to "
                   "this one")
     # rendered hands with image tokens make `images.fraction` of every batch
     images = RenderedHands(config["images"], progress) if config.get("images") else None
-    sampling = sampling_config(images, tcfg.get("init") if fresh else None).to_dict()
+    sampling = sampling_config(images, init).to_dict()
     n_img = round(tcfg["batch_size"] * config["images"]["fraction"]) if images else 0
     losses = MeshLosses(hand.keypoint_regressor.to(dev), hand.faces.to(dev), config["loss"])
     t_weights = loss_weights_per_timestep(net, schedule, tcfg).to(dev)
@@ -184,7 +187,7 @@ def train(config: dict, out_dir: Path, resume: Path | None = None, device: str =
     ckpt = None
     if not fresh:
         ckpt = torch.load(resume, map_location=dev, weights_only=False)
-        if ckpt.get("hand_rig") not in (None, rig):
+        if other_rig(ckpt, hand):
             raise ValueError(f"{resume} was trained on another rig of the hand: resume it with "
                              "the hand asset it started with (HHMR_WEIGHTS)")
         net.load_state_dict(ckpt["model"])
