@@ -422,10 +422,11 @@ def main() -> None:
                       f"{r['decode_ms']} | {r['detect_ms']} | {r['sample_ms']} | "
                       f"{r['pose_ms']} | {r['reply_ms']} |" for r in result["results"]]
         elif result.get("task") == "click":  # tools/panel_screenshot.sh --timings
-            lines += ["| press | shape keys ms | drawn ms | reply in hand ms | land ms | "
-                      "Blender CPU while waiting ms | backend stages ms |",
-                      "|---|---|---|---|---|---|---|"]
+            lines += ["| press | waited for Blender idle s | shape keys ms | drawn ms | "
+                      "reply in hand ms | land ms | Blender CPU while waiting ms | "
+                      "backend stages ms |", "|---|---|---|---|---|---|---|---|"]
             lines += [f"| {'first (fresh backend)' if p['first'] else i} | "
+                      f"{p.get('waited_for_idle_s', '')} | "
                       f"{p['shape_keys_ms']} | {p['drawn_ms']} | {p['reply_in_hand_ms']} | "
                       f"{p['land_ms']} | {p.get('blender_cpu_while_waiting_ms', '')} | "
                       + ", ".join(f"{k.removesuffix('_ms')} {v}"

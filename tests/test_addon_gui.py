@@ -33,6 +33,7 @@ def test_panel_in_a_real_blender_window(tmp_path):
     for p in presses:
         assert 0 < p["reply_in_hand_ms"] <= p["shape_keys_ms"] <= p["drawn_ms"]
         assert {"detect_ms", "sample_ms", "pose_ms"} <= set(p["backend"])
+        assert p["waited_for_idle_s"] >= 0.5  # pressed once Blender was idle
     assert "busy=True" in log  # the operator returned at once; the timer landed the result
     assert "HHMR_LANDED 8 hypotheses" in log and "'hyp_07'" in log
     # software OpenGL draws the base mesh (a subdivision level would double the first frame)
