@@ -205,6 +205,18 @@ def test_warm_up_builds_what_a_first_photo_needs(monkeypatch):
     assert h.pose is not None and built == []
 
 
+def test_warm_up_photo_is_a_hand_mediapipe_finds():
+    """The warm-up's rendered hand is found, so it runs MediaPipe's landmark network too (a
+    blank image runs only the palm detector and leaves the first photo to pay for it)."""
+    from hhmr.reconstruct import detect_hands, warm_up_photo
+
+    photo = warm_up_photo()
+    assert photo.shape == (224, 224, 3) and photo.dtype == np.uint8
+    [det] = detect_hands(photo)
+    assert det.keypoints.min() > 0 and det.keypoints.max() < 224
+    assert detect_hands(np.zeros_like(photo)) == []
+
+
 def test_a_detection_of_the_other_hand_is_not_the_ground_truths():
     """`hhmr evaluate` counts a photo as found only when the nearest detection is the ground
     truth's hand: mean keypoint distance within SAME_HAND of the hand's 2D diagonal. On

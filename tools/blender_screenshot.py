@@ -5,13 +5,13 @@ and the GUI test). Run under a display, e.g. Xvfb:
         --python tools/blender_screenshot.py -- --backend tcp://127.0.0.1:5557 \\
         --photo PHOTO.jpg --out panel.png [--n 8]
 
-Once Blender is idle, it presses Reconstruct the way the button does (the operator in the
-3D view's context), lets the timer land the hypotheses while Blender keeps drawing, times
-click-to-shape-keys, shows the camera view over the photo with the sidebar's "Hand" tab (clicked with xdotool) and saves
-the window; then bends the index finger by the rig (index_pip, 60 degrees) and saves the
-window again beside it (OUT_bent.png). Prints HHMR_* lines for the test (HHMR_RIG: how closely
-each hypothesis's shape key under its pose reproduces the backend's mesh); exits non-zero on
-failure.
+Once Blender is idle, it presses Reconstruct the way the button does (the operator in the 3D
+view's context), lets the timer land the hypotheses while Blender keeps drawing, times
+click-to-shape-keys, shows the camera view over the photo with the sidebar's "Hand" tab
+(clicked with xdotool) and saves the window; then bends the index finger by the rig
+(index_pip, 60 degrees) and saves the window again beside it (OUT_bent.png). Prints HHMR_*
+lines for the test (HHMR_RIG: how closely each hypothesis's shape key under its pose
+reproduces the backend's mesh); exits non-zero on failure.
 """
 
 from __future__ import annotations
@@ -120,8 +120,9 @@ def _step() -> float | None:
         if (c1 - c0) / (w1 - w0) > IDLE_CPU and w1 - state["settle"][0][0] < 60:
             return SETTLE_S
         state["settled_s"] = w1 - state["settle"][0][0]
-        rates = [(c - c0) / (w - w0) for (w0, c0), (w, c) in zip(state["settle"],
-                                                                 state["settle"][1:])]
+        rates = [(c - c0) / (w - w0) for (w0, c0), (w, c) in zip(state["settle"][:-1],
+                                                                 state["settle"][1:],
+                                                                 strict=True)]
         print(f"HHMR_IDLE after {state['settled_s']:.1f} s; Blender's CPU per 0.5 s window "
               "(cores): " + ", ".join(f"{r:.2f}" for r in rates))
         state["step"] = "press"
