@@ -32,8 +32,15 @@ NOT_SHIPPED = {
                 "--knuckles-only weights/hands/open_hand_right.npz --out runs/knuckles_w/hands`, "
                 "then `HHMR_WEIGHTS=runs/knuckles_w hhmr train --config configs/prior.toml --out "
                 "runs/prior_knuckles --fresh` (88.0 CPU minutes, 12640 steps on this VM against "
-                "the shipped prior's 19561) and the command above; not shipped yet: less "
-                "trained than the shipped prior, root-relative error past 15 mm",
+                "the shipped prior's 19561) and the command above; not shipped: root-relative "
+                "error past 15 mm, and trained longer (knuckleslong) it is no better",
+    "knuckleslong": "the shipped recipe trained from scratch on the candidate hand with its "
+                    "MCP joints at the knuckles, as `knuckles` but for 105 CPU minutes "
+                    "(`--max-steps 19561 --max-minutes 105`; 16256 steps on this VM): "
+                    "`HHMR_WEIGHTS=runs/knuckles_w hhmr train --config configs/prior.toml "
+                    "--out runs/prior_knuckles2 --fresh --max-steps 19561 --max-minutes 105` "
+                    "and the command above; not shipped: no better than the 88-minute run on "
+                    "the dev photos, root-relative error past 15 mm",
     "knucklesft": "the shipped prior fine-tuned for 25.0 CPU minutes on the candidate hand with "
                   "its MCP joints at the knuckles (docs/hand_model.md), run with the candidate "
                   "in place of weights/hands/open_hand_right.npz; equivalently `python "
@@ -407,6 +414,7 @@ def main() -> None:
             if any("pa_mpjpe_convention_mm" in r for r in result["results"].values()):
                 lines += ["", "The convention columns: each row's joints moved by per-joint "
                           "offsets in their bone frames, fitted on the other four of five folds "
+                          "(each a run of consecutive photos: see fold_leakage) "
                           "of the same run against this set's truth (its own joint convention; "
                           "`hhmr.evaluation.convention`); they compare only with each other."]
             if path.stem == "generate":
@@ -460,6 +468,24 @@ def main() -> None:
                       f"{f['fallen_back']} | {f['pa_mpjpe_mm']} | {f['rr_mpjpe_mm']} |"
                       for f in result["fallback"]]
             lines += ["", f"Shipped: {result['shipped_threshold']}."]
+        elif path.stem == "fold_leakage":  # research/fold_leakage.py
+            nb = result["neighbours"]
+            lines += [f"{result['photos']} dev photos, frames of sequences: median mean-joint "
+                      f"distance (root-relative truth) to the next photo {nb['next_photo_mm']} "
+                      f"mm, to the nearest {nb['nearest_photo_mm']} mm (within two photos for "
+                      f"{nb['nearest_is_within_2_photos'] * 100:.0f} %), to any other "
+                      f"{nb['random_photo_mm']} mm. PA-MPJPE / root-relative MPJPE mm of a "
+                      "correction fitted on the other folds:", "",
+                      "| skeleton | correction | interleaved folds | runs of photos | halves |",
+                      "|---|---|---|---|---|"]
+            cells: dict[tuple[str, str], dict[str, str]] = {}
+            for r in result["rows"]:
+                cells.setdefault((r["skeleton"], r["correction"]), {})[r["layout"]] = (
+                    "{} / {}".format(*r["pa_rr_mm"]))
+            for (sk, corr), c in cells.items():
+                lines.append(f"| {sk} | {corr} | " + (
+                    f"{c['']} (as it is) | | |" if "" in c else
+                    f"{c['interleaved']} | {c['runs']} | {c['halves']} |"))
         elif path.stem == "joint_convention":  # research/joint_convention.py
             names = list(result["mcp_place"])
             lines += ["MCP place along each finger's chain wrist-MCP-PIP-DIP-tip (0 wrist, "

@@ -74,15 +74,18 @@ def test_bone_frames_are_right_handed_and_keep_across_in_a_fist():
     assert (across @ across.mean(0) > 0.8).all()
 
 
-def test_a_sample_is_never_moved_by_its_own_truth():
+def test_a_sample_and_its_neighbours_are_never_moved_by_its_truth():
+    """Folds are runs of consecutive samples (photos are frames of sequences): changing one
+    truth moves none of its run (samples 5-9 of 25) and every sample outside it."""
     preds = posed_hands(25, seed=2)
     truths = [convention.shift(p, OFFSETS, False) for p in preds]
     left = [False] * 25
     before = convention.cross_fitted(preds, truths, left)
     truths[7] = truths[7] + np.random.default_rng(0).normal(0, 0.05, (21, 3))
     after = convention.cross_fitted(preds, truths, left)
-    assert np.array_equal(before[7], after[7])  # its fold's offsets never saw it
-    assert not np.array_equal(before[8], after[8])  # the other folds' did
+    for i in range(25):
+        same = np.array_equal(before[i], after[i])
+        assert same == (5 <= i <= 9), i
 
 
 def test_too_few_photos_get_no_convention():
@@ -92,16 +95,17 @@ def test_too_few_photos_get_no_convention():
 
 @pytest.mark.skipif(not DATA.exists(), reason="no ../shared/data")
 def test_evaluate_reports_each_mode_in_the_sets_convention():
-    """On 40 dev photos: every row gets convention errors, and for the default mode and the
+    """On 60 dev photos: every row gets convention errors, and for the default mode and the
     lifted keypoints they are lower than the joints as they are (the set's MCPs sit nearer
-    the wrist than ours and MediaPipe's)."""
+    the wrist than ours and MediaPipe's). Five runs of 12 photos: with 40, runs of 8 leave
+    too few other sequences to fit on and the lifted keypoints' offsets do not carry."""
     out = subprocess.run([shutil.which("hhmr"), "evaluate", "--freihand-root",
-                          str(DATA / "real_hgcnn_dev"), "--limit", "40", "--mode", "skel2d+lifted",
+                          str(DATA / "real_hgcnn_dev"), "--limit", "60", "--mode", "skel2d+lifted",
                           "--json"], capture_output=True, text=True, timeout=600,
                          check=True).stdout
     rows = json.loads(out)["results"]
     for method in ("mediapipe_world", "mediapipe_lifted", "skel2d+lifted"):
-        assert rows[method]["samples"] == 40 and rows[method]["pa_mpjpe_convention_mm"] > 0
+        assert rows[method]["samples"] == 60 and rows[method]["pa_mpjpe_convention_mm"] > 0
     for method in ("mediapipe_lifted", "skel2d+lifted"):
         r = rows[method]
         assert r["pa_mpjpe_convention_mm"] < r["pa_mpjpe_mm"] - 0.3, (method, r)

@@ -5,7 +5,9 @@ annotations put the finger MCPs 13.6-18 mm nearer the wrist than our model does
 (`research/joint_convention.py`), a difference PA-MPJPE keeps counting however well the pose
 is found. So `hhmr evaluate` also reports each mode after moving every predicted joint by a
 constant offset in its own bone's frame, fitted on the other folds of the same set and never
-on the sample it moves. The offsets also take up any error a mode makes the same way on
+on the sample it moves. The folds are runs of consecutive photos: the dev photos are frames of
+sequences, and interleaved folds let a photo's neighbouring frames fit its offsets
+(`research/fold_leakage.py`). The offsets also take up any error a mode makes the same way on
 every photo: a bound on what agreeing joint definitions could give, not a product figure.
 Nothing here is used outside evaluation.
 """
@@ -67,17 +69,21 @@ def shift(pred: np.ndarray, offsets: np.ndarray, left: bool) -> np.ndarray:
 def cross_fitted(preds: list[np.ndarray], truths: list[np.ndarray], left: list[bool],
                  folds: int = FOLDS, mask: np.ndarray | None = None
                  ) -> list[np.ndarray] | None:
-    """Every prediction shifted by the offsets fitted on the other folds (sample i is in
-    fold i % folds); None with fewer than MIN_SAMPLES."""
+    """Every prediction shifted by the offsets fitted on the other folds, each fold a run of
+    consecutive samples (sample i of n is in fold i * folds // n); None with fewer than
+    MIN_SAMPLES."""
     if not len(preds) == len(truths) == len(left):
         raise ValueError("one truth and one side per prediction")
     if len(preds) < max(MIN_SAMPLES, folds):
         return None
-    out: list[np.ndarray] = [np.empty(0)] * len(preds)
+    n = len(preds)
+    fold = [i * folds // n for i in range(n)]
+    out: list[np.ndarray] = [np.empty(0)] * n
     for f in range(folds):
-        train = [i for i in range(len(preds)) if i % folds != f]
+        train = [i for i in range(n) if fold[i] != f]
         offsets = fit_offsets([preds[i] for i in train], [truths[i] for i in train],
                               [left[i] for i in train], mask)
-        for i in range(f, len(preds), folds):
-            out[i] = shift(preds[i], offsets, left[i])
+        for i in range(n):
+            if fold[i] == f:
+                out[i] = shift(preds[i], offsets, left[i])
     return out
