@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Re-run every measurement behind weights/MODEL_CARD.md and rewrite the card.
-# Usage: bash research/evaluate_all.sh   (about 50 minutes on a 2-core CPU)
+# Usage: bash research/evaluate_all.sh   (about an hour on a 2-core CPU)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=weights/eval

@@ -11,7 +11,7 @@ default mode follows, and the world landmarks), with three fold layouts:
 - halves: the first half fitted on the second and the other way round;
 and two corrections fitted on the fitting folds, both in the hand's own frame (left hands
 mirrored to right):
-- offsets: per-joint constant offsets in the bone frames (`convention.fit_offsets`);
+- offsets: per-joint constant offsets in the bone frames (`convention.cross_fitted`);
 - ridge: a linear map from the whole skeleton (wrist frame, hand scale) to the truth, ridge
   penalty `--ridge` (a learned "calibration" of MediaPipe's skeleton; tried, not shipped).
 
@@ -92,25 +92,14 @@ def ridge(preds: list[np.ndarray], truths: list[np.ndarray], left: list[bool],
     return out
 
 
-def offsets(preds, truths, left, fold) -> list[np.ndarray]:
-    """Each skeleton shifted by the bone-frame offsets fitted on the other folds."""
-    out: list[np.ndarray] = [np.empty(0)] * len(preds)
-    for f in sorted(set(fold)):
-        fit = [i for i in range(len(preds)) if fold[i] != f]
-        off = convention.fit_offsets([preds[i] for i in fit], [truths[i] for i in fit],
-                                     [left[i] for i in fit])
-        for i in range(len(preds)):
-            if fold[i] == f:
-                out[i] = convention.shift(preds[i], off, left[i])
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", default="../shared/data/real_hgcnn_dev")
     ap.add_argument("--ridge", type=float, nargs="+", default=[0.1, 1.0, 10.0])
     ap.add_argument("--json", help="also write the result here")
     args = ap.parse_args()
+    if min(args.ridge) <= 0:
+        ap.error("--ridge penalties must be positive (the wrist's features are always 0)")
     sk = skeletons(Path(args.root))
     n, truths, left = len(sk["truth"]), sk["truth"], sk["left"]
     rel = np.array([t - t[0] for t in truths])
@@ -121,7 +110,8 @@ def main() -> None:
     result = {
         "photos": n,
         "neighbours": {
-            "next_photo_mm": round(float(np.median(np.diag(dist, 1))), 1),
+            "next_photo_mm": round(float(np.median(
+                np.diag(dist, 1)[np.diff(idx) == 1])), 1),
             "nearest_photo_mm": round(float(np.median(dist.min(1))), 1),
             "random_photo_mm": round(float(np.median(dist[np.triu_indices(n, 1)])), 1),
             "nearest_is_within_2_photos": round(float(np.mean(
@@ -134,10 +124,9 @@ def main() -> None:
                                "pa_rr_mm": errors(preds, truths)})
         for layout, of in LAYOUTS.items():
             fold = [of(i, n) for i in range(n)]
+            shifted = convention.cross_fitted(preds, truths, left, fold=fold)
             result["rows"].append({"skeleton": source, "correction": "offsets",
-                                   "layout": layout,
-                                   "pa_rr_mm": errors(offsets(preds, truths, left, fold),
-                                                      truths)})
+                                   "layout": layout, "pa_rr_mm": errors(shifted, truths)})
             for penalty in args.ridge:
                 result["rows"].append({"skeleton": source, "correction": f"ridge {penalty}",
                                        "layout": layout, "pa_rr_mm": errors(

@@ -481,7 +481,7 @@ def main() -> None:
             cells: dict[tuple[str, str], dict[str, str]] = {}
             for r in result["rows"]:
                 cells.setdefault((r["skeleton"], r["correction"]), {})[r["layout"]] = (
-                    "{} / {}".format(*r["pa_rr_mm"]))
+                    "{:.2f} / {:.2f}".format(*r["pa_rr_mm"]))
             for (sk, corr), c in cells.items():
                 lines.append(f"| {sk} | {corr} | " + (
                     f"{c['']} (as it is) | | |" if "" in c else

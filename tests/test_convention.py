@@ -88,6 +88,31 @@ def test_a_sample_and_its_neighbours_are_never_moved_by_its_truth():
         assert same == (5 <= i <= 9), i
 
 
+def test_runs_of_uneven_length_cover_every_sample_and_a_layout_can_be_given():
+    """23 samples: runs of 5, 5, 4, 5, 4, every one shifted; the same with the runs given
+    explicitly; an interleaved layout given is the one used."""
+    preds = posed_hands(23, seed=4)
+    truths = [convention.shift(p, OFFSETS, False) for p in preds]
+    left = [False] * 23
+    before = convention.cross_fitted(preds, truths, left)
+    assert all(b.shape == (21, 3) for b in before)
+    truths[12] = truths[12] + np.random.default_rng(1).normal(0, 0.05, (21, 3))
+    after = convention.cross_fitted(preds, truths, left)
+    assert [np.array_equal(b, a) for b, a in zip(before, after, strict=True)] == [
+        10 <= i <= 13 for i in range(23)]
+    runs = [i * 5 // 23 for i in range(23)]
+    given = convention.cross_fitted(preds, truths, left, fold=runs)
+    assert all(np.array_equal(a, g) for a, g in zip(after, given, strict=True))
+    # interleaved, sample 12's fold is 2, 7, 12, 17, 22: the changed truth moves 11, not 17
+    interleaved = [i % 5 for i in range(23)]
+    old_truths = [convention.shift(p, OFFSETS, False) for p in preds]
+    was = convention.cross_fitted(preds, old_truths, left, fold=interleaved)
+    now = convention.cross_fitted(preds, truths, left, fold=interleaved)
+    assert np.array_equal(was[17], now[17]) and not np.array_equal(was[11], now[11])
+    with pytest.raises(ValueError, match="one fold per prediction"):
+        convention.cross_fitted(preds, truths, left, fold=runs[:-1])
+
+
 def test_too_few_photos_get_no_convention():
     preds = posed_hands(convention.MIN_SAMPLES - 1)
     assert convention.cross_fitted(preds, preds, [False] * len(preds)) is None

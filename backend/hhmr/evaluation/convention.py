@@ -67,19 +67,21 @@ def shift(pred: np.ndarray, offsets: np.ndarray, left: bool) -> np.ndarray:
 
 
 def cross_fitted(preds: list[np.ndarray], truths: list[np.ndarray], left: list[bool],
-                 folds: int = FOLDS, mask: np.ndarray | None = None
-                 ) -> list[np.ndarray] | None:
+                 folds: int = FOLDS, mask: np.ndarray | None = None,
+                 fold: list[int] | None = None) -> list[np.ndarray] | None:
     """Every prediction shifted by the offsets fitted on the other folds, each fold a run of
-    consecutive samples (sample i of n is in fold i * folds // n); None with fewer than
-    MIN_SAMPLES."""
+    consecutive samples (sample i of n is in fold i * folds // n; `fold`: each sample's fold
+    instead, for research/fold_leakage.py); None with fewer than MIN_SAMPLES."""
     if not len(preds) == len(truths) == len(left):
         raise ValueError("one truth and one side per prediction")
     if len(preds) < max(MIN_SAMPLES, folds):
         return None
     n = len(preds)
-    fold = [i * folds // n for i in range(n)]
+    fold = [i * folds // n for i in range(n)] if fold is None else list(fold)
+    if len(fold) != n:
+        raise ValueError("one fold per prediction")
     out: list[np.ndarray] = [np.empty(0)] * n
-    for f in range(folds):
+    for f in sorted(set(fold)):
         train = [i for i in range(n) if fold[i] != f]
         offsets = fit_offsets([preds[i] for i in train], [truths[i] for i in train],
                               [left[i] for i in train], mask)
