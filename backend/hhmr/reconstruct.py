@@ -169,6 +169,21 @@ class LandmarkNet:
         depth = (lm[:, 2] * k / 0.4).astype(np.float32)
         return kp, world, float(presence.ravel()[0]), float(right.ravel()[0]), depth
 
+    @staticmethod
+    def tracking_crop(kp: np.ndarray) -> tuple[float, float, float, float]:
+        """The crop (cx, cy, side, angle radians) MediaPipe tracks a hand with from its
+        keypoints [21, 2]: their box in the hand's own frame (middle finger up), twice its
+        size, moved a tenth towards the fingers."""
+        d = kp[9] - kp[0]
+        angle = math.atan2(d[0], -d[1])
+        c, s = math.cos(angle), math.sin(angle)
+        rot = np.array([[c, -s], [s, c]], np.float32)  # hand frame -> image
+        local = kp @ rot  # image -> hand frame
+        lo, hi = local.min(0), local.max(0)
+        side = float((hi - lo).max()) * 2.0
+        centre = rot @ ((lo + hi) / 2 - [0.0, 0.1 * side])
+        return float(centre[0]), float(centre[1]), side, angle
+
     def __call__(self, rgb: np.ndarray, box) -> Detection:
         """The hand in `box` (x0, y0, x1, y1 pixels) of an RGB image, or NoHandError."""
         rgb = np.ascontiguousarray(rgb[..., :3])
@@ -178,18 +193,7 @@ class LandmarkNet:
         cx, cy, side = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0)
         best = max((self._run(rgb, cx, cy, side * sc, math.radians(deg))
                     for deg in self.ANGLES for sc in self.SCALES), key=lambda r: r[2])
-        # refine as MediaPipe tracks: the landmarks' box in the hand's own frame (middle
-        # finger up), twice its size, moved a tenth towards the fingers
-        kp = best[0]
-        d = kp[9] - kp[0]
-        angle = math.atan2(d[0], -d[1])
-        c, s = math.cos(angle), math.sin(angle)
-        rot = np.array([[c, -s], [s, c]], np.float32)  # hand frame -> image
-        local = kp @ rot  # image -> hand frame
-        lo, hi = local.min(0), local.max(0)
-        side = float((hi - lo).max()) * 2.0
-        centre = rot @ ((lo + hi) / 2 - [0.0, 0.1 * side])
-        again = self._run(rgb, float(centre[0]), float(centre[1]), side, angle)
+        again = self._run(rgb, *self.tracking_crop(best[0]))
         best = again if again[2] > best[2] else best
         if best[2] < self.MIN_PRESENCE:
             raise NoHandError(f"no hand found in the box (the landmark network is "
