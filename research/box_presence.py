@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 
 import numpy as np
@@ -32,10 +31,7 @@ FINE_SCALES = (0.6, 0.8, 1.0, 1.25, 1.5)
 
 def best(net: LandmarkNet, rgb: np.ndarray, box, angles, scales):
     """The crop with the highest presence: (presence, keypoints [21, 2])."""
-    x0, y0, x1, y1 = box
-    cx, cy, side = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0)
-    runs = (net._run(rgb, cx, cy, side * s, math.radians(a)) for a in angles for s in scales)
-    kp, _, presence, _, _ = max(runs, key=lambda r: r[2])
+    kp, _, presence, _, _ = net.search(rgb, box, angles, scales)
     return presence, kp
 
 

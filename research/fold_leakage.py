@@ -34,7 +34,7 @@ from hhmr.reconstruct import detect_hands, lift_keypoints
 from PIL import Image
 from tqdm import tqdm
 
-FOLDS = 5
+FOLDS = convention.FOLDS
 LAYOUTS = {"interleaved": lambda i, n: i % FOLDS, "runs": lambda i, n: i * FOLDS // n,
            "halves": lambda i, n: i * 2 // n}
 
@@ -75,9 +75,9 @@ def ridge(preds: list[np.ndarray], truths: list[np.ndarray], left: list[bool],
           fold: list[int], penalty: float) -> list[np.ndarray]:
     """Each skeleton mapped by the ridge regression fitted on the other folds."""
     x = [_wrist_frame(p, lf) for p, lf in zip(preds, left, strict=True)]
-    y = np.array([(convention._right(t, lf) - convention._right(t, lf)[0]) @ f.T / s
-                  for t, lf, (_, f, _, s) in zip(truths, left, x, strict=True)]).reshape(
-                      len(preds), -1)
+    right = [convention._right(t, lf) for t, lf in zip(truths, left, strict=True)]
+    y = np.array([(t - t[0]) @ f.T / s for t, (_, f, _, s) in zip(right, x, strict=True)]
+                 ).reshape(len(preds), -1)
     feats = np.array([v[0] for v in x])
     out: list[np.ndarray] = [np.empty(0)] * len(preds)
     for f in sorted(set(fold)):

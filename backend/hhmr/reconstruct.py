@@ -184,15 +184,22 @@ class LandmarkNet:
         centre = rot @ ((lo + hi) / 2 - [0.0, 0.1 * side])
         return float(centre[0]), float(centre[1]), side, angle
 
+    def search(self, rgb: np.ndarray, box, angles=ANGLES, scales=SCALES):
+        """`_run`'s result on the crop centred on `box` (x0, y0, x1, y1 pixels) where the
+        network is surest of a hand, over `angles` (degrees) and `scales` (of the box's
+        longer side)."""
+        x0, y0, x1, y1 = (float(v) for v in box)
+        cx, cy, side = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0)
+        return max((self._run(rgb, cx, cy, side * sc, math.radians(deg))
+                    for deg in angles for sc in scales), key=lambda r: r[2])
+
     def __call__(self, rgb: np.ndarray, box) -> Detection:
         """The hand in `box` (x0, y0, x1, y1 pixels) of an RGB image, or NoHandError."""
         rgb = np.ascontiguousarray(rgb[..., :3])
         x0, y0, x1, y1 = (float(v) for v in box)
         if not (x1 > x0 and y1 > y0):
             raise ValueError("box must be x0, y0, x1, y1 with x1 > x0 and y1 > y0")
-        cx, cy, side = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0)
-        best = max((self._run(rgb, cx, cy, side * sc, math.radians(deg))
-                    for deg in self.ANGLES for sc in self.SCALES), key=lambda r: r[2])
+        best = self.search(rgb, box)
         again = self._run(rgb, *self.tracking_crop(best[0]))
         best = again if again[2] > best[2] else best
         if best[2] < self.MIN_PRESENCE:
